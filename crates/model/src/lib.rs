@@ -1,1 +1,27 @@
+//! Switchyard's domain: gateways, proxies, routes, topics, the limits that bound them, and
+//! the validation that turns strict admin input into a validated [`ProxySpec`].
+//!
+//! Shared by both planes. It knows no HTTP server, SQL or gRPC transport; the only wire types
+//! it touches are the generated snapshot messages of `switchyard-proto`, through explicit,
+//! fallible conversions in [`snapshot`].
 #![forbid(unsafe_code)]
+
+mod error;
+mod input;
+mod limits;
+mod names;
+mod secret;
+mod selector;
+pub mod snapshot;
+mod spec;
+
+pub use error::{ErrorCode, ValidationError};
+pub use input::{ProxyInput, parse_proxy_input};
+pub use limits::Limits;
+pub use names::{RESERVED_PATHS, validate_gateway_name};
+pub use secret::{REDACTED, Secret};
+pub use selector::{Selector, SelectorSource};
+pub use spec::{
+    Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec,
+    Route, Routing, RoutingStrategy, Topic,
+};

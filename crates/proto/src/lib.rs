@@ -1,1 +1,13 @@
+//! Generated gRPC code for Switchyard's config distribution (`proto/switchyard/config/v1`).
+//!
+//! Generated code only: conversions to and from the domain live in `switchyard-model`.
 #![forbid(unsafe_code)]
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod config {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.config.v1");
+    }
+}
+
+pub use config::v1;

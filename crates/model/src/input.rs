@@ -1,0 +1,713 @@
+//! Strict admin input and its validation into a [`ProxySpec`].
+//!
+//! Input types refuse unknown fields (the error names the field's path). Enumerations are
+//! read as strings and checked here, so a wrong value is a 422 naming the field rather than
+//! a parse error.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use uuid::Uuid;
+
+use crate::names::{validate_base_path, validate_name};
+use crate::{
+    Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, Route, Routing,
+    RoutingStrategy, Secret, Selector, Topic, ValidationError, validate_gateway_name,
+};
+
+/// The body of `POST /proxies` and `PUT /proxies/{id}`.
+///
+/// `id`, `version`, `created_at` and `updated_at` are accepted so that a proxy read with
+/// `GET` can be edited and sent back: `version`, when present, is the version the write
+/// replaces (optimistic concurrency), `id` must match the path, the timestamps are ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInput {
+    pub name: String,
+    pub gateway: String,
+    #[serde(default)]
+    pub format: Option<String>,
+    pub base_path: String,
+    #[serde(default)]
+    pub routing: Option<RoutingInput>,
+    pub routes: Vec<RouteInput>,
+    #[serde(default)]
+    pub prompt_guard: Option<PromptGuardInput>,
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingInput {
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub fallback: Option<FallbackInput>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackInput {
+    pub route: String,
+    #[serde(default)]
+    pub target_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteInput {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub provider: String,
+    pub url: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub auth: Option<AuthInput>,
+    #[serde(default)]
+    pub target_model: Option<String>,
+    #[serde(default)]
+    pub topics: Vec<TopicInput>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthInput {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub expression: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicInput {
+    pub name: String,
+    pub utterances: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptGuardInput {
+    pub threshold: f64,
+    pub deny_topics: Vec<TopicInput>,
+}
+
+/// Parses an admin body strictly. A syntax error, a wrong type, a missing or an unknown field
+/// is a [`ErrorCode::Malformed`] error whose `field` is the path where it happened.
+pub fn parse_proxy_input(body: &[u8]) -> Result<ProxyInput, ValidationError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let input: ProxyInput = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ValidationError::new(ErrorCode::Malformed, field, e.into_inner().to_string())
+    })?;
+    de.end()
+        .map_err(|e| ValidationError::new(ErrorCode::Malformed, "", e.to_string()))?;
+    Ok(input)
+}
+
+impl ProxyInput {
+    /// Validates every rule and limit, producing the spec to store.
+    ///
+    /// `previous` is the stored spec a `PUT` replaces: a static secret sent back as `***`
+    /// keeps that route's stored secret.
+    pub fn validate(
+        self,
+        limits: &Limits,
+        previous: Option<&ProxySpec>,
+    ) -> Result<ProxySpec, ValidationError> {
+        validate_name("name", &self.name)?;
+        validate_gateway_name("gateway", &self.gateway)?;
+        let format = match self.format.as_deref() {
+            None | Some("openai") => Format::Openai,
+            Some("gemini") => Format::Gemini,
+            Some(other) => {
+                return Err(ValidationError::invalid(
+                    "format",
+                    format!("unknown format '{other}'; expected 'openai' or 'gemini'"),
+                ));
+            }
+        };
+        validate_base_path("base_path", &self.base_path)?;
+
+        if self.routes.is_empty() {
+            return Err(ValidationError::rule(
+                "routes",
+                "a proxy needs at least one route",
+            ));
+        }
+        if self.routes.len() > limits.routes_per_proxy {
+            return Err(ValidationError::limit(
+                "routes",
+                format!("at most {} routes per proxy", limits.routes_per_proxy),
+            ));
+        }
+
+        let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
+        let mut topic_count = 0usize;
+        for (i, input) in self.routes.into_iter().enumerate() {
+            let field = format!("routes[{i}]");
+            let prev = |name: &str| previous.and_then(|p| p.route(name));
+            let route = input.validate(&field, limits, prev)?;
+            if routes.iter().any(|r| r.name == route.name) {
+                return Err(ValidationError::rule(
+                    format!("{field}.name"),
+                    format!("route name '{}' is used twice", route.name),
+                ));
+            }
+            if format == Format::Gemini && route.provider != Provider::Gemini {
+                return Err(ValidationError::rule(
+                    format!("{field}.provider"),
+                    "a proxy of format 'gemini' routes to 'gemini' routes only",
+                ));
+            }
+            for (t, _) in route.topics.iter().enumerate() {
+                topic_count += 1;
+                if topic_count > limits.topics_per_proxy {
+                    return Err(ValidationError::limit(
+                        format!("{field}.topics[{t}]"),
+                        format!(
+                            "at most {} prompt topics across all routes of a proxy",
+                            limits.topics_per_proxy
+                        ),
+                    ));
+                }
+            }
+            routes.push(route);
+        }
+        check_unique_topic_names(&routes)?;
+
+        let routing = validate_routing(self.routing, &routes, topic_count)?;
+
+        let prompt_guard = match self.prompt_guard {
+            None => None,
+            Some(guard) => Some(guard.validate(limits)?),
+        };
+
+        Ok(ProxySpec {
+            name: self.name,
+            gateway: self.gateway,
+            format,
+            base_path: self.base_path,
+            routing,
+            routes,
+            prompt_guard,
+        })
+    }
+}
+
+fn check_unique_topic_names(routes: &[Route]) -> Result<(), ValidationError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, route) in routes.iter().enumerate() {
+        for (t, topic) in route.topics.iter().enumerate() {
+            if !seen.insert(topic.name.as_str()) {
+                return Err(ValidationError::rule(
+                    format!("routes[{i}].topics[{t}].name"),
+                    format!("topic name '{}' is used twice in this proxy", topic.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_routing(
+    input: Option<RoutingInput>,
+    routes: &[Route],
+    topic_count: usize,
+) -> Result<Routing, ValidationError> {
+    let input = input.unwrap_or(RoutingInput {
+        strategy: None,
+        fallback: None,
+        threshold: None,
+    });
+    let strategy = match input.strategy.as_deref() {
+        None | Some("model") => RoutingStrategy::Model,
+        Some("semantic") => RoutingStrategy::Semantic,
+        Some(other) => {
+            return Err(ValidationError::invalid(
+                "routing.strategy",
+                format!("unknown strategy '{other}'; expected 'model' or 'semantic'"),
+            ));
+        }
+    };
+    if let Some(t) = input.threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(ValidationError::invalid(
+            "routing.threshold",
+            "must be between 0 and 1",
+        ));
+    }
+    let fallback = match input.fallback {
+        None => None,
+        Some(f) => {
+            if !routes.iter().any(|r| r.name == f.route) {
+                return Err(ValidationError::rule(
+                    "routing.fallback.route",
+                    format!("no route named '{}' in this proxy", f.route),
+                ));
+            }
+            if let Some(m) = &f.target_model {
+                validate_model("routing.fallback.target_model", m)?;
+            }
+            Some(Fallback {
+                route: f.route,
+                target_model: f.target_model,
+            })
+        }
+    };
+    if strategy == RoutingStrategy::Semantic {
+        for (i, route) in routes.iter().enumerate() {
+            if route.target_model.is_none() {
+                return Err(ValidationError::rule(
+                    format!("routes[{i}].target_model"),
+                    "every route needs a target_model when the strategy is 'semantic'",
+                ));
+            }
+        }
+        if topic_count == 0 {
+            return Err(ValidationError::rule(
+                "routes",
+                "semantic routing needs at least one prompt topic on some route",
+            ));
+        }
+    }
+    Ok(Routing {
+        strategy,
+        fallback,
+        threshold: input.threshold,
+    })
+}
+
+impl RouteInput {
+    fn validate<'p>(
+        self,
+        field: &str,
+        limits: &Limits,
+        previous: impl Fn(&str) -> Option<&'p Route>,
+    ) -> Result<Route, ValidationError> {
+        let provider = Provider::ALL.into_iter().find(|p| p.id() == self.provider).ok_or_else(|| {
+            ValidationError::invalid(
+                format!("{field}.provider"),
+                format!(
+                    "unknown provider '{}'; expected one of openai, azure, gemini, bedrock, nvidia, openai-compatible",
+                    self.provider
+                ),
+            )
+        })?;
+        let name = self.name.unwrap_or_else(|| provider.id().to_owned());
+        validate_name(&format!("{field}.name"), &name)?;
+        let url = validate_url(&format!("{field}.url"), &self.url)?;
+
+        if provider == Provider::Bedrock {
+            match &self.region {
+                None => {
+                    return Err(ValidationError::rule(
+                        format!("{field}.region"),
+                        "bedrock routes need a region",
+                    ));
+                }
+                Some(r) => validate_token(&format!("{field}.region"), r, 32, |b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+                })?,
+            }
+        } else if self.region.is_some() {
+            return Err(ValidationError::rule(
+                format!("{field}.region"),
+                format!("only bedrock routes take a region, not {provider}"),
+            ));
+        }
+        if let Some(v) = &self.api_version {
+            if provider != Provider::Azure {
+                return Err(ValidationError::rule(
+                    format!("{field}.api_version"),
+                    format!("only azure routes take an api_version, not {provider}"),
+                ));
+            }
+            validate_token(&format!("{field}.api_version"), v, 64, |b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+            })?;
+        }
+        if let Some(m) = &self.target_model {
+            validate_model(&format!("{field}.target_model"), m)?;
+        }
+
+        let auth_field = format!("{field}.auth");
+        let auth = match self.auth {
+            None if provider == Provider::OpenAiCompatible => Auth::None,
+            None => {
+                return Err(ValidationError::rule(
+                    auth_field,
+                    format!("{provider} routes need auth (static or dynamic)"),
+                ));
+            }
+            Some(a) => a.validate(&auth_field, provider, previous(&name).map(|r| &r.auth))?,
+        };
+
+        let mut topics = Vec::with_capacity(self.topics.len());
+        for (t, topic) in self.topics.into_iter().enumerate() {
+            topics.push(topic.validate(
+                &format!("{field}.topics[{t}]"),
+                limits.utterances_per_topic,
+                limits.chars_per_utterance,
+            )?);
+        }
+
+        Ok(Route {
+            name,
+            provider,
+            url,
+            region: self.region,
+            api_version: self.api_version,
+            auth,
+            target_model: self.target_model,
+            topics,
+        })
+    }
+}
+
+impl AuthInput {
+    fn validate(
+        self,
+        field: &str,
+        provider: Provider,
+        previous: Option<&Auth>,
+    ) -> Result<Auth, ValidationError> {
+        let reject = |name: &str, v: &Option<String>| match v {
+            Some(_) => Err(ValidationError::rule(
+                format!("{field}.{name}"),
+                format!(
+                    "not used by auth of type '{}' on a {provider} route",
+                    self.kind
+                ),
+            )),
+            None => Ok(()),
+        };
+        let required = |name: &str, v: Option<String>| {
+            v.ok_or_else(|| {
+                ValidationError::rule(
+                    format!("{field}.{name}"),
+                    format!(
+                        "required by auth of type '{}' on a {provider} route",
+                        self.kind
+                    ),
+                )
+            })
+        };
+        let aws = provider == Provider::Bedrock;
+        match (self.kind.as_str(), aws) {
+            ("none", _) => {
+                if provider != Provider::OpenAiCompatible {
+                    return Err(ValidationError::rule(
+                        format!("{field}.type"),
+                        format!("{provider} routes need credentials"),
+                    ));
+                }
+                for (n, v) in [
+                    ("api_key", &self.api_key),
+                    ("expression", &self.expression),
+                    ("access_key_id", &self.access_key_id),
+                    ("secret_access_key", &self.secret_access_key),
+                    ("session_token", &self.session_token),
+                ] {
+                    reject(n, v)?;
+                }
+                Ok(Auth::None)
+            }
+            ("static", false) => {
+                reject("expression", &self.expression)?;
+                reject("access_key_id", &self.access_key_id)?;
+                reject("secret_access_key", &self.secret_access_key)?;
+                reject("session_token", &self.session_token)?;
+                let key = required("api_key", self.api_key.clone())?;
+                let key =
+                    keep_or_check_secret(&format!("{field}.api_key"), key, || match previous {
+                        Some(Auth::Static { api_key }) => Some(api_key.clone()),
+                        _ => None,
+                    })?;
+                Ok(Auth::Static { api_key: key })
+            }
+            ("static", true) => {
+                reject("api_key", &self.api_key)?;
+                reject("expression", &self.expression)?;
+                let prev = match previous {
+                    Some(Auth::StaticAws {
+                        access_key_id,
+                        secret_access_key,
+                        session_token,
+                    }) => Some((access_key_id, secret_access_key, session_token)),
+                    _ => None,
+                };
+                let id = keep_or_check_secret(
+                    &format!("{field}.access_key_id"),
+                    required("access_key_id", self.access_key_id.clone())?,
+                    || prev.map(|p| p.0.clone()),
+                )?;
+                let secret = keep_or_check_secret(
+                    &format!("{field}.secret_access_key"),
+                    required("secret_access_key", self.secret_access_key.clone())?,
+                    || prev.map(|p| p.1.clone()),
+                )?;
+                let token = match self.session_token.clone() {
+                    None => None,
+                    Some(t) => Some(keep_or_check_secret(
+                        &format!("{field}.session_token"),
+                        t,
+                        || prev.and_then(|p| p.2.clone()),
+                    )?),
+                };
+                Ok(Auth::StaticAws {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: token,
+                })
+            }
+            ("dynamic", false) => {
+                reject("api_key", &self.api_key)?;
+                reject("access_key_id", &self.access_key_id)?;
+                reject("secret_access_key", &self.secret_access_key)?;
+                reject("session_token", &self.session_token)?;
+                let expression = required("expression", self.expression.clone())?;
+                Selector::parse(&format!("{field}.expression"), &expression)?;
+                Ok(Auth::Dynamic { expression })
+            }
+            ("dynamic", true) => {
+                reject("api_key", &self.api_key)?;
+                match (
+                    self.expression.clone(),
+                    self.access_key_id.clone(),
+                    self.secret_access_key.clone(),
+                ) {
+                    (Some(expression), None, None) => {
+                        reject("session_token", &self.session_token)?;
+                        Selector::parse(&format!("{field}.expression"), &expression)?;
+                        Ok(Auth::Dynamic { expression })
+                    }
+                    (None, Some(id), Some(secret)) => {
+                        Selector::parse(&format!("{field}.access_key_id"), &id)?;
+                        Selector::parse(&format!("{field}.secret_access_key"), &secret)?;
+                        if let Some(t) = &self.session_token {
+                            Selector::parse(&format!("{field}.session_token"), t)?;
+                        }
+                        Ok(Auth::DynamicAws {
+                            access_key_id: id,
+                            secret_access_key: secret,
+                            session_token: self.session_token.clone(),
+                        })
+                    }
+                    _ => Err(ValidationError::rule(
+                        field,
+                        "dynamic bedrock auth takes either 'expression' (selecting ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]) or both 'access_key_id' and 'secret_access_key' selectors",
+                    )),
+                }
+            }
+            (other, _) => Err(ValidationError::invalid(
+                format!("{field}.type"),
+                format!("unknown auth type '{other}'; expected 'static' or 'dynamic'"),
+            )),
+        }
+    }
+}
+
+/// A secret as sent: `***` keeps the stored one (on a `PUT`); anything else must be a usable
+/// header value of at most 4096 bytes.
+fn keep_or_check_secret(
+    field: &str,
+    value: String,
+    stored: impl FnOnce() -> Option<Secret>,
+) -> Result<Secret, ValidationError> {
+    if value == crate::REDACTED {
+        return stored().ok_or_else(|| {
+            ValidationError::rule(
+                field,
+                "'***' keeps the stored secret, but this route has no stored secret of that kind",
+            )
+        });
+    }
+    if value.is_empty() || value.len() > 4096 {
+        return Err(ValidationError::invalid(field, "must be 1-4096 characters"));
+    }
+    if value.bytes().any(|b| b.is_ascii_control() || b == b' ') || !value.is_ascii() {
+        return Err(ValidationError::invalid(
+            field,
+            "must be printable ASCII without spaces",
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+impl TopicInput {
+    fn validate(
+        self,
+        field: &str,
+        max_utterances: usize,
+        max_chars: usize,
+    ) -> Result<Topic, ValidationError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 64 {
+            return Err(ValidationError::invalid(
+                format!("{field}.name"),
+                "must be 1-64 characters",
+            ));
+        }
+        if self.utterances.is_empty() {
+            return Err(ValidationError::rule(
+                format!("{field}.utterances"),
+                "a topic needs at least one utterance",
+            ));
+        }
+        if self.utterances.len() > max_utterances {
+            return Err(ValidationError::limit(
+                format!("{field}.utterances"),
+                format!("at most {max_utterances} utterances per topic"),
+            ));
+        }
+        for (u, utterance) in self.utterances.iter().enumerate() {
+            let chars = utterance.chars().count();
+            if utterance.trim().is_empty() {
+                return Err(ValidationError::invalid(
+                    format!("{field}.utterances[{u}]"),
+                    "must not be empty",
+                ));
+            }
+            if chars > max_chars {
+                return Err(ValidationError::limit(
+                    format!("{field}.utterances[{u}]"),
+                    format!("at most {max_chars} characters per utterance (got {chars})"),
+                ));
+            }
+        }
+        Ok(Topic {
+            name: name.to_owned(),
+            utterances: self.utterances,
+        })
+    }
+}
+
+impl PromptGuardInput {
+    fn validate(self, limits: &Limits) -> Result<PromptGuard, ValidationError> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(ValidationError::invalid(
+                "prompt_guard.threshold",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.deny_topics.is_empty() {
+            return Err(ValidationError::rule(
+                "prompt_guard.deny_topics",
+                "a prompt guard needs at least one deny topic",
+            ));
+        }
+        if self.deny_topics.len() > limits.deny_topics_per_proxy {
+            return Err(ValidationError::limit(
+                format!("prompt_guard.deny_topics[{}]", limits.deny_topics_per_proxy),
+                format!(
+                    "at most {} deny-list topics per proxy",
+                    limits.deny_topics_per_proxy
+                ),
+            ));
+        }
+        let mut topics: Vec<Topic> = Vec::with_capacity(self.deny_topics.len());
+        for (t, topic) in self.deny_topics.into_iter().enumerate() {
+            let field = format!("prompt_guard.deny_topics[{t}]");
+            let topic = topic.validate(
+                &field,
+                limits.utterances_per_deny_topic,
+                limits.chars_per_utterance,
+            )?;
+            if topics.iter().any(|x| x.name == topic.name) {
+                return Err(ValidationError::rule(
+                    format!("{field}.name"),
+                    format!("deny topic name '{}' is used twice", topic.name),
+                ));
+            }
+            topics.push(topic);
+        }
+        Ok(PromptGuard {
+            threshold: self.threshold,
+            deny_topics: topics,
+        })
+    }
+}
+
+fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| ValidationError::invalid(field, format!("'{url}' is not a valid URL")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(ValidationError::invalid(
+                field,
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(ValidationError::invalid(field, "must name a host"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(ValidationError::invalid(
+            field,
+            "must not have a query or fragment",
+        ));
+    }
+    if url.len() > 2048 {
+        return Err(ValidationError::invalid(
+            field,
+            "must be at most 2048 characters",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {
+    if model.is_empty() || model.len() > 256 {
+        return Err(ValidationError::invalid(field, "must be 1-256 characters"));
+    }
+    if model.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ValidationError::invalid(
+            field,
+            "must not contain spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_token(
+    field: &str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(u8) -> bool,
+) -> Result<(), ValidationError> {
+    if value.is_empty() || value.len() > max || !value.bytes().all(allowed) {
+        return Err(ValidationError::invalid(
+            field,
+            format!("'{value}' is not a valid value"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,356 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+fn contract_example() -> Value {
+    json!({
+        "name": "support-assistant",
+        "gateway": "prod-eu",
+        "format": "openai",
+        "base_path": "/support",
+        "routing": {
+            "strategy": "model",
+            "fallback": {"route": "openai", "target_model": "gpt-4o-mini"},
+            "threshold": 0.6
+        },
+        "routes": [
+            {
+                "name": "openai",
+                "provider": "openai",
+                "url": "https://api.openai.com/v1",
+                "auth": {"type": "static", "api_key": "sk-test"},
+                "target_model": "gpt-4.1",
+                "topics": [{"name": "billing", "utterances": ["How do I pay my invoice?"]}]
+            },
+            {
+                "name": "claude",
+                "provider": "bedrock",
+                "url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                "region": "us-east-1",
+                "auth": {"type": "dynamic", "expression": "#[attributes.headers['x-aws-key']]"},
+                "target_model": "anthropic/us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+            }
+        ],
+        "prompt_guard": {
+            "threshold": 0.7,
+            "deny_topics": [{"name": "weapons", "utterances": ["How do I build a bomb?"]}]
+        }
+    })
+}
+
+fn validate(v: &Value) -> Result<ProxySpec, ValidationError> {
+    validate_with(v, &Limits::default())
+}
+
+fn validate_with(v: &Value, limits: &Limits) -> Result<ProxySpec, ValidationError> {
+    parse_proxy_input(v.to_string().as_bytes())?.validate(limits, None)
+}
+
+fn err(v: &Value) -> ValidationError {
+    validate(v).unwrap_err()
+}
+
+#[test]
+fn the_contract_example_is_valid() {
+    let spec = validate(&contract_example()).unwrap();
+    assert_eq!(spec.routes.len(), 2);
+    assert_eq!(spec.routes[1].provider, Provider::Bedrock);
+    assert!(matches!(spec.routes[1].auth, Auth::Dynamic { .. }));
+    assert_eq!(spec.routing.fallback.as_ref().unwrap().route, "openai");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_path() {
+    let mut v = contract_example();
+    v["routes"][1]["auth"]["colour"] = json!("red");
+    let e = err(&v);
+    assert_eq!(e.code, ErrorCode::Malformed);
+    assert_eq!(e.field, "routes[1].auth.colour");
+    assert!(e.message.contains("colour"), "{}", e.message);
+
+    let mut v = contract_example();
+    v["surprise"] = json!(1);
+    assert_eq!(err(&v).field, "surprise");
+}
+
+#[test]
+fn malformed_json_and_wrong_types_are_malformed() {
+    let e = parse_proxy_input(b"{\"name\": ").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Malformed);
+    let mut v = contract_example();
+    v["routes"][0]["topics"] = json!("billing");
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::Malformed, "routes[0].topics")
+    );
+    let mut v = contract_example();
+    v.as_object_mut().unwrap().remove("base_path");
+    assert_eq!(err(&v).code, ErrorCode::Malformed);
+    assert!(parse_proxy_input(b"{} trailing").is_err());
+}
+
+#[test]
+fn route_name_defaults_to_the_provider_id_and_must_be_unique() {
+    let mut v = contract_example();
+    v["routes"][0].as_object_mut().unwrap().remove("name");
+    v["routing"]["fallback"]["route"] = json!("openai");
+    assert_eq!(validate(&v).unwrap().routes[0].name, "openai");
+
+    let mut v = contract_example();
+    v["routes"][1]["name"] = json!("openai");
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::RuleViolated, "routes[1].name")
+    );
+}
+
+#[test]
+fn topic_limit_counts_across_routes() {
+    let mut v = contract_example();
+    let topics: Vec<Value> = (0..4)
+        .map(|i| json!({"name": format!("a{i}"), "utterances": ["x"]}))
+        .collect();
+    v["routes"][0]["topics"] = json!(topics);
+    let topics: Vec<Value> = (0..2)
+        .map(|i| json!({"name": format!("b{i}"), "utterances": ["x"]}))
+        .collect();
+    v["routes"][1]["topics"] = json!(topics.clone());
+    assert!(validate(&v).is_ok(), "6 topics are allowed");
+
+    let mut more = topics;
+    more.push(json!({"name": "b2", "utterances": ["x"]}));
+    v["routes"][1]["topics"] = json!(more);
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "routes[1].topics[2]")
+    );
+
+    let raised = Limits {
+        topics_per_proxy: 100,
+        ..Limits::default()
+    };
+    assert!(validate_with(&v, &raised).is_ok());
+}
+
+#[test]
+fn utterance_limits() {
+    let mut v = contract_example();
+    let ten: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    v["routes"][0]["topics"][0]["utterances"] = json!(ten);
+    assert!(validate(&v).is_ok());
+    let eleven: Vec<String> = (0..11).map(|i| format!("u{i}")).collect();
+    v["routes"][0]["topics"][0]["utterances"] = json!(eleven);
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "routes[0].topics[0].utterances")
+    );
+
+    let mut v = contract_example();
+    v["routes"][0]["topics"][0]["utterances"] = json!(["é".repeat(500)]);
+    assert!(validate(&v).is_ok(), "500 characters, not bytes");
+    v["routes"][0]["topics"][0]["utterances"] = json!(["a".repeat(501)]);
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (
+            ErrorCode::LimitExceeded,
+            "routes[0].topics[0].utterances[0]"
+        )
+    );
+    v["routes"][0]["topics"][0]["utterances"] = json!([]);
+    assert_eq!(err(&v).field, "routes[0].topics[0].utterances");
+}
+
+#[test]
+fn deny_list_limits() {
+    let mut v = contract_example();
+    let six: Vec<Value> = (0..6)
+        .map(|i| json!({"name": format!("d{i}"), "utterances": ["x"]}))
+        .collect();
+    v["prompt_guard"]["deny_topics"] = json!(six);
+    assert!(validate(&v).is_ok());
+    let seven: Vec<Value> = (0..7)
+        .map(|i| json!({"name": format!("d{i}"), "utterances": ["x"]}))
+        .collect();
+    v["prompt_guard"]["deny_topics"] = json!(seven);
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "prompt_guard.deny_topics[6]")
+    );
+
+    let mut v = contract_example();
+    let eleven: Vec<String> = (0..11).map(|i| format!("u{i}")).collect();
+    v["prompt_guard"]["deny_topics"][0]["utterances"] = json!(eleven);
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (
+            ErrorCode::LimitExceeded,
+            "prompt_guard.deny_topics[0].utterances"
+        )
+    );
+    let mut v = contract_example();
+    v["prompt_guard"]["deny_topics"][0]["utterances"] = json!(["x".repeat(501)]);
+    assert_eq!(err(&v).field, "prompt_guard.deny_topics[0].utterances[0]");
+    let mut v = contract_example();
+    v["prompt_guard"]["threshold"] = json!(1.5);
+    assert_eq!(err(&v).field, "prompt_guard.threshold");
+}
+
+#[test]
+fn semantic_needs_target_models_and_topics() {
+    let mut v = contract_example();
+    v["routing"]["strategy"] = json!("semantic");
+    assert!(validate(&v).is_ok());
+    v["routes"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("target_model");
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::RuleViolated, "routes[1].target_model")
+    );
+
+    let mut v = contract_example();
+    v["routing"]["strategy"] = json!("semantic");
+    v["routes"][0].as_object_mut().unwrap().remove("topics");
+    assert_eq!(err(&v).field, "routes");
+}
+
+#[test]
+fn base_path_and_enums_name_their_field() {
+    for (path, value, field) in [
+        ("base_path", json!("support"), "base_path"),
+        ("base_path", json!("/metrics"), "base_path"),
+        ("format", json!("anthropic"), "format"),
+        ("gateway", json!("Prod EU"), "gateway"),
+    ] {
+        let mut v = contract_example();
+        v[path] = value;
+        let e = err(&v);
+        assert_eq!(e.field, field);
+        assert_ne!(e.code, ErrorCode::Malformed);
+    }
+    let mut v = contract_example();
+    v["routes"][0]["provider"] = json!("anthropic");
+    assert_eq!(err(&v).field, "routes[0].provider");
+    let mut v = contract_example();
+    v["routing"]["strategy"] = json!("random");
+    assert_eq!(err(&v).field, "routing.strategy");
+    let mut v = contract_example();
+    v["routing"]["threshold"] = json!(-0.1);
+    assert_eq!(err(&v).field, "routing.threshold");
+}
+
+#[test]
+fn fallback_must_name_a_route() {
+    let mut v = contract_example();
+    v["routing"]["fallback"]["route"] = json!("nope");
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::RuleViolated, "routing.fallback.route")
+    );
+}
+
+#[test]
+fn gemini_proxies_route_to_gemini_only() {
+    let v = json!({
+        "name": "g", "gateway": "gw", "format": "gemini", "base_path": "/g",
+        "routes": [{"provider": "openai", "url": "https://api.openai.com/v1",
+                    "auth": {"type": "static", "api_key": "k"}}]
+    });
+    assert_eq!(err(&v).field, "routes[0].provider");
+}
+
+#[test]
+fn provider_specific_fields() {
+    let route = |extra: Value| {
+        let mut r = json!({"provider": "bedrock", "url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+            "auth": {"type": "static", "access_key_id": "AKID", "secret_access_key": "SECRET"}});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [r]})
+    };
+    assert_eq!(err(&route(json!({}))).field, "routes[0].region");
+    let spec = validate(&route(json!({"region": "us-east-1"}))).unwrap();
+    assert!(matches!(spec.routes[0].auth, Auth::StaticAws { .. }));
+    assert_eq!(
+        err(&route(
+            json!({"region": "us-east-1", "auth": {"type": "static", "api_key": "k"}})
+        ))
+        .field,
+        "routes[0].auth.api_key"
+    );
+    let separate = route(json!({"region": "us-east-1", "auth": {"type": "dynamic",
+        "access_key_id": "#[attributes.headers['x-id']]",
+        "secret_access_key": "attributes.headers['x-secret']"}}));
+    assert!(matches!(
+        validate(&separate).unwrap().routes[0].auth,
+        Auth::DynamicAws { .. }
+    ));
+
+    let openai = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+        {"provider": "openai", "url": "https://api.openai.com/v1", "region": "us-east-1",
+         "auth": {"type": "static", "api_key": "k"}}]});
+    assert_eq!(err(&openai).field, "routes[0].region");
+    let no_auth = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+        {"provider": "openai", "url": "https://api.openai.com/v1"}]});
+    assert_eq!(err(&no_auth).field, "routes[0].auth");
+    let compatible = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+        {"provider": "openai-compatible", "url": "http://127.0.0.1:11434/v1/"}]});
+    let spec = validate(&compatible).unwrap();
+    assert_eq!(spec.routes[0].auth, Auth::None);
+    assert_eq!(
+        spec.routes[0].url, "http://127.0.0.1:11434/v1",
+        "trailing slash trimmed"
+    );
+    let bad_url = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+        {"provider": "openai-compatible", "url": "ftp://x"}]});
+    assert_eq!(err(&bad_url).field, "routes[0].url");
+    let bad_selector = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+        {"provider": "openai", "url": "https://x", "auth": {"type": "dynamic", "expression": "env.KEY"}}]});
+    assert_eq!(err(&bad_selector).field, "routes[0].auth.expression");
+}
+
+#[test]
+fn redacted_secret_on_put_keeps_the_stored_one() {
+    let stored = validate(&contract_example()).unwrap();
+    let mut v = contract_example();
+    v["routes"][0]["auth"]["api_key"] = json!("***");
+    let spec = parse_proxy_input(v.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default(), Some(&stored))
+        .unwrap();
+    assert_eq!(
+        spec.routes[0].auth,
+        Auth::Static {
+            api_key: Secret::new("sk-test")
+        }
+    );
+    // Without a stored secret, the placeholder is refused.
+    assert_eq!(err(&v).field, "routes[0].auth.api_key");
+}
+
+#[test]
+fn stored_json_round_trips_and_is_lenient() {
+    let spec = validate(&contract_example()).unwrap();
+    let mut stored = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        stored["routes"][0]["auth"],
+        json!({"type": "static", "api_key": "sk-test"})
+    );
+    stored["a_field_from_the_future"] = json!(true);
+    stored["routes"][0]["auth"]["rotation"] = json!("weekly");
+    let back: ProxySpec = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, spec);
+    let redacted = serde_json::to_value(spec.redacted()).unwrap();
+    assert_eq!(redacted["routes"][0]["auth"]["api_key"], "***");
+}

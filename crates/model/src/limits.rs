@@ -1,0 +1,28 @@
+use serde::{Deserialize, Serialize};
+
+/// The limits enforced on every admin write. The defaults are the contract's; the control
+/// plane may be started with higher ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub proxies_per_gateway: usize,
+    pub routes_per_proxy: usize,
+    pub topics_per_proxy: usize,
+    pub utterances_per_topic: usize,
+    pub deny_topics_per_proxy: usize,
+    pub utterances_per_deny_topic: usize,
+    pub chars_per_utterance: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            proxies_per_gateway: 50,
+            routes_per_proxy: 64,
+            topics_per_proxy: 6,
+            utterances_per_topic: 10,
+            deny_topics_per_proxy: 6,
+            utterances_per_deny_topic: 10,
+            chars_per_utterance: 500,
+        }
+    }
+}

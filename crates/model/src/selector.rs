@@ -1,0 +1,92 @@
+use crate::ValidationError;
+
+/// Where a dynamic credential is read from on each incoming request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorSource {
+    /// `attributes.headers['name']`; the name is stored lowercased.
+    Header(String),
+    /// `attributes.queryParams['name']`.
+    Query(String),
+}
+
+/// A parsed selector expression such as `#[attributes.headers['x-api-key']]` (the `#[ … ]`
+/// wrapper is optional; quotes may be single or double).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub source: SelectorSource,
+}
+
+impl Selector {
+    pub fn parse(field: &str, expression: &str) -> Result<Self, ValidationError> {
+        let bad = |why: &str| {
+            ValidationError::invalid(
+                field,
+                format!(
+                    "{why}; expected attributes.headers['name'] or attributes.queryParams['name'], optionally inside #[ ]"
+                ),
+            )
+        };
+        let mut e = expression.trim();
+        if let Some(inner) = e.strip_prefix("#[") {
+            e = inner
+                .strip_suffix(']')
+                .ok_or_else(|| bad("unclosed '#['"))?
+                .trim();
+        }
+        let (kind, rest) = if let Some(rest) = e.strip_prefix("attributes.headers[") {
+            ("header", rest)
+        } else if let Some(rest) = e.strip_prefix("attributes.queryParams[") {
+            ("query", rest)
+        } else {
+            return Err(bad("unknown selector"));
+        };
+        let rest = rest.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?;
+        let name = match rest.as_bytes() {
+            [b'\'', .., b'\''] | [b'"', .., b'"'] if rest.len() >= 2 => &rest[1..rest.len() - 1],
+            _ => return Err(bad("the name must be quoted")),
+        };
+        if name.is_empty() || name.len() > 128 {
+            return Err(bad("the name must be 1-128 characters"));
+        }
+        let source = if kind == "header" {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(bad("not a valid header name"));
+            }
+            SelectorSource::Header(name.to_ascii_lowercase())
+        } else {
+            SelectorSource::Query(name.to_owned())
+        };
+        Ok(Self { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_forms() {
+        let h = Selector::parse("f", "#[attributes.headers['X-AWS-Key']]").unwrap();
+        assert_eq!(h.source, SelectorSource::Header("x-aws-key".into()));
+        let h = Selector::parse("f", "attributes.headers[\"x-api-key\"]").unwrap();
+        assert_eq!(h.source, SelectorSource::Header("x-api-key".into()));
+        let q = Selector::parse("f", " #[ attributes.queryParams['key'] ] ").unwrap();
+        assert_eq!(q.source, SelectorSource::Query("key".into()));
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        for bad in [
+            "",
+            "#[attributes.headers['x']",
+            "attributes.headers[x]",
+            "attributes.cookies['x']",
+            "attributes.headers['']",
+            "attributes.headers['bad header']",
+            "attributes.headers['x'",
+        ] {
+            let err = Selector::parse("routes[0].auth.expression", bad).unwrap_err();
+            assert_eq!(err.field, "routes[0].auth.expression", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The snapshot a gateway's nodes serve, and its conversions to and from the gRPC messages.
+//!
+//! Domain → proto cannot fail; proto → domain fails with a typed [`InvalidSnapshot`] on
+//! anything the node could not serve (unknown enum values, missing messages), which the node
+//! reports back as a NACK while it keeps its previous snapshot.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use switchyard_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::{
+    Auth, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec, Route, Routing,
+    RoutingStrategy, Secret, Topic,
+};
+
+/// Everything one gateway serves, at one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub gateway: String,
+    pub version: u64,
+    pub proxies: Vec<Proxy>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid snapshot: {0}")]
+pub struct InvalidSnapshot(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidSnapshot {
+    InvalidSnapshot(msg.into())
+}
+
+impl From<&Snapshot> for pb::Snapshot {
+    fn from(s: &Snapshot) -> Self {
+        pb::Snapshot {
+            gateway: s.gateway.clone(),
+            version: s.version,
+            proxies: s.proxies.iter().map(proxy_to_pb).collect(),
+            created_at_unix_ms: s.created_at.timestamp_millis(),
+        }
+    }
+}
+
+impl TryFrom<pb::Snapshot> for Snapshot {
+    type Error = InvalidSnapshot;
+
+    fn try_from(s: pb::Snapshot) -> Result<Self, Self::Error> {
+        let created_at = DateTime::from_timestamp_millis(s.created_at_unix_ms)
+            .ok_or_else(|| invalid("created_at is out of range"))?;
+        let proxies = s
+            .proxies
+            .into_iter()
+            .map(|p| {
+                let name = p.name.clone();
+                proxy_from_pb(p, &s.gateway)
+                    .map_err(|e| invalid(format!("proxy '{name}': {}", e.0)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
+            gateway: s.gateway,
+            version: s.version,
+            proxies,
+            created_at,
+        })
+    }
+}
+
+fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
+    let spec = &p.spec;
+    pb::Proxy {
+        id: p.id.to_string(),
+        name: spec.name.clone(),
+        format: match spec.format {
+            Format::Openai => pb::Format::Openai,
+            Format::Gemini => pb::Format::Gemini,
+        } as i32,
+        base_path: spec.base_path.clone(),
+        routing: Some(pb::Routing {
+            strategy: match spec.routing.strategy {
+                RoutingStrategy::Model => pb::RoutingStrategy::Model,
+                RoutingStrategy::Semantic => pb::RoutingStrategy::Semantic,
+            } as i32,
+            fallback: spec.routing.fallback.as_ref().map(|f| pb::Fallback {
+                route: f.route.clone(),
+                target_model: f.target_model.clone(),
+            }),
+            threshold: spec.routing.threshold,
+        }),
+        routes: spec.routes.iter().map(route_to_pb).collect(),
+        prompt_guard: spec.prompt_guard.as_ref().map(|g| pb::PromptGuard {
+            threshold: g.threshold,
+            deny_topics: g.deny_topics.iter().map(topic_to_pb).collect(),
+        }),
+        version: p.version,
+    }
+}
+
+fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> {
+    let id = Uuid::parse_str(&p.id).map_err(|_| invalid(format!("id '{}' is not a UUID", p.id)))?;
+    let format = match pb::Format::try_from(p.format) {
+        Ok(pb::Format::Openai) => Format::Openai,
+        Ok(pb::Format::Gemini) => Format::Gemini,
+        _ => return Err(invalid(format!("unknown format {}", p.format))),
+    };
+    let routing = p.routing.ok_or_else(|| invalid("routing is missing"))?;
+    let strategy = match pb::RoutingStrategy::try_from(routing.strategy) {
+        Ok(pb::RoutingStrategy::Model) => RoutingStrategy::Model,
+        Ok(pb::RoutingStrategy::Semantic) => RoutingStrategy::Semantic,
+        _ => {
+            return Err(invalid(format!(
+                "unknown routing strategy {}",
+                routing.strategy
+            )));
+        }
+    };
+    let routes = p
+        .routes
+        .into_iter()
+        .map(route_from_pb)
+        .collect::<Result<Vec<_>, _>>()?;
+    if routes.is_empty() {
+        return Err(invalid("no routes"));
+    }
+    let spec = ProxySpec {
+        name: p.name,
+        gateway: gateway.to_owned(),
+        format,
+        base_path: p.base_path,
+        routing: Routing {
+            strategy,
+            fallback: routing.fallback.map(|f| Fallback {
+                route: f.route,
+                target_model: f.target_model,
+            }),
+            threshold: routing.threshold,
+        },
+        routes,
+        prompt_guard: p.prompt_guard.map(|g| PromptGuard {
+            threshold: g.threshold,
+            deny_topics: g.deny_topics.into_iter().map(topic_from_pb).collect(),
+        }),
+    };
+    // Timestamps are control-plane bookkeeping; nodes do not need them.
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    Ok(Proxy {
+        id,
+        version: p.version,
+        spec,
+        created_at: epoch,
+        updated_at: epoch,
+    })
+}
+
+fn route_to_pb(r: &Route) -> pb::Route {
+    use pb::auth::Kind;
+    let kind = match &r.auth {
+        Auth::None => Kind::None(pb::NoAuth {}),
+        Auth::Static { api_key } => Kind::StaticKey(pb::StaticKey {
+            api_key: api_key.expose().to_owned(),
+        }),
+        Auth::Dynamic { expression } => Kind::DynamicKey(pb::DynamicKey {
+            expression: expression.clone(),
+        }),
+        Auth::StaticAws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => Kind::StaticAws(pb::StaticAws {
+            access_key_id: access_key_id.expose().to_owned(),
+            secret_access_key: secret_access_key.expose().to_owned(),
+            session_token: session_token.as_ref().map(|t| t.expose().to_owned()),
+        }),
+        Auth::DynamicAws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => Kind::DynamicAws(pb::DynamicAws {
+            combined: None,
+            access_key_id: Some(access_key_id.clone()),
+            secret_access_key: Some(secret_access_key.clone()),
+            session_token: session_token.clone(),
+        }),
+    };
+    pb::Route {
+        name: r.name.clone(),
+        provider: provider_to_pb(r.provider) as i32,
+        url: r.url.clone(),
+        region: r.region.clone(),
+        api_version: r.api_version.clone(),
+        auth: Some(pb::Auth { kind: Some(kind) }),
+        target_model: r.target_model.clone(),
+        topics: r.topics.iter().map(topic_to_pb).collect(),
+    }
+}
+
+fn route_from_pb(r: pb::Route) -> Result<Route, InvalidSnapshot> {
+    use pb::auth::Kind;
+    let provider = provider_from_pb(r.provider).ok_or_else(|| {
+        invalid(format!(
+            "route '{}': unknown provider {}",
+            r.name, r.provider
+        ))
+    })?;
+    let kind = r
+        .auth
+        .and_then(|a| a.kind)
+        .ok_or_else(|| invalid(format!("route '{}': auth is missing", r.name)))?;
+    let auth = match kind {
+        Kind::None(_) => Auth::None,
+        Kind::StaticKey(k) => Auth::Static {
+            api_key: Secret::new(k.api_key),
+        },
+        Kind::DynamicKey(k) => Auth::Dynamic {
+            expression: k.expression,
+        },
+        Kind::StaticAws(k) => Auth::StaticAws {
+            access_key_id: Secret::new(k.access_key_id),
+            secret_access_key: Secret::new(k.secret_access_key),
+            session_token: k.session_token.map(Secret::new),
+        },
+        Kind::DynamicAws(k) => match (k.combined, k.access_key_id, k.secret_access_key) {
+            (Some(expression), None, None) => Auth::Dynamic { expression },
+            (None, Some(access_key_id), Some(secret_access_key)) => Auth::DynamicAws {
+                access_key_id,
+                secret_access_key,
+                session_token: k.session_token,
+            },
+            _ => {
+                return Err(invalid(format!(
+                    "route '{}': incomplete dynamic AWS auth",
+                    r.name
+                )));
+            }
+        },
+    };
+    Ok(Route {
+        name: r.name,
+        provider,
+        url: r.url,
+        region: r.region,
+        api_version: r.api_version,
+        auth,
+        target_model: r.target_model,
+        topics: r.topics.into_iter().map(topic_from_pb).collect(),
+    })
+}
+
+fn provider_to_pb(p: Provider) -> pb::Provider {
+    match p {
+        Provider::OpenAi => pb::Provider::Openai,
+        Provider::Azure => pb::Provider::Azure,
+        Provider::Gemini => pb::Provider::Gemini,
+        Provider::Bedrock => pb::Provider::Bedrock,
+        Provider::Nvidia => pb::Provider::Nvidia,
+        Provider::OpenAiCompatible => pb::Provider::OpenaiCompatible,
+    }
+}
+
+fn provider_from_pb(value: i32) -> Option<Provider> {
+    Provider::ALL
+        .into_iter()
+        .find(|p| provider_to_pb(*p) as i32 == value)
+}
+
+fn topic_to_pb(t: &Topic) -> pb::Topic {
+    pb::Topic {
+        name: t.name.clone(),
+        utterances: t.utterances.clone(),
+    }
+}
+
+fn topic_from_pb(t: pb::Topic) -> Topic {
+    Topic {
+        name: t.name,
+        utterances: t.utterances,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limits, parse_proxy_input};
+
+    fn sample() -> Snapshot {
+        let body = serde_json::json!({
+            "name": "p", "gateway": "gw", "base_path": "/p",
+            "routing": {"strategy": "semantic", "threshold": 0.4, "fallback": {"route": "a"}},
+            "routes": [
+                {"name": "a", "provider": "openai", "url": "https://x/v1",
+                 "auth": {"type": "static", "api_key": "sk"}, "target_model": "m",
+                 "topics": [{"name": "t", "utterances": ["hello"]}]},
+                {"name": "b", "provider": "bedrock", "url": "https://y", "region": "us-east-1",
+                 "target_model": "anthropic/x",
+                 "auth": {"type": "dynamic", "access_key_id": "attributes.headers['a']",
+                          "secret_access_key": "attributes.headers['b']"}},
+                {"name": "c", "provider": "bedrock", "url": "https://y", "region": "us-east-1",
+                 "target_model": "anthropic/x",
+                 "auth": {"type": "static", "access_key_id": "AK", "secret_access_key": "SK", "session_token": "T"}}
+            ],
+            "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}]}
+        });
+        let spec = parse_proxy_input(body.to_string().as_bytes())
+            .unwrap()
+            .validate(&Limits::default(), None)
+            .unwrap();
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        Snapshot {
+            gateway: "gw".into(),
+            version: 7,
+            proxies: vec![Proxy {
+                id: Uuid::new_v4(),
+                version: 3,
+                spec,
+                created_at: epoch,
+                updated_at: epoch,
+            }],
+            created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_proto() {
+        let snap = sample();
+        let wire = pb::Snapshot::from(&snap);
+        assert_eq!(Snapshot::try_from(wire).unwrap(), snap);
+    }
+
+    #[test]
+    fn refuses_unknown_enums_and_missing_parts() {
+        let mut wire = pb::Snapshot::from(&sample());
+        wire.proxies[0].routes[0].provider = 99;
+        let err = Snapshot::try_from(wire).unwrap_err();
+        assert!(err.0.contains("unknown provider"), "{err}");
+
+        let mut wire = pb::Snapshot::from(&sample());
+        wire.proxies[0].routing = None;
+        assert!(Snapshot::try_from(wire).is_err());
+
+        let mut wire = pb::Snapshot::from(&sample());
+        wire.proxies[0].id = "nope".into();
+        assert!(Snapshot::try_from(wire).is_err());
+    }
+}

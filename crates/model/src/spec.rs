@@ -1,0 +1,318 @@
+//! The validated domain. These types are what the store keeps (as JSON, leniently: unknown
+//! fields are ignored so rolling upgrades can add optional ones) and what snapshots carry.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Secret;
+
+/// The semantic threshold used when a proxy does not set one.
+pub const DEFAULT_SEMANTIC_THRESHOLD: f64 = 0.5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Openai,
+    Gemini,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Provider {
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "azure")]
+    Azure,
+    #[serde(rename = "gemini")]
+    Gemini,
+    #[serde(rename = "bedrock")]
+    Bedrock,
+    #[serde(rename = "nvidia")]
+    Nvidia,
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 6] = [
+        Provider::OpenAi,
+        Provider::Azure,
+        Provider::Gemini,
+        Provider::Bedrock,
+        Provider::Nvidia,
+        Provider::OpenAiCompatible,
+    ];
+
+    /// The provider id of the contract (`openai`, `openai-compatible`, …), also the default
+    /// route name.
+    pub fn id(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Azure => "azure",
+            Provider::Gemini => "gemini",
+            Provider::Bedrock => "bedrock",
+            Provider::Nvidia => "nvidia",
+            Provider::OpenAiCompatible => "openai-compatible",
+        }
+    }
+
+    /// Whether the upstream speaks the OpenAI Chat Completions API natively.
+    pub fn speaks_openai_chat(self) -> bool {
+        matches!(
+            self,
+            Provider::OpenAi | Provider::Nvidia | Provider::OpenAiCompatible | Provider::Azure
+        )
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingStrategy {
+    Model,
+    Semantic,
+}
+
+/// A proxy as stored: identity, version and the validated spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proxy {
+    pub id: Uuid,
+    pub version: u64,
+    #[serde(flatten)]
+    pub spec: ProxySpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A validated proxy definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxySpec {
+    pub name: String,
+    pub gateway: String,
+    pub format: Format,
+    pub base_path: String,
+    pub routing: Routing,
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_guard: Option<PromptGuard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routing {
+    pub strategy: RoutingStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+}
+
+impl Routing {
+    /// The threshold semantic routing compares against.
+    pub fn semantic_threshold(&self) -> f64 {
+        self.threshold.unwrap_or(DEFAULT_SEMANTIC_THRESHOLD)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub route: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub name: String,
+    pub provider: Provider,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub auth: Auth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<Topic>,
+}
+
+/// Upstream credentials.
+///
+/// The JSON form is the contract's flat one (`{"type": "static", "api_key": …}`), used both
+/// by the admin API (with secrets redacted) and by the store (with secrets encrypted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "AuthRecord", try_from = "AuthRecord")]
+pub enum Auth {
+    /// No credentials (only `openai-compatible` routes).
+    None,
+    /// A key stored by the control plane.
+    Static { api_key: Secret },
+    /// A key read from each request by a selector. On a Bedrock route the selected value is
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`.
+    Dynamic { expression: String },
+    /// Static AWS credentials (Bedrock).
+    StaticAws {
+        access_key_id: Secret,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+    /// AWS credentials read from each request by separate selectors (Bedrock).
+    DynamicAws {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
+}
+
+/// The flat, lenient JSON form of [`Auth`] (unknown fields are ignored: stored data may come
+/// from a newer version).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct AuthRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+impl From<Auth> for AuthRecord {
+    fn from(auth: Auth) -> Self {
+        let s = |x: Secret| Some(x.expose().to_owned());
+        match auth {
+            Auth::None => AuthRecord {
+                kind: "none".into(),
+                ..Default::default()
+            },
+            Auth::Static { api_key } => AuthRecord {
+                kind: "static".into(),
+                api_key: s(api_key),
+                ..Default::default()
+            },
+            Auth::Dynamic { expression } => AuthRecord {
+                kind: "dynamic".into(),
+                expression: Some(expression),
+                ..Default::default()
+            },
+            Auth::StaticAws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => AuthRecord {
+                kind: "static".into(),
+                access_key_id: s(access_key_id),
+                secret_access_key: s(secret_access_key),
+                session_token: session_token.and_then(s),
+                ..Default::default()
+            },
+            Auth::DynamicAws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => AuthRecord {
+                kind: "dynamic".into(),
+                access_key_id: Some(access_key_id),
+                secret_access_key: Some(secret_access_key),
+                session_token,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl TryFrom<AuthRecord> for Auth {
+    type Error = String;
+
+    fn try_from(r: AuthRecord) -> Result<Self, Self::Error> {
+        match (
+            r.kind.as_str(),
+            r.api_key,
+            r.expression,
+            r.access_key_id,
+            r.secret_access_key,
+        ) {
+            ("none", ..) => Ok(Auth::None),
+            ("static", Some(api_key), _, None, None) => Ok(Auth::Static {
+                api_key: Secret::new(api_key),
+            }),
+            ("static", None, _, Some(id), Some(secret)) => Ok(Auth::StaticAws {
+                access_key_id: Secret::new(id),
+                secret_access_key: Secret::new(secret),
+                session_token: r.session_token.map(Secret::new),
+            }),
+            ("dynamic", _, Some(expression), None, None) => Ok(Auth::Dynamic { expression }),
+            ("dynamic", _, None, Some(id), Some(secret)) => Ok(Auth::DynamicAws {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: r.session_token,
+            }),
+            (kind, ..) => Err(format!(
+                "auth of type '{kind}' has an unexpected set of fields"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub utterances: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptGuard {
+    pub threshold: f64,
+    pub deny_topics: Vec<Topic>,
+}
+
+impl ProxySpec {
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// Applies `f` to every secret, e.g. to encrypt before storing or decrypt after loading.
+    pub fn try_map_secrets<E>(
+        mut self,
+        mut f: impl FnMut(Secret) -> Result<Secret, E>,
+    ) -> Result<Self, E> {
+        for route in &mut self.routes {
+            match &mut route.auth {
+                Auth::Static { api_key } => *api_key = f(api_key.clone())?,
+                Auth::StaticAws {
+                    access_key_id,
+                    secret_access_key,
+                    session_token,
+                } => {
+                    *access_key_id = f(access_key_id.clone())?;
+                    *secret_access_key = f(secret_access_key.clone())?;
+                    if let Some(token) = session_token {
+                        *token = f(token.clone())?;
+                    }
+                }
+                Auth::None | Auth::Dynamic { .. } | Auth::DynamicAws { .. } => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// The same spec with every secret replaced by [`crate::REDACTED`].
+    pub fn redacted(self) -> Self {
+        match self
+            .try_map_secrets(|_| Ok::<_, std::convert::Infallible>(Secret::new(crate::REDACTED)))
+        {
+            Ok(spec) => spec,
+            Err(never) => match never {},
+        }
+    }
+}

@@ -1,6 +1,244 @@
 //! Switchyard's control plane: the store of LLM Proxy definitions, the admin REST API, and the
 //! gRPC stream that feeds gateway nodes with versioned snapshots.
+//!
+//! [`ControlPlane::start`] opens the store (applying migrations), re-encrypts secrets under
+//! the current key, binds both listeners and returns; [`ControlPlane::shutdown`] stops it.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod crypto;
+pub mod distribute;
 pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_model::Limits;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::Keyring;
+use crate::distribute::hub::{self, Hub};
+use crate::distribute::{Distributor, Snapshots, hash_token};
+use crate::store::{Backend, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub database_url: String,
+    pub admin_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    /// Bearer token of the admin API; `None` disables auth (`--insecure-no-auth`).
+    pub admin_token: Option<String>,
+    /// Base64 of 32 bytes: encrypts static provider secrets at rest.
+    pub encryption_key: String,
+    /// Earlier keys, still accepted for decryption (rotation).
+    pub previous_encryption_keys: Vec<String>,
+    pub limits: Limits,
+    /// A node not heard from for this long is shown as disconnected.
+    pub node_stale_after: Duration,
+    /// How often versions are polled as a safety net behind change notifications.
+    pub resync_interval: Duration,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl ControlPlaneConfig {
+    pub fn new(database_url: impl Into<String>, encryption_key: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_token: None,
+            encryption_key: encryption_key.into(),
+            previous_encryption_keys: Vec::new(),
+            limits: Limits::default(),
+            node_stale_after: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(5),
+            metrics: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("encryption key: {0}")]
+    Key(#[from] crypto::CryptoError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    admin_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    store: Arc<Store>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub async fn start(config: ControlPlaneConfig) -> Result<Self, StartError> {
+        let keyring = Arc::new(Keyring::new(
+            &config.encryption_key,
+            &config.previous_encryption_keys,
+        )?);
+        let store = Arc::new(Store::connect(&config.database_url).await?);
+        reencrypt(&store, &keyring).await?;
+
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.grpc_listen,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+        let grpc_addr = grpc.local_addr().map_err(|source| StartError::Listen {
+            addr: config.grpc_listen,
+            source,
+        })?;
+
+        let cancel = CancellationToken::new();
+        let hub = Arc::new(Hub::default());
+        let mut tasks = Vec::new();
+        if store.backend() == Backend::Postgres {
+            tasks.push(tokio::spawn(hub::listen_postgres(
+                store.clone(),
+                hub.clone(),
+                cancel.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(hub::poll_versions(
+            store.clone(),
+            hub.clone(),
+            config.resync_interval,
+            cancel.clone(),
+        )));
+
+        let state = Arc::new(api::AppState {
+            store: store.clone(),
+            keyring: keyring.clone(),
+            hub: hub.clone(),
+            limits: config.limits,
+            admin_token: config.admin_token.clone(),
+            node_stale_after: config.node_stale_after,
+            metrics: config.metrics.clone(),
+        });
+        let app = api::router(state);
+        let admin_cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve =
+                axum::serve(admin, app).with_graceful_shutdown(admin_cancel.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        }));
+
+        let snapshots = Arc::new(Snapshots::new(store.clone(), keyring));
+        let distributor = Distributor::new(store.clone(), hub, snapshots, cancel.clone());
+        let grpc_cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            let serve = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .add_service(
+                    switchyard_proto::v1::config_distribution_server::ConfigDistributionServer::new(
+                        distributor,
+                    ),
+                )
+                .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "grpc server failed");
+            }
+        }));
+
+        tracing::info!(address = %admin_addr, "admin API listening");
+        tracing::info!(address = %grpc_addr, "config distribution (gRPC) listening");
+        Ok(Self {
+            admin_addr,
+            grpc_addr,
+            store,
+            cancel,
+            tasks,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Creates `name` if it does not exist and gives it a fresh registration token (used by
+    /// `switchyard dev` to wire its own gateway node).
+    pub async fn bootstrap_gateway(&self, name: &str) -> Result<String, StoreError> {
+        let token = api::new_registration_token();
+        if self.store.get_gateway(name).await?.is_some() {
+            self.store
+                .set_gateway_token(name, &hash_token(&token))
+                .await?;
+        } else {
+            self.store.create_gateway(name, &hash_token(&token)).await?;
+        }
+        Ok(token)
+    }
+
+    /// Stops both servers, ends every node stream, and closes the store.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// Re-encrypts every static secret that is not under the current key (completes a rotation).
+async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<(), StartError> {
+    let mut failure: Option<crypto::CryptoError> = None;
+    let changed = store
+        .rewrite_specs(|spec| {
+            let mut stale = false;
+            let rewritten = spec.try_map_secrets(|s| {
+                if keyring.is_current(&s) {
+                    return Ok(s);
+                }
+                stale = true;
+                keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
+            });
+            match rewritten {
+                Ok(spec) => Ok(stale.then_some(spec)),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Ok(None)
+                }
+            }
+        })
+        .await?;
+    if let Some(e) = failure {
+        return Err(StartError::Key(e));
+    }
+    if changed > 0 {
+        tracing::info!(
+            proxies = changed,
+            "re-encrypted stored secrets under the current key"
+        );
+    }
+    Ok(())
+}

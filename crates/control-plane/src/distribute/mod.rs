@@ -1,0 +1,331 @@
+//! Config distribution: the gRPC `ConfigDistribution` service that streams versioned
+//! snapshots to gateway nodes and records what each node applied.
+
+pub mod hub;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use switchyard_model::snapshot::Snapshot;
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::config_distribution_server::ConfigDistribution;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::crypto::Keyring;
+use crate::store::{NodeEvent, Store};
+use hub::Hub;
+
+/// SHA-256 of a registration token, hex-encoded: what the store keeps.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Builds snapshots from the store, decrypting secrets, and caches the newest per gateway so
+/// that many nodes of one gateway share one build.
+pub struct Snapshots {
+    store: Arc<Store>,
+    keyring: Arc<Keyring>,
+    cache: Mutex<HashMap<String, Arc<pb::Snapshot>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("gateway no longer exists")]
+    GatewayGone,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot decrypt a secret of proxy '{proxy}': {source}")]
+    Decrypt {
+        proxy: String,
+        source: crate::crypto::CryptoError,
+    },
+}
+
+impl Snapshots {
+    pub fn new(store: Arc<Store>, keyring: Arc<Keyring>) -> Self {
+        Self {
+            store,
+            keyring,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The current snapshot of `gateway`.
+    pub async fn current(&self, gateway: &str) -> Result<Arc<pb::Snapshot>, SnapshotError> {
+        let record = self
+            .store
+            .get_gateway(gateway)
+            .await?
+            .ok_or(SnapshotError::GatewayGone)?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(gateway)
+            .cloned();
+        if let Some(s) = cached
+            && s.version == record.config_version
+        {
+            return Ok(s);
+        }
+        let (version, proxies) = self
+            .store
+            .snapshot_source(gateway)
+            .await?
+            .ok_or(SnapshotError::GatewayGone)?;
+        let proxies = proxies
+            .into_iter()
+            .map(|mut p| {
+                let name = p.spec.name.clone();
+                p.spec = p
+                    .spec
+                    .try_map_secrets(|s| self.keyring.decrypt(&s))
+                    .map_err(|source| SnapshotError::Decrypt {
+                        proxy: name,
+                        source,
+                    })?;
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
+        let snapshot = Snapshot {
+            gateway: gateway.to_owned(),
+            version,
+            proxies,
+            created_at: Utc::now(),
+        };
+        let built = Arc::new(pb::Snapshot::from(&snapshot));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.get(gateway) {
+            Some(newer) if newer.version > built.version => Ok(newer.clone()),
+            _ => {
+                cache.insert(gateway.to_owned(), built.clone());
+                Ok(built)
+            }
+        }
+    }
+}
+
+/// The gRPC service.
+pub struct Distributor {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    snapshots: Arc<Snapshots>,
+    cancel: CancellationToken,
+    hello_timeout: Duration,
+}
+
+impl Distributor {
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        snapshots: Arc<Snapshots>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            snapshots,
+            cancel,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+
+    async fn authenticate(&self, hello: &pb::Hello) -> Result<(), Status> {
+        if hello.node_id.is_empty() || hello.node_id.len() > 128 {
+            return Err(Status::invalid_argument("node_id must be 1-128 characters"));
+        }
+        let gateway = self
+            .store
+            .get_gateway(&hello.gateway)
+            .await
+            .map_err(|e| Status::unavailable(format!("store unavailable: {e}")))?
+            .ok_or_else(|| {
+                Status::not_found(format!("gateway '{}' does not exist", hello.gateway))
+            })?;
+        let presented = hash_token(&hello.registration_token);
+        if !bool::from(presented.as_bytes().ct_eq(gateway.token_hash.as_bytes())) {
+            return Err(Status::unauthenticated("invalid registration token"));
+        }
+        Ok(())
+    }
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigDistribution for Distributor {
+    type SubscribeStream = ControlStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.hello_timeout, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s"))?;
+        let hello = match first {
+            Some(Ok(pb::NodeMessage {
+                kind: Some(pb::node_message::Kind::Hello(h)),
+            })) => h,
+            Some(Ok(_)) => return Err(Status::invalid_argument("the first message must be hello")),
+            Some(Err(status)) => return Err(status),
+            None => return Err(Status::cancelled("stream closed before hello")),
+        };
+        if let Err(status) = self.authenticate(&hello).await {
+            tracing::warn!(gateway = %hello.gateway, node = %hello.node_id, reason = %status.message(), "node refused");
+            metrics::counter!("switchyard_control_plane_node_rejections_total").increment(1);
+            return Err(status);
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session {
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+            changes: self.hub.subscribe(&hello.gateway),
+            cancel: self.cancel.child_token(),
+            gateway: hello.gateway.clone(),
+            node_id: hello.node_id.clone(),
+        };
+        tokio::spawn(session.run(hello, inbound, tx));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One node's stream: sends snapshots, records ACKs/NACKs and heartbeats.
+struct Session {
+    store: Arc<Store>,
+    snapshots: Arc<Snapshots>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    cancel: CancellationToken,
+    gateway: String,
+    node_id: String,
+}
+
+impl Session {
+    async fn record(&self, event: NodeEvent<'_>) {
+        if let Err(e) = self
+            .store
+            .record_node(&self.gateway, &self.node_id, event)
+            .await
+        {
+            tracing::warn!(gateway = %self.gateway, node = %self.node_id, error = %e, "cannot record node state");
+        }
+    }
+
+    async fn run(
+        mut self,
+        hello: pb::Hello,
+        mut inbound: Streaming<pb::NodeMessage>,
+        tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    ) {
+        let gauge = metrics::gauge!("switchyard_control_plane_connected_nodes", "gateway" => self.gateway.clone());
+        gauge.increment(1.0);
+        tracing::info!(
+            gateway = %self.gateway, node = %self.node_id, address = %hello.address,
+            version = hello.current_version, "node connected"
+        );
+        self.record(NodeEvent::Connected {
+            address: &hello.address,
+            software_version: &hello.software_version,
+        })
+        .await;
+        if hello.current_version > 0 {
+            self.record(NodeEvent::Applied {
+                version: hello.current_version,
+            })
+            .await;
+        }
+        let mut sent: Option<u64> = None;
+        self.changes.mark_changed();
+        let reason = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break "control plane shutting down",
+                _ = tx.closed() => break "stream closed",
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        break "hub closed";
+                    }
+                    match self.snapshots.current(&self.gateway).await {
+                        Ok(snapshot) if sent != Some(snapshot.version) => {
+                            let version = snapshot.version;
+                            let msg = pb::ControlMessage {
+                                kind: Some(pb::control_message::Kind::Snapshot((*snapshot).clone())),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break "stream closed";
+                            }
+                            metrics::counter!("switchyard_control_plane_snapshots_sent_total").increment(1);
+                            tracing::debug!(gateway = %self.gateway, node = %self.node_id, version, "snapshot sent");
+                            sent = Some(version);
+                        }
+                        Ok(_) => {}
+                        Err(crate::distribute::SnapshotError::GatewayGone) => {
+                            let _ = tx.send(Err(Status::not_found("gateway was deleted"))).await;
+                            break "gateway deleted";
+                        }
+                        Err(e) => {
+                            tracing::error!(gateway = %self.gateway, error = %e, "cannot build snapshot; node keeps its current one");
+                        }
+                    }
+                }
+                msg = inbound.next() => match msg {
+                    Some(Ok(pb::NodeMessage { kind: Some(kind) })) => self.on_message(kind).await,
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => {
+                        tracing::debug!(gateway = %self.gateway, node = %self.node_id, error = %status, "node stream error");
+                        break "stream error";
+                    }
+                    None => break "node closed the stream",
+                },
+            }
+        };
+        gauge.decrement(1.0);
+        tracing::info!(gateway = %self.gateway, node = %self.node_id, reason, "node disconnected");
+        self.record(NodeEvent::Disconnected).await;
+    }
+
+    async fn on_message(&self, kind: pb::node_message::Kind) {
+        use pb::node_message::Kind;
+        match kind {
+            Kind::Ack(ack) if ack.applied => {
+                metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "ack")
+                    .increment(1);
+                tracing::info!(gateway = %self.gateway, node = %self.node_id, version = ack.version, "node applied snapshot");
+                self.record(NodeEvent::Applied {
+                    version: ack.version,
+                })
+                .await;
+            }
+            Kind::Ack(ack) => {
+                metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "nack")
+                    .increment(1);
+                tracing::warn!(
+                    gateway = %self.gateway, node = %self.node_id, version = ack.version,
+                    error = %ack.error, "node rejected snapshot"
+                );
+                self.record(NodeEvent::Rejected {
+                    version: ack.version,
+                    error: &ack.error,
+                })
+                .await;
+            }
+            Kind::Heartbeat(_) => self.record(NodeEvent::Heartbeat).await,
+            Kind::Hello(_) => {
+                tracing::warn!(gateway = %self.gateway, node = %self.node_id, "unexpected second hello ignored");
+            }
+        }
+    }
+}

@@ -11,3 +11,5 @@ pub mod sse;
 
 pub use canonical::*;
 pub use error::{ApiError, ErrorKind, LlmError, StreamError};
+pub mod dialect;
+pub mod stream;

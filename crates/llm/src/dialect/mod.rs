@@ -4,7 +4,7 @@
 //! these, so each API's shapes live in exactly one place.
 
 pub mod bedrock;
-// pub mod gemini;
+pub mod gemini;
 pub mod openai_chat;
 // pub mod openai_responses;
 

@@ -6,7 +6,7 @@
 pub mod bedrock;
 pub mod gemini;
 pub mod openai_chat;
-// pub mod openai_responses;
+pub mod openai_responses;
 
 use std::fmt;
 use std::marker::PhantomData;

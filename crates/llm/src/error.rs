@@ -49,9 +49,7 @@ impl ErrorKind {
     /// The HTTP status used when no more precise status is known.
     pub fn default_status(self) -> StatusCode {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded => {
-                StatusCode::BAD_REQUEST
-            }
+            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded => StatusCode::BAD_REQUEST,
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -80,9 +78,7 @@ impl ErrorKind {
     /// The OpenAI error `type` string.
     pub fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded => {
-                "invalid_request_error"
-            }
+            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::NotFound => "not_found_error",

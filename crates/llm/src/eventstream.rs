@@ -290,8 +290,7 @@ impl FrameDecoder {
         }
         let total_us = total as usize;
         let headers_us = headers_len as usize;
-        if total_us < MIN_MESSAGE_LEN
-            || total_us > MAX_MESSAGE_BYTES
+        if !(MIN_MESSAGE_LEN..=MAX_MESSAGE_BYTES).contains(&total_us)
             || headers_us > MAX_HEADERS_BYTES
             || headers_us > total_us - MIN_MESSAGE_LEN
         {
@@ -416,8 +415,8 @@ mod tests {
         assert_eq!(
             bytes.as_ref(),
             &[
-                0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x05, 0xc2, 0x48, 0xeb, 0x7d,
-                0x98, 0xc8, 0xff
+                0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x05, 0xc2, 0x48, 0xeb, 0x7d, 0x98,
+                0xc8, 0xff
             ]
         );
     }
@@ -440,7 +439,10 @@ mod tests {
         bytes.extend_from_slice(&encode_exception("throttlingException", "slow down").unwrap());
         let got = d.push(&bytes).unwrap();
         assert_eq!(got[0].header_str(":message-type"), Some("event"));
-        assert_eq!(got[1].header_str(":exception-type"), Some("throttlingException"));
+        assert_eq!(
+            got[1].header_str(":exception-type"),
+            Some("throttlingException")
+        );
         assert_eq!(got[1].payload.as_ref(), br#"{"message":"slow down"}"#);
     }
 

@@ -52,9 +52,7 @@ impl InboundFormat {
             InboundFormat::OpenAiResponses => Box::new(
                 openai_responses::ResponsesStreamEncoder::new(req.model.clone()),
             ),
-            InboundFormat::Gemini => {
-                Box::new(gemini::GeminiStreamEncoder::new(req.model.clone()))
-            }
+            InboundFormat::Gemini => Box::new(gemini::GeminiStreamEncoder::new(req.model.clone())),
         }
     }
 
@@ -130,7 +128,10 @@ mod tests {
             .parse_request(b"{")
             .unwrap_err()
             .to_api_error();
-        assert_eq!(InboundFormat::OpenAiChat.render_error(&bad).0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            InboundFormat::OpenAiChat.render_error(&bad).0,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
@@ -156,33 +157,70 @@ mod tests {
     #[test]
     fn bedrock_stream_to_every_inbound_format() {
         let events = vec![
-            StreamEvent::Start { id: None, model: None },
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
             StreamEvent::TextDelta("Hi".into()),
-            StreamEvent::ToolCallStart { index: 0, id: "t1".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"x\":".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "2}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "t1".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"x\":".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "2}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
-            StreamEvent::Usage(Usage { input_tokens: 3, output_tokens: 4, ..Usage::default() }),
+            StreamEvent::Usage(Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+                ..Usage::default()
+            }),
         ];
-        let frames = encode_all(&mut crate::dialect::bedrock::ConverseStreamEncoder::new(), &events);
-        let target = Target::new(Provider::Bedrock, "https://bedrock-runtime.us-east-1.amazonaws.com", "m");
+        let frames = encode_all(
+            &mut crate::dialect::bedrock::ConverseStreamEncoder::new(),
+            &events,
+        );
+        let target = Target::new(
+            Provider::Bedrock,
+            "https://bedrock-runtime.us-east-1.amazonaws.com",
+            "m",
+        );
         let decoded = decode_all(target.stream_decoder().as_mut(), &frames).unwrap();
         assert_eq!(decoded, events);
 
-        let req = ChatRequest { model: "claude/m".into(), stream_include_usage: true, ..ChatRequest::default() };
-        let chat = encode_all(InboundFormat::OpenAiChat.stream_encoder(&req).as_mut(), &decoded);
+        let req = ChatRequest {
+            model: "claude/m".into(),
+            stream_include_usage: true,
+            ..ChatRequest::default()
+        };
+        let chat = encode_all(
+            InboundFormat::OpenAiChat.stream_encoder(&req).as_mut(),
+            &decoded,
+        );
         let chat = String::from_utf8(chat.to_vec()).unwrap();
         assert!(chat.contains("\"model\":\"claude/m\""));
         assert!(chat.contains("\"arguments\":\"2}\""));
         assert!(chat.contains("\"finish_reason\":\"tool_calls\""));
         assert!(chat.contains("\"total_tokens\":7"));
 
-        let resp = encode_all(InboundFormat::OpenAiResponses.stream_encoder(&req).as_mut(), &decoded);
+        let resp = encode_all(
+            InboundFormat::OpenAiResponses.stream_encoder(&req).as_mut(),
+            &decoded,
+        );
         let resp = String::from_utf8(resp.to_vec()).unwrap();
         assert!(resp.contains("\"arguments\":\"{\\\"x\\\":2}\""));
         assert!(resp.contains("event: response.completed"));
 
-        let gem = encode_all(InboundFormat::Gemini.stream_encoder(&req).as_mut(), &decoded);
+        let gem = encode_all(
+            InboundFormat::Gemini.stream_encoder(&req).as_mut(),
+            &decoded,
+        );
         let gem = String::from_utf8(gem.to_vec()).unwrap();
         assert!(gem.contains("\"args\":{\"x\":2}"));
     }

@@ -105,9 +105,8 @@ pub fn request_stream_usage(body: &[u8]) -> Result<(Bytes, bool), LlmError> {
             continue;
         }
         found = true;
-        let mut options: Value = serde_json::from_str(v.get()).map_err(|e| {
-            LlmError::invalid("stream_options", format!("not valid json: {e}"))
-        })?;
+        let mut options: Value = serde_json::from_str(v.get())
+            .map_err(|e| LlmError::invalid("stream_options", format!("not valid json: {e}")))?;
         let Some(map) = options.as_object_mut() else {
             return Err(LlmError::invalid("stream_options", "must be an object"));
         };
@@ -200,7 +199,9 @@ mod tests {
         assert!(is_usage_only_chunk(
             r#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
         ));
-        assert!(!is_usage_only_chunk(r#"{"choices":[{"index":0}],"usage":null}"#));
+        assert!(!is_usage_only_chunk(
+            r#"{"choices":[{"index":0}],"usage":null}"#
+        ));
         assert_eq!(
             usage_from_openai_chunk(
                 r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#

@@ -126,13 +126,12 @@ impl SseParser {
     fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
         self.pending_bytes = 0;
         let event = self.event.take();
-        match self.data.take() {
-            Some(data) => events.push(SseEvent {
+        if let Some(data) = self.data.take() {
+            events.push(SseEvent {
                 event,
                 data,
                 id: self.id.clone(),
-            }),
-            None => {}
+            });
         }
     }
 }

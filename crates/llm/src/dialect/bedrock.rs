@@ -556,10 +556,7 @@ pub fn render_request(req: &ChatRequest) -> Result<Bytes, LlmError> {
 fn empty_object_schema() -> Value {
     let mut schema = serde_json::Map::new();
     schema.insert("type".into(), Value::from("object"));
-    schema.insert(
-        "properties".into(),
-        Value::Object(serde_json::Map::new()),
-    );
+    schema.insert("properties".into(), Value::Object(serde_json::Map::new()));
     Value::Object(schema)
 }
 
@@ -665,14 +662,13 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let response_format = match wire.output_config.and_then(|o| o.text_format) {
         None => None,
         Some(f) => {
-            let schema: Value = serde_json::from_str(&f.structure.json_schema.schema).map_err(
-                |e| {
+            let schema: Value =
+                serde_json::from_str(&f.structure.json_schema.schema).map_err(|e| {
                     LlmError::invalid(
                         "outputConfig.textFormat.structure.jsonSchema.schema",
                         format!("not a json schema string: {e}"),
                     )
-                },
-            )?;
+                })?;
             Some(ResponseFormat::JsonSchema {
                 name: f.structure.json_schema.name.unwrap_or_default(),
                 description: f.structure.json_schema.description,
@@ -1270,7 +1266,10 @@ mod tests {
         assert_eq!(v["system"], json!([{"text": "be brief"}]));
         assert_eq!(v["messages"].as_array().unwrap().len(), 3);
         assert_eq!(v["messages"][0]["role"], "user");
-        assert_eq!(v["messages"][0]["content"][0]["text"], "weather and time in Paris?");
+        assert_eq!(
+            v["messages"][0]["content"][0]["text"],
+            "weather and time in Paris?"
+        );
         assert_eq!(
             v["messages"][0]["content"][1]["image"],
             json!({"format": "jpeg", "source": {"bytes": "/9j/4AAQ"}})
@@ -1281,14 +1280,20 @@ mod tests {
             v["messages"][1]["content"][1]["toolUse"],
             json!({"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}})
         );
-        assert_eq!(v["messages"][1]["content"][2]["toolUse"]["input"], json!({}));
+        assert_eq!(
+            v["messages"][1]["content"][2]["toolUse"]["input"],
+            json!({})
+        );
         // Both tool results merged into one user message.
         assert_eq!(v["messages"][2]["role"], "user");
         assert_eq!(
             v["messages"][2]["content"][0]["toolResult"],
             json!({"toolUseId": "tooluse_1", "content": [{"text": "21C"}]})
         );
-        assert_eq!(v["messages"][2]["content"][1]["toolResult"]["toolUseId"], "tooluse_2");
+        assert_eq!(
+            v["messages"][2]["content"][1]["toolResult"]["toolUseId"],
+            "tooluse_2"
+        );
         assert_eq!(
             v["inferenceConfig"],
             json!({"maxTokens": 300, "temperature": 0.5, "topP": 0.8, "stopSequences": ["\n\nHuman:"]})
@@ -1307,7 +1312,10 @@ mod tests {
         let schema = v["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"]
             .as_str()
             .unwrap();
-        assert_eq!(serde_json::from_str::<Value>(schema).unwrap(), json!({"type": "object"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(schema).unwrap(),
+            json!({"type": "object"})
+        );
 
         // And the mock-side parser reads it back.
         let back = parse_request(&body).unwrap();
@@ -1319,15 +1327,31 @@ mod tests {
 
     #[test]
     fn refuses_what_converse_cannot_honour() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ChatRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ChatRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("seed", Box::new(|r| r.seed = Some(1))),
             ("top_k", Box::new(|r| r.top_k = Some(5))),
-            ("presence_penalty", Box::new(|r| r.presence_penalty = Some(0.5))),
-            ("reasoning_effort", Box::new(|r| r.reasoning_effort = Some("high".into()))),
-            ("parallel_tool_calls", Box::new(|r| r.parallel_tool_calls = Some(false))),
-            ("response_format", Box::new(|r| r.response_format = Some(ResponseFormat::JsonObject))),
+            (
+                "presence_penalty",
+                Box::new(|r| r.presence_penalty = Some(0.5)),
+            ),
+            (
+                "reasoning_effort",
+                Box::new(|r| r.reasoning_effort = Some("high".into())),
+            ),
+            (
+                "parallel_tool_calls",
+                Box::new(|r| r.parallel_tool_calls = Some(false)),
+            ),
+            (
+                "response_format",
+                Box::new(|r| r.response_format = Some(ResponseFormat::JsonObject)),
+            ),
             ("n", Box::new(|r| r.n = Some(3))),
-            ("tool_choice", Box::new(|r| r.tool_choice = Some(ToolChoice::None))),
+            (
+                "tool_choice",
+                Box::new(|r| r.tool_choice = Some(ToolChoice::None)),
+            ),
             (
                 "messages[1].content[1]",
                 Box::new(|r| {
@@ -1342,7 +1366,9 @@ mod tests {
             let mut req = openai_request();
             mutate(&mut req);
             match render_request(&req) {
-                Err(LlmError::Unsupported { field: f, provider, .. }) => {
+                Err(LlmError::Unsupported {
+                    field: f, provider, ..
+                }) => {
                     assert_eq!((f.as_str(), provider), (field, "bedrock"))
                 }
                 other => panic!("{field}: {other:?}"),
@@ -1390,7 +1416,10 @@ mod tests {
 
         // The mock-side renderer produces a body that parses to the same answer.
         let again = parse_response(&render_response(&resp)).unwrap();
-        assert_eq!((again.text, again.tool_calls, again.usage), (resp.text, resp.tool_calls, resp.usage));
+        assert_eq!(
+            (again.text, again.tool_calls, again.usage),
+            (resp.text, resp.tool_calls, resp.usage)
+        );
         assert!(parse_response(b"{\"output\": 5}").is_err());
     }
 
@@ -1427,15 +1456,33 @@ mod tests {
     fn stream_frames() -> Vec<u8> {
         let events: Vec<(&str, Value)> = vec![
             ("messageStart", json!({"role": "assistant", "p": "abcd"})),
-            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Let me "}, "p": "ab"})),
-            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "check."}})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "Let me "}, "p": "ab"}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "check."}}),
+            ),
             ("contentBlockStop", json!({"contentBlockIndex": 0})),
-            ("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_A", "name": "top_song"}}})),
-            ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"sign\": "}}})),
-            ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"WZPZ\"}"}}})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_A", "name": "top_song"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"sign\": "}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"WZPZ\"}"}}}),
+            ),
             ("contentBlockStop", json!({"contentBlockIndex": 1})),
             ("messageStop", json!({"stopReason": "tool_use"})),
-            ("metadata", json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, "metrics": {"latencyMs": 90}})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}, "metrics": {"latencyMs": 90}}),
+            ),
         ];
         let mut out = Vec::new();
         for (name, payload) in events {
@@ -1446,14 +1493,31 @@ mod tests {
 
     fn expected_events() -> Vec<StreamEvent> {
         vec![
-            StreamEvent::Start { id: None, model: None },
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
             StreamEvent::TextDelta("Let me ".into()),
             StreamEvent::TextDelta("check.".into()),
-            StreamEvent::ToolCallStart { index: 0, id: "tooluse_A".into(), name: "top_song".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"sign\": ".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "\"WZPZ\"}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "tooluse_A".into(),
+                name: "top_song".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"sign\": ".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "\"WZPZ\"}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
-            StreamEvent::Usage(Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() }),
+            StreamEvent::Usage(Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Usage::default()
+            }),
         ]
     }
 
@@ -1465,8 +1529,9 @@ mod tests {
 
     #[test]
     fn stream_exceptions_and_truncation() {
-        let mut bytes = stream_frames()[..0].to_vec();
-        bytes.extend_from_slice(&encode_event("messageStart", b"{\"role\":\"assistant\"}").unwrap());
+        let mut bytes = Vec::new();
+        bytes
+            .extend_from_slice(&encode_event("messageStart", b"{\"role\":\"assistant\"}").unwrap());
         bytes.extend_from_slice(&encode_exception("throttlingException", "slow down").unwrap());
         let events = decode_all(&mut ConverseStreamDecoder::new(), &bytes).unwrap();
         match &events[1] {
@@ -1478,17 +1543,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let frames = stream_frames();
-        let stop = encode_event("messageStop", b"{}").unwrap().len();
-        let _ = stop;
-        // Cut right before messageStop: a clean frame boundary but no stop.
-        let mut d = ConverseStreamDecoder::new();
-        let mut prefix = Vec::new();
-        for (name, payload) in [("messageStart", "{\"role\":\"assistant\"}")] {
-            prefix.extend_from_slice(&encode_event(name, payload.as_bytes()).unwrap());
-        }
-        assert_eq!(decode_all(&mut d, &prefix), Err(StreamError::Truncated));
+        // A clean frame boundary but no messageStop.
+        let prefix = encode_event("messageStart", b"{\"role\":\"assistant\"}").unwrap();
+        assert_eq!(
+            decode_all(&mut ConverseStreamDecoder::new(), &prefix),
+            Err(StreamError::Truncated)
+        );
         // Cut mid-frame.
-        assert!(decode_all(&mut ConverseStreamDecoder::new(), &frames[..frames.len() - 3]).is_err());
+        assert!(
+            decode_all(
+                &mut ConverseStreamDecoder::new(),
+                &frames[..frames.len() - 3]
+            )
+            .is_err()
+        );
         // Bad CRC.
         let mut bad = frames.clone();
         bad[20] ^= 0xff;
@@ -1498,7 +1566,10 @@ mod tests {
         ));
         // A frame with a valid CRC but a garbage payload.
         let garbage = encode_frame(&crate::eventstream::Message::with_string_headers(
-            &[(":event-type", "contentBlockDelta"), (":message-type", "event")],
+            &[
+                (":event-type", "contentBlockDelta"),
+                (":message-type", "event"),
+            ],
             Bytes::from_static(b"not json"),
         ))
         .unwrap();

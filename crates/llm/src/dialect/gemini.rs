@@ -38,13 +38,25 @@ const PLACEHOLDER_SIGNATURE: &str = "skip_thought_signature_validator";
 struct WireRequest {
     #[serde(default)]
     contents: Vec<WireContent>,
-    #[serde(default, alias = "system_instruction", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "system_instruction",
+        skip_serializing_if = "Option::is_none"
+    )]
     system_instruction: Option<WireContent>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool>,
-    #[serde(default, alias = "tool_config", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "tool_config",
+        skip_serializing_if = "Option::is_none"
+    )]
     tool_config: Option<WireToolConfig>,
-    #[serde(default, alias = "generation_config", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "generation_config",
+        skip_serializing_if = "Option::is_none"
+    )]
     generation_config: Option<WireGenerationConfig>,
 }
 
@@ -73,19 +85,39 @@ struct WireContent {
 struct WirePart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
-    #[serde(default, alias = "inline_data", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "inline_data",
+        skip_serializing_if = "Option::is_none"
+    )]
     inline_data: Option<WireBlob>,
     #[serde(default, alias = "file_data", skip_serializing_if = "Option::is_none")]
     file_data: Option<WireFileData>,
-    #[serde(default, alias = "function_call", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "function_call",
+        skip_serializing_if = "Option::is_none"
+    )]
     function_call: Option<WireFunctionCall>,
-    #[serde(default, alias = "function_response", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "function_response",
+        skip_serializing_if = "Option::is_none"
+    )]
     function_response: Option<WireFunctionResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     thought: Option<bool>,
-    #[serde(default, alias = "thought_signature", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "thought_signature",
+        skip_serializing_if = "Option::is_none"
+    )]
     thought_signature: Option<String>,
-    #[serde(default, alias = "executable_code", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "executable_code",
+        skip_serializing_if = "Option::is_none"
+    )]
     executable_code: Option<Value>,
     #[serde(
         default,
@@ -192,15 +224,35 @@ struct WireGenerationConfig {
     top_p: Option<f64>,
     #[serde(default, alias = "top_k", skip_serializing_if = "Option::is_none")]
     top_k: Option<u32>,
-    #[serde(default, alias = "max_output_tokens", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_output_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
     max_output_tokens: Option<u64>,
-    #[serde(default, alias = "stop_sequences", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "stop_sequences",
+        skip_serializing_if = "Option::is_none"
+    )]
     stop_sequences: Option<Vec<String>>,
-    #[serde(default, alias = "candidate_count", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "candidate_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     candidate_count: Option<u32>,
-    #[serde(default, alias = "response_mime_type", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "response_mime_type",
+        skip_serializing_if = "Option::is_none"
+    )]
     response_mime_type: Option<String>,
-    #[serde(default, alias = "response_schema", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "response_schema",
+        skip_serializing_if = "Option::is_none"
+    )]
     response_schema: Option<Value>,
     #[serde(
         default,
@@ -208,26 +260,54 @@ struct WireGenerationConfig {
         skip_serializing_if = "Option::is_none"
     )]
     response_json_schema: Option<Value>,
-    #[serde(default, alias = "presence_penalty", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "presence_penalty",
+        skip_serializing_if = "Option::is_none"
+    )]
     presence_penalty: Option<f64>,
-    #[serde(default, alias = "frequency_penalty", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "frequency_penalty",
+        skip_serializing_if = "Option::is_none"
+    )]
     frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     seed: Option<i64>,
-    #[serde(default, alias = "response_logprobs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "response_logprobs",
+        skip_serializing_if = "Option::is_none"
+    )]
     response_logprobs: Option<bool>,
-    #[serde(default, alias = "thinking_config", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "thinking_config",
+        skip_serializing_if = "Option::is_none"
+    )]
     thinking_config: Option<WireThinkingConfig>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct WireThinkingConfig {
-    #[serde(default, alias = "thinking_budget", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "thinking_budget",
+        skip_serializing_if = "Option::is_none"
+    )]
     thinking_budget: Option<i64>,
-    #[serde(default, alias = "thinking_level", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "thinking_level",
+        skip_serializing_if = "Option::is_none"
+    )]
     thinking_level: Option<String>,
-    #[serde(default, alias = "include_thoughts", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "include_thoughts",
+        skip_serializing_if = "Option::is_none"
+    )]
     include_thoughts: Option<bool>,
 }
 
@@ -454,17 +534,15 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
 
     let config = wire.generation_config.unwrap_or_default();
     let response_format = match config.response_mime_type.as_deref() {
-        Some("application/json") => {
-            match config.response_json_schema.or(config.response_schema) {
-                Some(schema) => Some(ResponseFormat::JsonSchema {
-                    name: "response".into(),
-                    description: None,
-                    schema,
-                    strict: None,
-                }),
-                None => Some(ResponseFormat::JsonObject),
-            }
-        }
+        Some("application/json") => match config.response_json_schema.or(config.response_schema) {
+            Some(schema) => Some(ResponseFormat::JsonSchema {
+                name: "response".into(),
+                description: None,
+                schema,
+                strict: None,
+            }),
+            None => Some(ResponseFormat::JsonObject),
+        },
         Some("text/plain") | None => None,
         Some(other) => {
             untranslatable.push(format!(
@@ -573,7 +651,11 @@ pub fn render_request(req: &ChatRequest, model: &str) -> Result<Bytes, LlmError>
             }
             continue;
         }
-        let role = if m.role == Role::Assistant { "model" } else { "user" };
+        let role = if m.role == Role::Assistant {
+            "model"
+        } else {
+            "user"
+        };
         let mut parts = Vec::new();
         let mut first_call = true;
         for (j, part) in m.content.iter().enumerate() {
@@ -730,7 +812,7 @@ pub fn render_request(req: &ChatRequest, model: &str) -> Result<Bytes, LlmError>
         .unwrap_or(true);
     request_bytes(&WireRequest {
         contents,
-        system_instruction: (!system_parts.is_empty()).then(|| WireContent {
+        system_instruction: (!system_parts.is_empty()).then_some(WireContent {
             role: None,
             parts: system_parts,
         }),
@@ -849,7 +931,10 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ApiError> {
         )
     };
     Ok(ChatResponse {
-        id: wire.response_id.clone().unwrap_or_else(|| new_id("chatcmpl-")),
+        id: wire
+            .response_id
+            .clone()
+            .unwrap_or_else(|| new_id("chatcmpl-")),
         model: wire.model_version.clone().unwrap_or_default(),
         created: now_unix(),
         text: parsed.text,
@@ -904,8 +989,10 @@ pub fn render_response(resp: &ChatResponse) -> Bytes {
 // Errors.
 
 fn error_from_wire(status: StatusCode, e: WireError) -> ApiError {
-    let mut kind = ErrorKind::from_google_status(&e.status).unwrap_or_else(|| ErrorKind::from_status(status));
-    if kind == ErrorKind::InvalidRequest && e.message.contains("exceeds the maximum number of tokens")
+    let mut kind =
+        ErrorKind::from_google_status(&e.status).unwrap_or_else(|| ErrorKind::from_status(status));
+    if kind == ErrorKind::InvalidRequest
+        && e.message.contains("exceeds the maximum number of tokens")
     {
         kind = ErrorKind::ContextLengthExceeded;
     }
@@ -966,7 +1053,8 @@ impl GeminiStreamDecoder {
             .map_err(|e| StreamError::Payload(format!("gemini chunk is not json: {e}")))?;
         if let Some(err) = value.get("error") {
             let wire: WireError = serde_json::from_value(err.clone()).unwrap_or_default();
-            let status = StatusCode::from_u16(wire.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(wire.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             out.push(StreamEvent::Error(error_from_wire(status, wire)));
             self.failed = true;
             return Ok(());
@@ -1003,9 +1091,7 @@ impl GeminiStreamDecoder {
         let finish = if parsed.blocked && wire.candidates.is_empty() {
             Some(FinishReason::ContentFilter)
         } else {
-            parsed
-                .finish
-                .map(|f| finish_from_wire(&f, self.tools > 0))
+            parsed.finish.map(|f| finish_from_wire(&f, self.tools > 0))
         };
         if let Some(reason) = finish
             && !self.finished
@@ -1069,7 +1155,12 @@ impl GeminiStreamEncoder {
         }
     }
 
-    fn chunk(&self, parts: Vec<WirePart>, finish: Option<String>, usage: Option<WireUsage>) -> Bytes {
+    fn chunk(
+        &self,
+        parts: Vec<WirePart>,
+        finish: Option<String>,
+        usage: Option<WireUsage>,
+    ) -> Bytes {
         data_frame(&json_string(&WireResponse {
             candidates: vec![WireCandidate {
                 content: Some(WireContent {
@@ -1215,7 +1306,10 @@ mod tests {
     fn openai_request_to_gemini_field_by_field() {
         let body = render_request(&openai_request(), "gemini-2.5-flash").unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["systemInstruction"], json!({"parts": [{"text": "be brief"}]}));
+        assert_eq!(
+            v["systemInstruction"],
+            json!({"parts": [{"text": "be brief"}]})
+        );
         let contents = v["contents"].as_array().unwrap();
         assert_eq!(contents.len(), 5);
         assert_eq!(contents[0]["role"], "user");
@@ -1261,10 +1355,14 @@ mod tests {
         assert_eq!(g["thinkingConfig"], json!({"thinkingBudget": 1024}));
 
         // Gemini 3: thinking level and a placeholder signature on the first call.
-        let v: Value =
-            serde_json::from_slice(&render_request(&openai_request(), "gemini-3-pro-preview").unwrap())
-                .unwrap();
-        assert_eq!(v["generationConfig"]["thinkingConfig"], json!({"thinkingLevel": "low"}));
+        let v: Value = serde_json::from_slice(
+            &render_request(&openai_request(), "gemini-3-pro-preview").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["generationConfig"]["thinkingConfig"],
+            json!({"thinkingLevel": "low"})
+        );
         assert_eq!(
             v["contents"][1]["parts"][0]["thoughtSignature"],
             PLACEHOLDER_SIGNATURE
@@ -1308,12 +1406,20 @@ mod tests {
         assert_eq!(signature_from_call_id(&call.id), Some("c2lnbmF0dXJl"));
         let usage = resp.usage.unwrap();
         assert_eq!(
-            (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens),
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                usage.reasoning_tokens
+            ),
             (120, 70, Some(100), Some(50))
         );
         let chat: Value = serde_json::from_slice(&openai_chat::render_response(&resp)).unwrap();
         assert_eq!(chat["usage"]["completion_tokens"], 70);
-        assert_eq!(chat["usage"]["completion_tokens_details"]["reasoning_tokens"], 50);
+        assert_eq!(
+            chat["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            50
+        );
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
 
         // The signature survives a round trip through an OpenAI client.
@@ -1324,11 +1430,17 @@ mod tests {
         }
         let v: Value =
             serde_json::from_slice(&render_request(&req, "gemini-3-pro-preview").unwrap()).unwrap();
-        assert_eq!(v["contents"][1]["parts"][0]["thoughtSignature"], "c2lnbmF0dXJl");
+        assert_eq!(
+            v["contents"][1]["parts"][0]["thoughtSignature"],
+            "c2lnbmF0dXJl"
+        );
 
         let rendered: Value = serde_json::from_slice(&render_response(&resp)).unwrap();
         assert_eq!(rendered["candidates"][0]["parts"], Value::Null);
-        assert_eq!(rendered["candidates"][0]["content"]["parts"][1]["thoughtSignature"], "c2lnbmF0dXJl");
+        assert_eq!(
+            rendered["candidates"][0]["content"]["parts"][1]["thoughtSignature"],
+            "c2lnbmF0dXJl"
+        );
         assert_eq!(rendered["usageMetadata"]["candidatesTokenCount"], 20);
         assert_eq!(rendered["usageMetadata"]["thoughtsTokenCount"], 50);
         assert_eq!(usage_from_response(RESPONSE.as_bytes()), Some(usage));
@@ -1362,9 +1474,16 @@ mod tests {
         let call_id = req.messages[2].tool_calls().next().unwrap().id.clone();
         assert_eq!(
             req.messages[3].content[0],
-            ContentPart::ToolResult(ToolResult { call_id, content: "sunny".into(), is_error: false })
+            ContentPart::ToolResult(ToolResult {
+                call_id,
+                content: "sunny".into(),
+                is_error: false
+            })
         );
-        assert_eq!(req.tool_choice, Some(ToolChoice::AnyOf(vec!["a".into(), "b".into()])));
+        assert_eq!(
+            req.tool_choice,
+            Some(ToolChoice::AnyOf(vec!["a".into(), "b".into()]))
+        );
         assert_eq!(req.top_k, Some(40));
         assert_eq!(req.response_format, Some(ResponseFormat::JsonObject));
         assert_eq!(req.reasoning_effort.as_deref(), Some("none"));
@@ -1372,10 +1491,19 @@ mod tests {
         assert_eq!(req.last_user_text().as_deref(), Some("weather?"));
 
         for (bad, field) in [
-            (r#"{"contents": [{"role": "robot", "parts": []}]}"#, "contents[0].role"),
+            (
+                r#"{"contents": [{"role": "robot", "parts": []}]}"#,
+                "contents[0].role",
+            ),
             (r#"{"contents": [{"parts": [{}]}]}"#, "contents[0].parts[0]"),
-            (r#"{"contents": [{"parts": [{"text": 5}]}]}"#, "contents[0].parts[0].text"),
-            (r#"{"generationConfig": {"temperature": "warm"}}"#, "generationConfig.temperature"),
+            (
+                r#"{"contents": [{"parts": [{"text": 5}]}]}"#,
+                "contents[0].parts[0].text",
+            ),
+            (
+                r#"{"generationConfig": {"temperature": "warm"}}"#,
+                "generationConfig.temperature",
+            ),
         ] {
             match parse_request(bad.as_bytes()) {
                 Err(LlmError::InvalidRequest { field: f, .. }) => assert_eq!(f, field, "{bad}"),
@@ -1390,7 +1518,10 @@ mod tests {
         let err = parse_error(StatusCode::TOO_MANY_REQUESTS, body);
         assert_eq!(err.kind, ErrorKind::RateLimited);
         let v: Value = serde_json::from_slice(&render_error(&err)).unwrap();
-        assert_eq!(v, json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}})
+        );
     }
 
     const STREAM: &str = concat!(
@@ -1408,7 +1539,10 @@ mod tests {
                     id: String::new(),
                     name,
                 },
-                StreamEvent::Start { .. } => StreamEvent::Start { id: None, model: None },
+                StreamEvent::Start { .. } => StreamEvent::Start {
+                    id: None,
+                    model: None,
+                },
                 other => other,
             })
             .collect()
@@ -1416,22 +1550,40 @@ mod tests {
 
     fn expected() -> Vec<StreamEvent> {
         vec![
-            StreamEvent::Start { id: None, model: None },
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
             StreamEvent::TextDelta("The".into()),
             StreamEvent::TextDelta(" weather".into()),
-            StreamEvent::ToolCallStart { index: 0, id: String::new(), name: "get_weather".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"city\":\"Paris\"}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: String::new(),
+                name: "get_weather".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"city\":\"Paris\"}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
-            StreamEvent::Usage(Usage { input_tokens: 9, output_tokens: 12, ..Usage::default() }),
+            StreamEvent::Usage(Usage {
+                input_tokens: 9,
+                output_tokens: 12,
+                ..Usage::default()
+            }),
         ]
     }
 
     #[test]
     fn decodes_a_gemini_stream() {
         let events = decode_all(&mut GeminiStreamDecoder::new(), STREAM.as_bytes()).unwrap();
-        assert!(matches!(&events[0], StreamEvent::Start { id: Some(id), model: Some(m) } if id == "r1" && m == "gemini-2.5-flash"));
+        assert!(
+            matches!(&events[0], StreamEvent::Start { id: Some(id), model: Some(m) } if id == "r1" && m == "gemini-2.5-flash")
+        );
         assert_eq!(strip_ids(events), expected());
-        let cut = STREAM.find("data: {\"candidates\": [{\"content\": {\"parts\": [{\"functionCall").unwrap();
+        let cut = STREAM
+            .find("data: {\"candidates\": [{\"content\": {\"parts\": [{\"functionCall")
+            .unwrap();
         assert_eq!(
             decode_all(&mut GeminiStreamDecoder::new(), &STREAM.as_bytes()[..cut]),
             Err(StreamError::Truncated)
@@ -1441,23 +1593,43 @@ mod tests {
             b"data: {\"error\": {\"code\": 503, \"message\": \"overloaded\", \"status\": \"UNAVAILABLE\"}}\n\n",
         )
         .unwrap();
-        assert!(matches!(&events[0], StreamEvent::Error(e) if e.kind == ErrorKind::Unavailable && e.status == 503));
+        assert!(
+            matches!(&events[0], StreamEvent::Error(e) if e.kind == ErrorKind::Unavailable && e.status == 503)
+        );
     }
 
     #[test]
     fn encoder_output_decodes_to_the_same_events() {
-        let bytes = encode_all(&mut GeminiStreamEncoder::new("gemini-2.5-flash"), &expected());
+        let bytes = encode_all(
+            &mut GeminiStreamEncoder::new("gemini-2.5-flash"),
+            &expected(),
+        );
         let events = decode_all(&mut GeminiStreamDecoder::new(), &bytes).unwrap();
         assert_eq!(strip_ids(events), expected());
         // Streamed OpenAI-style argument deltas arrive complete in one functionCall.
         let events = vec![
-            StreamEvent::ToolCallStart { index: 0, id: "c".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"a\":".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "1}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"a\":".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "1}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
         ];
-        let text = String::from_utf8(encode_all(&mut GeminiStreamEncoder::new("m"), &events).to_vec()).unwrap();
-        assert!(text.contains("\"functionCall\":{\"name\":\"f\",\"args\":{\"a\":1}}"), "{text}");
+        let text =
+            String::from_utf8(encode_all(&mut GeminiStreamEncoder::new("m"), &events).to_vec())
+                .unwrap();
+        assert!(
+            text.contains("\"functionCall\":{\"name\":\"f\",\"args\":{\"a\":1}}"),
+            "{text}"
+        );
         assert!(text.contains("\"finishReason\":\"STOP\""));
     }
 

@@ -109,7 +109,10 @@ pub(crate) fn status_error(status: http::StatusCode, body: &[u8]) -> ApiError {
 }
 
 /// Refuses what no translation can carry: untranslatable parts, `n > 1`, log-probabilities.
-pub(crate) fn check_translatable(req: &ChatRequest, provider: &'static str) -> Result<(), LlmError> {
+pub(crate) fn check_translatable(
+    req: &ChatRequest,
+    provider: &'static str,
+) -> Result<(), LlmError> {
     if let Some(item) = req.untranslatable.first() {
         let (field, why) = item.split_once(": ").unwrap_or((item.as_str(), ""));
         return Err(LlmError::unsupported(
@@ -268,7 +271,8 @@ mod tests {
     fn translatability_checks() {
         let mut req = ChatRequest::default();
         assert!(check_translatable(&req, "bedrock").is_ok());
-        req.untranslatable.push("tools[0]: built-in tool `web_search`".into());
+        req.untranslatable
+            .push("tools[0]: built-in tool `web_search`".into());
         match check_translatable(&req, "bedrock").unwrap_err() {
             LlmError::Unsupported { field, message, .. } => {
                 assert_eq!(field, "tools[0]");

@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    TextOr, bad_body, check_translatable, image_from_url, image_url, json_bytes,
-    json_string, new_id, now_unix, parse_body, parse_object, request_bytes, status_error,
-    unknown_keys,
+    TextOr, bad_body, check_translatable, image_from_url, image_url, json_bytes, json_string,
+    new_id, now_unix, parse_body, parse_object, request_bytes, status_error, unknown_keys,
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
@@ -635,7 +634,11 @@ pub fn render_request(
 ) -> Result<Bytes, LlmError> {
     check_translatable(req, provider)?;
     if req.top_k.is_some() {
-        return Err(LlmError::unsupported(provider, "top_k", "no top-k sampling"));
+        return Err(LlmError::unsupported(
+            provider,
+            "top_k",
+            "no top-k sampling",
+        ));
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
@@ -852,7 +855,10 @@ fn usage_from_wire(u: &WireUsage) -> Usage {
     Usage {
         input_tokens: u.prompt_tokens,
         output_tokens: u.completion_tokens,
-        cached_input_tokens: u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens),
+        cached_input_tokens: u
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens),
         cache_write_input_tokens: None,
         reasoning_tokens: u
             .completion_tokens_details
@@ -1068,7 +1074,12 @@ impl ChatStreamDecoder {
             if let Some(text) = choice.delta.refusal.filter(|t| !t.is_empty()) {
                 out.push(StreamEvent::TextDelta(text));
             }
-            for (pos, call) in choice.delta.tool_calls.unwrap_or_default().into_iter().enumerate()
+            for (pos, call) in choice
+                .delta
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
             {
                 let index = call.index.unwrap_or(pos as u32);
                 let function = call.function.unwrap_or_default();
@@ -1391,11 +1402,20 @@ mod tests {
     #[test]
     fn bad_requests_name_the_field() {
         let cases = [
-            (r#"{"messages": [{"role": "robot", "content": "x"}]}"#, "messages[0].role"),
-            (r#"{"messages": [{"role": "user", "content": 5}]}"#, "messages[0].content"),
+            (
+                r#"{"messages": [{"role": "robot", "content": "x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": 5}]}"#,
+                "messages[0].content",
+            ),
             (r#"{"messages": "hi"}"#, "messages"),
             (r#"{"messages": [], "temperature": "hot"}"#, "temperature"),
-            (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "messages[0].tool_call_id"),
+            (
+                r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
+                "messages[0].tool_call_id",
+            ),
             (
                 r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
                 "messages[0].content[0].image_url",
@@ -1421,7 +1441,11 @@ mod tests {
             "modalities": ["text", "audio"], "service_tier": "auto"}"#;
         let req = parse_request(body.as_bytes()).unwrap();
         assert_eq!(req.untranslatable.len(), 3, "{:?}", req.untranslatable);
-        assert!(req.untranslatable.iter().any(|u| u.starts_with("modalities")));
+        assert!(
+            req.untranslatable
+                .iter()
+                .any(|u| u.starts_with("modalities"))
+        );
         let err = render_request(&req, ChatFlavor::OpenAi, "openai").unwrap_err();
         assert!(matches!(err, LlmError::Unsupported { .. }));
     }
@@ -1455,10 +1479,8 @@ mod tests {
         assert_eq!(v["messages"][1]["role"], "system");
 
         // Rendering and parsing again gives the same canonical request.
-        let again = parse_request(
-            &render_request(&req, ChatFlavor::OpenAi, "openai").unwrap(),
-        )
-        .unwrap();
+        let again =
+            parse_request(&render_request(&req, ChatFlavor::OpenAi, "openai").unwrap()).unwrap();
         assert_eq!(again.messages, req.messages);
         assert_eq!(again.tools, req.tools);
     }
@@ -1482,7 +1504,12 @@ mod tests {
         assert_eq!(resp.tool_calls[0].id, "call_abc");
         let usage = resp.usage.unwrap();
         assert_eq!(
-            (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens),
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                usage.reasoning_tokens
+            ),
             (19, 10, Some(3), Some(4))
         );
         let again = parse_response(&render_response(&resp)).unwrap();
@@ -1566,10 +1593,19 @@ mod tests {
         let finish_at = TOOL_STREAM.find("\"finish_reason\":\"tool_calls").unwrap();
         let event_start = TOOL_STREAM[..finish_at].rfind("data:").unwrap();
         assert_eq!(
-            decode_all(&mut ChatStreamDecoder::new(), &TOOL_STREAM.as_bytes()[..event_start]),
+            decode_all(
+                &mut ChatStreamDecoder::new(),
+                &TOOL_STREAM.as_bytes()[..event_start]
+            ),
             Err(StreamError::Truncated)
         );
-        assert!(decode_all(&mut ChatStreamDecoder::new(), &TOOL_STREAM.as_bytes()[..finish_at]).is_err());
+        assert!(
+            decode_all(
+                &mut ChatStreamDecoder::new(),
+                &TOOL_STREAM.as_bytes()[..finish_at]
+            )
+            .is_err()
+        );
         let events = decode_all(
             &mut ChatStreamDecoder::new(),
             b"data: {\"error\": {\"message\": \"overloaded\", \"type\": \"server_error\"}}\n\n",

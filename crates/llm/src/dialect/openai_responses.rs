@@ -307,7 +307,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             continue;
         }
         let Some(name) = t.name else {
-            return Err(LlmError::invalid(format!("tools[{i}].name"), "missing name"));
+            return Err(LlmError::invalid(
+                format!("tools[{i}].name"),
+                "missing name",
+            ));
         };
         tools.push(Tool {
             name,
@@ -420,7 +423,9 @@ fn parts_to_content(
                         }
                     }
                     "input_image" if role == Role::User => match p.image_url {
-                        Some(url) => content.push(ContentPart::Image(image_from_url(url, p.detail))),
+                        Some(url) => {
+                            content.push(ContentPart::Image(image_from_url(url, p.detail)))
+                        }
                         None => untranslatable
                             .push(format!("{field}[{j}]: image by file_id (stored file)")),
                     },
@@ -452,13 +457,25 @@ fn item_to_messages(
                         format!("unknown role `{other}`"),
                     ));
                 }
-                None => return Err(LlmError::invalid(format!("input[{i}].role"), "missing role")),
+                None => {
+                    return Err(LlmError::invalid(
+                        format!("input[{i}].role"),
+                        "missing role",
+                    ));
+                }
             };
             let Some(content) = item.content else {
-                return Err(LlmError::invalid(format!("input[{i}].content"), "missing content"));
+                return Err(LlmError::invalid(
+                    format!("input[{i}].content"),
+                    "missing content",
+                ));
             };
-            let content =
-                parts_to_content(&format!("input[{i}].content"), content, role, untranslatable)?;
+            let content = parts_to_content(
+                &format!("input[{i}].content"),
+                content,
+                role,
+                untranslatable,
+            )?;
             messages.push(Message {
                 role,
                 content,
@@ -541,10 +558,16 @@ pub fn render_request(req: &ChatRequest, provider: &'static str) -> Result<Bytes
         return refuse("seed", "the responses api has no seed");
     }
     if req.presence_penalty.is_some_and(|p| p != 0.0) {
-        return refuse("presence_penalty", "the responses api has no presence penalty");
+        return refuse(
+            "presence_penalty",
+            "the responses api has no presence penalty",
+        );
     }
     if req.frequency_penalty.is_some_and(|p| p != 0.0) {
-        return refuse("frequency_penalty", "the responses api has no frequency penalty");
+        return refuse(
+            "frequency_penalty",
+            "the responses api has no frequency penalty",
+        );
     }
     if req.top_k.is_some() {
         return refuse("top_k", "no top-k sampling");
@@ -659,7 +682,11 @@ pub fn render_request(req: &ChatRequest, provider: &'static str) -> Result<Bytes
                 strict,
             } => WireFormat {
                 kind: "json_schema".into(),
-                name: Some(if name.is_empty() { "response".into() } else { name.clone() }),
+                name: Some(if name.is_empty() {
+                    "response".into()
+                } else {
+                    name.clone()
+                }),
                 description: description.clone(),
                 schema: Some(schema.clone()),
                 strict: *strict,
@@ -845,7 +872,11 @@ pub fn render_response(resp: &ChatResponse) -> Bytes {
     } else {
         new_id("resp_")
     };
-    let created = if resp.created == 0 { now_unix() } else { resp.created };
+    let created = if resp.created == 0 {
+        now_unix()
+    } else {
+        resp.created
+    };
     let mut wire = response_shell(&id, &resp.model, created);
     if let Some(text) = &resp.text {
         wire.output
@@ -908,15 +939,13 @@ impl ResponsesStreamDecoder {
         let event: WireEvent = serde_json::from_str(data)
             .map_err(|e| StreamError::Payload(format!("responses event: {e}")))?;
         match event.kind.as_str() {
-            "response.created" => {
-                if !self.started {
-                    self.started = true;
-                    let r = event.response.unwrap_or_default();
-                    out.push(StreamEvent::Start {
-                        id: Some(r.id).filter(|s| !s.is_empty()),
-                        model: Some(r.model).filter(|s| !s.is_empty()),
-                    });
-                }
+            "response.created" if !self.started => {
+                self.started = true;
+                let r = event.response.unwrap_or_default();
+                out.push(StreamEvent::Start {
+                    id: Some(r.id).filter(|s| !s.is_empty()),
+                    model: Some(r.model).filter(|s| !s.is_empty()),
+                });
             }
             "response.output_text.delta" | "response.refusal.delta" => {
                 if let Some(delta) = event.delta.filter(|d| !d.is_empty()) {
@@ -1178,10 +1207,7 @@ impl ResponsesStreamEncoder {
 }
 
 fn fields<const N: usize>(pairs: [(&str, Value); N]) -> serde_json::Map<String, Value> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 fn text_part(text: &str) -> Value {
@@ -1284,7 +1310,11 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 self.done = true;
                 self.response.status = "failed".into();
                 self.response.error = Some(WireResponseError {
-                    code: Some(err.code.clone().unwrap_or_else(|| err.kind.label().to_owned())),
+                    code: Some(
+                        err.code
+                            .clone()
+                            .unwrap_or_else(|| err.kind.label().to_owned()),
+                    ),
                     message: err.message.clone(),
                 });
                 let r = self.response_value();
@@ -1382,20 +1412,35 @@ mod tests {
         assert_eq!(req.messages[2].role, Role::Assistant);
         assert_eq!(req.messages[2].text(), "checking");
         assert_eq!(req.messages[2].tool_calls().count(), 1);
-        assert!(matches!(&req.messages[3].content[0], ContentPart::ToolResult(r) if r.content == "sunny"));
+        assert!(
+            matches!(&req.messages[3].content[0], ContentPart::ToolResult(r) if r.content == "sunny")
+        );
         assert_eq!(req.max_tokens, Some(200));
         assert_eq!(req.reasoning_effort.as_deref(), Some("low"));
-        assert!(req.stream && req.untranslatable.is_empty(), "{:?}", req.untranslatable);
+        assert!(
+            req.stream && req.untranslatable.is_empty(),
+            "{:?}",
+            req.untranslatable
+        );
 
-        let stateful = parse_request(br#"{"model": "m", "input": "hi", "previous_response_id": "resp_1",
-            "tools": [{"type": "web_search"}]}"#).unwrap();
+        let stateful = parse_request(
+            br#"{"model": "m", "input": "hi", "previous_response_id": "resp_1",
+            "tools": [{"type": "web_search"}]}"#,
+        )
+        .unwrap();
         assert_eq!(stateful.untranslatable.len(), 2);
         assert!(bedrock::render_request(&stateful).is_err());
 
         for (bad, field) in [
             (r#"{"model": "m"}"#, "input"),
-            (r#"{"input": [{"role": "robot", "content": "x"}]}"#, "input[0].role"),
-            (r#"{"input": [{"type": "function_call", "name": "f"}]}"#, "input[0]"),
+            (
+                r#"{"input": [{"role": "robot", "content": "x"}]}"#,
+                "input[0].role",
+            ),
+            (
+                r#"{"input": [{"type": "function_call", "name": "f"}]}"#,
+                "input[0]",
+            ),
             (r#"{"input": 5}"#, "input"),
         ] {
             match parse_request(bad.as_bytes()) {
@@ -1408,14 +1453,27 @@ mod tests {
     #[test]
     fn responses_request_translates_to_converse_and_gemini() {
         let mut req = parse_request(REQUEST.as_bytes()).unwrap();
-        assert!(bedrock::render_request(&req).is_err(), "reasoning effort is refused");
+        assert!(
+            bedrock::render_request(&req).is_err(),
+            "reasoning effort is refused"
+        );
         req.reasoning_effort = None;
         let v: Value = serde_json::from_slice(&bedrock::render_request(&req).unwrap()).unwrap();
-        assert_eq!(v["messages"][1]["content"][1]["toolUse"]["toolUseId"], "call_1");
-        assert_eq!(v["messages"][2]["content"][0]["toolResult"]["content"][0]["text"], "sunny");
+        assert_eq!(
+            v["messages"][1]["content"][1]["toolUse"]["toolUseId"],
+            "call_1"
+        );
+        assert_eq!(
+            v["messages"][2]["content"][0]["toolResult"]["content"][0]["text"],
+            "sunny"
+        );
         let v: Value =
-            serde_json::from_slice(&gemini::render_request(&req, "gemini-2.5-pro").unwrap()).unwrap();
-        assert_eq!(v["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather");
+            serde_json::from_slice(&gemini::render_request(&req, "gemini-2.5-pro").unwrap())
+                .unwrap();
+        assert_eq!(
+            v["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "get_weather"
+        );
     }
 
     #[test]
@@ -1427,7 +1485,10 @@ mod tests {
         assert_eq!(v["input"][1]["content"][1]["type"], "input_image");
         assert_eq!(v["input"][2]["content"][0]["type"], "output_text");
         assert_eq!(v["input"][3]["type"], "function_call");
-        assert_eq!(v["input"][4], json!({"type": "function_call_output", "call_id": "call_1", "output": "sunny"}));
+        assert_eq!(
+            v["input"][4],
+            json!({"type": "function_call_output", "call_id": "call_1", "output": "sunny"})
+        );
         assert_eq!(v["tools"][0]["strict"], false);
         assert_eq!(v["text"]["format"]["name"], "w");
         assert_eq!(v["reasoning"]["effort"], "low");
@@ -1478,7 +1539,10 @@ mod tests {
         assert!(v["id"].as_str().unwrap().starts_with("resp_"));
         assert_eq!(v["status"], "incomplete");
         assert_eq!(v["incomplete_details"]["reason"], "max_output_tokens");
-        assert_eq!(v["output"][0]["content"][0], json!({"type": "output_text", "text": "Hi", "annotations": []}));
+        assert_eq!(
+            v["output"][0]["content"][0],
+            json!({"type": "output_text", "text": "Hi", "annotations": []})
+        );
         assert_eq!(v["usage"]["total_tokens"], 7);
 
         let failed = br#"{"id": "resp_1", "status": "failed", "error": {"code": "server_error", "message": "boom"}, "output": []}"#;
@@ -1487,12 +1551,25 @@ mod tests {
 
     fn events() -> Vec<StreamEvent> {
         vec![
-            StreamEvent::Start { id: None, model: Some("m".into()) },
+            StreamEvent::Start {
+                id: None,
+                model: Some("m".into()),
+            },
             StreamEvent::TextDelta("Hel".into()),
             StreamEvent::TextDelta("lo".into()),
-            StreamEvent::ToolCallStart { index: 0, id: "call_1".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"a\":".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "1}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_1".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"a\":".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "1}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
             StreamEvent::Usage(Usage {
                 input_tokens: 5,

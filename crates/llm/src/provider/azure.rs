@@ -123,8 +123,12 @@ mod tests {
     use crate::stream::decode_all;
 
     fn target() -> Target {
-        Target::new(Provider::Azure, "https://my-res.openai.azure.com/", "gpt-4o-prod")
-            .with_credentials(Credentials::ApiKey("azure-key".into()))
+        Target::new(
+            Provider::Azure,
+            "https://my-res.openai.azure.com/",
+            "gpt-4o-prod",
+        )
+        .with_credentials(Credentials::ApiKey("azure-key".into()))
     }
 
     fn request() -> ChatRequest {

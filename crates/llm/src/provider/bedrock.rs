@@ -222,8 +222,14 @@ mod tests {
         );
         let mut no_region = target("m");
         no_region.base_url = "http://localhost:9000".into();
-        assert!(matches!(no_region.build_request(&req), Err(LlmError::Target(_))));
+        assert!(matches!(
+            no_region.build_request(&req),
+            Err(LlmError::Target(_))
+        ));
         let keyed = target("m").with_credentials(Credentials::ApiKey("k".into()));
-        assert!(matches!(keyed.build_request(&req), Err(LlmError::Target(_))));
+        assert!(matches!(
+            keyed.build_request(&req),
+            Err(LlmError::Target(_))
+        ));
     }
 }

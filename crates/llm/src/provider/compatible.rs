@@ -7,8 +7,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::openai::bearer;
 use super::{
-    Provider, ProviderAdapter, Target, UpstreamApi, join_url, json_post, split_status,
-    with_model,
+    Provider, ProviderAdapter, Target, UpstreamApi, join_url, json_post, split_status, with_model,
 };
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::dialect::{openai_chat, openai_responses};
@@ -146,7 +145,11 @@ mod tests {
 
     #[test]
     fn keyless_compatible_server() {
-        let target = Target::new(Provider::OpenAiCompatible, "http://localhost:8000/v1", "llama");
+        let target = Target::new(
+            Provider::OpenAiCompatible,
+            "http://localhost:8000/v1",
+            "llama",
+        );
         let req = target.build_request(&request()).unwrap();
         assert!(req.headers().get("authorization").is_none());
         let aws = target.with_credentials(Credentials::Aws(crate::sigv4::AwsCredentials {
@@ -154,6 +157,9 @@ mod tests {
             secret_access_key: "b".into(),
             session_token: None,
         }));
-        assert!(matches!(aws.build_request(&request()), Err(LlmError::Target(_))));
+        assert!(matches!(
+            aws.build_request(&request()),
+            Err(LlmError::Target(_))
+        ));
     }
 }

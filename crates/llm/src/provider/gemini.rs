@@ -138,7 +138,9 @@ mod tests {
             http.uri(),
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
-        let pass = target().build_passthrough(b"{\"contents\":[]}", true).unwrap();
+        let pass = target()
+            .build_passthrough(b"{\"contents\":[]}", true)
+            .unwrap();
         assert_eq!(pass.body().as_ref(), b"{\"contents\":[]}");
         assert!(pass.uri().to_string().ends_with("?alt=sse"));
     }

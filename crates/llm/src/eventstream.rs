@@ -221,7 +221,9 @@ pub fn encode_event(event_type: &str, json_payload: &[u8]) -> Result<Bytes, Fram
 /// Encodes a Bedrock-style exception: `:exception-type` (e.g. `throttlingException`),
 /// `:message-type: exception` and a `{"message": …}` payload.
 pub fn encode_exception(exception_type: &str, message: &str) -> Result<Bytes, FrameError> {
-    let payload = serde_json::json!({ "message": message }).to_string();
+    let mut body = serde_json::Map::new();
+    body.insert("message".into(), serde_json::Value::from(message));
+    let payload = serde_json::Value::Object(body).to_string();
     encode_frame(&Message::with_string_headers(
         &[
             (":exception-type", exception_type),

@@ -1,6 +1,14 @@
 //! AWS Bedrock Converse (`POST /model/{modelId}/converse`) and ConverseStream
 //! (`/converse-stream`, AWS event-stream frames).
 //!
+//! Mapping notes: system and developer messages become the top-level `system` blocks (in
+//! order, wherever they stood); tool results become `toolResult` blocks in a user message and
+//! consecutive messages of one role are merged, since Converse wants alternating roles; images
+//! must be inline (png, jpeg, gif, webp); `json_schema` output uses `outputConfig.textFormat`.
+//! Refused with [`LlmError::Unsupported`]: `seed`, `top_k`, non-zero penalties,
+//! `reasoning_effort` (other than `none`), `parallel_tool_calls: false`, `json_object` mode,
+//! image URLs, `tool_choice: none` with tool calls in the history. `user` is not sent.
+//!
 //! Besides what the provider adapter needs (render requests, parse responses, errors and
 //! streams), the reverse directions are here too so mock servers can validate requests
 //! ([`parse_request`]) and answer like Bedrock ([`render_response`], [`ConverseStreamEncoder`],

@@ -5,6 +5,14 @@
 //! back. Canonical tool-call ids made here carry the signature (`call_<hex>~ts~<signature>`),
 //! so a client that echoes the id back (as OpenAI clients do) returns the signature too; when
 //! none is known a Gemini 3 request gets Google's documented placeholder signature.
+//!
+//! Mapping notes: system and developer messages become `systemInstruction`; tool results
+//! become `functionResponse` parts (the function name looked up from the earlier call; text
+//! that is not a JSON object is sent as `{"output": text}`); tools use
+//! `parametersJsonSchema` and structured output `responseJsonSchema`, so plain JSON Schema
+//! passes unchanged; `reasoning_effort` becomes `thinkingLevel` (Gemini 3) or
+//! `thinkingBudget`; image URLs become `fileData`. `parallel_tool_calls: false` is refused;
+//! `user` and `metadata` are not sent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

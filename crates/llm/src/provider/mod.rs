@@ -360,6 +360,30 @@ pub(crate) fn split_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an upstream sends, parsing ends in a value or an error, never a panic.
+        #[test]
+        fn garbage_answers_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            status in 100u16..600,
+            stream in any::<bool>(),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            for provider in Provider::ALL {
+                for api in [UpstreamApi::ChatCompletions, UpstreamApi::Responses] {
+                    let target = Target::new(provider, "http://x", "m").with_api(api);
+                    let _ = target.parse_response(status, &HeaderMap::new(), &body);
+                    if stream {
+                        let mut decoder = target.stream_decoder();
+                        let _ = decoder.push(&body);
+                        let _ = decoder.finish();
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn provider_ids_round_trip() {

@@ -668,6 +668,8 @@ pub fn render_request(req: &ChatRequest, model: &str) -> Result<Bytes, LlmError>
         let mut first_call = true;
         for (j, part) in m.content.iter().enumerate() {
             match part {
+                // Gemini rejects empty text parts.
+                ContentPart::Text(t) if t.is_empty() => {}
                 ContentPart::Text(t) => parts.push(WirePart {
                     text: Some(t.clone()),
                     ..WirePart::default()
@@ -1312,7 +1314,11 @@ mod tests {
 
     #[test]
     fn openai_request_to_gemini_field_by_field() {
-        let body = render_request(&openai_request(), "gemini-2.5-flash").unwrap();
+        let mut req = openai_request();
+        req.messages[2]
+            .content
+            .insert(0, ContentPart::Text(String::new()));
+        let body = render_request(&req, "gemini-2.5-flash").unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v["systemInstruction"],

@@ -1,0 +1,307 @@
+//! Config distribution over real gRPC: a raw tonic client plays the gateway node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_control_plane::crypto::Keyring;
+use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::config_distribution_client::ConfigDistributionClient;
+use switchyard_testkit::pg::PgDatabase;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+const ADMIN: &str = "admin";
+
+fn config(url: &str, key: &str) -> ControlPlaneConfig {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    ControlPlaneConfig {
+        admin_listen: any,
+        grpc_listen: any,
+        admin_token: Some(ADMIN.into()),
+        resync_interval: Duration::from_millis(500),
+        ..ControlPlaneConfig::new(url, key)
+    }
+}
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(cp: &ControlPlane) -> Self {
+        Self {
+            base: format!("http://{}/api/v1", cp.admin_addr()),
+            http: reqwest::Client::new(),
+        }
+    }
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn proxy(name: &str) -> Value {
+    json!({"name": name, "gateway": "gw", "base_path": format!("/{name}"),
+           "routes": [{"provider": "openai", "url": "http://127.0.0.1:9/v1",
+                       "auth": {"type": "static", "api_key": "sk-plain"}}]})
+}
+
+struct Node {
+    tx: mpsc::Sender<pb::NodeMessage>,
+    rx: tonic::Streaming<pb::ControlMessage>,
+}
+
+async fn connect(
+    grpc: SocketAddr,
+    gateway: &str,
+    token: &str,
+    node_id: &str,
+) -> Result<Node, tonic::Status> {
+    let mut client = ConfigDistributionClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(pb::NodeMessage {
+        kind: Some(pb::node_message::Kind::Hello(pb::Hello {
+            gateway: gateway.into(),
+            node_id: node_id.into(),
+            registration_token: token.into(),
+            current_version: 0,
+            address: "127.0.0.1:8000".into(),
+            software_version: "test".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let resp = client.subscribe(ReceiverStream::new(rx)).await?;
+    Ok(Node {
+        tx,
+        rx: resp.into_inner(),
+    })
+}
+
+impl Node {
+    async fn next_snapshot(&mut self) -> pb::Snapshot {
+        let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.next())
+            .await
+            .expect("no snapshot within 5s")
+            .expect("stream ended")
+            .expect("stream error");
+        match msg.kind {
+            Some(pb::control_message::Kind::Snapshot(s)) => s,
+            None => panic!("empty control message"),
+        }
+    }
+    async fn ack(&self, version: u64, applied: bool, error: &str) {
+        self.tx
+            .send(pb::NodeMessage {
+                kind: Some(pb::node_message::Kind::Ack(pb::Ack {
+                    version,
+                    applied,
+                    error: error.into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn snapshots_acks_and_node_status(url: &str) {
+    let cp = ControlPlane::start(config(url, &Keyring::generate_key()))
+        .await
+        .unwrap();
+    let admin = Admin::new(&cp);
+    let token = admin.post("/gateways", json!({"name": "gw"})).await["registration_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let err = connect(cp.grpc_addr(), "gw", "wrong", "n1")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = connect(cp.grpc_addr(), "nope", &token, "n1")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let mut node = connect(cp.grpc_addr(), "gw", &token, "n1").await.unwrap();
+    let first = node.next_snapshot().await;
+    assert_eq!((first.version, first.proxies.len()), (0, 0));
+    node.ack(0, true, "").await;
+
+    admin.post("/proxies", proxy("a")).await;
+    let second = node.next_snapshot().await;
+    assert_eq!(second.version, 1);
+    assert_eq!(second.proxies[0].name, "a");
+    let Some(pb::auth::Kind::StaticKey(k)) = second.proxies[0].routes[0]
+        .auth
+        .clone()
+        .and_then(|a| a.kind)
+    else {
+        panic!("static key expected")
+    };
+    assert_eq!(k.api_key, "sk-plain", "nodes receive the decrypted key");
+    node.ack(1, true, "").await;
+    eventually("applied_version 1", async || {
+        let g = admin.get("/gateways/gw").await;
+        g["nodes"][0]["applied_version"] == 1 && g["nodes"][0]["connected"] == true
+    })
+    .await;
+
+    admin.post("/proxies", proxy("b")).await;
+    let third = node.next_snapshot().await;
+    assert_eq!((third.version, third.proxies.len()), (2, 2));
+    node.ack(2, false, "cannot compile").await;
+    eventually("the NACK to be recorded", async || {
+        let g = admin.get("/gateways/gw").await;
+        g["nodes"][0]["applied_version"] == 1
+            && g["nodes"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot compile"))
+    })
+    .await;
+
+    drop(node);
+    eventually("the node to show as disconnected", async || {
+        admin.get("/gateways/gw").await["nodes"][0]["connected"] == false
+    })
+    .await;
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_snapshots_acks_and_node_status() {
+    let dir = tempfile::tempdir().unwrap();
+    snapshots_acks_and_node_status(&format!("sqlite://{}/cp.db", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_acks_and_node_status() {
+    let db = PgDatabase::create().await;
+    snapshots_acks_and_node_status(db.url()).await;
+}
+
+/// Two control-plane replicas on one PostgreSQL: a change made through either reaches the
+/// nodes connected to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_changes_through_postgres() {
+    let db = PgDatabase::create().await;
+    let key = Keyring::generate_key();
+    let mut cfg = config(db.url(), &key);
+    cfg.resync_interval = Duration::from_secs(3600); // only LISTEN/NOTIFY can deliver in time
+    let a = ControlPlane::start(cfg.clone()).await.unwrap();
+    let b = ControlPlane::start(cfg).await.unwrap();
+    let admin_a = Admin::new(&a);
+    let admin_b = Admin::new(&b);
+    let token = admin_a.post("/gateways", json!({"name": "gw"})).await["registration_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut on_b = connect(b.grpc_addr(), "gw", &token, "node-b")
+        .await
+        .unwrap();
+    let mut on_a = connect(a.grpc_addr(), "gw", &token, "node-a")
+        .await
+        .unwrap();
+    assert_eq!(on_b.next_snapshot().await.version, 0);
+    assert_eq!(on_a.next_snapshot().await.version, 0);
+
+    let started = std::time::Instant::now();
+    admin_a.post("/proxies", proxy("via-a")).await;
+    assert_eq!(on_b.next_snapshot().await.version, 1);
+    assert_eq!(on_a.next_snapshot().await.version, 1);
+    admin_b.post("/proxies", proxy("via-b")).await;
+    assert_eq!(on_a.next_snapshot().await.version, 2);
+    assert_eq!(on_b.next_snapshot().await.version, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "changes took {:?}",
+        started.elapsed()
+    );
+
+    // Both replicas show both nodes.
+    on_a.ack(2, true, "").await;
+    on_b.ack(2, true, "").await;
+    eventually("both nodes at version 2 on replica b", async || {
+        let nodes = admin_b.get("/gateways/gw").await["nodes"].clone();
+        nodes
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["applied_version"] == 2))
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Secrets stored under an old key are re-encrypted under the new one at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_reencrypts_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cp.db", dir.path().display());
+    let old = Keyring::generate_key();
+    let new = Keyring::generate_key();
+    let cp = ControlPlane::start(config(&url, &old)).await.unwrap();
+    let admin = Admin::new(&cp);
+    let token = admin.post("/gateways", json!({"name": "gw"})).await["registration_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin.post("/proxies", proxy("a")).await;
+    cp.shutdown().await;
+
+    // Without the old key the secrets cannot be read: refuse to start.
+    assert!(ControlPlane::start(config(&url, &new)).await.is_err());
+
+    let mut cfg = config(&url, &new);
+    cfg.previous_encryption_keys = vec![old];
+    let cp = ControlPlane::start(cfg).await.unwrap();
+    cp.shutdown().await;
+    // Now the new key alone suffices, and nodes still get the plaintext key.
+    let cp = ControlPlane::start(config(&url, &new)).await.unwrap();
+    let mut node = connect(cp.grpc_addr(), "gw", &token, "n").await.unwrap();
+    let snap = node.next_snapshot().await;
+    let Some(pb::auth::Kind::StaticKey(k)) =
+        snap.proxies[0].routes[0].auth.clone().and_then(|a| a.kind)
+    else {
+        panic!("static key expected")
+    };
+    assert_eq!(k.api_key, "sk-plain");
+    cp.shutdown().await;
+}

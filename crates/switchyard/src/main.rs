@@ -1,2 +1,30 @@
+//! The `switchyard` binary: thin wiring of the control plane and gateway crates.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the reason, with its causes.
+            let reason = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            tracing::error!(error = %reason, "exiting");
+            eprintln!("error: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

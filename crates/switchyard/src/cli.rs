@@ -1,0 +1,452 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchyard_control_plane::crypto::Keyring;
+use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
+use switchyard_gateway::{Gateway, GatewayConfig};
+use switchyard_model::Limits;
+
+/// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
+///
+/// Every flag can also be set with an environment variable `SWITCHYARD_<FLAG_IN_CAPS>`.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,switchyard_gateway=debug`).
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: admin REST API, gRPC config distribution, store.
+    ControlPlane(ControlPlaneArgs),
+    /// Run one gateway node: serves LLM traffic, fed by the control plane.
+    Gateway(GatewayArgs),
+    /// Run a control plane (embedded SQLite) and one gateway in one process, for a first run.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// `postgres://…` or `sqlite://…`; default: an embedded SQLite file under ./data/.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL", default_value = "sqlite://data/switchyard.db")]
+    pub database_url: String,
+    /// Address of the admin REST API.
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub admin_listen: SocketAddr,
+    /// Address of the gRPC config distribution service.
+    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Bearer token of the admin API (required unless --insecure-no-auth).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Serve the admin API without authentication (never in production).
+    #[arg(long, env = "SWITCHYARD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Key encrypting static provider secrets at rest: 32 bytes, base64
+    /// (`openssl rand -base64 32`). With a SQLite store and no key, one is created in
+    /// `encryption.key` beside the database file.
+    #[arg(long, env = "SWITCHYARD_ENCRYPTION_KEY", hide_env_values = true, conflicts_with = "encryption_key_file")]
+    pub encryption_key: Option<String>,
+    /// A file holding the encryption key (base64).
+    #[arg(long, env = "SWITCHYARD_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Earlier keys (comma-separated base64), still accepted for decryption; secrets under
+    /// them are re-encrypted with the current key at start-up.
+    #[arg(long, env = "SWITCHYARD_PREVIOUS_ENCRYPTION_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub previous_encryption_keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Proxies per gateway.
+    #[arg(long, env = "SWITCHYARD_MAX_PROXIES_PER_GATEWAY", default_value_t = Limits::default().proxies_per_gateway)]
+    pub max_proxies_per_gateway: usize,
+    /// Routes per proxy.
+    #[arg(long, env = "SWITCHYARD_MAX_ROUTES_PER_PROXY", default_value_t = Limits::default().routes_per_proxy)]
+    pub max_routes_per_proxy: usize,
+    /// Prompt topics across all routes of a proxy.
+    #[arg(long, env = "SWITCHYARD_MAX_TOPICS_PER_PROXY", default_value_t = Limits::default().topics_per_proxy)]
+    pub max_topics_per_proxy: usize,
+    /// Utterances per prompt topic.
+    #[arg(long, env = "SWITCHYARD_MAX_UTTERANCES_PER_TOPIC", default_value_t = Limits::default().utterances_per_topic)]
+    pub max_utterances_per_topic: usize,
+    /// Deny-list topics per proxy.
+    #[arg(long, env = "SWITCHYARD_MAX_DENY_TOPICS_PER_PROXY", default_value_t = Limits::default().deny_topics_per_proxy)]
+    pub max_deny_topics_per_proxy: usize,
+    /// Utterances per deny-list topic.
+    #[arg(long, env = "SWITCHYARD_MAX_UTTERANCES_PER_DENY_TOPIC", default_value_t = Limits::default().utterances_per_deny_topic)]
+    pub max_utterances_per_deny_topic: usize,
+    /// Characters per utterance.
+    #[arg(long, env = "SWITCHYARD_MAX_CHARS_PER_UTTERANCE", default_value_t = Limits::default().chars_per_utterance)]
+    pub max_chars_per_utterance: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            proxies_per_gateway: self.max_proxies_per_gateway,
+            routes_per_proxy: self.max_routes_per_proxy,
+            topics_per_proxy: self.max_topics_per_proxy,
+            utterances_per_topic: self.max_utterances_per_topic,
+            deny_topics_per_proxy: self.max_deny_topics_per_proxy,
+            utterances_per_deny_topic: self.max_utterances_per_deny_topic,
+            chars_per_utterance: self.max_chars_per_utterance,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// gRPC URL of the control plane, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// Name of the gateway this node serves.
+    #[arg(long, env = "SWITCHYARD_GATEWAY")]
+    pub gateway: String,
+    /// The gateway's registration token.
+    #[arg(long, env = "SWITCHYARD_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub registration_token: String,
+    /// Address serving LLM traffic.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Directory keeping the last good snapshot (and the node id).
+    #[arg(long, env = "SWITCHYARD_CACHE_DIR", default_value = "./data/gateway-cache")]
+    pub cache_dir: PathBuf,
+    /// Optional separate address for /metrics (it is also served on --listen).
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's id (default: generated once and kept in the cache dir).
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    pub node_id: Option<String>,
+    #[command(flatten)]
+    pub tuning: GatewayTuning,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayTuning {
+    /// Upstream connect timeout (e.g. 5s, 500ms).
+    #[arg(long, env = "SWITCHYARD_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed for an upstream's response headers (e.g. 60s, 2m).
+    #[arg(long, env = "SWITCHYARD_UPSTREAM_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_header_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address of the admin REST API.
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub admin_listen: SocketAddr,
+    /// Address of the gRPC config distribution service.
+    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Address serving LLM traffic.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite store, keys, admin token and the gateway's cache.
+    #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub tuning: GatewayTuning,
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 5s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}' (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
+}
+
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Reads a key file, or creates one with a fresh key (mode 0600) if `create` and missing.
+fn key_from_file(path: &Path, create: bool) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let key = Keyring::generate_key();
+            write_private(path, &key)?;
+            tracing::info!(path = %path.display(), "created a new encryption key; back it up with the database");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read key file {}", path.display())),
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn encryption_key(keys: &KeyArgs, database_url: &str) -> anyhow::Result<String> {
+    if let Some(k) = &keys.encryption_key {
+        return Ok(k.clone());
+    }
+    if let Some(path) = &keys.encryption_key_file {
+        return key_from_file(path, false);
+    }
+    let Some(db) = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:")) else {
+        bail!("--encryption-key or --encryption-key-file is required with a PostgreSQL store (every replica needs the same key)");
+    };
+    let db = db.split('?').next().unwrap_or_default();
+    let dir = Path::new(db).parent().unwrap_or(Path::new("."));
+    key_from_file(&dir.join("encryption.key"), true)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::ControlPlane(args) => run_control_plane(args).await,
+        Command::Gateway(args) => run_gateway(args).await,
+        Command::Dev(args) => run_dev(args).await,
+    }
+}
+
+async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let admin_token = match (args.admin_token, args.insecure_no_auth) {
+        (Some(t), false) if !t.trim().is_empty() => Some(t),
+        (None, true) => {
+            tracing::warn!("the admin API runs WITHOUT authentication (--insecure-no-auth)");
+            None
+        }
+        (Some(_), true) => bail!("--admin-token and --insecure-no-auth are mutually exclusive"),
+        _ => bail!("--admin-token (or SWITCHYARD_ADMIN_TOKEN) is required unless --insecure-no-auth"),
+    };
+    let key = encryption_key(&args.keys, &args.database_url)?;
+    let config = ControlPlaneConfig {
+        admin_listen: args.admin_listen,
+        grpc_listen: args.grpc_listen,
+        admin_token,
+        previous_encryption_keys: args.keys.previous_encryption_keys,
+        limits: args.limits.limits(),
+        metrics: Some(install_metrics()?),
+        ..ControlPlaneConfig::new(args.database_url, key)
+    };
+    let cp = ControlPlane::start(config).await?;
+    shutdown_signal().await;
+    cp.shutdown().await;
+    Ok(())
+}
+
+fn gateway_config(
+    control_plane: String,
+    gateway: String,
+    registration_token: String,
+    listen: SocketAddr,
+    cache_dir: PathBuf,
+    tuning: &GatewayTuning,
+    metrics: PrometheusHandle,
+) -> GatewayConfig {
+    GatewayConfig {
+        control_plane,
+        gateway,
+        registration_token,
+        listen,
+        metrics_listen: None,
+        cache_dir,
+        node_id: None,
+        upstream_connect_timeout: tuning.upstream_connect_timeout,
+        upstream_header_timeout: tuning.upstream_header_timeout,
+        drain_timeout: tuning.drain_timeout,
+        metrics: Some(metrics),
+    }
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut config = gateway_config(
+        args.control_plane,
+        args.gateway,
+        args.registration_token,
+        args.listen,
+        args.cache_dir,
+        &args.tuning,
+        install_metrics()?,
+    );
+    config.metrics_listen = args.metrics_listen;
+    config.node_id = args.node_id;
+    let gateway = Gateway::start(config).await?;
+    tokio::select! {
+        _ = shutdown_signal() => gateway.shutdown().await,
+        result = gateway.wait() => result?,
+    }
+    Ok(())
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let key = key_from_file(&data.join("encryption.key"), true)?;
+    let token_path = data.join("admin-token");
+    let admin_token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            let _ = std::fs::remove_file(&token_path);
+            let t = format!("sydev_{}", Keyring::generate_key().replace(['+', '/', '='], ""));
+            write_private(&token_path, &t)?;
+            t
+        }
+    };
+    let metrics = install_metrics()?;
+    let db = format!("sqlite://{}", data.join("switchyard.db").display());
+    let config = ControlPlaneConfig {
+        admin_listen: args.admin_listen,
+        grpc_listen: args.grpc_listen,
+        admin_token: Some(admin_token.clone()),
+        metrics: Some(metrics.clone()),
+        ..ControlPlaneConfig::new(db, key)
+    };
+    let cp = ControlPlane::start(config).await?;
+    let registration = cp.bootstrap_gateway("dev").await.context("cannot create the dev gateway")?;
+    let gateway = Gateway::start(gateway_config(
+        format!("http://{}", cp.grpc_addr()),
+        "dev".into(),
+        registration,
+        args.listen,
+        data.join("gateway-cache"),
+        &args.tuning,
+        metrics,
+    ))
+    .await?;
+    let admin = format!("http://{}/api/v1", cp.admin_addr());
+    println!(
+        "\nSwitchyard dev is running (data in {data}).\n\
+         \n  admin API    {admin}\n  admin token  {admin_token}\n  gateway      http://{gw}  (gateway \"dev\")\n  gRPC         http://{grpc}\n\
+         \nCreate a proxy on gateway \"dev\", then send requests to http://{gw}/<base_path>/chat/completions.\n\
+         For example:\n  curl -s {admin}/gateways -H 'Authorization: Bearer {admin_token}'\n",
+        data = data.display(),
+        gw = gateway.local_addr(),
+        grpc = cp.grpc_addr(),
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = gateway.wait_ref() => result?,
+    }
+    gateway.shutdown().await;
+    cp.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

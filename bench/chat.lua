@@ -1,0 +1,17 @@
+-- wrk script: POST an OpenAI chat completion, report latency percentiles as one JSON line.
+-- MODEL and PATH come from the environment (set by bench/run).
+wrk.method = "POST"
+wrk.path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = string.format(
+  '{"model":"%s","messages":[{"role":"user","content":"Say hello in one short sentence."}],"stream":%s}',
+  os.getenv("BENCH_MODEL") or "bench-model", os.getenv("BENCH_STREAM") or "false")
+
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"errors":%d,"non_2xx":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, errors, summary.errors.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end

@@ -1,0 +1,174 @@
+//! The binary as an operator meets it: flags, one-line errors, `dev`, signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchyard_testkit::openai::{MOCK_API_KEY, MockOpenAi, reply_text};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_ENCRYPTION_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The last non-empty line of stderr: where the one-line reason is.
+fn reason(stderr: &str) -> &str {
+    stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default()
+}
+
+#[test]
+fn help_lists_the_three_commands() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in ["control-plane", "gateway", "dev"] {
+        assert!(stdout.contains(cmd), "{stdout}");
+    }
+    let (code, stdout, _) = run(&["gateway", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--control-plane", "--gateway", "--registration-token", "--listen", "--cache-dir", "--metrics-listen", "SWITCHYARD_LISTEN"] {
+        assert!(stdout.contains(flag), "{flag} missing from gateway --help");
+    }
+}
+
+#[test]
+fn control_plane_without_admin_token_exits_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cp.db", dir.path().display());
+    let (code, _, stderr) = run(&["control-plane", "--database-url", &url]);
+    assert_ne!(code, 0);
+    assert!(reason(&stderr).starts_with("error: ") && reason(&stderr).contains("--admin-token"), "{stderr}");
+}
+
+#[test]
+fn an_unusable_store_exits_with_a_reason() {
+    let (code, _, stderr) = run(&[
+        "control-plane", "--admin-token", "t", "--database-url", "mysql://localhost/x", "--encryption-key-file", "/dev/null",
+    ]);
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(line.starts_with("error: "), "{stderr}");
+
+    let (code, _, stderr) = run(&[
+        "control-plane", "--admin-token", "t", "--database-url", "postgres://127.0.0.1:1/nothing",
+        "--encryption-key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "--admin-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(reason(&stderr).starts_with("error: store"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let (code, _, stderr) = run(&["gateway", "--listen", "not-an-address", "--control-plane", "x", "--gateway", "g", "--registration-token", "t"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (code, _, _) = run(&["gateway"]);
+    assert_eq!(code, 2, "missing required flags");
+    let (code, _, stderr) = run(&["control-plane", "--admin-token", "t", "--encryption-key", "short"]);
+    assert_ne!(code, 0);
+    assert!(reason(&stderr).contains("encryption key"), "{stderr}");
+}
+
+/// `switchyard dev`: prints the token and URLs, serves a proxy end to end, exports metrics,
+/// and exits cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_end_to_end_and_stops_on_sigterm() {
+    let mock = MockOpenAi::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (admin_port, grpc_port, port) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "dev", "--data-dir"])
+        .arg(data.path())
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let stdout = child.stdout.take().unwrap();
+    let mut banner = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("admin token") {
+            break;
+        }
+    }
+    let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap();
+    assert!(banner.contains(token.trim()), "the banner prints the admin token:\n{banner}");
+    assert!(banner.contains(&format!("http://127.0.0.1:{admin_port}/api/v1")), "{banner}");
+
+    let http = reqwest::Client::new();
+    let admin = format!("http://127.0.0.1:{admin_port}/api/v1");
+    let resp = http
+        .post(format!("{admin}/proxies"))
+        .bearer_auth(token.trim())
+        .json(&json!({"name": "p", "gateway": "dev", "base_path": "/p",
+            "routes": [{"name": "openai", "provider": "openai", "url": mock.base_url(),
+                        "auth": {"type": "static", "api_key": MOCK_API_KEY}, "target_model": "gpt-4.1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let started = Instant::now();
+    let body = loop {
+        let resp = http
+            .post(format!("http://127.0.0.1:{port}/p/v1/chat/completions"))
+            .json(&json!({"model": "openai/x", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "dev gateway never served the proxy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["choices"][0]["message"]["content"], reply_text("gpt-4.1"));
+
+    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchyard_gateway_requests_total"), "{metrics}");
+    let metrics = http.get(format!("http://127.0.0.1:{admin_port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchyard_control_plane_connected_nodes"), "{metrics}");
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "dev did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    let logs = logs.join().unwrap();
+    let listening: Vec<&String> = logs.iter().filter(|l| l.contains("listening")).collect();
+    assert!(listening.len() >= 2, "each server logs `listening`: {logs:#?}");
+    for line in &logs {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(!line.contains(MOCK_API_KEY), "a secret reached the logs: {line}");
+    }
+}

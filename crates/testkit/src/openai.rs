@@ -106,6 +106,7 @@ struct Shared {
     streams_started: AtomicUsize,
     streams_completed: AtomicUsize,
     streams_cancelled: AtomicUsize,
+    requests_aborted: AtomicUsize,
     gate: watch::Sender<bool>,
 }
 
@@ -143,6 +144,7 @@ impl MockOpenAi {
             streams_started: AtomicUsize::new(0),
             streams_completed: AtomicUsize::new(0),
             streams_cancelled: AtomicUsize::new(0),
+            requests_aborted: AtomicUsize::new(0),
             gate,
         });
         let stop = CancellationToken::new();
@@ -198,6 +200,11 @@ impl MockOpenAi {
         self.shared.streams_cancelled.load(Ordering::SeqCst)
     }
 
+    /// Requests whose client went away before the mock answered (their handler was dropped).
+    pub fn requests_aborted(&self) -> usize {
+        self.shared.requests_aborted.load(Ordering::SeqCst)
+    }
+
     /// Waits until `cond` holds on this mock, or `timeout` passes; returns whether it holds.
     pub async fn wait_until(&self, timeout: Duration, cond: impl Fn(&MockOpenAi) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -251,7 +258,32 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     }
 }
 
+/// Counts a request as aborted if its handler is dropped before it answered.
+struct AbortWatch {
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.requests_aborted.fetch_add(1, Ordering::SeqCst);
+            self.shared.changed.notify_waiters();
+        }
+    }
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let mut watch = AbortWatch {
+        shared: Arc::clone(&shared),
+        armed: true,
+    };
+    let response = answer(shared, req).await;
+    watch.armed = false;
+    response
+}
+
+async fn answer(shared: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,

@@ -46,8 +46,12 @@ pub(crate) enum ProxyError {
     NoProxy,
     /// The proxy does not serve this path.
     UnknownEndpoint,
-    MethodNotAllowed { allow: &'static str },
-    PayloadTooLarge { limit: usize },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    PayloadTooLarge {
+        limit: usize,
+    },
     BodyRead(String),
     InvalidJson(String),
     MissingModel(String),

@@ -133,13 +133,11 @@ impl Gateway {
         config: GatewayConfig,
         tuning: SyncTuning,
     ) -> Result<Gateway, GatewayError> {
-        let endpoint =
-            sync::endpoint(&config.control_plane, config.upstream_connect_timeout).map_err(
-                |reason| GatewayError::ControlPlaneUrl {
-                    url: config.control_plane.clone(),
-                    reason,
-                },
-            )?;
+        let endpoint = sync::endpoint(&config.control_plane, config.upstream_connect_timeout)
+            .map_err(|reason| GatewayError::ControlPlaneUrl {
+                url: config.control_plane.clone(),
+                reason,
+            })?;
         let cache_error = |source| GatewayError::CacheDir {
             path: config.cache_dir.clone(),
             source,
@@ -170,13 +168,11 @@ impl Gateway {
             metrics: config.metrics.clone(),
         });
         let listener = http::bind(config.listen, "traffic").await?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| GatewayError::Bind {
-                what: "traffic",
-                addr: config.listen,
-                source,
-            })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            what: "traffic",
+            addr: config.listen,
+            source,
+        })?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(http::bind(addr, "metrics").await?),
             None => None,

@@ -68,7 +68,9 @@ pub(crate) fn decide(proxy: &CompiledProxy, model: Option<&str>) -> Decision {
             proxy,
             None,
             FallbackReason::NoModel,
-            ProxyError::MissingModel("the request names no model; send \"model\": \"<route>/<model>\"".to_owned()),
+            ProxyError::MissingModel(
+                "the request names no model; send \"model\": \"<route>/<model>\"".to_owned(),
+            ),
         );
     };
     let (route_name, model_part) = match model.split_once('/') {

@@ -187,7 +187,10 @@ impl FakeControlPlane {
     /// Waits for the ACK or NACK of `version`.
     pub async fn wait_for_ack(&self, version: u64, timeout: Duration) -> Option<pb::Ack> {
         match self
-            .wait_for(timeout, |e| matches!(e, NodeEvent::Ack(a) if a.version == version))
+            .wait_for(
+                timeout,
+                |e| matches!(e, NodeEvent::Ack(a) if a.version == version),
+            )
             .await
         {
             Some(NodeEvent::Ack(a)) => Some(a),

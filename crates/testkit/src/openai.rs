@@ -287,7 +287,16 @@ async fn answer(shared: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
-        Err(_) => return error(400, "could not read the body", "invalid_request_error", None, None),
+        Err(_) => {
+            return error(
+                400,
+                "could not read the body",
+                "invalid_request_error",
+                None,
+                None,
+            )
+            .into_response();
+        }
     };
     let recorded = RecordedRequest {
         method: parts.method.clone(),
@@ -318,8 +327,8 @@ async fn answer(shared: Arc<Shared>, req: Request) -> Response {
         _ => {}
     }
 
-    if let Err(resp) = check_auth(&shared.config, &recorded.headers) {
-        return resp;
+    if let Err(e) = check_auth(&shared.config, &recorded.headers) {
+        return e.into_response();
     }
     match (recorded.method.clone(), recorded.path.as_str()) {
         (Method::POST, "/v1/chat/completions") => chat_completions(&shared, &recorded, behavior),
@@ -334,39 +343,63 @@ async fn answer(shared: Arc<Shared>, req: Request) -> Response {
             "invalid_request_error",
             None,
             None,
-        ),
+        )
+        .into_response(),
         _ => error(
             404,
             &format!("Invalid URL ({} {})", recorded.method, recorded.path),
             "invalid_request_error",
             None,
             None,
-        ),
+        )
+        .into_response(),
     }
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+struct ApiError {
+    status: u16,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST),
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
 fn error(
     status: u16,
     message: &str,
-    kind: &str,
+    kind: &'static str,
     param: Option<&str>,
-    code: Option<&str>,
-) -> Response {
-    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    code: Option<&'static str>,
+) -> ApiError {
+    ApiError {
+        status,
+        message: message.to_owned(),
+        kind,
+        param: param.map(str::to_owned),
+        code,
+    }
 }
 
-fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
+fn invalid(message: &str, param: Option<&str>, code: Option<&'static str>) -> ApiError {
     error(400, message, "invalid_request_error", param, code)
 }
 
-fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), Response> {
+fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &config.api_key else {
         return Ok(());
     };
@@ -490,7 +523,7 @@ fn type_name(v: &Value) -> &'static str {
 fn parse_common(
     recorded: &RecordedRequest,
     known: &[&str],
-) -> Result<(Map<String, Value>, String, bool), Response> {
+) -> Result<(Map<String, Value>, String, bool), ApiError> {
     let content_type = recorded.header("content-type").unwrap_or_default();
     if !content_type.starts_with("application/json") {
         return Err(invalid(
@@ -515,11 +548,7 @@ fn parse_common(
     }
     let model = match body.get("model") {
         None => {
-            return Err(invalid(
-                "you must provide a model parameter",
-                None,
-                None,
-            ));
+            return Err(invalid("you must provide a model parameter", None, None));
         }
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(other) => {
@@ -556,7 +585,12 @@ fn parse_common(
     }
     check_number(&body, "temperature", 0.0, 2.0)?;
     check_number(&body, "top_p", 0.0, 1.0)?;
-    for int in ["n", "max_tokens", "max_completion_tokens", "max_output_tokens"] {
+    for int in [
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+    ] {
         if let Some(v) = body.get(int).filter(|v| !v.is_null())
             && v.as_u64().is_none_or(|n| n < 1)
         {
@@ -570,7 +604,7 @@ fn parse_common(
     Ok((body, model, stream))
 }
 
-fn check_number(body: &Map<String, Value>, key: &str, min: f64, max: f64) -> Result<(), Response> {
+fn check_number(body: &Map<String, Value>, key: &str, min: f64, max: f64) -> Result<(), ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(()),
         Some(v) => match v.as_f64() {
@@ -584,7 +618,7 @@ fn check_number(body: &Map<String, Value>, key: &str, min: f64, max: f64) -> Res
     }
 }
 
-fn check_messages(body: &Map<String, Value>) -> Result<String, Response> {
+fn check_messages(body: &Map<String, Value>) -> Result<String, ApiError> {
     let messages = match body.get("messages") {
         None => {
             return Err(invalid(
@@ -675,14 +709,18 @@ fn usage(prompt: &str, reply: &str) -> (u64, u64) {
     (count(prompt) + 3, count(reply))
 }
 
-fn chat_completions(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavior) -> Response {
+fn chat_completions(
+    shared: &Arc<Shared>,
+    recorded: &RecordedRequest,
+    behavior: Behavior,
+) -> Response {
     let (body, model, stream) = match parse_common(recorded, CHAT_FIELDS) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let prompt = match check_messages(&body) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let reply = reply_text(&model);
     let (prompt_tokens, completion_tokens) = usage(&prompt, &reply);
@@ -755,7 +793,10 @@ fn chat_completions(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: 
         events.push(format!("data: {c}\n\n"));
     }
     if behavior == Behavior::GarbledStream {
-        events.insert(2, "data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\n\n".to_owned());
+        events.insert(
+            2,
+            "data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\n\n".to_owned(),
+        );
     }
     events.push("data: [DONE]\n\n".to_owned());
     sse(shared, events, behavior)
@@ -764,7 +805,7 @@ fn chat_completions(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: 
 fn responses(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavior) -> Response {
     let (body, model, stream) = match parse_common(recorded, RESPONSES_FIELDS) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let prompt = match body.get("input") {
         None | Some(Value::Null) => String::new(),
@@ -772,7 +813,7 @@ fn responses(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavio
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|i| i.get("content").and_then(Value::as_str))
-            .last()
+            .next_back()
             .unwrap_or_default()
             .to_owned(),
         Some(other) => {
@@ -783,7 +824,8 @@ fn responses(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavio
                 ),
                 Some("input"),
                 Some("invalid_type"),
-            );
+            )
+            .into_response();
         }
     };
     let reply = reply_text(&model);
@@ -849,7 +891,10 @@ fn responses(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavio
         json!({"response": response("completed", Some(&reply))}),
     ));
     if behavior == Behavior::GarbledStream {
-        events.insert(2, "event: response.output_text.delta\ndata: {oops\n\n".to_owned());
+        events.insert(
+            2,
+            "event: response.output_text.delta\ndata: {oops\n\n".to_owned(),
+        );
     }
     sse(shared, events, behavior)
 }

@@ -82,11 +82,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             handle.render(),
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            "metrics are disabled on this node\n",
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are disabled on this node\n").into_response(),
     }
 }
 

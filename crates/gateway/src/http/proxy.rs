@@ -398,11 +398,26 @@ mod tests {
 
     #[test]
     fn endpoints_with_and_without_v1() {
-        assert_eq!(endpoint("/chat/completions"), Some(Operation::ChatCompletions));
-        assert_eq!(endpoint("/v1/chat/completions"), Some(Operation::ChatCompletions));
+        assert_eq!(
+            endpoint("/chat/completions"),
+            Some(Operation::ChatCompletions)
+        );
+        assert_eq!(
+            endpoint("/v1/chat/completions"),
+            Some(Operation::ChatCompletions)
+        );
         assert_eq!(endpoint("/responses"), Some(Operation::Responses));
         assert_eq!(endpoint("/v1/models"), Some(Operation::Models));
-        for bad in ["", "/", "/v1", "/v1/", "/v1x/models", "/chat", "/models/x", "/v1/v1/models"] {
+        for bad in [
+            "",
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1x/models",
+            "/chat",
+            "/models/x",
+            "/v1/v1/models",
+        ] {
             assert_eq!(endpoint(bad), None, "{bad}");
         }
     }

@@ -236,7 +236,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// A header value for a model name (anything a client may send, so never fails).
 pub(crate) fn model_header(model: &str) -> HeaderValue {
-    HeaderValue::from_bytes(model.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_bytes(model.as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub(crate) enum Operation {
 /// A route's upstream, compiled.
 #[derive(Debug)]
 pub(crate) enum Upstream {
-    OpenAi(openai::OpenAiUpstream),
+    OpenAi(Box<openai::OpenAiUpstream>),
     /// A provider whose adapter is not part of this build yet.
     NotYet(Provider),
 }
@@ -35,7 +35,7 @@ impl Upstream {
     pub(crate) fn compile(route: &Route) -> Result<Upstream, String> {
         match route.provider {
             Provider::OpenAi | Provider::Nvidia | Provider::OpenAiCompatible => {
-                openai::OpenAiUpstream::compile(route).map(Upstream::OpenAi)
+                openai::OpenAiUpstream::compile(route).map(|u| Upstream::OpenAi(Box::new(u)))
             }
             Provider::Azure | Provider::Gemini | Provider::Bedrock => {
                 // Still check what every adapter will need, so a bad URL is refused now.
@@ -84,7 +84,13 @@ mod tests {
             join_url(&u, "models").unwrap().as_str(),
             "http://127.0.0.1:9000/models"
         );
-        for bad in ["", "api.openai.com", "ftp://x/y", "https://x/v1?a=b", "http://"] {
+        for bad in [
+            "",
+            "api.openai.com",
+            "ftp://x/y",
+            "https://x/v1?a=b",
+            "http://",
+        ] {
             assert!(parse_base_url(bad).is_err(), "{bad}");
         }
     }

@@ -110,7 +110,10 @@ mod tests {
         ))
         .unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
         headers.insert("x-other", HeaderValue::from_static("1"));
         let rid = HeaderValue::from_static("rid-1");
         let inbound = Inbound {

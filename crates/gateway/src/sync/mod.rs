@@ -194,11 +194,7 @@ pub(crate) fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint,
 }
 
 /// Runs the sync loop until `shutdown`.
-pub(crate) async fn run(
-    settings: SyncSettings,
-    applier: Applier,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn run(settings: SyncSettings, applier: Applier, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
     loop {
         let outcome = tokio::select! {
@@ -222,13 +218,18 @@ pub(crate) async fn run(
                 reason = status.message(),
                 "the control plane does not know this gateway; serving the last snapshot and retrying"
             ),
-            other => warn!(error = %other, "control plane stream lost; serving the last snapshot and retrying"),
+            other => {
+                warn!(error = %other, "control plane stream lost; serving the last snapshot and retrying")
+            }
         }
         applier
             .state
             .send_modify(|s| s.last_error = Some(problem.to_string()));
         let delay = backoff.next_delay();
-        debug!(delay_ms = delay.as_millis() as u64, "reconnecting to the control plane");
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to the control plane"
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

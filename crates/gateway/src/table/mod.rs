@@ -183,10 +183,12 @@ fn check_base_path(path: &str) -> Result<(), String> {
     if path.contains("//") || path.contains('?') || path.contains('#') {
         return Err(format!("base path '{path}' is not a clean path"));
     }
-    if RESERVED_PATHS
-        .iter()
-        .any(|r| path == *r || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('/')))
-    {
+    if RESERVED_PATHS.iter().any(|r| {
+        path == *r
+            || path
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }) {
         return Err(format!("base path '{path}' is reserved by the gateway"));
     }
     Ok(())
@@ -248,12 +250,7 @@ pub(crate) mod tests {
     }
 
     fn one(base: &str) -> Proxy {
-        proxy(
-            base,
-            base,
-            vec![route("a", Provider::OpenAi, None)],
-            None,
-        )
+        proxy(base, base, vec![route("a", Provider::OpenAi, None)], None)
     }
 
     #[test]
@@ -298,7 +295,12 @@ pub(crate) mod tests {
             (vec![one("a")], "start with"),
             (vec![one("/a/")], "end with"),
             (
-                vec![proxy("p", "/p", vec![route("a", Provider::OpenAi, None)], Some("zz"))],
+                vec![proxy(
+                    "p",
+                    "/p",
+                    vec![route("a", Provider::OpenAi, None)],
+                    Some("zz"),
+                )],
                 "unknown route 'zz'",
             ),
             (
@@ -322,9 +324,8 @@ pub(crate) mod tests {
 
         let mut bad_url = route("a", Provider::OpenAi, None);
         bad_url.url = "not a url".into();
-        let err =
-            RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![bad_url], None)]))
-                .unwrap_err();
+        let err = RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![bad_url], None)]))
+            .unwrap_err();
         assert!(err.0.contains("route 'a'"), "{err}");
 
         let mut bad_selector = route("a", Provider::OpenAi, None);
@@ -332,8 +333,11 @@ pub(crate) mod tests {
             expression: "attributes.cookies['x']".into(),
         };
         assert!(
-            RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![bad_selector], None)]))
-                .is_err()
+            RoutingTable::compile(&snapshot(
+                1,
+                vec![proxy("p", "/p", vec![bad_selector], None)]
+            ))
+            .is_err()
         );
     }
 

@@ -57,7 +57,10 @@ async fn routes_by_model_and_rewrites_only_the_model() {
         let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36, "a fresh uuid: {id}");
         assert_eq!(reply_of(resp).await, reply_text("llama-3"));
-        assert_eq!(b.last_request().unwrap().model().as_deref(), Some("llama-3"));
+        assert_eq!(
+            b.last_request().unwrap().model().as_deref(),
+            Some("llama-3")
+        );
     }
     assert_eq!(a.request_count(), 1);
 
@@ -72,7 +75,10 @@ async fn routes_by_model_and_rewrites_only_the_model() {
     assert_stamped(&resp, "openai", "gpt-4o-mini");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "response");
-    assert_eq!(body["output"][0]["content"][0]["text"], reply_text("gpt-4o-mini"));
+    assert_eq!(
+        body["output"][0]["content"][0]["text"],
+        reply_text("gpt-4o-mini")
+    );
     assert_eq!(a.last_request().unwrap().path, "/v1/responses");
 
     // What the upstream refuses (here: a parameter it does not know) passes through as is.
@@ -106,12 +112,18 @@ async fn errors_without_a_fallback_have_the_openai_shape() {
     let resp = post(&gw, "/p/chat/completions", &chat(None)).await;
     assert_stamped(&resp, "none", "none");
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (400, Some("model_required")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("model_required"))
+    );
 
     let resp = post(&gw, "/p/chat/completions", &chat(Some("nope/gpt-4o"))).await;
     assert_stamped(&resp, "none", "none");
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 
     let resp = client()
         .post(url(&gw, "/p/chat/completions"))
@@ -148,16 +160,24 @@ async fn errors_without_a_fallback_have_the_openai_shape() {
     let resp = post(&gw, "/p/chat/completions", &chat(Some("dead/m"))).await;
     assert_stamped(&resp, "dead", "m");
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (502, Some("upstream_unavailable")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (502, Some("upstream_unavailable"))
+    );
 
     a.set_behavior(Behavior::DelayHeaders(HEADER_TIMEOUT * 2));
     let resp = post(&gw, "/p/chat/completions", &chat(Some("main/m"))).await;
     assert_stamped(&resp, "main", "m");
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (504, Some("upstream_timeout")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
 
     for status in [500u16, 429, 503] {
-        let body = format!(r#"{{"error":{{"message":"upstream says {status}","type":"server_error","code":null}}}}"#);
+        let body = format!(
+            r#"{{"error":{{"message":"upstream says {status}","type":"server_error","code":null}}}}"#
+        );
         a.set_behavior(Behavior::Fail {
             status,
             body: body.clone(),
@@ -217,7 +237,10 @@ async fn falls_back_on_no_model_unknown_route_and_failing_routes() {
         primary.set_behavior(failure.clone());
         check(post(&gw, "/p/chat/completions", &chat(Some("primary/gpt-4o"))).await).await;
         assert_eq!(primary.request_count(), i + 1, "{failure:?}");
-        assert_eq!(backup.last_request().unwrap().model().as_deref(), Some("backup-model"));
+        assert_eq!(
+            backup.last_request().unwrap().model().as_deref(),
+            Some("backup-model")
+        );
     }
 
     // A 4xx is the client's to see: no fallback.
@@ -250,7 +273,10 @@ async fn falls_back_on_no_model_unknown_route_and_failing_routes() {
         "switchyard_gateway_request_duration_seconds",
         "switchyard_gateway_snapshot_version",
     ] {
-        assert!(metrics.contains(expected), "{expected} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
     }
 }
 
@@ -333,7 +359,10 @@ async fn dynamic_keys_come_from_a_header_or_a_query_parameter() {
     assert_stamped(&resp, "r", "m");
     let (status, err) = error_of(resp).await;
     assert_eq!(status, 401);
-    assert!(err["message"].as_str().unwrap().contains("x-upstream-key"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("x-upstream-key"),
+        "{err}"
+    );
 
     let resp = client()
         .post(url(&gw, "/q/chat/completions?key=sk-user-1"))
@@ -358,7 +387,10 @@ async fn dynamic_keys_come_from_a_header_or_a_query_parameter() {
         .await
         .unwrap();
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
 }
 
 #[tokio::test]
@@ -390,7 +422,10 @@ async fn models_lists_what_each_route_serves() {
             .iter()
             .map(|m| m["id"].as_str().unwrap())
             .collect();
-        assert_eq!(ids, ["openai/gpt-4o-mini", "openai/gpt-4.1", "fixed/llama-3"]);
+        assert_eq!(
+            ids,
+            ["openai/gpt-4o-mini", "openai/gpt-4.1", "fixed/llama-3"]
+        );
     }
     assert_eq!(a.last_request().unwrap().path, "/v1/models");
     let resp = client().post(url(&gw, "/p/models")).send().await.unwrap();
@@ -444,21 +479,46 @@ async fn what_is_not_supported_yet_answers_501() {
     );
     let (_cp, gw, _cache) = serving(vec![gemini, semantic, bedrock]).await;
 
-    let resp = post(&gw, "/g/models/gemini-2.0-flash:generateContent", &json!({})).await;
+    let resp = post(
+        &gw,
+        "/g/models/gemini-2.0-flash:generateContent",
+        &json!({}),
+    )
+    .await;
     assert_stamped(&resp, "none", "none");
     let (status, err) = error_of(resp).await;
     assert_eq!(status, 501);
     assert!(err["message"].as_str().unwrap().contains("gemini"), "{err}");
 
-    let (status, err) = error_of(post(&gw, "/s/chat/completions", &chat(Some("openai/x"))).await).await;
+    let (status, err) =
+        error_of(post(&gw, "/s/chat/completions", &chat(Some("openai/x"))).await).await;
     assert_eq!(status, 501);
-    assert!(err["message"].as_str().unwrap().contains("semantic"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("semantic"),
+        "{err}"
+    );
 
-    let resp = post(&gw, "/b/chat/completions", &chat(Some("claude/anthropic.claude-3"))).await;
+    let resp = post(
+        &gw,
+        "/b/chat/completions",
+        &chat(Some("claude/anthropic.claude-3")),
+    )
+    .await;
     assert_stamped(&resp, "claude", "anthropic.claude-3");
     let (status, err) = error_of(resp).await;
-    assert_eq!((status, err["code"].as_str()), (501, Some("not_implemented")));
-    assert!(err["message"].as_str().unwrap().contains("bedrock"), "{err}");
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (501, Some("not_implemented"))
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("bedrock"),
+        "{err}"
+    );
     // The OpenAI route of the same proxy serves.
-    assert_eq!(post(&gw, "/b/chat/completions", &chat(Some("openai/x"))).await.status(), 200);
+    assert_eq!(
+        post(&gw, "/b/chat/completions", &chat(Some("openai/x")))
+            .await
+            .status(),
+        200
+    );
 }

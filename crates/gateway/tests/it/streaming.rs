@@ -31,7 +31,11 @@ fn sse_text(sse: &str) -> String {
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -70,7 +74,10 @@ async fn streams_are_relayed_chunk_by_chunk() {
     let all = format!("{first}{rest}");
     assert!(all.ends_with("data: [DONE]\n\n"), "{all}");
     assert!(all.contains("\"finish_reason\":\"stop\""), "{all}");
-    assert!(all.contains("\"total_tokens\""), "usage chunk missing: {all}");
+    assert!(
+        all.contains("\"total_tokens\""),
+        "usage chunk missing: {all}"
+    );
     assert_eq!(sse_text(&all), reply_text("gpt-4o"));
 
     // The Responses API streams its named events through untouched.
@@ -188,10 +195,7 @@ async fn graceful_shutdown_lets_an_open_stream_finish() {
     let shutdown = tokio::spawn(gw.shutdown());
     tokio::time::sleep(Duration::from_millis(150)).await;
     // No new connections while draining.
-    let refused = client()
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await;
+    let refused = client().get(format!("http://{addr}/healthz")).send().await;
     assert!(refused.is_err(), "accepted a connection while draining");
     let rest = read_to_end(&mut resp).await.unwrap();
     let all = format!("{}{rest}", std::str::from_utf8(&first).unwrap());

@@ -35,7 +35,10 @@ async fn health_and_readiness_before_and_after_the_first_snapshot() {
     let cache = tempfile::tempdir().unwrap();
     let gw = start_node_in(&cp.url(), cache.path()).await;
 
-    let hello = match cp.wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_))).await {
+    let hello = match cp
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_)))
+        .await
+    {
         Some(NodeEvent::Hello(h)) => h,
         other => panic!("{other:?}"),
     };
@@ -59,24 +62,43 @@ async fn health_and_readiness_before_and_after_the_first_snapshot() {
     let ack = cp.wait_for_ack(1, WAIT).await.unwrap();
     assert!(ack.applied && ack.error.is_empty(), "{ack:?}");
     assert_eq!(gw.applied_version(), Some(1));
-    assert_eq!(gw.sync_state().borrow().source, Some(SnapshotSource::ControlPlane));
+    assert_eq!(
+        gw.sync_state().borrow().source,
+        Some(SnapshotSource::ControlPlane)
+    );
     assert_eq!(get(&gw, "/readyz").await.status(), 200);
     let resp = post(&gw, "/p/chat/completions", &chat(Some("main"))).await;
     assert_eq!(resp.status(), 200);
 
     // Heartbeats carry the served version.
     assert!(
-        cp.wait_for(WAIT, |e| matches!(e, NodeEvent::Heartbeat(h) if h.current_version == 1))
-            .await
-            .is_some()
+        cp.wait_for(
+            WAIT,
+            |e| matches!(e, NodeEvent::Heartbeat(h) if h.current_version == 1)
+        )
+        .await
+        .is_some()
     );
     // The same version again is only ACKed.
     cp.push(snapshot(GW, 1, one_proxy(&a, "m1"))).await;
-    assert!(cp.wait_for_count(2, WAIT, |e| matches!(e, NodeEvent::Ack(a) if a.version == 1 && a.applied)).await);
+    assert!(
+        cp.wait_for_count(
+            2,
+            WAIT,
+            |e| matches!(e, NodeEvent::Ack(a) if a.version == 1 && a.applied)
+        )
+        .await
+    );
 
     let metrics = get(&gw, "/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("switchyard_gateway_control_plane_connected"), "{metrics}");
-    assert!(metrics.contains("switchyard_gateway_snapshot_applies_total{result=\"applied\"}"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_gateway_control_plane_connected"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_gateway_snapshot_applies_total{result=\"applied\"}"),
+        "{metrics}"
+    );
     gw.shutdown().await;
 }
 
@@ -183,7 +205,10 @@ async fn traffic_keeps_flowing_without_the_control_plane_and_the_node_resyncs() 
 
     let cp = FakeControlPlane::start_on(addr).await.unwrap();
     cp.push(snapshot(GW, 2, one_proxy(&a, "m2"))).await;
-    let hello = match cp.wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_))).await {
+    let hello = match cp
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_)))
+        .await
+    {
         Some(NodeEvent::Hello(h)) => h,
         other => panic!("{other:?}"),
     };
@@ -203,7 +228,10 @@ async fn a_restarted_node_serves_from_its_cache_while_the_control_plane_is_down(
 
     let snapshot_file = cache.path().join("snapshot.pb");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&snapshot_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&snapshot_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let gw = start_node_in(&format!("http://{addr}"), cache.path()).await;
@@ -218,7 +246,10 @@ async fn a_restarted_node_serves_from_its_cache_while_the_control_plane_is_down(
     // When the control plane is back, the node introduces itself with its cached version
     // and the same id.
     let cp = FakeControlPlane::start_on(addr).await.unwrap();
-    let hello = match cp.wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_))).await {
+    let hello = match cp
+        .wait_for(WAIT, |e| matches!(e, NodeEvent::Hello(_)))
+        .await
+    {
         Some(NodeEvent::Hello(h)) => h,
         other => panic!("{other:?}"),
     };
@@ -228,7 +259,11 @@ async fn a_restarted_node_serves_from_its_cache_while_the_control_plane_is_down(
 
     // A corrupt cache is ignored: the node starts, not ready.
     std::fs::write(&snapshot_file, b"\x0a\xff\xff\xff garbage").unwrap();
-    let gw = start_node_in(&format!("http://127.0.0.1:{}", closed_port().await), cache.path()).await;
+    let gw = start_node_in(
+        &format!("http://127.0.0.1:{}", closed_port().await),
+        cache.path(),
+    )
+    .await;
     assert_eq!(gw.applied_version(), None);
     assert_eq!(get(&gw, "/readyz").await.status(), 503);
     assert_eq!(get(&gw, "/healthz").await.status(), 200);
@@ -255,7 +290,10 @@ async fn a_refused_token_or_unknown_gateway_keeps_the_node_serving_and_retrying(
     let resp = post(&gw, "/p/chat/completions", &chat(Some("main"))).await;
     assert_stamped(&resp, "main", "m1");
     let error = gw.sync_state().borrow().last_error.clone().unwrap();
-    assert!(error.contains("Unauthenticated") || error.contains("registration"), "{error}");
+    assert!(
+        error.contains("Unauthenticated") || error.contains("registration"),
+        "{error}"
+    );
     gw.shutdown().await;
     let addr = cp.stop().await;
 
@@ -303,7 +341,10 @@ async fn a_separate_metrics_listener_serves_metrics() {
             .starts_with("text/plain")
     );
     let text = resp.text().await.unwrap();
-    assert!(text.contains("switchyard_gateway_snapshot_version"), "{text}");
+    assert!(
+        text.contains("switchyard_gateway_snapshot_version"),
+        "{text}"
+    );
 
     // Without a recorder handle, /metrics says it is disabled.
     let mut config = crate::common::config(&cp.url(), cache.path());

@@ -28,7 +28,8 @@ const MODELS: &str = r#"{"object":"list","data":[{"id":"bench-model","object":"m
 
 fn wants_stream(body: &[u8]) -> bool {
     // Cheap on purpose: the benchmark sends compact JSON.
-    body.windows(13).any(|w| w == b"\"stream\":true") || body.windows(14).any(|w| w == b"\"stream\": true")
+    body.windows(13).any(|w| w == b"\"stream\":true")
+        || body.windows(14).any(|w| w == b"\"stream\": true")
 }
 
 async fn chat(body: Bytes) -> Response {
@@ -54,8 +55,16 @@ fn parse_args() -> Result<SocketAddr, String> {
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--port" => addr.set_port(value.parse().map_err(|_| format!("bad port '{value}'"))?),
-            "--listen" => addr = value.parse().map_err(|_| format!("bad address '{value}'"))?,
-            other => return Err(format!("unknown flag '{other}' (use --port N or --listen ADDR)")),
+            "--listen" => {
+                addr = value
+                    .parse()
+                    .map_err(|_| format!("bad address '{value}'"))?
+            }
+            other => {
+                return Err(format!(
+                    "unknown flag '{other}' (use --port N or --listen ADDR)"
+                ));
+            }
         }
     }
     Ok(addr)

@@ -163,8 +163,9 @@ fn ack(version: u64, error: Option<String>) -> pb::Ack {
     }
 }
 
-/// How this node introduces itself, and how it paces the stream.
-#[derive(Debug, Clone)]
+/// How this node introduces itself, and how it paces the stream. (No `Debug`: it holds the
+/// registration token.)
+#[derive(Clone)]
 pub(crate) struct SyncSettings {
     pub endpoint: Endpoint,
     pub gateway: String,
@@ -193,9 +194,13 @@ pub(crate) fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint,
         .keep_alive_while_idle(true))
 }
 
+/// The largest snapshot message a node accepts.
+const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Runs the sync loop until `shutdown`.
 pub(crate) async fn run(settings: SyncSettings, applier: Applier, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
+    telemetry::control_plane_connected(false);
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -259,7 +264,9 @@ async fn session(
         .connect()
         .await
         .map_err(|e| SessionError::Connect(error_chain(&e)))?;
-    let mut client = ConfigDistributionClient::new(channel);
+    // Snapshots of many proxies with many utterances can exceed tonic's 4 MiB default.
+    let mut client =
+        ConfigDistributionClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel::<pb::NodeMessage>(8);
     let hello = pb::NodeMessage {
         kind: Some(pb::node_message::Kind::Hello(pb::Hello {

@@ -99,3 +99,16 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_streaming_requests() {
+        assert!(wants_stream(br#"{"model":"m","stream":true}"#));
+        assert!(wants_stream(br#"{"model": "m", "stream": true}"#));
+        assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
+        assert!(!wants_stream(br#"{"model":"m"}"#));
+    }
+}

@@ -1,1 +1,25 @@
+//! Switchyard's gateway node: the data plane.
+//!
+//! A node is fed by the control plane over one gRPC stream ([`sync`]), compiles each snapshot
+//! into a routing table ([`table`]) that it swaps in atomically, and serves LLM traffic over
+//! HTTP (`http`), routing each request by model (`routing`) to a provider adapter
+//! (`providers`). The data plane never waits for the control plane: it serves the last good
+//! table (from memory, or from the cache directory after a restart).
+//!
+//! ```text
+//! control plane ──gRPC──▶ sync ──compile──▶ table (ArcSwap) ◀──load once── http ──▶ providers ──▶ upstream
+//! ```
 #![forbid(unsafe_code)]
+
+mod error;
+mod http;
+mod node;
+mod providers;
+mod routing;
+pub mod sync;
+pub mod table;
+mod telemetry;
+
+pub use error::GatewayError;
+pub use node::{Gateway, GatewayConfig, SyncTuning};
+pub use sync::{SnapshotSource, SyncState};

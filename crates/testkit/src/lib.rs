@@ -1,4 +1,11 @@
+//! Test helpers for Switchyard: mock providers that validate what they receive, a fake
+//! control plane, and snapshot builders. Dev-only; nothing here reaches past 127.0.0.1.
 #![forbid(unsafe_code)]
-//! Test support shared by the crates' tests, the end-to-end suite and the benchmarks.
 
+pub mod control_plane;
+pub mod openai;
 pub mod pg;
+pub mod snapshots;
+
+pub use control_plane::{FakeControlPlane, NodeEvent};
+pub use openai::{Behavior, MOCK_API_KEY, MockConfig, MockOpenAi, RecordedRequest, reply_text};

@@ -1,0 +1,204 @@
+//! The gateway's two error boundaries: [`GatewayError`] for starting and running a node, and
+//! [`ProxyError`] for one proxied request, with its single mapping to an HTTP status, the
+//! OpenAI error body and a low-cardinality metric label.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+
+/// Why a gateway node could not start, or stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cache directory {path}: {source}")]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid control plane url '{url}': {reason}")]
+    ControlPlaneUrl { url: String, reason: String },
+    #[error("cannot build the upstream http client: {0}")]
+    HttpClient(String),
+    #[error("{what} server stopped: {reason}")]
+    Server { what: &'static str, reason: String },
+}
+
+/// Where a dynamic credential was expected on the incoming request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CredentialPlace {
+    Header(String),
+    Query(String),
+}
+
+/// Why one proxied request failed before an upstream answer could be relayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProxyError {
+    /// No snapshot has been served yet.
+    NotReady,
+    /// No proxy's base path matches the request path.
+    NoProxy,
+    /// The proxy does not serve this path.
+    UnknownEndpoint,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    BodyRead(String),
+    InvalidJson(String),
+    MissingModel(String),
+    UnknownRoute(String),
+    MissingCredential(CredentialPlace),
+    NotImplemented(String),
+    UpstreamUnavailable(String),
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoProxy | ProxyError::UnknownEndpoint | ProxyError::UnknownRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::MissingCredential(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The OpenAI error `type`.
+    pub(crate) fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::NotReady => "service_unavailable",
+            ProxyError::MissingCredential(_) => "authentication_error",
+            ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The OpenAI error `code`, also the metric label of the failure.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NotReady => "not_ready",
+            ProxyError::NoProxy | ProxyError::UnknownEndpoint => "not_found",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::PayloadTooLarge { .. } => "request_too_large",
+            ProxyError::BodyRead(_) => "invalid_body",
+            ProxyError::InvalidJson(_) => "invalid_json",
+            ProxyError::MissingModel(_) => "model_required",
+            ProxyError::UnknownRoute(_) => "model_not_found",
+            ProxyError::MissingCredential(_) => "missing_api_key",
+            ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub(crate) fn message(&self) -> String {
+        match self {
+            ProxyError::NotReady => {
+                "this gateway node has not received its configuration yet".to_owned()
+            }
+            ProxyError::NoProxy => "no proxy is served at this path".to_owned(),
+            ProxyError::UnknownEndpoint => "this proxy does not serve this path".to_owned(),
+            ProxyError::MethodNotAllowed { allow } => {
+                format!("method not allowed on this path; use {allow}")
+            }
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes")
+            }
+            ProxyError::BodyRead(why) => format!("could not read the request body: {why}"),
+            ProxyError::InvalidJson(why) => format!("the request body is not valid JSON: {why}"),
+            ProxyError::MissingModel(why) => why.clone(),
+            ProxyError::UnknownRoute(model) => format!(
+                "the model '{model}' does not exist: name a model as '<route>/<model>' with one of this proxy's routes"
+            ),
+            ProxyError::MissingCredential(CredentialPlace::Header(h)) => {
+                format!("missing API key: this route reads it from the '{h}' request header")
+            }
+            ProxyError::MissingCredential(CredentialPlace::Query(q)) => {
+                format!("missing API key: this route reads it from the '{q}' query parameter")
+            }
+            ProxyError::NotImplemented(what) => format!("{what} is not supported yet"),
+            ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
+            ProxyError::UpstreamTimeout => {
+                "the upstream did not answer in time (response headers timeout)".to_owned()
+            }
+        }
+    }
+
+    /// The OpenAI-shaped error body: `{"error": {"message", "type", "code"}}`.
+    pub(crate) fn body(&self) -> Bytes {
+        openai_error_body(&self.message(), self.error_type(), self.code())
+    }
+}
+
+pub(crate) fn openai_error_body(message: &str, kind: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": kind, "code": code, "param": null}
+    });
+    Bytes::from(body.to_string())
+}
+
+/// An error and its sources, one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_the_openai_shape_and_a_fitting_status() {
+        let cases = [
+            (ProxyError::NotReady, 503),
+            (ProxyError::NoProxy, 404),
+            (ProxyError::MissingModel("no model".into()), 400),
+            (ProxyError::UnknownRoute("x/y".into()), 404),
+            (
+                ProxyError::MissingCredential(CredentialPlace::Header("x-key".into())),
+                401,
+            ),
+            (ProxyError::PayloadTooLarge { limit: 1 }, 413),
+            (ProxyError::UpstreamUnavailable("refused".into()), 502),
+            (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::NotImplemented("x".into()), 501),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+            assert_eq!(v["error"]["code"], err.code());
+            assert_eq!(v["error"]["type"], err.error_type());
+            assert!(v["error"]["message"].as_str().unwrap().len() > 3);
+        }
+        let m = ProxyError::MissingCredential(CredentialPlace::Header("x-key".into())).message();
+        assert!(m.contains("x-key"));
+    }
+}

@@ -1,0 +1,300 @@
+//! A running gateway node: its listeners, its sync task, and their lifecycle.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::GatewayError;
+use crate::http::{self, AppState};
+use crate::sync::cache::Cache;
+use crate::sync::{self, Applier, SyncSettings, SyncState};
+use crate::table::SharedTable;
+
+/// How to run one gateway node.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// The control plane's gRPC URL, e.g. `http://127.0.0.1:50051`.
+    pub control_plane: String,
+    /// The gateway (group of nodes) this node serves.
+    pub gateway: String,
+    pub registration_token: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the last good snapshot and the node id are kept.
+    pub cache_dir: PathBuf,
+    /// Defaults to an id persisted in `cache_dir/node-id`, created once.
+    pub node_id: Option<String>,
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers.
+    pub upstream_header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests and streams.
+    pub drain_timeout: Duration,
+    /// The installed Prometheus recorder's handle; `None` answers `/metrics` with 404.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl GatewayConfig {
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8000);
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A configuration with every optional setting at its default.
+    pub fn new(
+        control_plane: impl Into<String>,
+        gateway: impl Into<String>,
+        registration_token: impl Into<String>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> GatewayConfig {
+        GatewayConfig {
+            control_plane: control_plane.into(),
+            gateway: gateway.into(),
+            registration_token: registration_token.into(),
+            listen: Self::DEFAULT_LISTEN,
+            metrics_listen: None,
+            cache_dir: cache_dir.into(),
+            node_id: None,
+            upstream_connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            upstream_header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            metrics: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("control_plane", &self.control_plane)
+            .field("gateway", &self.gateway)
+            .field("registration_token", &"***")
+            .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("cache_dir", &self.cache_dir)
+            .field("node_id", &self.node_id)
+            .field("upstream_connect_timeout", &self.upstream_connect_timeout)
+            .field("upstream_header_timeout", &self.upstream_header_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
+/// The pacing of the control-plane stream. The defaults are the production ones; tests
+/// shorten them.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    pub heartbeat_interval: Duration,
+    /// First reconnect delay ceiling, doubled on each failure (full jitter).
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        SyncTuning {
+            heartbeat_interval: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running gateway node.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    state: Arc<AppState>,
+    sync_state: watch::Receiver<SyncState>,
+    shutdown: CancellationToken,
+    main: JoinHandle<()>,
+    metrics: Option<JoinHandle<()>>,
+    sync: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds the listeners, serves the cached snapshot if there is one, and starts syncing
+    /// with the control plane in the background.
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        Self::start_with(config, SyncTuning::default()).await
+    }
+
+    pub async fn start_with(
+        config: GatewayConfig,
+        tuning: SyncTuning,
+    ) -> Result<Gateway, GatewayError> {
+        let endpoint = sync::endpoint(&config.control_plane, config.upstream_connect_timeout)
+            .map_err(|reason| GatewayError::ControlPlaneUrl {
+                url: config.control_plane.clone(),
+                reason,
+            })?;
+        let cache_error = |source| GatewayError::CacheDir {
+            path: config.cache_dir.clone(),
+            source,
+        };
+        let cache = Cache::open(&config.cache_dir).map_err(cache_error)?;
+        let node_id = match &config.node_id {
+            Some(id) => id.clone(),
+            None => cache.node_id().map_err(cache_error)?,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GatewayError::HttpClient(e.to_string()))?;
+
+        let table: SharedTable = Arc::new(ArcSwapOption::empty());
+        let (state_tx, sync_state) = watch::channel(SyncState::default());
+        let applier = Applier::new(config.gateway.clone(), Arc::clone(&table), cache, state_tx);
+        applier.boot_from_cache();
+
+        let state = Arc::new(AppState {
+            table,
+            client,
+            header_timeout: config.upstream_header_timeout,
+            draining: AtomicBool::new(false),
+            metrics: config.metrics.clone(),
+        });
+        let listener = http::bind(config.listen, "traffic").await?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            what: "traffic",
+            addr: config.listen,
+            source,
+        })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(http::bind(addr, "metrics").await?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| GatewayError::Bind {
+                what: "metrics",
+                addr: config.metrics_listen.unwrap_or(config.listen),
+                source,
+            })?),
+            None => None,
+        };
+
+        let shutdown = CancellationToken::new();
+        let main = tokio::spawn(http::serve(
+            listener,
+            http::router(Arc::clone(&state)),
+            shutdown.clone(),
+            config.drain_timeout,
+            "traffic",
+        ));
+        let metrics = metrics_listener.map(|l| {
+            tokio::spawn(http::serve(
+                l,
+                http::metrics_router(Arc::clone(&state)),
+                shutdown.clone(),
+                config.drain_timeout,
+                "metrics",
+            ))
+        });
+        let settings = SyncSettings {
+            endpoint,
+            gateway: config.gateway.clone(),
+            node_id: node_id.clone(),
+            registration_token: config.registration_token.clone(),
+            address: local_addr.to_string(),
+            heartbeat: tuning.heartbeat_interval,
+            backoff_base: tuning.backoff_base,
+            backoff_cap: tuning.backoff_cap,
+        };
+        let sync = tokio::spawn(sync::run(settings, applier, shutdown.clone()));
+
+        if let Some(addr) = metrics_addr {
+            info!(%addr, "metrics listening");
+        }
+        info!(
+            addr = %local_addr,
+            gateway = %config.gateway,
+            node_id = %node_id,
+            control_plane = %config.control_plane,
+            "listening"
+        );
+        Ok(Gateway {
+            local_addr,
+            metrics_addr,
+            state,
+            sync_state,
+            shutdown,
+            main,
+            metrics,
+            sync,
+        })
+    }
+
+    /// The address traffic is served on (the real port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The snapshot version being served, if any.
+    pub fn applied_version(&self) -> Option<u64> {
+        self.state.table.load().as_ref().map(|t| t.version)
+    }
+
+    /// The sync state, for readiness checks and tests.
+    pub fn sync_state(&self) -> watch::Receiver<SyncState> {
+        self.sync_state.clone()
+    }
+
+    /// Stops accepting, turns readiness to 503, lets in-flight requests and streams finish
+    /// (at most `drain_timeout`), and stops syncing.
+    pub async fn shutdown(self) {
+        info!("shutting down: draining in-flight requests");
+        self.state.draining.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
+        if let Err(e) = self.main.await {
+            warn!(error = %e, "traffic server task failed");
+        }
+        if let Some(metrics) = self.metrics
+            && let Err(e) = metrics.await
+        {
+            warn!(error = %e, "metrics server task failed");
+        }
+        if let Err(e) = self.sync.await {
+            warn!(error = %e, "sync task failed");
+        }
+        info!("stopped");
+    }
+
+    /// Runs until the node stops by itself, which only a fatal error does.
+    pub async fn wait(mut self) -> Result<(), GatewayError> {
+        let metrics = async {
+            match self.metrics.as_mut() {
+                Some(m) => m.await,
+                None => std::future::pending().await,
+            }
+        };
+        let (what, result) = tokio::select! {
+            r = &mut self.main => ("traffic", r),
+            r = metrics => ("metrics", r),
+            r = &mut self.sync => ("sync", r),
+        };
+        self.state.draining.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
+        let reason = match result {
+            Ok(()) => "stopped unexpectedly".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        Err(GatewayError::Server { what, reason })
+    }
+}

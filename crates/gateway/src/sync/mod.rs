@@ -1,0 +1,398 @@
+//! Config sync: the control plane's gRPC stream turned into routing-table swaps.
+//!
+//! One long-lived `Subscribe` stream: `Hello` first, then an `Ack` (or NACK) for every
+//! snapshot and a `Heartbeat` now and then. Each new snapshot is converted to the domain,
+//! compiled into a complete [`RoutingTable`], published with one `ArcSwap::store`, written to
+//! the cache directory, and only then ACKed. Anything that fails is NACKed with the reason and
+//! the previous table stays. When the stream ends the node reconnects with exponential
+//! backoff and full jitter; the data plane never waits for any of this.
+
+mod backoff;
+pub(crate) mod cache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_model::snapshot::Snapshot;
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::config_distribution_client::ConfigDistributionClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Endpoint;
+use tracing::{debug, error, info, warn};
+
+use crate::error::error_chain;
+use crate::table::{RoutingTable, SharedTable};
+use crate::telemetry;
+use backoff::Backoff;
+use cache::Cache;
+
+/// What a node knows of its sync with the control plane (see [`crate::Gateway::sync_state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The stream to the control plane is open.
+    pub connected: bool,
+    /// The snapshot version being served, if any.
+    pub applied_version: Option<u64>,
+    /// Where the served snapshot came from.
+    pub source: Option<SnapshotSource>,
+    /// The last sync problem (connection failure, refused token, rejected snapshot).
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSource {
+    Cache,
+    ControlPlane,
+}
+
+/// Validates, compiles, publishes and caches snapshots.
+pub(crate) struct Applier {
+    gateway: String,
+    table: SharedTable,
+    cache: Cache,
+    state: watch::Sender<SyncState>,
+}
+
+impl Applier {
+    pub(crate) fn new(
+        gateway: String,
+        table: SharedTable,
+        cache: Cache,
+        state: watch::Sender<SyncState>,
+    ) -> Applier {
+        Applier {
+            gateway,
+            table,
+            cache,
+            state,
+        }
+    }
+
+    pub(crate) fn served_version(&self) -> Option<u64> {
+        self.table.load().as_ref().map(|t| t.version)
+    }
+
+    fn compile(&self, snapshot: pb::Snapshot) -> Result<RoutingTable, String> {
+        if snapshot.gateway != self.gateway {
+            return Err(format!(
+                "the snapshot is for gateway '{}', this node serves '{}'",
+                snapshot.gateway, self.gateway
+            ));
+        }
+        let domain = Snapshot::try_from(snapshot).map_err(|e| e.to_string())?;
+        RoutingTable::compile(&domain).map_err(|e| format!("invalid snapshot: {e}"))
+    }
+
+    fn publish(&self, table: RoutingTable, source: SnapshotSource) {
+        let version = table.version;
+        self.table.store(Some(Arc::new(table)));
+        telemetry::snapshot_applied(version);
+        self.state.send_modify(|s| {
+            s.applied_version = Some(version);
+            s.source = Some(source);
+        });
+    }
+
+    /// Serves the cached snapshot, if there is a usable one. A corrupt cache is logged and
+    /// ignored.
+    pub(crate) fn boot_from_cache(&self) -> bool {
+        let path = self.cache.snapshot_path();
+        let cached = match self.cache.load_snapshot() {
+            Ok(Some(s)) => s,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "ignoring the cached snapshot");
+                return false;
+            }
+        };
+        match self.compile(cached) {
+            Ok(table) => {
+                let version = table.version;
+                self.publish(table, SnapshotSource::Cache);
+                telemetry::snapshot_apply("cache");
+                info!(version, path = %path.display(), "serving the cached snapshot");
+                true
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "ignoring the cached snapshot");
+                false
+            }
+        }
+    }
+
+    /// Applies one snapshot from the control plane and returns the ACK or NACK to send.
+    pub(crate) async fn apply(&self, snapshot: pb::Snapshot) -> pb::Ack {
+        let version = snapshot.version;
+        if self.served_version() == Some(version) {
+            debug!(version, "snapshot already served");
+            telemetry::snapshot_apply("unchanged");
+            return ack(version, None);
+        }
+        let table = match self.compile(snapshot.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(version, error = %e, "rejected snapshot; keeping the served one");
+                telemetry::snapshot_apply("rejected");
+                self.state.send_modify(|s| s.last_error = Some(e.clone()));
+                return ack(version, Some(e));
+            }
+        };
+        let proxies = table.proxies().count();
+        self.publish(table, SnapshotSource::ControlPlane);
+        telemetry::snapshot_apply("applied");
+        info!(version, proxies, "applied snapshot");
+        let cache = self.cache.clone();
+        let stored = tokio::task::spawn_blocking(move || cache.store_snapshot(&snapshot)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(version, error = %e, "cannot write the snapshot cache"),
+            Err(e) => warn!(version, error = %e, "cannot write the snapshot cache"),
+        }
+        ack(version, None)
+    }
+}
+
+fn ack(version: u64, error: Option<String>) -> pb::Ack {
+    pb::Ack {
+        version,
+        applied: error.is_none(),
+        error: error.unwrap_or_default(),
+    }
+}
+
+/// How this node introduces itself, and how it paces the stream. (No `Debug`: it holds the
+/// registration token.)
+#[derive(Clone)]
+pub(crate) struct SyncSettings {
+    pub endpoint: Endpoint,
+    pub gateway: String,
+    pub node_id: String,
+    pub registration_token: String,
+    pub address: String,
+    pub heartbeat: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// Parses the control plane URL into a gRPC endpoint.
+pub(crate) fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, String> {
+    if !url.starts_with("http://") {
+        return Err(
+            "only http:// control plane URLs are supported (run the gRPC listener on a private network)"
+                .to_owned(),
+        );
+    }
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+    Ok(endpoint
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// The largest snapshot message a node accepts.
+const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Runs the sync loop until `shutdown`.
+pub(crate) async fn run(settings: SyncSettings, applier: Applier, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_cap);
+    telemetry::control_plane_connected(false);
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = session(&settings, &applier, &mut backoff, &shutdown) => outcome,
+        };
+        telemetry::control_plane_connected(false);
+        applier.state.send_modify(|s| s.connected = false);
+        let problem = match outcome {
+            Ok(()) => return,
+            Err(problem) => problem,
+        };
+        match &problem {
+            SessionError::Refused(status) if status.code() == Code::Unauthenticated => error!(
+                gateway = %settings.gateway,
+                reason = status.message(),
+                "the control plane refused this node's registration token; serving the last snapshot and retrying"
+            ),
+            SessionError::Refused(status) if status.code() == Code::NotFound => error!(
+                gateway = %settings.gateway,
+                reason = status.message(),
+                "the control plane does not know this gateway; serving the last snapshot and retrying"
+            ),
+            other => {
+                warn!(error = %other, "control plane stream lost; serving the last snapshot and retrying")
+            }
+        }
+        applier
+            .state
+            .send_modify(|s| s.last_error = Some(problem.to_string()));
+        let delay = backoff.next_delay();
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to the control plane"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect to the control plane: {0}")]
+    Connect(String),
+    #[error("the control plane ended the stream: {}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("the control plane closed the stream")]
+    Ended,
+}
+
+/// One stream, from connect to its end. `Ok` only on shutdown.
+async fn session(
+    settings: &SyncSettings,
+    applier: &Applier,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let channel = settings
+        .endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionError::Connect(error_chain(&e)))?;
+    // Snapshots of many proxies with many utterances can exceed tonic's 4 MiB default.
+    let mut client =
+        ConfigDistributionClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+    let (tx, rx) = mpsc::channel::<pb::NodeMessage>(8);
+    let hello = pb::NodeMessage {
+        kind: Some(pb::node_message::Kind::Hello(pb::Hello {
+            gateway: settings.gateway.clone(),
+            node_id: settings.node_id.clone(),
+            registration_token: settings.registration_token.clone(),
+            current_version: applier.served_version().unwrap_or(0),
+            address: settings.address.clone(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })),
+    };
+    tx.send(hello).await.map_err(|_| SessionError::Ended)?;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .map_err(SessionError::Refused)?
+        .into_inner();
+    telemetry::control_plane_connected(true);
+    applier.state.send_modify(|s| s.connected = true);
+    info!(control_plane = %settings.endpoint.uri(), "connected to the control plane");
+
+    let start = tokio::time::Instant::now() + settings.heartbeat;
+    let mut heartbeat = tokio::time::interval_at(start, settings.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                let beat = pb::NodeMessage {
+                    kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat {
+                        current_version: applier.served_version().unwrap_or(0),
+                    })),
+                };
+                tx.send(beat).await.map_err(|_| SessionError::Ended)?;
+            }
+            message = inbound.message() => match message {
+                Ok(Some(pb::ControlMessage { kind: Some(pb::control_message::Kind::Snapshot(snapshot)) })) => {
+                    backoff.reset();
+                    let ack = applier.apply(snapshot).await;
+                    applier.state.send_modify(|s| if ack.applied { s.last_error = None });
+                    let message = pb::NodeMessage { kind: Some(pb::node_message::Kind::Ack(ack)) };
+                    tx.send(message).await.map_err(|_| SessionError::Ended)?;
+                }
+                // A message kind from a newer control plane: nothing to do with it.
+                Ok(Some(_)) => debug!("ignoring an unknown control message"),
+                Ok(None) => return Err(SessionError::Ended),
+                Err(status) => return Err(SessionError::Refused(status)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::tests::{proxy, route, snapshot};
+    use arc_swap::ArcSwapOption;
+    use switchyard_model::Provider;
+
+    fn applier(dir: &std::path::Path) -> (Applier, watch::Receiver<SyncState>) {
+        let (tx, rx) = watch::channel(SyncState::default());
+        let table: SharedTable = Arc::new(ArcSwapOption::empty());
+        (
+            Applier::new("gw".into(), table, Cache::open(dir).unwrap(), tx),
+            rx,
+        )
+    }
+
+    fn good(version: u64) -> pb::Snapshot {
+        pb::Snapshot::from(&snapshot(
+            version,
+            vec![proxy(
+                "p",
+                "/p",
+                vec![route("a", Provider::OpenAi, None)],
+                None,
+            )],
+        ))
+    }
+
+    #[tokio::test]
+    async fn applies_caches_acks_and_nacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, state) = applier(dir.path());
+        assert!(!a.boot_from_cache());
+
+        let ack = a.apply(good(2)).await;
+        assert_eq!((ack.version, ack.applied), (2, true));
+        assert_eq!(a.served_version(), Some(2));
+        assert_eq!(state.borrow().applied_version, Some(2));
+        assert_eq!(state.borrow().source, Some(SnapshotSource::ControlPlane));
+
+        let mut bad = good(3);
+        bad.proxies[0].routes[0].url = "nope".into();
+        let nack = a.apply(bad).await;
+        assert!(!nack.applied);
+        assert!(nack.error.contains("route 'a'"), "{}", nack.error);
+        assert_eq!(a.served_version(), Some(2));
+
+        let mut other = good(4);
+        other.gateway = "other".into();
+        assert!(!a.apply(other).await.applied);
+
+        // Same version again: ACK without recompiling.
+        assert!(a.apply(good(2)).await.applied);
+
+        // A new node on the same cache dir boots from it.
+        let (b, state) = applier(dir.path());
+        assert!(b.boot_from_cache());
+        assert_eq!(b.served_version(), Some(2));
+        assert_eq!(state.borrow().source, Some(SnapshotSource::Cache));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_cache_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = applier(dir.path());
+        std::fs::write(a.cache.snapshot_path(), b"\x08\x96garbage").unwrap();
+        assert!(!a.boot_from_cache());
+        assert_eq!(a.served_version(), None);
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(endpoint("http://127.0.0.1:50051", Duration::from_secs(1)).is_ok());
+        assert!(endpoint("https://cp:50051", Duration::from_secs(1)).is_err());
+        assert!(endpoint("127.0.0.1:50051", Duration::from_secs(1)).is_err());
+    }
+}

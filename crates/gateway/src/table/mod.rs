@@ -1,0 +1,369 @@
+//! The routing table: a [`Snapshot`] compiled into everything a request needs, precomputed.
+//!
+//! Compilation is fallible and complete: a table is only published (with one
+//! `ArcSwap::store`) once every proxy and route of the snapshot compiled. A request loads the
+//! table once and uses that version to its end, streams included.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::http::HeaderValue;
+use switchyard_model::snapshot::Snapshot;
+use switchyard_model::{Format, Provider, RESERVED_PATHS, RoutingStrategy};
+use uuid::Uuid;
+
+use crate::providers::Upstream;
+
+/// The table a node serves; `None` until the first snapshot is applied.
+pub type SharedTable = Arc<ArcSwapOption<RoutingTable>>;
+
+/// Why a snapshot could not be compiled (the node NACKs it and keeps its table).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+/// One version of everything this node serves.
+#[derive(Debug)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub gateway: String,
+    /// Proxies by base path, except `/`.
+    by_path: HashMap<Box<str>, Arc<CompiledProxy>>,
+    root: Option<Arc<CompiledProxy>>,
+}
+
+/// A proxy, ready to serve.
+#[derive(Debug)]
+pub struct CompiledProxy {
+    pub id: Uuid,
+    pub name: Arc<str>,
+    pub base_path: String,
+    pub format: Format,
+    pub strategy: RoutingStrategy,
+    pub routes: Vec<Arc<CompiledRoute>>,
+    pub(crate) fallback: Option<CompiledFallback>,
+}
+
+/// A route, ready to serve.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub provider: Provider,
+    pub target_model: Option<Arc<str>>,
+    /// The `x-switchyard-route` value.
+    pub(crate) name_header: HeaderValue,
+    pub(crate) upstream: Upstream,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledFallback {
+    /// Index into [`CompiledProxy::routes`].
+    pub route: usize,
+    pub target_model: Option<Arc<str>>,
+}
+
+impl RoutingTable {
+    /// Compiles a snapshot; fails on anything this node could not serve.
+    pub fn compile(snapshot: &Snapshot) -> Result<RoutingTable, CompileError> {
+        let mut by_path = HashMap::with_capacity(snapshot.proxies.len());
+        let mut root = None;
+        for proxy in &snapshot.proxies {
+            let spec = &proxy.spec;
+            let compiled = compile_proxy(proxy)
+                .map_err(|e| CompileError(format!("proxy '{}': {e}", spec.name)))?;
+            let base = compiled.base_path.clone();
+            let taken = if base == "/" {
+                root.replace(Arc::new(compiled)).is_some()
+            } else {
+                by_path
+                    .insert(base.clone().into_boxed_str(), Arc::new(compiled))
+                    .is_some()
+            };
+            if taken {
+                return Err(CompileError(format!(
+                    "proxy '{}': base path '{base}' is used by another proxy",
+                    spec.name
+                )));
+            }
+        }
+        Ok(RoutingTable {
+            version: snapshot.version,
+            gateway: snapshot.gateway.clone(),
+            by_path,
+            root,
+        })
+    }
+
+    /// The proxy whose base path is the longest prefix of `path` at a `/` boundary, and the
+    /// rest of the path after it.
+    pub fn lookup<'p>(&self, path: &'p str) -> Option<(&Arc<CompiledProxy>, &'p str)> {
+        let mut end = path.len();
+        while end > 0 {
+            let prefix = &path[..end];
+            if let Some(proxy) = self.by_path.get(prefix) {
+                return Some((proxy, &path[end..]));
+            }
+            match prefix.rfind('/') {
+                Some(i) => end = i,
+                None => break,
+            }
+        }
+        self.root.as_ref().map(|p| (p, path))
+    }
+
+    pub fn proxies(&self) -> impl Iterator<Item = &Arc<CompiledProxy>> {
+        self.by_path.values().chain(self.root.iter())
+    }
+}
+
+impl CompiledProxy {
+    pub(crate) fn route(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| &*r.name == name)
+    }
+}
+
+fn compile_proxy(proxy: &switchyard_model::Proxy) -> Result<CompiledProxy, String> {
+    let spec = &proxy.spec;
+    check_base_path(&spec.base_path)?;
+    if spec.routes.is_empty() {
+        return Err("no routes".to_owned());
+    }
+    let mut routes: Vec<Arc<CompiledRoute>> = Vec::with_capacity(spec.routes.len());
+    for route in &spec.routes {
+        if route.name.is_empty() || route.name.contains('/') {
+            return Err(format!("route name '{}' is not valid", route.name));
+        }
+        if routes.iter().any(|r| *r.name == *route.name) {
+            return Err(format!("route name '{}' is used twice", route.name));
+        }
+        let upstream =
+            Upstream::compile(route).map_err(|e| format!("route '{}': {e}", route.name))?;
+        let name_header = HeaderValue::from_str(&route.name)
+            .map_err(|_| format!("route name '{}' is not a valid header value", route.name))?;
+        routes.push(Arc::new(CompiledRoute {
+            name: Arc::from(route.name.as_str()),
+            provider: route.provider,
+            target_model: route.target_model.as_deref().map(Arc::from),
+            name_header,
+            upstream,
+        }));
+    }
+    let fallback = match &spec.routing.fallback {
+        None => None,
+        Some(f) => {
+            let route = routes
+                .iter()
+                .position(|r| *r.name == *f.route)
+                .ok_or_else(|| format!("the fallback names an unknown route '{}'", f.route))?;
+            Some(CompiledFallback {
+                route,
+                target_model: f.target_model.as_deref().map(Arc::from),
+            })
+        }
+    };
+    Ok(CompiledProxy {
+        id: proxy.id,
+        name: Arc::from(spec.name.as_str()),
+        base_path: spec.base_path.clone(),
+        format: spec.format,
+        strategy: spec.routing.strategy,
+        routes,
+        fallback,
+    })
+}
+
+fn check_base_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("base path '{path}' must start with '/'"));
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err(format!("base path '{path}' must not end with '/'"));
+    }
+    if path.contains("//") || path.contains('?') || path.contains('#') {
+        return Err(format!("base path '{path}' is not a clean path"));
+    }
+    if RESERVED_PATHS.iter().any(|r| {
+        path == *r
+            || path
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }) {
+        return Err(format!("base path '{path}' is reserved by the gateway"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use switchyard_model::{Auth, Fallback, Proxy, ProxySpec, Route, Routing, Secret};
+
+    pub(crate) fn route(name: &str, provider: Provider, target: Option<&str>) -> Route {
+        Route {
+            name: name.into(),
+            provider,
+            url: "http://127.0.0.1:9/v1".into(),
+            region: None,
+            api_version: None,
+            auth: Auth::Static {
+                api_key: Secret::new("k"),
+            },
+            target_model: target.map(Into::into),
+            topics: vec![],
+        }
+    }
+
+    pub(crate) fn proxy(name: &str, base: &str, routes: Vec<Route>, fb: Option<&str>) -> Proxy {
+        Proxy {
+            id: Uuid::new_v4(),
+            version: 1,
+            spec: ProxySpec {
+                name: name.into(),
+                gateway: "gw".into(),
+                format: Format::Openai,
+                base_path: base.into(),
+                routing: Routing {
+                    strategy: RoutingStrategy::Model,
+                    fallback: fb.map(|r| Fallback {
+                        route: r.into(),
+                        target_model: None,
+                    }),
+                    threshold: None,
+                },
+                routes,
+                prompt_guard: None,
+            },
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            updated_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    pub(crate) fn snapshot(version: u64, proxies: Vec<Proxy>) -> Snapshot {
+        Snapshot {
+            gateway: "gw".into(),
+            version,
+            proxies,
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    fn one(base: &str) -> Proxy {
+        proxy(base, base, vec![route("a", Provider::OpenAi, None)], None)
+    }
+
+    #[test]
+    fn longest_prefix_at_segment_boundaries() {
+        let t = RoutingTable::compile(&snapshot(
+            3,
+            vec![one("/support"), one("/support/eu"), one("/")],
+        ))
+        .unwrap();
+        assert_eq!(t.version, 3);
+        let hit = |p: &'static str| {
+            t.lookup(p)
+                .map(|(proxy, rest)| (proxy.base_path.clone(), rest))
+        };
+        assert_eq!(
+            hit("/support/chat/completions"),
+            Some(("/support".into(), "/chat/completions"))
+        );
+        assert_eq!(
+            hit("/support/eu/v1/models"),
+            Some(("/support/eu".into(), "/v1/models"))
+        );
+        assert_eq!(hit("/support"), Some(("/support".into(), "")));
+        assert_eq!(
+            hit("/supportx/models"),
+            Some(("/".into(), "/supportx/models"))
+        );
+        assert_eq!(hit("/models"), Some(("/".into(), "/models")));
+
+        let t = RoutingTable::compile(&snapshot(1, vec![one("/support")])).unwrap();
+        assert!(t.lookup("/supportx/models").is_none());
+        assert!(t.lookup("/").is_none());
+        assert!(t.lookup("/other/support/models").is_none());
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_serve() {
+        let cases: Vec<(Vec<Proxy>, &str)> = vec![
+            (vec![one("/a"), one("/a")], "used by another proxy"),
+            (vec![one("/healthz")], "reserved"),
+            (vec![one("/metrics/x")], "reserved"),
+            (vec![one("a")], "start with"),
+            (vec![one("/a/")], "end with"),
+            (
+                vec![proxy(
+                    "p",
+                    "/p",
+                    vec![route("a", Provider::OpenAi, None)],
+                    Some("zz"),
+                )],
+                "unknown route 'zz'",
+            ),
+            (
+                vec![proxy(
+                    "p",
+                    "/p",
+                    vec![
+                        route("a", Provider::OpenAi, None),
+                        route("a", Provider::Nvidia, None),
+                    ],
+                    None,
+                )],
+                "used twice",
+            ),
+            (vec![proxy("p", "/p", vec![], None)], "no routes"),
+        ];
+        for (proxies, expected) in cases {
+            let err = RoutingTable::compile(&snapshot(1, proxies)).unwrap_err();
+            assert!(err.0.contains(expected), "{err} should contain {expected}");
+        }
+
+        let mut bad_url = route("a", Provider::OpenAi, None);
+        bad_url.url = "not a url".into();
+        let err = RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![bad_url], None)]))
+            .unwrap_err();
+        assert!(err.0.contains("route 'a'"), "{err}");
+
+        let mut bad_selector = route("a", Provider::OpenAi, None);
+        bad_selector.auth = Auth::Dynamic {
+            expression: "attributes.cookies['x']".into(),
+        };
+        assert!(
+            RoutingTable::compile(&snapshot(
+                1,
+                vec![proxy("p", "/p", vec![bad_selector], None)]
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn compiles_providers_without_adapters_as_not_yet() {
+        let t = RoutingTable::compile(&snapshot(
+            1,
+            vec![proxy(
+                "p",
+                "/p",
+                vec![
+                    route("a", Provider::OpenAi, Some("m")),
+                    route("b", Provider::Bedrock, Some("anthropic/x")),
+                ],
+                Some("a"),
+            )],
+        ))
+        .unwrap();
+        let (p, _) = t.lookup("/p/models").unwrap();
+        assert!(matches!(p.routes[0].upstream, Upstream::OpenAi(_)));
+        assert!(matches!(
+            p.routes[1].upstream,
+            Upstream::NotYet(Provider::Bedrock)
+        ));
+        assert_eq!(p.fallback.as_ref().unwrap().route, 0);
+        assert_eq!(p.routes[0].target_model.as_deref(), Some("m"));
+        assert_eq!(t.proxies().count(), 1);
+    }
+}

@@ -1,0 +1,109 @@
+//! Metric names and the small helpers that record them. Labels are low-cardinality: proxy
+//! and route names (bounded by the snapshot), status codes, and fixed reason/kind sets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{SharedString, counter, gauge, histogram};
+
+pub(crate) const REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "switchyard_gateway_request_duration_seconds";
+pub(crate) const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_gateway_upstream_errors_total";
+pub(crate) const FALLBACKS_TOTAL: &str = "switchyard_gateway_fallbacks_total";
+pub(crate) const SNAPSHOT_VERSION: &str = "switchyard_gateway_snapshot_version";
+pub(crate) const SNAPSHOT_APPLIES_TOTAL: &str = "switchyard_gateway_snapshot_applies_total";
+pub(crate) const CONTROL_PLANE_CONNECTED: &str = "switchyard_gateway_control_plane_connected";
+
+/// The label value for "no proxy / no route was chosen".
+pub(crate) const NONE: &str = "none";
+
+/// A label value that is either static or shared with the routing table (no copy).
+#[derive(Debug, Clone)]
+pub(crate) enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    fn shared(&self) -> SharedString {
+        match self {
+            Label::Static(s) => SharedString::const_str(s),
+            Label::Shared(s) => SharedString::from(Arc::clone(s)),
+        }
+    }
+}
+
+pub(crate) fn request_finished(proxy: &Label, route: &Label, status: u16, elapsed: Duration) {
+    counter!(
+        REQUESTS_TOTAL,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+        "status" => status_label(status),
+    )
+    .increment(1);
+    histogram!(
+        REQUEST_DURATION,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn upstream_error(proxy: &Label, route: &Label, kind: &'static str) {
+    counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+        "kind" => kind,
+    )
+    .increment(1);
+}
+
+pub(crate) fn fallback(proxy: &Label, from_route: &Label, reason: &'static str) {
+    counter!(
+        FALLBACKS_TOTAL,
+        "proxy" => proxy.shared(),
+        "from_route" => from_route.shared(),
+        "reason" => reason,
+    )
+    .increment(1);
+}
+
+pub(crate) fn snapshot_applied(version: u64) {
+    // A gauge holds an f64: exact for versions below 2^53.
+    gauge!(SNAPSHOT_VERSION).set(version as f64);
+}
+
+pub(crate) fn snapshot_apply(result: &'static str) {
+    counter!(SNAPSHOT_APPLIES_TOTAL, "result" => result).increment(1);
+}
+
+pub(crate) fn control_plane_connected(connected: bool) {
+    gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+fn status_label(status: u16) -> SharedString {
+    let s = match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return SharedString::from(other.to_string()),
+    };
+    SharedString::const_str(s)
+}

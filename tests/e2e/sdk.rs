@@ -44,14 +44,29 @@ async fn openai_python_sdk() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(5), "served", || async {
-        chat(&http, node.local_addr(), "/support", "openai/x").await.0 == StatusCode::OK
+        chat(&http, node.local_addr(), "/support", "openai/x")
+            .await
+            .0
+            == StatusCode::OK
     })
     .await;
 
     let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/python");
     let out = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", tests, "-k", "openai"])
-        .env("SWITCHYARD_BASE_URL", format!("http://{}/support/v1", node.local_addr()))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            tests,
+            "-k",
+            "openai",
+        ])
+        .env(
+            "SWITCHYARD_BASE_URL",
+            format!("http://{}/support/v1", node.local_addr()),
+        )
         .env("SWITCHYARD_MODEL", "openai/anything")
         .env("SWITCHYARD_SERVED_MODEL", "gpt-4.1")
         .env("SWITCHYARD_EXPECTED_REPLY", reply_text("gpt-4.1"))
@@ -62,7 +77,10 @@ async fn openai_python_sdk() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
     assert!(out.status.success(), "the Python SDK tests failed");
-    assert!(stdout.contains("passed") && !stdout.contains("skipped"), "{stdout}");
+    assert!(
+        stdout.contains("passed") && !stdout.contains("skipped"),
+        "{stdout}"
+    );
     node.shutdown().await;
     plane.stop().await;
 }

@@ -30,20 +30,39 @@ async fn create_update_delete(store: Store) {
     let http = reqwest::Client::new();
 
     // create → served by every node
-    let (status, created) = admin.post("/proxies", proxy(&mock.base_url(), "gpt-4.1")).await;
+    let (status, created) = admin
+        .post("/proxies", proxy(&mock.base_url(), "gpt-4.1"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     for node in &nodes {
-        eventually(Duration::from_secs(5), "the new proxy to be served", || async {
-            chat(&http, node.local_addr(), "/support", "openai/whatever").await.0 == StatusCode::OK
-        })
+        eventually(
+            Duration::from_secs(5),
+            "the new proxy to be served",
+            || async {
+                chat(&http, node.local_addr(), "/support", "openai/whatever")
+                    .await
+                    .0
+                    == StatusCode::OK
+            },
+        )
         .await;
-        let (status, route, model, body) = chat(&http, node.local_addr(), "/support", "openai/whatever").await;
-        assert_eq!((status, route.as_str(), model.as_str()), (StatusCode::OK, "openai", "gpt-4.1"));
+        let (status, route, model, body) =
+            chat(&http, node.local_addr(), "/support", "openai/whatever").await;
+        assert_eq!(
+            (status, route.as_str(), model.as_str()),
+            (StatusCode::OK, "openai", "gpt-4.1")
+        );
         assert_eq!(body["object"], "chat.completion");
-        assert_eq!(body["choices"][0]["message"]["content"], switchyard_testkit::openai::reply_text("gpt-4.1"));
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            switchyard_testkit::openai::reply_text("gpt-4.1")
+        );
     }
-    assert_eq!(mock.last_request().unwrap().header("authorization"), Some(format!("Bearer {MOCK_API_KEY}").as_str()));
+    assert_eq!(
+        mock.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {MOCK_API_KEY}").as_str())
+    );
 
     // update → every node serves the new version within a second, applied_version matches
     let mut edited = created.clone();
@@ -52,20 +71,35 @@ async fn create_update_delete(store: Store) {
     assert_eq!(status, StatusCode::OK, "{updated}");
     let mut slowest = Duration::ZERO;
     for node in &nodes {
-        let took = eventually(Duration::from_secs(1), "the update on every node within a second", || async {
-            chat(&http, node.local_addr(), "/support", "openai/x").await.2 == "gpt-5"
-        })
+        let took = eventually(
+            Duration::from_secs(1),
+            "the update on every node within a second",
+            || async {
+                chat(&http, node.local_addr(), "/support", "openai/x")
+                    .await
+                    .2
+                    == "gpt-5"
+            },
+        )
         .await;
         slowest = slowest.max(took);
     }
-    let version = admin.get("/gateways/prod-eu").await.1["config_version"].as_u64().unwrap();
+    let version = admin.get("/gateways/prod-eu").await.1["config_version"]
+        .as_u64()
+        .unwrap();
     assert_eq!(version, 2);
-    eventually(Duration::from_secs(3), "per-node applied_version to match", || async {
-        let nodes = admin.get("/gateways/prod-eu").await.1["nodes"].clone();
-        nodes.as_array().is_some_and(|n| {
-            n.len() == 2 && n.iter().all(|n| n["applied_version"] == version && n["connected"] == true)
-        })
-    })
+    eventually(
+        Duration::from_secs(3),
+        "per-node applied_version to match",
+        || async {
+            let nodes = admin.get("/gateways/prod-eu").await.1["nodes"].clone();
+            nodes.as_array().is_some_and(|n| {
+                n.len() == 2
+                    && n.iter()
+                        .all(|n| n["applied_version"] == version && n["connected"] == true)
+            })
+        },
+    )
     .await;
     for node in &nodes {
         assert_eq!(node.applied_version(), Some(version));
@@ -73,11 +107,21 @@ async fn create_update_delete(store: Store) {
     eprintln!("update reached both nodes in {slowest:?}");
 
     // delete → the base path 404s on every node
-    assert_eq!(admin.delete(&format!("/proxies/{id}")).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        admin.delete(&format!("/proxies/{id}")).await.0,
+        StatusCode::NO_CONTENT
+    );
     for node in &nodes {
-        eventually(Duration::from_secs(1), "the base path to stop serving", || async {
-            chat(&http, node.local_addr(), "/support", "openai/x").await.0 == StatusCode::NOT_FOUND
-        })
+        eventually(
+            Duration::from_secs(1),
+            "the base path to stop serving",
+            || async {
+                chat(&http, node.local_addr(), "/support", "openai/x")
+                    .await
+                    .0
+                    == StatusCode::NOT_FOUND
+            },
+        )
         .await;
     }
     for node in nodes {
@@ -111,7 +155,9 @@ async fn survives_the_control_plane_going_away() {
     let node = start_node(&plane, "prod-eu", &token, cache.path()).await;
     let other = start_node(&plane, "prod-eu", &token, other_cache.path()).await;
     let http = reqwest::Client::new();
-    let (_, created) = admin.post("/proxies", proxy(&mock.base_url(), "gpt-4.1")).await;
+    let (_, created) = admin
+        .post("/proxies", proxy(&mock.base_url(), "gpt-4.1"))
+        .await;
     for n in [&node, &other] {
         eventually(Duration::from_secs(5), "served", || async {
             chat(&http, n.local_addr(), "/support", "openai/x").await.0 == StatusCode::OK
@@ -121,29 +167,58 @@ async fn survives_the_control_plane_going_away() {
 
     plane.stop().await;
     for _ in 0..20 {
-        assert_eq!(chat(&http, node.local_addr(), "/support", "openai/x").await.0, StatusCode::OK);
-        assert_eq!(chat(&http, other.local_addr(), "/support", "openai/x").await.0, StatusCode::OK);
+        assert_eq!(
+            chat(&http, node.local_addr(), "/support", "openai/x")
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            chat(&http, other.local_addr(), "/support", "openai/x")
+                .await
+                .0,
+            StatusCode::OK
+        );
     }
-    let ready = http.get(format!("http://{}/readyz", node.local_addr())).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::OK, "a node with a snapshot stays ready");
+    let ready = http
+        .get(format!("http://{}/readyz", node.local_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "a node with a snapshot stays ready"
+    );
 
     // Restart one node while the control plane is down: it boots from its cache.
     let addr = node.local_addr();
     node.shutdown().await;
-    let node = switchyard_e2e::start_node_at(&plane.grpc_url(), "prod-eu", &token, cache.path(), addr).await;
+    let node =
+        switchyard_e2e::start_node_at(&plane.grpc_url(), "prod-eu", &token, cache.path(), addr)
+            .await;
     let (status, _, model, _) = chat(&http, node.local_addr(), "/support", "openai/x").await;
-    assert_eq!((status, model.as_str()), (StatusCode::OK, "gpt-4.1"), "served from the cache");
+    assert_eq!(
+        (status, model.as_str()),
+        (StatusCode::OK, "gpt-4.1"),
+        "served from the cache"
+    );
 
     // The control plane returns with a change made meanwhile: both nodes catch up.
     plane.restart().await;
     let mut edited = created.clone();
     edited["routes"][0]["target_model"] = json!("gpt-5");
     let id = created["id"].as_str().unwrap();
-    assert_eq!(admin.put(&format!("/proxies/{id}"), edited).await.0, StatusCode::OK);
+    assert_eq!(
+        admin.put(&format!("/proxies/{id}"), edited).await.0,
+        StatusCode::OK
+    );
     for n in [&node, &other] {
-        eventually(Duration::from_secs(5), "nodes to reconnect and catch up", || async {
-            chat(&http, n.local_addr(), "/support", "openai/x").await.2 == "gpt-5"
-        })
+        eventually(
+            Duration::from_secs(5),
+            "nodes to reconnect and catch up",
+            || async { chat(&http, n.local_addr(), "/support", "openai/x").await.2 == "gpt-5" },
+        )
         .await;
     }
     node.shutdown().await;
@@ -162,10 +237,17 @@ async fn a_wrong_registration_token_is_refused() {
     let node = start_node(&plane, "prod-eu", "syreg_wrong", cache.path()).await;
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let ready = http.get(format!("http://{}/readyz", node.local_addr())).send().await.unwrap();
+    let ready = http
+        .get(format!("http://{}/readyz", node.local_addr()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(node.applied_version(), None);
-    assert_eq!(plane.admin().get("/gateways/prod-eu").await.1["nodes"], json!([]));
+    assert_eq!(
+        plane.admin().get("/gateways/prod-eu").await.1["nodes"],
+        json!([])
+    );
     node.shutdown().await;
     plane.stop().await;
 }
@@ -179,10 +261,16 @@ async fn streaming_through_the_stack() {
     let token = plane.create_gateway("prod-eu").await;
     let cache = tempfile::tempdir().unwrap();
     let node = start_node(&plane, "prod-eu", &token, cache.path()).await;
-    plane.admin().post("/proxies", proxy(&mock.base_url(), "gpt-4.1")).await;
+    plane
+        .admin()
+        .post("/proxies", proxy(&mock.base_url(), "gpt-4.1"))
+        .await;
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(5), "served", || async {
-        chat(&http, node.local_addr(), "/support", "openai/x").await.0 == StatusCode::OK
+        chat(&http, node.local_addr(), "/support", "openai/x")
+            .await
+            .0
+            == StatusCode::OK
     })
     .await;
     let resp = http
@@ -192,7 +280,12 @@ async fn streaming_through_the_stack() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     assert_eq!(resp.headers()["x-switchyard-model"], "gpt-4.1");
     let text = resp.text().await.unwrap();
     let chunks: Vec<Value> = text
@@ -202,9 +295,16 @@ async fn streaming_through_the_stack() {
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
     assert!(chunks.len() >= 2, "{text}");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
     assert!(text.trim_end().ends_with("data: [DONE]"));
-    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(content, switchyard_testkit::openai::reply_text("gpt-4.1"));
     node.shutdown().await;
     plane.stop().await;

@@ -92,12 +92,18 @@ impl Plane {
     }
 
     pub fn admin(&self) -> Admin {
-        Admin { base: format!("http://{}/api/v1", self.admin_addr), http: reqwest::Client::new() }
+        Admin {
+            base: format!("http://{}/api/v1", self.admin_addr),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Creates a gateway and returns its registration token.
     pub async fn create_gateway(&self, name: &str) -> String {
-        let (status, body) = self.admin().post("/gateways", serde_json::json!({"name": name})).await;
+        let (status, body) = self
+            .admin()
+            .post("/gateways", serde_json::json!({"name": name}))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["registration_token"].as_str().unwrap().to_owned()
     }
@@ -110,8 +116,16 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(ADMIN_TOKEN);
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -145,10 +159,23 @@ pub fn fast_sync() -> SyncTuning {
 
 /// Starts a gateway node on a free port.
 pub async fn start_node(plane: &Plane, gateway: &str, token: &str, cache_dir: &Path) -> Gateway {
-    start_node_at(&plane.grpc_url(), gateway, token, cache_dir, "127.0.0.1:0".parse().unwrap()).await
+    start_node_at(
+        &plane.grpc_url(),
+        gateway,
+        token,
+        cache_dir,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
 }
 
-pub async fn start_node_at(control_plane: &str, gateway: &str, token: &str, cache_dir: &Path, listen: SocketAddr) -> Gateway {
+pub async fn start_node_at(
+    control_plane: &str,
+    gateway: &str,
+    token: &str,
+    cache_dir: &Path,
+    listen: SocketAddr,
+) -> Gateway {
     let mut config = GatewayConfig::new(control_plane, gateway, token, cache_dir);
     config.listen = listen;
     config.upstream_connect_timeout = Duration::from_secs(2);
@@ -168,20 +195,34 @@ where
         if check().await {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A chat completion through a gateway: `(status, x-switchyard-route, x-switchyard-model, body)`.
-pub async fn chat(http: &reqwest::Client, gateway: SocketAddr, path: &str, model: &str) -> (StatusCode, String, String, Value) {
+pub async fn chat(
+    http: &reqwest::Client,
+    gateway: SocketAddr,
+    path: &str,
+    model: &str,
+) -> (StatusCode, String, String, Value) {
     let resp = http
         .post(format!("http://{gateway}{path}/chat/completions"))
         .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]}))
         .send()
         .await
         .unwrap();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let (route, served) = (header("x-switchyard-route"), header("x-switchyard-model"));
     let status = resp.status();
     let body = resp.json().await.unwrap_or(Value::Null);

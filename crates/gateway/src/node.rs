@@ -277,7 +277,17 @@ impl Gateway {
     }
 
     /// Runs until the node stops by itself, which only a fatal error does.
-    pub async fn wait(mut self) -> Result<(), GatewayError> {
+    pub async fn wait(self) -> Result<(), GatewayError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully (see
+    /// [`Gateway::shutdown`]); or until the node stops by itself on a fatal error, which is
+    /// returned. This is what the binary runs with its SIGTERM/ctrl-c future.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
         let metrics = async {
             match self.metrics.as_mut() {
                 Some(m) => m.await,
@@ -285,6 +295,10 @@ impl Gateway {
             }
         };
         let (what, result) = tokio::select! {
+            () = signal => {
+                self.shutdown().await;
+                return Ok(());
+            }
             r = &mut self.main => ("traffic", r),
             r = metrics => ("metrics", r),
             r = &mut self.sync => ("sync", r),

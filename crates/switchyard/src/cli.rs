@@ -51,13 +51,25 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
     /// `postgres://…` or `sqlite://…`; default: an embedded SQLite file under ./data/.
-    #[arg(long, env = "SWITCHYARD_DATABASE_URL", default_value = "sqlite://data/switchyard.db")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_DATABASE_URL",
+        default_value = "sqlite://data/switchyard.db"
+    )]
     pub database_url: String,
     /// Address of the admin REST API.
-    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub admin_listen: SocketAddr,
     /// Address of the gRPC config distribution service.
-    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
     /// Bearer token of the admin API (required unless --insecure-no-auth).
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
@@ -76,14 +88,24 @@ pub struct KeyArgs {
     /// Key encrypting static provider secrets at rest: 32 bytes, base64
     /// (`openssl rand -base64 32`). With a SQLite store and no key, one is created in
     /// `encryption.key` beside the database file.
-    #[arg(long, env = "SWITCHYARD_ENCRYPTION_KEY", hide_env_values = true, conflicts_with = "encryption_key_file")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ENCRYPTION_KEY",
+        hide_env_values = true,
+        conflicts_with = "encryption_key_file"
+    )]
     pub encryption_key: Option<String>,
     /// A file holding the encryption key (base64).
     #[arg(long, env = "SWITCHYARD_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
     /// Earlier keys (comma-separated base64), still accepted for decryption; secrets under
     /// them are re-encrypted with the current key at start-up.
-    #[arg(long, env = "SWITCHYARD_PREVIOUS_ENCRYPTION_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_PREVIOUS_ENCRYPTION_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub previous_encryption_keys: Vec<String>,
 }
 
@@ -141,7 +163,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// Directory keeping the last good snapshot (and the node id).
-    #[arg(long, env = "SWITCHYARD_CACHE_DIR", default_value = "./data/gateway-cache")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_CACHE_DIR",
+        default_value = "./data/gateway-cache"
+    )]
     pub cache_dir: PathBuf,
     /// Optional separate address for /metrics (it is also served on --listen).
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
@@ -169,10 +195,18 @@ pub struct GatewayTuning {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Address of the admin REST API.
-    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub admin_listen: SocketAddr,
     /// Address of the gRPC config distribution service.
-    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
     /// Address serving LLM traffic.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
@@ -187,15 +221,23 @@ pub struct DevArgs {
 /// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 5s, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 5s, 2m)"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
 }
@@ -203,15 +245,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn init_logging(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
         .context("metrics buckets")?
@@ -278,8 +329,11 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         options.mode(0o600);
     }
     use std::io::Write;
-    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -290,8 +344,13 @@ fn encryption_key(keys: &KeyArgs, database_url: &str) -> anyhow::Result<String> 
     if let Some(path) = &keys.encryption_key_file {
         return key_from_file(path, false);
     }
-    let Some(db) = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:")) else {
-        bail!("--encryption-key or --encryption-key-file is required with a PostgreSQL store (every replica needs the same key)");
+    let Some(db) = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+    else {
+        bail!(
+            "--encryption-key or --encryption-key-file is required with a PostgreSQL store (every replica needs the same key)"
+        );
     };
     let db = db.split('?').next().unwrap_or_default();
     let dir = Path::new(db).parent().unwrap_or(Path::new("."));
@@ -314,7 +373,9 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             None
         }
         (Some(_), true) => bail!("--admin-token and --insecure-no-auth are mutually exclusive"),
-        _ => bail!("--admin-token (or SWITCHYARD_ADMIN_TOKEN) is required unless --insecure-no-auth"),
+        _ => {
+            bail!("--admin-token (or SWITCHYARD_ADMIN_TOKEN) is required unless --insecure-no-auth")
+        }
     };
     let key = encryption_key(&args.keys, &args.database_url)?;
     let config = ControlPlaneConfig {
@@ -369,10 +430,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
     let gateway = Gateway::start(config).await?;
-    tokio::select! {
-        _ = shutdown_signal() => gateway.shutdown().await,
-        result = gateway.wait() => result?,
-    }
+    gateway.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
@@ -385,7 +443,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
         _ => {
             let _ = std::fs::remove_file(&token_path);
-            let t = format!("sydev_{}", Keyring::generate_key().replace(['+', '/', '='], ""));
+            let t = format!(
+                "sydev_{}",
+                Keyring::generate_key().replace(['+', '/', '='], "")
+            );
             write_private(&token_path, &t)?;
             t
         }
@@ -400,7 +461,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         ..ControlPlaneConfig::new(db, key)
     };
     let cp = ControlPlane::start(config).await?;
-    let registration = cp.bootstrap_gateway("dev").await.context("cannot create the dev gateway")?;
+    let registration = cp
+        .bootstrap_gateway("dev")
+        .await
+        .context("cannot create the dev gateway")?;
     let gateway = Gateway::start(gateway_config(
         format!("http://{}", cp.grpc_addr()),
         "dev".into(),
@@ -421,13 +485,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         gw = gateway.local_addr(),
         grpc = cp.grpc_addr(),
     );
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        result = gateway.wait_ref() => result?,
-    }
-    gateway.shutdown().await;
+    let served = gateway.run_until(shutdown_signal()).await;
     cp.shutdown().await;
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]

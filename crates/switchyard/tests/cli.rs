@@ -25,12 +25,20 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The last non-empty line of stderr: where the one-line reason is.
 fn reason(stderr: &str) -> &str {
-    stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default()
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -42,7 +50,15 @@ fn help_lists_the_three_commands() {
     }
     let (code, stdout, _) = run(&["gateway", "--help"]);
     assert_eq!(code, 0);
-    for flag in ["--control-plane", "--gateway", "--registration-token", "--listen", "--cache-dir", "--metrics-listen", "SWITCHYARD_LISTEN"] {
+    for flag in [
+        "--control-plane",
+        "--gateway",
+        "--registration-token",
+        "--listen",
+        "--cache-dir",
+        "--metrics-listen",
+        "SWITCHYARD_LISTEN",
+    ] {
         assert!(stdout.contains(flag), "{flag} missing from gateway --help");
     }
 }
@@ -53,22 +69,39 @@ fn control_plane_without_admin_token_exits_with_a_reason() {
     let url = format!("sqlite://{}/cp.db", dir.path().display());
     let (code, _, stderr) = run(&["control-plane", "--database-url", &url]);
     assert_ne!(code, 0);
-    assert!(reason(&stderr).starts_with("error: ") && reason(&stderr).contains("--admin-token"), "{stderr}");
+    assert!(
+        reason(&stderr).starts_with("error: ") && reason(&stderr).contains("--admin-token"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn an_unusable_store_exits_with_a_reason() {
     let (code, _, stderr) = run(&[
-        "control-plane", "--admin-token", "t", "--database-url", "mysql://localhost/x", "--encryption-key-file", "/dev/null",
+        "control-plane",
+        "--admin-token",
+        "t",
+        "--database-url",
+        "mysql://localhost/x",
+        "--encryption-key-file",
+        "/dev/null",
     ]);
     assert_ne!(code, 0);
     let line = reason(&stderr);
     assert!(line.starts_with("error: "), "{stderr}");
 
     let (code, _, stderr) = run(&[
-        "control-plane", "--admin-token", "t", "--database-url", "postgres://127.0.0.1:1/nothing",
-        "--encryption-key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "--admin-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+        "control-plane",
+        "--admin-token",
+        "t",
+        "--database-url",
+        "postgres://127.0.0.1:1/nothing",
+        "--encryption-key",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
     ]);
     assert_ne!(code, 0);
     assert!(reason(&stderr).starts_with("error: store"), "{stderr}");
@@ -76,12 +109,28 @@ fn an_unusable_store_exits_with_a_reason() {
 
 #[test]
 fn bad_flags_are_refused() {
-    let (code, _, stderr) = run(&["gateway", "--listen", "not-an-address", "--control-plane", "x", "--gateway", "g", "--registration-token", "t"]);
+    let (code, _, stderr) = run(&[
+        "gateway",
+        "--listen",
+        "not-an-address",
+        "--control-plane",
+        "x",
+        "--gateway",
+        "g",
+        "--registration-token",
+        "t",
+    ]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--listen"), "{stderr}");
     let (code, _, _) = run(&["gateway"]);
     assert_eq!(code, 2, "missing required flags");
-    let (code, _, stderr) = run(&["control-plane", "--admin-token", "t", "--encryption-key", "short"]);
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--admin-token",
+        "t",
+        "--encryption-key",
+        "short",
+    ]);
     assert_ne!(code, 0);
     assert!(reason(&stderr).contains("encryption key"), "{stderr}");
 }
@@ -104,7 +153,12 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let logs = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let stdout = child.stdout.take().unwrap();
     let mut banner = String::new();
     let mut lines = BufReader::new(stdout).lines();
@@ -117,8 +171,14 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         }
     }
     let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap();
-    assert!(banner.contains(token.trim()), "the banner prints the admin token:\n{banner}");
-    assert!(banner.contains(&format!("http://127.0.0.1:{admin_port}/api/v1")), "{banner}");
+    assert!(
+        banner.contains(token.trim()),
+        "the banner prints the admin token:\n{banner}"
+    );
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{admin_port}/api/v1")),
+        "{banner}"
+    );
 
     let http = reqwest::Client::new();
     let admin = format!("http://127.0.0.1:{admin_port}/api/v1");
@@ -143,17 +203,46 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         if resp.status() == 200 {
             break resp.json::<serde_json::Value>().await.unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "dev gateway never served the proxy");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "dev gateway never served the proxy"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(body["choices"][0]["message"]["content"], reply_text("gpt-4.1"));
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        reply_text("gpt-4.1")
+    );
 
-    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("switchyard_gateway_requests_total"), "{metrics}");
-    let metrics = http.get(format!("http://127.0.0.1:{admin_port}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("switchyard_control_plane_connected_nodes"), "{metrics}");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_gateway_requests_total"),
+        "{metrics}"
+    );
+    let metrics = http
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_control_plane_connected_nodes"),
+        "{metrics}"
+    );
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
@@ -166,9 +255,16 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status}");
     let logs = logs.join().unwrap();
     let listening: Vec<&String> = logs.iter().filter(|l| l.contains("listening")).collect();
-    assert!(listening.len() >= 2, "each server logs `listening`: {logs:#?}");
+    assert!(
+        listening.len() >= 2,
+        "each server logs `listening`: {logs:#?}"
+    );
     for line in &logs {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
-        assert!(!line.contains(MOCK_API_KEY), "a secret reached the logs: {line}");
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(
+            !line.contains(MOCK_API_KEY),
+            "a secret reached the logs: {line}"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It serves one proxy at `/bench` (and `/`) with one `openai-compatible` route named `up`
-//! (no upstream key), so clients send `"model": "up/<model>"`.
+//! (no upstream key), so clients send `"model": "up/<model>"`. `--workers N` picks the tokio
+//! runtime (0: current-thread; default: one worker per core).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -21,25 +22,31 @@ use switchyard_testkit::snapshots::{proxy, route, snapshot};
 struct Args {
     upstream: String,
     listen: SocketAddr,
+    workers: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut upstream = "http://127.0.0.1:9000/v1".to_owned();
     let mut listen: SocketAddr = ([127, 0, 0, 1], 8000).into();
+    let mut workers = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--upstream" => upstream = value,
             "--listen" => listen = value.parse().map_err(|_| format!("bad address {value}"))?,
+            "--workers" => workers = Some(value.parse().map_err(|_| format!("bad count {value}"))?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    Ok(Args { upstream, listen })
+    Ok(Args {
+        upstream,
+        listen,
+        workers,
+    })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -52,6 +59,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = match args.workers {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("standalone: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     let cp = match FakeControlPlane::start().await {
         Ok(cp) => cp,
         Err(e) => {

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -97,7 +97,9 @@ pub(crate) async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The timer enables hyper's HTTP/1 header read timeout (slow clients holding sockets).
+    builder.http1().timer(TokioTimer::new());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -396,6 +396,26 @@ async fn upstream_models(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_with_or_without_a_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
+        let err = read_body(Body::empty(), &headers).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        // Chunked: counted as it arrives.
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let chunks = (0..33).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let ok = read_body(Body::from("{}"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(ok, "{}");
+    }
+
     #[test]
     fn endpoints_with_and_without_v1() {
         assert_eq!(

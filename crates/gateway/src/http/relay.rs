@@ -84,10 +84,12 @@ impl Ctx {
             headers.append(name.clone(), value.clone());
         }
         self.stamp(&mut headers, route, model);
+        let remaining = upstream.content_length();
         let body = Relay {
+            remaining,
             inner: Box::pin(upstream.bytes_stream()),
             finish: self.finish(status, Outcome::Completed),
-            done: false,
+            done: remaining == Some(0),
         };
         let mut response = Response::new(Body::from_stream(body));
         *response.status_mut() = status;
@@ -184,6 +186,9 @@ impl Drop for Finish {
 /// The upstream body, chunk by chunk, with the request's accounting attached.
 struct Relay {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    /// Bytes still expected when the upstream declared a length: hyper stops polling once
+    /// it wrote that many, so the end is seen here rather than as the stream's `None`.
+    remaining: Option<u64>,
     finish: Finish,
     done: bool,
 }
@@ -194,6 +199,15 @@ impl Stream for Relay {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(remaining) = &mut this.remaining {
+                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+                    if *remaining == 0 {
+                        this.done = true;
+                    }
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
                 this.finish.outcome = Outcome::UpstreamBroke;
@@ -260,6 +274,48 @@ mod tests {
         assert_eq!(model_header("gpt-4o"), "gpt-4o");
         assert_eq!(model_header("a\nb"), "invalid");
         assert_eq!(model_header("modèle").as_bytes(), "modèle".as_bytes());
+    }
+
+    fn relay(chunks: Vec<&'static [u8]>, remaining: Option<u64>) -> Relay {
+        let items: Vec<reqwest::Result<Bytes>> = chunks
+            .into_iter()
+            .map(|c| Ok(Bytes::from_static(c)))
+            .collect();
+        Relay {
+            inner: Box::pin(futures::stream::iter(items)),
+            remaining,
+            finish: Finish {
+                start: Instant::now(),
+                proxy: Label::Static("p"),
+                route: Label::Static("r"),
+                status: 200,
+                span: Span::none(),
+                outcome: Outcome::Completed,
+            },
+            done: remaining == Some(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_knows_when_the_body_is_complete() {
+        use futures::StreamExt;
+        // Hyper stops polling once the declared length is written: that is the end.
+        let mut r = relay(vec![b"hel", b"lo"], Some(5));
+        assert_eq!(r.next().await.unwrap().unwrap(), "hel");
+        assert!(!r.done);
+        assert_eq!(r.next().await.unwrap().unwrap(), "lo");
+        assert!(r.done);
+        // Without a length, the stream's end is.
+        let mut r = relay(vec![b"data: x\n\n"], None);
+        r.next().await;
+        assert!(!r.done);
+        assert!(r.next().await.is_none());
+        assert!(r.done);
+        // Dropped early: the client went away.
+        let mut r = relay(vec![b"a", b"b"], Some(2));
+        r.next().await;
+        assert!(!r.done);
+        assert!(relay(vec![], Some(0)).done);
     }
 
     #[test]

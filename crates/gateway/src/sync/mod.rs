@@ -194,6 +194,9 @@ pub(crate) fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint,
         .keep_alive_while_idle(true))
 }
 
+/// How long a control plane that accepted the connection may take to answer `Hello`.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The largest snapshot message a node accepts.
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -279,11 +282,12 @@ async fn session(
         })),
     };
     tx.send(hello).await.map_err(|_| SessionError::Ended)?;
-    let mut inbound = client
-        .subscribe(ReceiverStream::new(rx))
-        .await
-        .map_err(SessionError::Refused)?
-        .into_inner();
+    let mut inbound =
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| SessionError::Connect("no answer to Hello in time".to_owned()))?
+            .map_err(SessionError::Refused)?
+            .into_inner();
     telemetry::control_plane_connected(true);
     applier.state.send_modify(|s| s.connected = true);
     info!(control_plane = %settings.endpoint.uri(), "connected to the control plane");

@@ -142,6 +142,31 @@ async fn a_new_version_is_swapped_in_while_in_flight_requests_finish_on_the_old_
 }
 
 #[tokio::test]
+async fn an_open_stream_survives_a_swap_on_its_old_version() {
+    let old = MockOpenAi::start().await.unwrap();
+    let new = MockOpenAi::start().await.unwrap();
+    let (cp, gw, _cache) = serving(one_proxy(&old, "v1-model")).await;
+    old.set_behavior(switchyard_testkit::Behavior::GatedStream);
+    let body = serde_json::json!({
+        "model": "main", "stream": true, "messages": [{"role": "user", "content": "Hi"}],
+    });
+    let mut resp = post(&gw, "/p/chat/completions", &body).await;
+    assert_stamped(&resp, "main", "v1-model");
+    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+
+    cp.push(snapshot(GW, 2, one_proxy(&new, "v2-model"))).await;
+    assert!(cp.wait_for_ack(2, WAIT).await.unwrap().applied);
+    old.release_streams();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(text.contains("\"model\":\"v1-model\""), "{text}");
+    assert_eq!(old.streams_completed(), 1);
+    assert_eq!(new.request_count(), 0);
+}
+
+#[tokio::test]
 async fn a_bad_snapshot_is_nacked_and_the_old_table_kept() {
     let a = MockOpenAi::start().await.unwrap();
     let (cp, gw, _cache) = serving(one_proxy(&a, "m1")).await;

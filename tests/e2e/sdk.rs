@@ -1,6 +1,9 @@
 //! The official Python SDKs against a real gateway (tests/python), driven from here so the
 //! gateway, control plane and mock upstream are the real ones.
 
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -1,6 +1,9 @@
 //! The spine, end to end: admin API → store → gRPC snapshots → two gateway nodes → a mock
 //! OpenAI upstream, on PostgreSQL and on SQLite.
 
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -1,5 +1,8 @@
 //! Config distribution over real gRPC: a raw tonic client plays the gateway node.
 
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! The binary as an operator meets it: flags, one-line errors, `dev`, signals.
 
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

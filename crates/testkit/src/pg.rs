@@ -5,6 +5,9 @@
 //! [`PgDatabase`] is a fresh database, dropped when the value is dropped. A server that
 //! cannot be reached is a test failure, never a skip.
 
+// Test support: failing loudly here is how a test reports a missing database.
+#![allow(clippy::panic)]
+
 use sqlx::{AssertSqlSafe, Connection};
 // The database name is generated here (a UUID), never taken from input.
 use sqlx::postgres::PgConnection;

@@ -11,7 +11,9 @@
 //!   --limit N                      utterances per topic, default run (default 10)
 //!   --raised-limit N               utterances per topic, raised run (default 1000)
 //!   --requests N                   decisions per throughput run (default 2000)
+//!   --sequential N                 decisions per sequential run (default 200)
 //!   --concurrency N                concurrent requests (default 16)
+//!   --threads N                    MiniLM forward-pass threads (default 1)
 //! ```
 //!
 //! Accuracy: six topics made of BANKING77 intents (see [`TOPICS`]); the other
@@ -29,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_semantic::{
-    EmbeddingService, Encoder, MiniLmEncoder, ServiceConfig, StaticEncoder, TopicIndex,
+    EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, ServiceConfig, StaticEncoder,
+    TopicIndex,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -117,7 +120,9 @@ struct Args {
     limit: usize,
     raised_limit: usize,
     requests: usize,
+    sequential: usize,
     concurrency: usize,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -130,7 +135,9 @@ fn parse_args() -> Result<Args, BoxError> {
         limit: 10,
         raised_limit: 1000,
         requests: 2000,
+        sequential: 200,
         concurrency: 16,
+        threads: MiniLmOptions::default().threads,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -144,6 +151,8 @@ fn parse_args() -> Result<Args, BoxError> {
             "--raised-limit" => args.raised_limit = value()?.parse()?,
             "--requests" => args.requests = value()?.parse()?,
             "--concurrency" => args.concurrency = value()?.parse()?,
+            "--sequential" => args.sequential = value()?.parse()?,
+            "--threads" => args.threads = value()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -183,7 +192,10 @@ fn read_csv(path: &Path) -> Result<Vec<(String, String)>, BoxError> {
             rows.push((text.trim().to_owned(), category.trim().to_owned()));
         }
     }
-    if rows.first().is_some_and(|(t, c)| t == "text" && c == "category") {
+    if rows
+        .first()
+        .is_some_and(|(t, c)| t == "text" && c == "category")
+    {
         rows.remove(0);
     }
     Ok(rows)
@@ -204,7 +216,13 @@ fn training_set(train: &[(String, String)], limit: usize) -> Vec<(String, Vec<St
         .map(|(topic, intents)| {
             let per_intent: Vec<Vec<&String>> = intents
                 .iter()
-                .map(|i| train.iter().filter(|(_, c)| c == i).map(|(t, _)| t).collect())
+                .map(|i| {
+                    train
+                        .iter()
+                        .filter(|(_, c)| c == i)
+                        .map(|(t, _)| t)
+                        .collect()
+                })
                 .collect();
             let mut picked = Vec::new();
             let mut round = 0;
@@ -235,10 +253,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-fn load_encoder(name: &str, models: &Path) -> Result<Arc<dyn Encoder>, BoxError> {
+fn load_encoder(name: &str, models: &Path, threads: usize) -> Result<Arc<dyn Encoder>, BoxError> {
     let start = Instant::now();
     let enc: Arc<dyn Encoder> = match name {
-        "minilm" => Arc::new(MiniLmEncoder::load(&models.join("all-MiniLM-L6-v2"))?),
+        "minilm" => Arc::new(MiniLmEncoder::load_with(
+            &models.join("all-MiniLM-L6-v2"),
+            MiniLmOptions {
+                threads,
+                ..MiniLmOptions::default()
+            },
+        )?),
         "static" => Arc::new(StaticEncoder::load(&models.join("static"))?),
         other => return Err(format!("unknown encoder {other}").into()),
     };
@@ -275,20 +299,30 @@ fn accuracy(
 
     // Encode the test prompts once (batched; same vectors as one by one).
     let start = Instant::now();
-    let texts: Vec<&str> = in_scope.iter().map(|(t, _)| *t).chain(out_scope.iter().copied()).collect();
+    let texts: Vec<&str> = in_scope
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(out_scope.iter().copied())
+        .collect();
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
         vectors.extend(enc.encode_batch(chunk)?);
     }
     let per_text = start.elapsed() / texts.len() as u32;
-    println!("encoded test split in batches of 64: {} ms per prompt", ms(per_text));
+    println!(
+        "encoded test split in batches of 64: {} ms per prompt",
+        ms(per_text)
+    );
     let (in_vecs, out_vecs) = vectors.split_at(in_scope.len());
 
     for &limit in limits {
         let set = training_set(train, limit);
         let n_utt: usize = set.iter().map(|(_, u)| u.len()).sum();
         let start = Instant::now();
-        let index = TopicIndex::encode(enc.as_ref(), set.iter().map(|(l, u)| (l.clone(), u.clone())))?;
+        let index = TopicIndex::encode(
+            enc.as_ref(),
+            set.iter().map(|(l, u)| (l.clone(), u.clone())),
+        )?;
         let build = start.elapsed();
 
         let mut correct = 0;
@@ -305,20 +339,29 @@ fn accuracy(
         }
         let out_best: Vec<f32> = out_vecs
             .iter()
-            .map(|v| index.score(v).map(|s| s.best().map_or(f32::NEG_INFINITY, |b| b.score)))
+            .map(|v| {
+                index
+                    .score(v)
+                    .map(|s| s.best().map_or(f32::NEG_INFINITY, |b| b.score))
+            })
             .collect::<Result<_, _>>()?;
 
         println!(
             "\n### {limit} utterances per topic ({n_utt} in index, built in {} ms; scoring {} µs per query)\n",
             ms(build),
-            format_args!("{:.1}", score_time.as_secs_f64() * 1e6 / in_vecs.len() as f64)
+            format_args!(
+                "{:.1}",
+                score_time.as_secs_f64() * 1e6 / in_vecs.len() as f64
+            )
         );
         println!(
             "in-scope routing accuracy (best topic, no threshold): **{:.1}%** ({correct}/{})\n",
             100.0 * correct as f64 / in_vecs.len() as f64,
             in_vecs.len()
         );
-        println!("| threshold | in-scope routed correctly | in-scope routed wrongly | in-scope fallback | out-of-scope fallback (want high) |");
+        println!(
+            "| threshold | in-scope routed correctly | in-scope routed wrongly | in-scope fallback | out-of-scope fallback (want high) |"
+        );
         println!("|---|---|---|---|---|");
         for &th in THRESHOLDS {
             let n = in_best.len() as f64;
@@ -338,12 +381,21 @@ fn accuracy(
 }
 
 /// A prompt of about `tokens` tokens made of consecutive test prompts.
-fn prompt_of_length(enc: &MiniLmEncoder, pool: &[&str], start: usize, tokens: usize) -> Result<String, BoxError> {
+fn prompt_of_length(
+    enc: &MiniLmEncoder,
+    pool: &[&str],
+    start: usize,
+    tokens: usize,
+) -> Result<String, BoxError> {
     let mut text = String::new();
     let mut i = start;
     loop {
         let next = pool[i % pool.len()];
-        let candidate = if text.is_empty() { next.to_owned() } else { format!("{text} {next}") };
+        let candidate = if text.is_empty() {
+            next.to_owned()
+        } else {
+            format!("{text} {next}")
+        };
         if enc.token_count(&candidate)? > tokens && !text.is_empty() {
             break;
         }
@@ -374,22 +426,39 @@ async fn speed(
     // Prompt sets: real test prompts, and prompts built up to N tokens.
     let mut sets: Vec<(String, Vec<String>)> = vec![(
         "BANKING77 test prompts".into(),
-        pool.iter().step_by(7).take(300).map(|s| (*s).to_owned()).collect(),
+        pool.iter()
+            .step_by(7)
+            .take(300)
+            .map(|s| (*s).to_owned())
+            .collect(),
     )];
     if let Some(tok) = minilm_tokenizer {
-        let lens: Vec<usize> = sets[0].1.iter().map(|t| tok.token_count(t)).collect::<Result<_, _>>()?;
+        let lens: Vec<usize> = sets[0]
+            .1
+            .iter()
+            .map(|t| tok.token_count(t))
+            .collect::<Result<_, _>>()?;
         let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
-        sets[0].0 = format!("BANKING77 test prompts (mean {mean:.0} tokens, max {})", lens.iter().max().unwrap_or(&0));
+        sets[0].0 = format!(
+            "BANKING77 test prompts (mean {mean:.0} tokens, max {})",
+            lens.iter().max().unwrap_or(&0)
+        );
         for tokens in [32, 64, 128] {
-            let prompts = (0..100)
-                .map(|i| prompt_of_length(tok, &pool, i * 13, tokens))
+            let prompts = (0..400)
+                .map(|i| prompt_of_length(tok, &pool, i * 7, tokens))
                 .collect::<Result<Vec<_>, _>>()?;
             sets.push((format!("~{tokens}-token prompts"), prompts));
         }
     }
 
-    println!("\n### speed (one decision = embed through EmbeddingService + score {} topics)\n", index.topic_count());
-    println!("| prompts | sequential p50 ms | sequential p99 ms | {} concurrent: decisions/s | concurrent p50 ms | concurrent p99 ms | mean batch |", args.concurrency);
+    println!(
+        "\n### speed (one decision = embed through EmbeddingService + score {} topics)\n",
+        index.topic_count()
+    );
+    println!(
+        "| prompts | sequential p50 ms | sequential p99 ms | {} concurrent: decisions/s | concurrent p50 ms | concurrent p99 ms | mean batch |",
+        args.concurrency
+    );
     println!("|---|---|---|---|---|---|---|");
     for (label, prompts) in &sets {
         let svc = Arc::new(EmbeddingService::new(Arc::clone(&enc), no_cache)?);
@@ -398,7 +467,10 @@ async fn speed(
             svc.embed(p).await?;
         }
         let mut seq = Vec::with_capacity(prompts.len());
-        for p in prompts {
+        for p in prompts
+            .iter()
+            .step_by(prompts.len().div_ceil(args.sequential).max(1))
+        {
             let t0 = Instant::now();
             let v = svc.embed(p).await?;
             let best = index.best(&v)?;
@@ -409,15 +481,19 @@ async fn speed(
 
         let svc = Arc::new(EmbeddingService::new(Arc::clone(&enc), no_cache)?);
         let prompts = Arc::new(prompts.clone());
-        let per_task = args.requests.div_ceil(args.concurrency);
+        let concurrency = args.concurrency;
+        let per_task = args.requests.div_ceil(concurrency);
         let start = Instant::now();
         let mut tasks = Vec::new();
         for task in 0..args.concurrency {
-            let (svc, index, prompts) = (Arc::clone(&svc), Arc::clone(&index), Arc::clone(&prompts));
+            let (svc, index, prompts) =
+                (Arc::clone(&svc), Arc::clone(&index), Arc::clone(&prompts));
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per_task);
                 for i in 0..per_task {
-                    let p = &prompts[(task * per_task + i) % prompts.len()];
+                    // Round-robin over the pool: the requests in flight at
+                    // any moment are distinct texts (no in-batch dedup).
+                    let p = &prompts[(i * concurrency + task) % prompts.len()];
                     let t0 = Instant::now();
                     let v = svc.embed(p).await?;
                     std::hint::black_box(index.best(&v)?);
@@ -446,10 +522,19 @@ async fn speed(
     Ok(())
 }
 
+/// `/proc/loadavg`'s first three fields: other processes on the machine
+/// skew the figures, so every report shows how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
     let train = read_csv(&args.data.join("banking77_train.csv"))?;
     let test = read_csv(&args.data.join("banking77_test.csv"))?;
+    println!("load average at start: {}", load_average());
     println!(
         "semantic_bench: {} train / {} test utterances, {} topics, cores: {}",
         train.len(),
@@ -463,7 +548,9 @@ fn main() -> Result<(), BoxError> {
         "static" => &["static"],
         other => return Err(format!("unknown --encoder {other}").into()),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     // The MiniLM tokenizer measures prompt lengths for the speed prompt sets.
     let tokenizer = if args.mode != "accuracy" {
         Some(MiniLmEncoder::load(&args.models.join("all-MiniLM-L6-v2"))?)
@@ -471,12 +558,18 @@ fn main() -> Result<(), BoxError> {
         None
     };
     for name in encoders {
-        let enc = load_encoder(name, &args.models)?;
+        let enc = load_encoder(name, &args.models, args.threads)?;
         if args.mode == "accuracy" || args.mode == "all" {
             accuracy(&enc, &train, &test, &[args.limit, args.raised_limit])?;
         }
         if args.mode == "speed" || args.mode == "all" {
-            runtime.block_on(speed(Arc::clone(&enc), tokenizer.as_ref(), &train, &test, &args))?;
+            runtime.block_on(speed(
+                Arc::clone(&enc),
+                tokenizer.as_ref(),
+                &train,
+                &test,
+                &args,
+            ))?;
         }
     }
     Ok(())

@@ -39,6 +39,9 @@ pub enum LoadError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The encoder's worker threads could not be started.
+    #[error("cannot start encoder threads: {0}")]
+    Threads(String),
 }
 
 /// Encoding text into vectors failed.

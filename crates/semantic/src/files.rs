@@ -41,7 +41,10 @@ pub(crate) fn check_safetensors(path: &Path, bytes: &[u8]) -> Result<(), LoadErr
     let Some((len_bytes, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(invalid(
             path,
-            format!("file is {} bytes, too short for a safetensors header", bytes.len()),
+            format!(
+                "file is {} bytes, too short for a safetensors header",
+                bytes.len()
+            ),
         ));
     };
     let header_len = u64::from_le_bytes(*len_bytes);
@@ -59,7 +62,12 @@ pub(crate) fn check_safetensors(path: &Path, bytes: &[u8]) -> Result<(), LoadErr
         })?;
     let (header, data) = rest.split_at(header_len);
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-        .map_err(|e| invalid(path, format!("safetensors header is not a JSON object: {e}")))?;
+        .map_err(|e| {
+            invalid(
+                path,
+                format!("safetensors header is not a JSON object: {e}"),
+            )
+        })?;
     let mut needed = 0_u64;
     for (name, info) in &header {
         if name == "__metadata__" {
@@ -98,21 +106,33 @@ mod tests {
 
     #[test]
     fn accepts_well_framed_file() {
-        let f = tensor_file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8);
+        let f = tensor_file(
+            r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            8,
+        );
         check_safetensors(Path::new("m"), &f).unwrap();
     }
 
     #[test]
     fn rejects_truncated_and_garbage() {
-        let f = tensor_file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4);
-        let e = check_safetensors(Path::new("m"), &f).unwrap_err().to_string();
+        let f = tensor_file(
+            r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            4,
+        );
+        let e = check_safetensors(Path::new("m"), &f)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "{e}");
-        let e = check_safetensors(Path::new("m"), b"hello").unwrap_err().to_string();
+        let e = check_safetensors(Path::new("m"), b"hello")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too short"), "{e}");
         let e = check_safetensors(Path::new("m"), b"garbage garbage garbage").unwrap_err();
         assert!(e.to_string().contains("header length"), "{e}");
         let f = tensor_file("not json", 0);
-        let e = check_safetensors(Path::new("m"), &f).unwrap_err().to_string();
+        let e = check_safetensors(Path::new("m"), &f)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a JSON object"), "{e}");
     }
 }

@@ -94,6 +94,9 @@ impl TopicIndex {
 
     /// Encodes every topic's utterances with `encoder` and builds the index.
     ///
+    /// This blocks for as long as encoding takes (MiniLM: a few ms per
+    /// utterance); from async code run it in `tokio::task::spawn_blocking`.
+    ///
     /// `topics` yields `(label, utterances)` pairs, e.g.
     /// `[("billing", vec!["refund my card", "why was I charged twice"])]`.
     ///
@@ -222,7 +225,8 @@ impl TopicIndex {
         let dim = self.dim.max(1);
         let mut rows = self.vectors.chunks_exact(dim);
         let mut out = Vec::with_capacity(self.labels.len());
-        for (topic, (label, bounds)) in self.labels.iter().zip(self.offsets.windows(2)).enumerate() {
+        for (topic, (label, bounds)) in self.labels.iter().zip(self.offsets.windows(2)).enumerate()
+        {
             let n = bounds[1] - bounds[0];
             let score = rows
                 .by_ref()
@@ -379,6 +383,13 @@ impl EmbeddingCache {
         self.map.is_empty()
     }
 
+    /// All cached `(text, vector)` pairs, in no particular order (e.g. to
+    /// persist them beside a snapshot cache and [`EmbeddingCache::insert`]
+    /// them back at start-up).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.map.iter().map(|(t, v)| (t.as_str(), v.as_slice()))
+    }
+
     /// Keeps only the given texts (e.g. the utterances of the current
     /// snapshot), dropping everything else.
     pub fn retain_texts<T: AsRef<str>>(&mut self, keep: impl IntoIterator<Item = T>) {
@@ -446,7 +457,12 @@ mod tests {
     #[test]
     fn ranking_is_sorted_and_best_agrees_with_score() {
         let index = hand_made();
-        for q in [[1.0, 0.2, 0.9], [0.3, 1.0, 0.1], [-1.0, -1.0, -1.0], [0.5, 0.0, 0.6]] {
+        for q in [
+            [1.0, 0.2, 0.9],
+            [0.3, 1.0, 0.1],
+            [-1.0, -1.0, -1.0],
+            [0.5, 0.0, 0.6],
+        ] {
             let scores = index.score(&q).unwrap();
             let s: Vec<f32> = scores.ranked().iter().map(|t| t.score).collect();
             assert!(s.windows(2).all(|w| w[0] >= w[1]), "{s:?}");
@@ -508,7 +524,10 @@ mod tests {
                 got: 1
             }
         );
-        assert_eq!(index.score(&[f32::INFINITY, 0.0]).unwrap_err(), IndexError::NonFinite);
+        assert_eq!(
+            index.score(&[f32::INFINITY, 0.0]).unwrap_err(),
+            IndexError::NonFinite
+        );
     }
 
     #[test]
@@ -517,7 +536,9 @@ mod tests {
         let mut topics = Vec::new();
         let mut state = 0x1234_5678_u64;
         let mut next = || {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
         for t in 0..20 {
@@ -554,8 +575,14 @@ mod tests {
         let index = TopicIndex::encode(
             &enc,
             [
-                ("billing", vec!["refund my card payment", "charged twice on card"]),
-                ("weather", vec!["rain forecast tomorrow", "sunny weather today"]),
+                (
+                    "billing",
+                    vec!["refund my card payment", "charged twice on card"],
+                ),
+                (
+                    "weather",
+                    vec!["rain forecast tomorrow", "sunny weather today"],
+                ),
             ],
         )
         .unwrap();
@@ -584,13 +611,22 @@ mod tests {
         TopicIndex::encode_cached(&enc, v1, &mut cache).unwrap();
         assert_eq!(enc.batch_sizes(), vec![3, 1]); // all cached now
 
+        let mut exported: Vec<(&str, usize)> = cache.iter().map(|(t, v)| (t, v.len())).collect();
+        exported.sort_unstable();
+        assert_eq!(
+            exported,
+            vec![("four", 16), ("one", 16), ("three", 16), ("two", 16)]
+        );
         cache.retain_texts(["one", "four"]);
         assert_eq!(cache.len(), 2);
         assert!(cache.get("two").is_none());
 
         let mut other = EmbeddingCache::new("other-model", 16);
         let err = TopicIndex::encode_cached(&enc, [("a", ["x"])], &mut other).unwrap_err();
-        assert!(matches!(err, IndexError::CacheEncoderMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, IndexError::CacheEncoderMismatch { .. }),
+            "{err}"
+        );
         let mut wrong_dim = EmbeddingCache::new("fake", 8);
         let err = TopicIndex::encode_cached(&enc, [("a", ["x"])], &mut wrong_dim).unwrap_err();
         assert!(matches!(err, IndexError::DimensionMismatch { .. }), "{err}");
@@ -604,7 +640,10 @@ mod tests {
     fn encoder_errors_surface() {
         let enc = FakeEncoder::new(8);
         let err = TopicIndex::encode(&enc, [("a", vec!["ok", "FAIL"])]).unwrap_err();
-        assert_eq!(err, IndexError::Encode(EncodeError::Inference("fake failure".into())));
+        assert_eq!(
+            err,
+            IndexError::Encode(EncodeError::Inference("fake failure".into()))
+        );
         let err = TopicIndex::encode(&enc, [("a", Vec::<&str>::new())]).unwrap_err();
         assert_eq!(err, IndexError::EmptyTopic { label: "a".into() });
     }

@@ -308,19 +308,20 @@ impl Worker {
             .encoded_texts
             .fetch_add(texts.len() as u64, Ordering::Relaxed);
 
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.encoder.encode_batch(&texts)))
-            .unwrap_or_else(|_| Err(EncodeError::Inference("encoder panicked".to_owned())))
-            .and_then(|vectors| {
-                if vectors.len() == texts.len() {
-                    Ok(vectors)
-                } else {
-                    Err(EncodeError::Inference(format!(
-                        "encoder returned {} vectors for {} texts",
-                        vectors.len(),
-                        texts.len()
-                    )))
-                }
-            });
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.encoder.encode_batch(&texts)))
+                .unwrap_or_else(|_| Err(EncodeError::Inference("encoder panicked".to_owned())))
+                .and_then(|vectors| {
+                    if vectors.len() == texts.len() {
+                        Ok(vectors)
+                    } else {
+                        Err(EncodeError::Inference(format!(
+                            "encoder returned {} vectors for {} texts",
+                            vectors.len(),
+                            texts.len()
+                        )))
+                    }
+                });
         match result {
             Ok(vectors) => {
                 let vectors: Vec<Vector> = vectors.into_iter().map(Arc::from).collect();
@@ -384,7 +385,10 @@ mod tests {
         let again = svc.embed("hello world").await.unwrap();
         assert!(Arc::ptr_eq(&v, &again), "second call must be a cache hit");
         let stats = svc.stats();
-        assert_eq!((stats.cache_hits, stats.cache_misses, stats.batches), (1, 1, 1));
+        assert_eq!(
+            (stats.cache_hits, stats.cache_misses, stats.batches),
+            (1, 1, 1)
+        );
         assert_eq!(enc.batch_sizes(), vec![1]);
         assert_eq!(svc.cached_len(), 1);
     }
@@ -523,7 +527,10 @@ mod tests {
         wait_for_misses(&svc, 3).await;
         let err = svc.embed("one too many").await.unwrap_err();
         assert_eq!(err, EmbedError::QueueFull { capacity: 2 });
-        assert_eq!(err.to_string(), "embedding queue is full (2 requests waiting)");
+        assert_eq!(
+            err.to_string(),
+            "embedding queue is full (2 requests waiting)"
+        );
         assert_eq!(svc.stats().rejected, 1);
         for _ in 0..3 {
             release.send(()).unwrap();
@@ -539,10 +546,16 @@ mod tests {
         let enc = Arc::new(FakeEncoder::new(16));
         let svc = service(Arc::clone(&enc), ServiceConfig::default());
         let err = svc.embed("FAIL").await.unwrap_err();
-        assert_eq!(err, EmbedError::Encode(EncodeError::Inference("fake failure".into())));
+        assert_eq!(
+            err,
+            EmbedError::Encode(EncodeError::Inference("fake failure".into()))
+        );
         assert_eq!(err.to_string(), "model inference failed: fake failure");
         let err = svc.embed("PANIC").await.unwrap_err();
-        assert_eq!(err, EmbedError::Encode(EncodeError::Inference("encoder panicked".into())));
+        assert_eq!(
+            err,
+            EmbedError::Encode(EncodeError::Inference("encoder panicked".into()))
+        );
         assert_eq!(svc.cached_len(), 0, "failures are not cached");
         svc.embed("still works").await.unwrap();
     }

@@ -51,18 +51,19 @@ impl StaticEncoder {
         let (model_path, model) = files::read(dir, "model.safetensors")?;
         files::check_safetensors(&model_path, &model)?;
 
-        let model = StaticModel::from_bytes(&tokenizer, &model, &config, Some(true)).map_err(|e| {
-            // model2vec-rs reports with anyhow; attribute the message to a file.
-            let msg = format!("{e:#}");
-            let path = if msg.contains("tokenizer") {
-                &tok_path
-            } else if msg.contains("config") {
-                &config_path
-            } else {
-                &model_path
-            };
-            files::invalid(path, msg)
-        })?;
+        let model =
+            StaticModel::from_bytes(&tokenizer, &model, &config, Some(true)).map_err(|e| {
+                // model2vec-rs reports with anyhow; attribute the message to a file.
+                let msg = format!("{e:#}");
+                let path = if msg.contains("tokenizer") {
+                    &tok_path
+                } else if msg.contains("config") {
+                    &config_path
+                } else {
+                    &model_path
+                };
+                files::invalid(path, msg)
+            })?;
         if model.dim() == 0 {
             return Err(files::invalid(&model_path, "embedding dimension is 0"));
         }

@@ -6,6 +6,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use crate::encoder::{Encoder, l2_normalize};
 use crate::error::EncodeError;
 
+/// Reports batch entry on the first, waits for a release on the second.
+type Gate = (Mutex<Sender<()>>, Mutex<Receiver<()>>);
+
 /// Bag-of-words hashing encoder: each lowercase word adds 1 to one of `dim`
 /// buckets. Texts sharing words are similar. `"FAIL"` gives an error and
 /// `"PANIC"` panics. With a gate, every batch first reports on `entered` and
@@ -13,7 +16,7 @@ use crate::error::EncodeError;
 pub(crate) struct FakeEncoder {
     pub(crate) dim: usize,
     pub(crate) batches: Mutex<Vec<usize>>,
-    gate: Option<(Mutex<Sender<()>>, Mutex<Receiver<()>>)>,
+    gate: Option<Gate>,
 }
 
 impl FakeEncoder {
@@ -38,11 +41,16 @@ impl FakeEncoder {
 
     pub(crate) fn vector(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0.0; self.dim];
-        for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        for word in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
             let h = word
                 .to_lowercase()
                 .bytes()
-                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                });
             v[(h % self.dim as u64) as usize] += 1.0;
         }
         l2_normalize(&mut v);

@@ -5,6 +5,11 @@
 //! `SWITCHYARD_MODEL_DIR` (the all-MiniLM-L6-v2 directory),
 //! `SWITCHYARD_STATIC_MODEL_DIR` and `SWITCHYARD_MINILM_REFERENCE` (the
 //! reference embeddings JSON, by default `../shared/data/` beside the repo).
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "helpers of tests: a failure there is a failed test"
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +35,10 @@ fn minilm_dir() -> PathBuf {
 }
 
 fn static_dir() -> PathBuf {
-    dir_from_env("SWITCHYARD_STATIC_MODEL_DIR", repo_root().join("models/static"))
+    dir_from_env(
+        "SWITCHYARD_STATIC_MODEL_DIR",
+        repo_root().join("models/static"),
+    )
 }
 
 fn require_model(dir: &Path, env: &str) {
@@ -93,7 +101,10 @@ fn reference() -> Reference {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn norm(v: &[f32]) -> f32 {
@@ -116,7 +127,11 @@ fn minilm_matches_python_reference_alone_and_batched() {
         let d = max_abs_diff(&single, &item.embedding);
         assert!(d < 1e-4, "{:?}: max diff {d} from reference", item.text);
         let d = max_abs_diff(got, &single);
-        assert!(d < 1e-5, "{:?}: batched differs from single by {d}", item.text);
+        assert!(
+            d < 1e-5,
+            "{:?}: batched differs from single by {d}",
+            item.text
+        );
         assert!((norm(got) - 1.0).abs() < 1e-5);
     }
 
@@ -137,6 +152,7 @@ fn load_with(max_tokens: usize, truncation: Truncation) -> MiniLmEncoder {
         MiniLmOptions {
             max_tokens,
             truncation,
+            ..MiniLmOptions::default()
         },
     )
     .unwrap()
@@ -151,17 +167,25 @@ fn minilm_truncates_long_texts_from_the_chosen_end() {
     // Short limits keep this test fast; the mechanism is the same at 256.
     let head = load_with(32, Truncation::KeepStart);
     let tail = load_with(32, Truncation::KeepEnd);
-    assert_ne!(head.name(), MINILM_NAME, "options must show in the cache namespace");
+    assert_ne!(
+        head.name(),
+        MINILM_NAME,
+        "options must show in the cache namespace"
+    );
     assert_ne!(head.name(), tail.name());
     let filler = "lorem ipsum ".repeat(30);
     assert_eq!(head.token_count(&filler).unwrap(), 32);
 
     // Keep start: texts that differ only after the limit are the same.
-    let a = head.encode(&format!("{filler} how is the weather")).unwrap();
+    let a = head
+        .encode(&format!("{filler} how is the weather"))
+        .unwrap();
     let b = head.encode(&format!("{filler} reset my password")).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-6);
     // Keep end: texts that differ only before the last 30 tokens are the same.
-    let a = tail.encode(&format!("how is the weather {filler}")).unwrap();
+    let a = tail
+        .encode(&format!("how is the weather {filler}"))
+        .unwrap();
     let b = tail.encode(&format!("reset my password {filler}")).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-6);
 
@@ -169,7 +193,10 @@ fn minilm_truncates_long_texts_from_the_chosen_end() {
     let q = enc.encode(question).unwrap();
     let kept = tail.encode(&format!("{filler} {question}")).unwrap();
     let cut = head.encode(&format!("{filler} {question}")).unwrap();
-    assert!(dot(&kept, &q) > dot(&cut, &q) + 0.2, "keeping the end keeps the question");
+    assert!(
+        dot(&kept, &q) > dot(&cut, &q) + 0.2,
+        "keeping the end keeps the question"
+    );
 
     // Huge inputs are cut before tokenizing and still give a vector.
     let huge = "word ".repeat(200_000);
@@ -192,7 +219,6 @@ fn similar_sentences_score_higher_than_unrelated() {
         let name = enc.name();
         assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.1, "{name}");
         assert!(dot(&v[3], &v[4]) > dot(&v[3], &v[2]) + 0.1, "{name}");
-
     }
 
     // Routing by example utterances (MiniLM; the static model is too coarse
@@ -203,13 +229,24 @@ fn similar_sentences_score_higher_than_unrelated() {
         [
             (
                 "account",
-                vec!["I can't log in", "reset my password", "my account is locked"],
+                vec![
+                    "I can't log in",
+                    "reset my password",
+                    "my account is locked",
+                ],
             ),
             (
                 "code",
-                vec!["write a function", "fix this bug in my program", "explain this code"],
+                vec![
+                    "write a function",
+                    "fix this bug in my program",
+                    "explain this code",
+                ],
             ),
-            ("weather", vec!["will it rain tomorrow", "weather forecast for the weekend"]),
+            (
+                "weather",
+                vec!["will it rain tomorrow", "weather forecast for the weekend"],
+            ),
         ],
     )
     .unwrap();
@@ -218,7 +255,10 @@ fn similar_sentences_score_higher_than_unrelated() {
         index.score(&v).unwrap().best().unwrap().label.to_owned()
     };
     assert_eq!(route("I forgot my login credentials"), "account");
-    assert_eq!(route("Write a Python function that reverses a linked list"), "code");
+    assert_eq!(
+        route("Write a Python function that reverses a linked list"),
+        "code"
+    );
     assert_eq!(route("Is it going to be sunny in Paris?"), "weather");
 }
 
@@ -235,7 +275,10 @@ fn static_encoder_gives_unit_vectors() {
         assert!(max_abs_diff(v, &single) < 1e-6, "{t:?}");
         let n = norm(v);
         // The empty text has no tokens and gives the zero vector.
-        assert!((n - 1.0).abs() < 1e-4 || (t.is_empty() && n == 0.0), "{t:?}: norm {n}");
+        assert!(
+            (n - 1.0).abs() < 1e-4 || (t.is_empty() && n == 0.0),
+            "{t:?}: norm {n}"
+        );
     }
 }
 
@@ -243,7 +286,12 @@ fn static_encoder_gives_unit_vectors() {
 async fn service_batches_concurrent_requests_with_the_same_vectors() {
     let enc = minilm();
     let texts: Vec<String> = (0..16)
-        .map(|i| format!("request {i}: please route this prompt about topic {}", i % 3))
+        .map(|i| {
+            format!(
+                "request {i}: please route this prompt about topic {}",
+                i % 3
+            )
+        })
         .collect();
     let owned: Arc<dyn Encoder> = Arc::clone(minilm_arc()) as Arc<dyn Encoder>;
     let svc = Arc::new(EmbeddingService::new(owned, ServiceConfig::default()).unwrap());
@@ -281,7 +329,10 @@ fn minilm_load_errors_name_the_file() {
     let missing = Path::new("/nonexistent/switchyard/model");
     let err = MiniLmEncoder::load(missing).unwrap_err();
     assert!(matches!(err, LoadError::MissingDir { .. }), "{err}");
-    assert!(err.to_string().contains("/nonexistent/switchyard/model"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/switchyard/model"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let err = MiniLmEncoder::load(dir.path()).unwrap_err();
@@ -298,16 +349,25 @@ fn minilm_load_errors_name_the_file() {
     // Missing, truncated and garbage model.safetensors.
     copy_files(dir.path(), &src, &["tokenizer.json"]);
     let err = MiniLmEncoder::load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("model.safetensors is missing"), "{err}");
+    assert!(
+        err.to_string().contains("model.safetensors is missing"),
+        "{err}"
+    );
 
     let real = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(dir.path().join("model.safetensors"), &real[..1 << 20]).unwrap();
     let err = MiniLmEncoder::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     std::fs::write(dir.path().join("model.safetensors"), vec![0xAB_u8; 4096]).unwrap();
     let err = MiniLmEncoder::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("not a safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
 
     // A valid safetensors file that lacks the BERT weights.
     let header = br#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
@@ -316,7 +376,10 @@ fn minilm_load_errors_name_the_file() {
     other.extend_from_slice(&[0; 4]);
     std::fs::write(dir.path().join("model.safetensors"), other).unwrap();
     let err = MiniLmEncoder::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("do not match"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("do not match"),
+        "{err}"
+    );
 
     // Garbage config.json.
     std::fs::write(dir.path().join("config.json"), "[]").unwrap();
@@ -328,7 +391,7 @@ fn minilm_load_errors_name_the_file() {
         &src,
         MiniLmOptions {
             max_tokens: 100_000,
-            truncation: Truncation::KeepStart,
+            ..MiniLmOptions::default()
         },
     )
     .unwrap_err()
@@ -351,7 +414,14 @@ fn static_load_errors_name_the_file() {
 
     copy_files(dir.path(), &src, &["tokenizer.json"]);
     let real = std::fs::read(src.join("model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), &real[..real.len() / 2]).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &real[..real.len() / 2],
+    )
+    .unwrap();
     let err = StaticEncoder::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 }

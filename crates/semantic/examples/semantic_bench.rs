@@ -456,10 +456,10 @@ async fn speed(
         index.topic_count()
     );
     println!(
-        "| prompts | sequential p50 ms | sequential p99 ms | {} concurrent: decisions/s | concurrent p50 ms | concurrent p99 ms | mean batch |",
+        "| prompts | sequential p50 ms | sequential p99 ms | {} concurrent: decisions/s | concurrent p50 ms | concurrent p99 ms | mean batch | CPU ms per decision |",
         args.concurrency
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (label, prompts) in &sets {
         let svc = Arc::new(EmbeddingService::new(Arc::clone(&enc), no_cache)?);
         // warm-up
@@ -484,6 +484,7 @@ async fn speed(
         let concurrency = args.concurrency;
         let per_task = args.requests.div_ceil(concurrency);
         let start = Instant::now();
+        let cpu_start = cpu_time();
         let mut tasks = Vec::new();
         for task in 0..args.concurrency {
             let (svc, index, prompts) =
@@ -507,19 +508,38 @@ async fn speed(
             lat.extend(t.await??);
         }
         let wall = start.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu_start);
         lat.sort();
         let stats = svc.stats();
         println!(
-            "| {label} | {} | {} | {:.0} | {} | {} | {:.1} |",
+            "| {label} | {} | {} | {:.0} | {} | {} | {:.1} | {:.2} |",
             ms(percentile(&seq, 0.5)),
             ms(percentile(&seq, 0.99)),
             lat.len() as f64 / wall.as_secs_f64(),
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
-            stats.encoded_texts as f64 / stats.batches.max(1) as f64
+            stats.encoded_texts as f64 / stats.batches.max(1) as f64,
+            cpu.as_secs_f64() * 1000.0 / lat.len() as f64
         );
     }
     Ok(())
+}
+
+/// CPU time used by this process so far (all threads, user + system), from
+/// `/proc/self/stat` (clock ticks of 10 ms). Unlike wall-clock figures it is
+/// not inflated by other processes waiting for the same cores.
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime
+            // are fields 14 and 15 of the whole line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// `/proc/loadavg`'s first three fields: other processes on the machine

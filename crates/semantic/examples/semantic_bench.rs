@@ -14,6 +14,7 @@
 //!   --sequential N                 decisions per sequential run (default 200)
 //!   --concurrency N                concurrent requests (default 16)
 //!   --threads N                    MiniLM forward-pass threads (default 1)
+//!   --workers N                    EmbeddingService worker threads (default 1)
 //! ```
 //!
 //! Accuracy: six topics made of BANKING77 intents (see [`TOPICS`]); the other
@@ -123,6 +124,7 @@ struct Args {
     sequential: usize,
     concurrency: usize,
     threads: usize,
+    workers: usize,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -138,6 +140,7 @@ fn parse_args() -> Result<Args, BoxError> {
         sequential: 200,
         concurrency: 16,
         threads: MiniLmOptions::default().threads,
+        workers: ServiceConfig::default().workers,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -153,6 +156,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--concurrency" => args.concurrency = value()?.parse()?,
             "--sequential" => args.sequential = value()?.parse()?,
             "--threads" => args.threads = value()?.parse()?,
+            "--workers" => args.workers = value()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -419,6 +423,7 @@ async fn speed(
     let index = Arc::new(TopicIndex::encode(enc.as_ref(), set)?);
     let no_cache = ServiceConfig {
         cache_capacity: 0,
+        workers: args.workers,
         ..ServiceConfig::default()
     };
     let pool: Vec<&str> = test.iter().map(|(t, _)| t.as_str()).collect();
@@ -451,6 +456,10 @@ async fn speed(
         }
     }
 
+    println!(
+        "\nMiniLM threads per forward pass: {}, service workers: {}",
+        args.threads, args.workers
+    );
     println!(
         "\n### speed (one decision = embed through EmbeddingService + score {} topics)\n",
         index.topic_count()

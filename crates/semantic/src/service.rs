@@ -26,6 +26,11 @@ pub struct ServiceConfig {
     /// Texts longer than this many bytes are encoded but not cached, so the
     /// cache's memory stays bounded by `cache_capacity × this`. Default 4096.
     pub max_cached_text_bytes: usize,
+    /// Worker threads, each running whole batches through the shared
+    /// encoder. Default 1: on a 2-vCPU machine one batched forward pass at a
+    /// time gives the best throughput; more only pays with several physical
+    /// cores (and a 1-thread [`crate::MiniLmEncoder`]).
+    pub workers: usize,
 }
 
 impl Default for ServiceConfig {
@@ -35,6 +40,7 @@ impl Default for ServiceConfig {
             queue_capacity: 256,
             cache_capacity: 4096,
             max_cached_text_bytes: 4096,
+            workers: 1,
         }
     }
 }
@@ -80,10 +86,9 @@ struct Shared {
 
 /// Async, batching, caching front to an [`Encoder`].
 ///
-/// * **Off the reactor.** Encoding runs on one dedicated OS thread
-///   (`switchyard-embed`), never on a tokio worker. One thread is deliberate:
-///   the MiniLM forward pass already uses every core for its matrix products,
-///   so more encoder threads would only contend.
+/// * **Off the reactor.** Encoding runs on dedicated OS threads
+///   (`switchyard-embed-N`, [`ServiceConfig::workers`], default one), never on
+///   a tokio worker.
 /// * **Batching.** Requests wait in a bounded queue. The worker takes the
 ///   first, then drains whatever else is already queued (up to
 ///   [`ServiceConfig::max_batch`]) and encodes them in one call: under load,
@@ -127,15 +132,17 @@ impl std::fmt::Debug for EmbeddingService {
 }
 
 impl EmbeddingService {
-    /// Starts the worker thread. `max_batch` and `queue_capacity` are raised
-    /// to at least 1.
+    /// Starts the worker threads. `max_batch`, `queue_capacity` and
+    /// `workers` are raised to at least 1.
     ///
     /// # Errors
-    /// The OS refused to start the thread.
+    /// The OS refused to start a thread (threads already started stop when
+    /// the error is returned).
     pub fn new(encoder: Arc<dyn Encoder>, config: ServiceConfig) -> std::io::Result<Self> {
         let config = ServiceConfig {
             max_batch: config.max_batch.max(1),
             queue_capacity: config.queue_capacity.max(1),
+            workers: config.workers.max(1),
             ..config
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
@@ -143,14 +150,18 @@ impl EmbeddingService {
             cache: Mutex::new(Lru::new(config.cache_capacity)),
             counters: Counters::default(),
         });
-        let worker = Worker {
-            encoder: Arc::clone(&encoder),
-            shared: Arc::clone(&shared),
-            max_batch: config.max_batch,
-        };
-        std::thread::Builder::new()
-            .name("switchyard-embed".to_owned())
-            .spawn(move || worker.run(&receiver))?;
+        let receiver = Arc::new(Mutex::new(receiver));
+        for n in 0..config.workers {
+            let worker = Worker {
+                encoder: Arc::clone(&encoder),
+                shared: Arc::clone(&shared),
+                receiver: Arc::clone(&receiver),
+                max_batch: config.max_batch,
+            };
+            std::thread::Builder::new()
+                .name(format!("switchyard-embed-{n}"))
+                .spawn(move || worker.run())?;
+        }
         Ok(Self {
             encoder,
             sender: RwLock::new(Some(sender)),
@@ -262,25 +273,37 @@ impl EmbeddingService {
 struct Worker {
     encoder: Arc<dyn Encoder>,
     shared: Arc<Shared>,
+    /// Shared by all workers; the one holding the lock waits for the next
+    /// batch, the others are encoding or waiting for the lock.
+    receiver: Arc<Mutex<Receiver<Job>>>,
     max_batch: usize,
 }
 
 impl Worker {
-    fn run(self, receiver: &Receiver<Job>) {
+    fn run(self) {
         tracing::debug!(encoder = self.encoder.name(), "embedding worker started");
         let mut jobs = Vec::with_capacity(self.max_batch);
-        // Blocks for the first job; ends when every sender is gone.
-        while let Ok(first) = receiver.recv() {
-            jobs.push(first);
-            while jobs.len() < self.max_batch {
-                match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
+        while self.next_batch(&mut jobs) {
             self.process(&mut jobs);
         }
         tracing::debug!(encoder = self.encoder.name(), "embedding worker stopped");
+    }
+
+    /// Blocks for one job, then takes whatever else is already queued (up to
+    /// `max_batch`). False when every sender is gone and the queue is empty.
+    fn next_batch(&self, jobs: &mut Vec<Job>) -> bool {
+        let receiver = self.receiver.lock().unwrap_or_else(PoisonError::into_inner);
+        let Ok(first) = receiver.recv() else {
+            return false;
+        };
+        jobs.push(first);
+        while jobs.len() < self.max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        true
     }
 
     fn process(&self, jobs: &mut Vec<Job>) {
@@ -558,6 +581,29 @@ mod tests {
         );
         assert_eq!(svc.cached_len(), 0, "failures are not cached");
         svc.embed("still works").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_workers_answer_everything() {
+        let enc = Arc::new(FakeEncoder::new(16));
+        let config = ServiceConfig {
+            workers: 3,
+            max_batch: 2,
+            ..ServiceConfig::default()
+        };
+        let svc = Arc::new(service(Arc::clone(&enc), config));
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let svc = Arc::clone(&svc);
+                tokio::spawn(async move { (i, svc.embed(&format!("text {i}")).await) })
+            })
+            .collect();
+        for h in handles {
+            let (i, v) = h.await.unwrap();
+            assert_eq!(&v.unwrap()[..], enc.vector(&format!("text {i}")).as_slice());
+        }
+        assert_eq!(svc.stats().encoded_texts, 40);
+        assert!(enc.batch_sizes().iter().all(|&n| n <= 2));
     }
 
     #[tokio::test]

@@ -48,13 +48,13 @@ pub struct MiniLmOptions {
     pub max_tokens: usize,
     /// Which end of a long text to keep. Default [`Truncation::KeepStart`].
     pub truncation: Truncation,
-    /// Threads one forward pass may use (a private thread pool). Default 1:
-    /// on the 2-vCPU machines measured, a 2-thread forward pass was up to 3×
-    /// *slower* than a 1-thread one and two concurrent 1-thread passes each
-    /// ran at half speed (the vCPUs share one core's floating-point units),
-    /// so one thread per pass and batching give the best throughput there.
-    /// Raise it on hosts with several physical cores to cut single-request
-    /// latency.
+    /// Threads one forward pass may use (a private thread pool). Default 1.
+    /// Batching, not intra-pass parallelism, is what buys throughput here:
+    /// on the 2-vCPU machines measured, a 2-thread pass ran up to 3× slower
+    /// than a 1-thread pass whenever other work shared the CPUs (parallel
+    /// matrix products wait for each other's descheduled threads), and a
+    /// gateway always has other work. Raise it on hosts with idle physical
+    /// cores to cut single-request latency.
     pub threads: usize,
 }
 

@@ -63,6 +63,8 @@ pub struct ServiceStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Jobs accepted into the queue (tests wait on it).
+    enqueued: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     rejected: AtomicU64,
@@ -221,7 +223,9 @@ impl EmbeddingService {
                 return Err(EmbedError::ShutDown);
             };
             match sender.try_send(job) {
-                Ok(()) => {}
+                Ok(()) => {
+                    counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(TrySendError::Full(_)) => {
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
                     return Err(EmbedError::QueueFull {
@@ -387,11 +391,10 @@ mod tests {
         EmbeddingService::new(encoder, config).unwrap()
     }
 
-    async fn wait_for_misses(svc: &EmbeddingService, n: u64) {
-        for _ in 0..500 {
-            if svc.stats().cache_misses >= n {
-                // the miss is counted just before the job is queued
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Waits until `n` jobs have entered the queue.
+    async fn wait_for_enqueued(svc: &EmbeddingService, n: u64) {
+        for _ in 0..5000 {
+            if svc.shared.counters.enqueued.load(Ordering::Relaxed) >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -470,7 +473,7 @@ mod tests {
                 tokio::spawn(async move { svc.embed(&t).await })
             })
             .collect();
-        wait_for_misses(&svc, 16).await;
+        wait_for_enqueued(&svc, 16).await;
         release.send(()).unwrap();
         release.send(()).unwrap();
 
@@ -510,7 +513,7 @@ mod tests {
                 tokio::spawn(async move { svc.embed(&format!("text {i}")).await })
             })
             .collect();
-        wait_for_misses(&svc, 10).await;
+        wait_for_enqueued(&svc, 10).await;
         for _ in 0..4 {
             release2.send(()).unwrap();
         }
@@ -547,7 +550,7 @@ mod tests {
                 tokio::spawn(async move { svc.embed(t).await })
             })
             .collect();
-        wait_for_misses(&svc, 3).await;
+        wait_for_enqueued(&svc, 3).await;
         let err = svc.embed("one too many").await.unwrap_err();
         assert_eq!(err, EmbedError::QueueFull { capacity: 2 });
         assert_eq!(

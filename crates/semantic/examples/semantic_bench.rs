@@ -4,7 +4,8 @@
 //! scripts/fetch-model
 //! cargo run --release -p switchyard-semantic --example semantic_bench -- [OPTIONS]
 //!
-//!   --mode accuracy|speed|all      default all
+//!   --mode accuracy|speed|batch|all  default all (batch: MiniLM cost per
+//!                                  batch size, not included in all)
 //!   --encoder minilm|static|both   default both
 //!   --models DIR                   default <repo>/models
 //!   --data DIR                     default <repo>/../shared/data/banking77
@@ -534,6 +535,40 @@ async fn speed(
     Ok(())
 }
 
+/// MiniLM `encode_batch` cost by prompt length and batch size, without the
+/// service: what batching buys per text.
+fn batch_cost(enc: &MiniLmEncoder, test: &[(String, String)]) -> Result<(), BoxError> {
+    let pool: Vec<&str> = test.iter().map(|(t, _)| t.as_str()).collect();
+    println!(
+        "\n### MiniLM encode_batch cost (threads per pass: {})\n",
+        enc.options().threads
+    );
+    println!("| prompt tokens | batch | ms per batch | ms per text | CPU ms per text |");
+    println!("|---|---|---|---|---|");
+    for tokens in [16, 32, 64, 128] {
+        for batch in [1, 4, 16, 32] {
+            let prompts = (0..batch)
+                .map(|i| prompt_of_length(enc, &pool, 100 + i * 11, tokens))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            enc.encode_batch(&refs)?;
+            let rounds = (64 / batch).max(3);
+            let (t0, c0) = (Instant::now(), cpu_time());
+            for _ in 0..rounds {
+                std::hint::black_box(enc.encode_batch(&refs)?);
+            }
+            let wall = t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+            let cpu = cpu_time().saturating_sub(c0).as_secs_f64() * 1000.0 / rounds as f64;
+            println!(
+                "| ~{tokens} | {batch} | {wall:.1} | {:.2} | {:.2} |",
+                wall / batch as f64,
+                cpu / batch as f64
+            );
+        }
+    }
+    Ok(())
+}
+
 /// CPU time used by this process so far (all threads, user + system), from
 /// `/proc/self/stat` (clock ticks of 10 ms). Unlike wall-clock figures it is
 /// not inflated by other processes waiting for the same cores.
@@ -582,10 +617,23 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     // The MiniLM tokenizer measures prompt lengths for the speed prompt sets.
     let tokenizer = if args.mode != "accuracy" {
-        Some(MiniLmEncoder::load(&args.models.join("all-MiniLM-L6-v2"))?)
+        Some(MiniLmEncoder::load_with(
+            &args.models.join("all-MiniLM-L6-v2"),
+            MiniLmOptions {
+                threads: args.threads,
+                ..MiniLmOptions::default()
+            },
+        )?)
     } else {
         None
     };
+    if args.mode == "batch" {
+        if let Some(enc) = &tokenizer {
+            batch_cost(enc, &test)?;
+        }
+        println!("\nload average after: {}", load_average());
+        return Ok(());
+    }
     for name in encoders {
         let enc = load_encoder(name, &args.models, args.threads)?;
         if args.mode == "accuracy" || args.mode == "all" {

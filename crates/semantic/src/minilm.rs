@@ -213,18 +213,17 @@ impl MiniLmEncoder {
             .options
             .max_tokens
             .saturating_mul(CHARS_PER_TOKEN_BOUND);
-        let inputs: Vec<&str> = texts
+        // One text at a time: a few µs each, and the batch variant would wake
+        // the global rayon pool for no gain.
+        texts
             .iter()
-            .map(|t| precut(t, max_chars, self.options.truncation))
-            .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
-            .map_err(|e| EncodeError::Tokenize(e.to_string()))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| e.get_ids().to_vec())
-            .collect())
+            .map(|t| {
+                self.tokenizer
+                    .encode_fast(precut(t, max_chars, self.options.truncation), true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| EncodeError::Tokenize(e.to_string()))
+            })
+            .collect()
     }
 
     /// One forward pass over sequences padded to the longest; returns pooled,

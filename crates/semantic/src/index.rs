@@ -1,0 +1,650 @@
+//! [`TopicIndex`]: nearest-topic scoring over utterance vectors, and
+//! [`EmbeddingCache`]: utterance vectors kept across index rebuilds.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::encoder::{Encoder, dot, l2_normalize};
+use crate::error::IndexError;
+
+/// Utterances encoded per [`Encoder::encode_batch`] call while building.
+const BUILD_BATCH: usize = 64;
+
+/// A set of topics, each described by example utterances, scored against a
+/// query vector by cosine similarity.
+///
+/// A topic's score is the maximum similarity between the query and any of its
+/// utterances (nearest example, not centroid: a topic may cover several
+/// phrasings that average badly).
+///
+/// # Layout and cost
+/// All utterance vectors live in one row-major `Vec<f32>` (`utterances × dim`),
+/// grouped by topic, so a query is scored in one sequential pass over memory:
+/// `O(utterances × dim)` multiply-adds, no allocation besides the result
+/// (`O(topics)`), plus an `O(topics log topics)` sort in [`TopicIndex::score`].
+/// 10,000 utterances of 384 dimensions are about 4M multiply-adds, roughly a
+/// millisecond on one core: negligible next to encoding the query with MiniLM.
+/// (Beyond ~10⁵ utterances an approximate index would be worth it; routing
+/// configurations are far smaller.)
+///
+/// An index is immutable once built; build a new one per configuration
+/// snapshot (cheaply, with an [`EmbeddingCache`]) and swap it in.
+#[derive(Debug, Clone)]
+pub struct TopicIndex {
+    dim: usize,
+    labels: Vec<String>,
+    /// Topic `t` owns rows `offsets[t]..offsets[t + 1]`.
+    offsets: Vec<usize>,
+    /// Unit-norm utterance vectors, row-major.
+    vectors: Vec<f32>,
+}
+
+/// One topic's score for a query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopicScore<'a> {
+    /// Position of the topic in the index (the order topics were added).
+    pub topic: usize,
+    /// The topic's label.
+    pub label: &'a str,
+    /// Cosine similarity with the topic's nearest utterance, in `[-1, 1]`.
+    pub score: f32,
+}
+
+/// Every topic's score for one query, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicScores<'a> {
+    ranked: Vec<TopicScore<'a>>,
+}
+
+impl<'a> TopicScores<'a> {
+    /// All topics, highest score first (ties keep insertion order).
+    #[must_use]
+    pub fn ranked(&self) -> &[TopicScore<'a>] {
+        &self.ranked
+    }
+
+    /// The best-scoring topic, if the index has any.
+    #[must_use]
+    pub fn best(&self) -> Option<TopicScore<'a>> {
+        self.ranked.first().copied()
+    }
+
+    /// The best topic if its score reaches `threshold`; `None` means "out of
+    /// scope": fall back to the default route.
+    #[must_use]
+    pub fn best_above(&self, threshold: f32) -> Option<TopicScore<'a>> {
+        self.best().filter(|s| s.score >= threshold)
+    }
+}
+
+impl TopicIndex {
+    /// Starts an index of `dim`-dimensional vectors, to be filled with
+    /// pre-computed vectors.
+    #[must_use]
+    pub fn builder(dim: usize) -> TopicIndexBuilder {
+        TopicIndexBuilder {
+            index: TopicIndex {
+                dim,
+                labels: Vec::new(),
+                offsets: vec![0],
+                vectors: Vec::new(),
+            },
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Encodes every topic's utterances with `encoder` and builds the index.
+    ///
+    /// This blocks for as long as encoding takes (MiniLM: a few ms per
+    /// utterance); from async code run it in `tokio::task::spawn_blocking`.
+    ///
+    /// `topics` yields `(label, utterances)` pairs, e.g.
+    /// `[("billing", vec!["refund my card", "why was I charged twice"])]`.
+    ///
+    /// # Errors
+    /// [`IndexError::EmptyTopic`], [`IndexError::DuplicateTopic`] or an
+    /// encoder failure.
+    pub fn encode<L, I, U>(
+        encoder: &dyn Encoder,
+        topics: impl IntoIterator<Item = (L, I)>,
+    ) -> Result<Self, IndexError>
+    where
+        L: Into<String>,
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        let mut cache = EmbeddingCache::for_encoder(encoder);
+        Self::encode_cached(encoder, topics, &mut cache)
+    }
+
+    /// Like [`TopicIndex::encode`], but takes utterance vectors from `cache`
+    /// when present and adds the ones it computes, so rebuilding an index for
+    /// a new configuration snapshot only encodes new utterances.
+    ///
+    /// # Errors
+    /// As [`TopicIndex::encode`], plus [`IndexError::CacheEncoderMismatch`] if
+    /// `cache` was made for another encoder.
+    pub fn encode_cached<L, I, U>(
+        encoder: &dyn Encoder,
+        topics: impl IntoIterator<Item = (L, I)>,
+        cache: &mut EmbeddingCache,
+    ) -> Result<Self, IndexError>
+    where
+        L: Into<String>,
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        cache.check_encoder(encoder)?;
+        let topics: Vec<(String, Vec<U>)> = topics
+            .into_iter()
+            .map(|(label, utterances)| (label.into(), utterances.into_iter().collect()))
+            .collect();
+
+        let mut missing: Vec<&str> = Vec::new();
+        let mut queued: HashSet<&str> = HashSet::new();
+        for (_, utterances) in &topics {
+            for u in utterances {
+                let u = u.as_ref();
+                if cache.get(u).is_none() && queued.insert(u) {
+                    missing.push(u);
+                }
+            }
+        }
+        for chunk in missing.chunks(BUILD_BATCH) {
+            let vectors = encoder.encode_batch(chunk)?;
+            for (text, v) in chunk.iter().zip(vectors) {
+                cache.insert((*text).to_owned(), v)?;
+            }
+        }
+
+        let mut builder = Self::builder(encoder.dim());
+        for (label, utterances) in &topics {
+            let mut rows = Vec::with_capacity(utterances.len());
+            for u in utterances {
+                // Every utterance was inserted above; a miss would be a bug,
+                // reported as an empty-vector dimension error rather than a panic.
+                rows.push(cache.get(u.as_ref()).unwrap_or(&[]));
+            }
+            builder.add_topic(label.clone(), rows)?;
+        }
+        Ok(builder.build())
+    }
+
+    /// Vector dimension.
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of topics.
+    #[must_use]
+    pub fn topic_count(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Number of utterance vectors over all topics.
+    #[must_use]
+    pub fn utterance_count(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// Topic labels in index order.
+    #[must_use]
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Scores every topic against `query` (normalised here, so any non-zero
+    /// vector works; a zero vector scores 0 everywhere).
+    ///
+    /// # Errors
+    /// [`IndexError::DimensionMismatch`] if `query.len() != dim`,
+    /// [`IndexError::NonFinite`] if it holds NaN or infinity.
+    pub fn score(&self, query: &[f32]) -> Result<TopicScores<'_>, IndexError> {
+        let mut ranked = self.raw_scores(query)?;
+        // Stable sort: equal scores keep insertion order.
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(TopicScores { ranked })
+    }
+
+    /// The best topic for `query` without sorting the rest; `None` if the
+    /// index is empty. Same errors as [`TopicIndex::score`].
+    ///
+    /// # Errors
+    /// See [`TopicIndex::score`].
+    pub fn best(&self, query: &[f32]) -> Result<Option<TopicScore<'_>>, IndexError> {
+        let scores = self.raw_scores(query)?;
+        Ok(scores
+            .into_iter()
+            .reduce(|best, s| if s.score > best.score { s } else { best }))
+    }
+
+    fn raw_scores(&self, query: &[f32]) -> Result<Vec<TopicScore<'_>>, IndexError> {
+        check_vector(self.dim, query)?;
+        let mut q = query.to_vec();
+        l2_normalize(&mut q);
+        let dim = self.dim.max(1);
+        let mut rows = self.vectors.chunks_exact(dim);
+        let mut out = Vec::with_capacity(self.labels.len());
+        for (topic, (label, bounds)) in self.labels.iter().zip(self.offsets.windows(2)).enumerate()
+        {
+            let n = bounds[1] - bounds[0];
+            let score = rows
+                .by_ref()
+                .take(n)
+                .map(|row| dot(row, &q))
+                .fold(f32::NEG_INFINITY, f32::max);
+            out.push(TopicScore {
+                topic,
+                label,
+                score,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Fills a [`TopicIndex`] with pre-computed vectors; see [`TopicIndex::builder`].
+#[derive(Debug)]
+pub struct TopicIndexBuilder {
+    index: TopicIndex,
+    seen: HashSet<String>,
+}
+
+impl TopicIndexBuilder {
+    /// Adds a topic with its utterance vectors (normalised on the way in).
+    ///
+    /// # Errors
+    /// [`IndexError::DuplicateTopic`], [`IndexError::EmptyTopic`],
+    /// [`IndexError::DimensionMismatch`] or [`IndexError::NonFinite`]; the
+    /// builder is unchanged on error.
+    pub fn add_topic<'v, V>(
+        &mut self,
+        label: impl Into<String>,
+        vectors: impl IntoIterator<Item = &'v V>,
+    ) -> Result<&mut Self, IndexError>
+    where
+        V: AsRef<[f32]> + ?Sized + 'v,
+    {
+        let label = label.into();
+        if self.seen.contains(&label) {
+            return Err(IndexError::DuplicateTopic { label });
+        }
+        let index = &mut self.index;
+        let start = index.vectors.len();
+        let mut added = 0;
+        for v in vectors {
+            let v = v.as_ref();
+            if let Err(e) = check_vector(index.dim, v) {
+                index.vectors.truncate(start);
+                return Err(e);
+            }
+            index.vectors.extend_from_slice(v);
+            l2_normalize(&mut index.vectors[start + added * index.dim..]);
+            added += 1;
+        }
+        if added == 0 {
+            return Err(IndexError::EmptyTopic { label });
+        }
+        let rows = index.offsets.last().copied().unwrap_or(0) + added;
+        index.offsets.push(rows);
+        self.seen.insert(label.clone());
+        index.labels.push(label);
+        Ok(self)
+    }
+
+    /// Finishes the index.
+    #[must_use]
+    pub fn build(self) -> TopicIndex {
+        self.index
+    }
+}
+
+fn check_vector(dim: usize, v: &[f32]) -> Result<(), IndexError> {
+    if v.len() != dim {
+        return Err(IndexError::DimensionMismatch {
+            expected: dim,
+            got: v.len(),
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::NonFinite);
+    }
+    Ok(())
+}
+
+/// Utterance vectors keyed by exact utterance text, for one encoder.
+///
+/// Keep one per encoder across configuration snapshots and pass it to
+/// [`TopicIndex::encode_cached`]: a snapshot that changes one route's
+/// utterances then encodes only those. Call [`EmbeddingCache::retain_texts`]
+/// with the current snapshot's utterances to drop the ones no longer used.
+/// Not synchronised: wrap it in a `Mutex` to share it.
+#[derive(Debug, Clone)]
+pub struct EmbeddingCache {
+    encoder: String,
+    dim: usize,
+    map: HashMap<String, Vec<f32>>,
+}
+
+impl EmbeddingCache {
+    /// An empty cache for vectors of encoder `encoder_name` with `dim` components.
+    #[must_use]
+    pub fn new(encoder_name: impl Into<String>, dim: usize) -> Self {
+        Self {
+            encoder: encoder_name.into(),
+            dim,
+            map: HashMap::new(),
+        }
+    }
+
+    /// An empty cache for `encoder`'s vectors.
+    #[must_use]
+    pub fn for_encoder(encoder: &dyn Encoder) -> Self {
+        Self::new(encoder.name(), encoder.dim())
+    }
+
+    /// Name of the encoder whose vectors this cache holds.
+    #[must_use]
+    pub fn encoder_name(&self) -> &str {
+        &self.encoder
+    }
+
+    /// Vector dimension.
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The cached vector of `text`, if any.
+    #[must_use]
+    pub fn get(&self, text: &str) -> Option<&[f32]> {
+        self.map.get(text).map(Vec::as_slice)
+    }
+
+    /// Stores the vector of `text` (e.g. loaded from disk).
+    ///
+    /// # Errors
+    /// [`IndexError::DimensionMismatch`] or [`IndexError::NonFinite`].
+    pub fn insert(&mut self, text: String, vector: Vec<f32>) -> Result<(), IndexError> {
+        check_vector(self.dim, &vector)?;
+        self.map.insert(text, vector);
+        Ok(())
+    }
+
+    /// Number of cached utterances.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All cached `(text, vector)` pairs, in no particular order (e.g. to
+    /// persist them beside a snapshot cache and [`EmbeddingCache::insert`]
+    /// them back at start-up).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.map.iter().map(|(t, v)| (t.as_str(), v.as_slice()))
+    }
+
+    /// Keeps only the given texts (e.g. the utterances of the current
+    /// snapshot), dropping everything else.
+    pub fn retain_texts<T: AsRef<str>>(&mut self, keep: impl IntoIterator<Item = T>) {
+        let keep: HashSet<String> = keep.into_iter().map(|t| t.as_ref().to_owned()).collect();
+        self.map.retain(|text, _| keep.contains(text));
+    }
+
+    fn check_encoder(&self, encoder: &dyn Encoder) -> Result<(), IndexError> {
+        if self.encoder != encoder.name() {
+            return Err(IndexError::CacheEncoderMismatch {
+                cache: self.encoder.clone(),
+                encoder: encoder.name().to_owned(),
+            });
+        }
+        if self.dim != encoder.dim() {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.dim,
+                got: encoder.dim(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::EncodeError;
+    use crate::testing::FakeEncoder;
+
+    fn hand_made() -> TopicIndex {
+        let mut b = TopicIndex::builder(3);
+        b.add_topic("x", &[vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]])
+            .unwrap()
+            .add_topic("z", [&[0.0_f32, 0.0, 2.0][..]])
+            .unwrap()
+            .add_topic("xz", &[vec![1.0, 0.0, 1.0]])
+            .unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn topic_score_is_max_cosine_over_its_utterances() {
+        let index = hand_made();
+        assert_eq!(index.topic_count(), 3);
+        assert_eq!(index.utterance_count(), 4);
+        let scores = index.score(&[0.0, 1.0, 0.0]).unwrap();
+        let by_label = |l: &str| scores.ranked().iter().find(|s| s.label == l).unwrap().score;
+        assert!((by_label("x") - 1.0).abs() < 1e-6);
+        assert!(by_label("z").abs() < 1e-6);
+        assert!(by_label("xz").abs() < 1e-6);
+        assert_eq!(scores.best().unwrap().label, "x");
+
+        // Query not normalised: scores are cosines all the same.
+        let scores = index.score(&[0.0, 0.0, 5.0]).unwrap();
+        let ranked: Vec<_> = scores.ranked().iter().map(|s| (s.label, s.score)).collect();
+        assert_eq!(ranked[0].0, "z");
+        assert!((ranked[0].1 - 1.0).abs() < 1e-6);
+        assert_eq!(ranked[1].0, "xz");
+        assert!((ranked[1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(ranked[2].0, "x");
+        assert_eq!(scores.ranked()[0].topic, 1);
+    }
+
+    #[test]
+    fn ranking_is_sorted_and_best_agrees_with_score() {
+        let index = hand_made();
+        for q in [
+            [1.0, 0.2, 0.9],
+            [0.3, 1.0, 0.1],
+            [-1.0, -1.0, -1.0],
+            [0.5, 0.0, 0.6],
+        ] {
+            let scores = index.score(&q).unwrap();
+            let s: Vec<f32> = scores.ranked().iter().map(|t| t.score).collect();
+            assert!(s.windows(2).all(|w| w[0] >= w[1]), "{s:?}");
+            assert_eq!(index.best(&q).unwrap().unwrap().score, s[0]);
+        }
+    }
+
+    #[test]
+    fn threshold_gives_out_of_scope() {
+        let index = hand_made();
+        let scores = index.score(&[1.0, 1.0, 0.0]).unwrap();
+        let best = scores.best().unwrap();
+        assert!((best.score - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(scores.best_above(0.7).unwrap().label, "x");
+        assert!(scores.best_above(0.8).is_none());
+    }
+
+    #[test]
+    fn zero_query_scores_zero_and_empty_index_has_no_best() {
+        let index = hand_made();
+        let scores = index.score(&[0.0, 0.0, 0.0]).unwrap();
+        assert!(scores.ranked().iter().all(|s| s.score == 0.0));
+        let empty = TopicIndex::builder(3).build();
+        assert!(empty.score(&[1.0, 0.0, 0.0]).unwrap().best().is_none());
+        assert!(empty.best(&[1.0, 0.0, 0.0]).unwrap().is_none());
+    }
+
+    #[test]
+    fn builder_and_query_errors() {
+        let mut b = TopicIndex::builder(2);
+        b.add_topic("a", &[vec![1.0, 0.0]]).unwrap();
+        assert_eq!(
+            b.add_topic("a", &[vec![0.0, 1.0]]).unwrap_err(),
+            IndexError::DuplicateTopic { label: "a".into() }
+        );
+        assert_eq!(
+            b.add_topic("b", Vec::<&Vec<f32>>::new()).unwrap_err(),
+            IndexError::EmptyTopic { label: "b".into() }
+        );
+        assert_eq!(
+            b.add_topic("c", &[vec![0.0, 1.0], vec![1.0]]).unwrap_err(),
+            IndexError::DimensionMismatch {
+                expected: 2,
+                got: 1
+            }
+        );
+        assert_eq!(
+            b.add_topic("d", &[vec![f32::NAN, 1.0]]).unwrap_err(),
+            IndexError::NonFinite
+        );
+        // Failed additions left nothing behind.
+        let index = b.build();
+        assert_eq!(index.topic_count(), 1);
+        assert_eq!(index.utterance_count(), 1);
+        assert_eq!(
+            index.score(&[1.0]).unwrap_err(),
+            IndexError::DimensionMismatch {
+                expected: 2,
+                got: 1
+            }
+        );
+        assert_eq!(
+            index.score(&[f32::INFINITY, 0.0]).unwrap_err(),
+            IndexError::NonFinite
+        );
+    }
+
+    #[test]
+    fn many_utterances_score_like_brute_force() {
+        let dim = 32;
+        let mut topics = Vec::new();
+        let mut state = 0x1234_5678_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        for t in 0..20 {
+            let rows: Vec<Vec<f32>> = (0..100)
+                .map(|_| {
+                    let mut v: Vec<f32> = (0..dim).map(|_| next()).collect();
+                    l2_normalize(&mut v);
+                    v
+                })
+                .collect();
+            topics.push((format!("t{t}"), rows));
+        }
+        let mut b = TopicIndex::builder(dim);
+        for (label, rows) in &topics {
+            b.add_topic(label.clone(), rows).unwrap();
+        }
+        let index = b.build();
+        let mut q: Vec<f32> = (0..dim).map(|_| next()).collect();
+        l2_normalize(&mut q);
+        let scores = index.score(&q).unwrap();
+        for s in scores.ranked() {
+            let expected = topics[s.topic]
+                .1
+                .iter()
+                .map(|r| r.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>())
+                .fold(f32::NEG_INFINITY, f32::max);
+            assert!((s.score - expected).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn encode_routes_by_shared_words() {
+        let enc = FakeEncoder::new(64);
+        let index = TopicIndex::encode(
+            &enc,
+            [
+                (
+                    "billing",
+                    vec!["refund my card payment", "charged twice on card"],
+                ),
+                (
+                    "weather",
+                    vec!["rain forecast tomorrow", "sunny weather today"],
+                ),
+            ],
+        )
+        .unwrap();
+        let q = enc.vector("card refund please");
+        assert_eq!(index.score(&q).unwrap().best().unwrap().label, "billing");
+        let q = enc.vector("weather forecast");
+        assert_eq!(index.score(&q).unwrap().best().unwrap().label, "weather");
+    }
+
+    #[test]
+    fn cache_avoids_reencoding_and_is_tied_to_one_encoder() {
+        let enc = FakeEncoder::new(16);
+        let mut cache = EmbeddingCache::for_encoder(&enc);
+        let v1 = vec![("a", vec!["one", "two", "two"]), ("b", vec!["three"])];
+        let first = TopicIndex::encode_cached(&enc, v1.clone(), &mut cache).unwrap();
+        assert_eq!(enc.batch_sizes(), vec![3]); // "two" encoded once
+        assert_eq!(cache.len(), 3);
+        assert_eq!(first.utterance_count(), 4);
+
+        let v2 = vec![("a", vec!["one", "two"]), ("b", vec!["three", "four"])];
+        let second = TopicIndex::encode_cached(&enc, v2, &mut cache).unwrap();
+        assert_eq!(enc.batch_sizes(), vec![3, 1]); // only "four" is new
+        assert_eq!(second.utterance_count(), 4);
+        assert_eq!(cache.get("two").unwrap(), enc.vector("two").as_slice());
+
+        TopicIndex::encode_cached(&enc, v1, &mut cache).unwrap();
+        assert_eq!(enc.batch_sizes(), vec![3, 1]); // all cached now
+
+        let mut exported: Vec<(&str, usize)> = cache.iter().map(|(t, v)| (t, v.len())).collect();
+        exported.sort_unstable();
+        assert_eq!(
+            exported,
+            vec![("four", 16), ("one", 16), ("three", 16), ("two", 16)]
+        );
+        cache.retain_texts(["one", "four"]);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("two").is_none());
+
+        let mut other = EmbeddingCache::new("other-model", 16);
+        let err = TopicIndex::encode_cached(&enc, [("a", ["x"])], &mut other).unwrap_err();
+        assert!(
+            matches!(err, IndexError::CacheEncoderMismatch { .. }),
+            "{err}"
+        );
+        let mut wrong_dim = EmbeddingCache::new("fake", 8);
+        let err = TopicIndex::encode_cached(&enc, [("a", ["x"])], &mut wrong_dim).unwrap_err();
+        assert!(matches!(err, IndexError::DimensionMismatch { .. }), "{err}");
+        assert!(matches!(
+            cache.insert("bad".into(), vec![0.0; 3]),
+            Err(IndexError::DimensionMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn encoder_errors_surface() {
+        let enc = FakeEncoder::new(8);
+        let err = TopicIndex::encode(&enc, [("a", vec!["ok", "FAIL"])]).unwrap_err();
+        assert_eq!(
+            err,
+            IndexError::Encode(EncodeError::Inference("fake failure".into()))
+        );
+        let err = TopicIndex::encode(&enc, [("a", Vec::<&str>::new())]).unwrap_err();
+        assert_eq!(err, IndexError::EmptyTopic { label: "a".into() });
+    }
+}

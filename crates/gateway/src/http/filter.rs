@@ -1,7 +1,6 @@
 //! Stage 4 for bodies that stream: what happens to each upstream chunk on its way to the
 //! client. One [`BodyFilter`] per answer:
 //!
-//! - [`BodyFilter::Identity`]: bytes relayed untouched (error answers of the passthrough path).
 //! - [`BodyFilter::Tee`]: a passthrough JSON answer, relayed untouched, a copy kept to read
 //!   its usage at the end.
 //! - [`BodyFilter::Sse`]: a passthrough stream, relayed event by event: each event's JSON is
@@ -30,7 +29,6 @@ const TEE_LIMIT: usize = 8 * 1024 * 1024;
 
 /// What happens to an answer's body between the upstream and the client.
 pub(crate) enum BodyFilter {
-    Identity,
     Tee(Tee),
     Sse(Box<PassthroughSse>),
     Translate(Box<Translator>),
@@ -70,7 +68,6 @@ impl BodyFilter {
     /// The bytes to send for one upstream chunk (possibly empty).
     pub(crate) fn push(&mut self, chunk: Bytes) -> Bytes {
         match self {
-            BodyFilter::Identity => chunk,
             BodyFilter::Tee(t) => {
                 if !t.overflow {
                     if t.buf.len() + chunk.len() > TEE_LIMIT {
@@ -90,7 +87,7 @@ impl BodyFilter {
     /// The closing bytes when the upstream body ended.
     pub(crate) fn end(&mut self) -> Bytes {
         match self {
-            BodyFilter::Identity | BodyFilter::Tee(_) => Bytes::new(),
+            BodyFilter::Tee(_) => Bytes::new(),
             BodyFilter::Sse(s) => s.end(),
             BodyFilter::Translate(t) => t.end(),
         }
@@ -106,7 +103,7 @@ impl BodyFilter {
         )
         .code("upstream_stream_error");
         match self {
-            BodyFilter::Identity | BodyFilter::Tee(_) => None,
+            BodyFilter::Tee(_) => None,
             BodyFilter::Sse(s) => Some(s.fail(&err)),
             BodyFilter::Translate(t) => Some(t.fail(err)),
         }
@@ -116,7 +113,7 @@ impl BodyFilter {
     /// is not read any further.
     pub(crate) fn is_done(&self) -> bool {
         match self {
-            BodyFilter::Identity | BodyFilter::Tee(_) => false,
+            BodyFilter::Tee(_) => false,
             BodyFilter::Sse(s) => s.failed,
             BodyFilter::Translate(t) => t.done,
         }
@@ -125,7 +122,7 @@ impl BodyFilter {
     /// Whether the upstream's stream turned out unusable (garbled, cut, or an error event).
     pub(crate) fn stream_failed(&self) -> bool {
         match self {
-            BodyFilter::Identity | BodyFilter::Tee(_) => false,
+            BodyFilter::Tee(_) => false,
             BodyFilter::Sse(s) => s.failed || s.upstream_error,
             BodyFilter::Translate(t) => t.failed,
         }
@@ -134,7 +131,6 @@ impl BodyFilter {
     /// The usage the upstream reported, as far as it was seen.
     pub(crate) fn usage(&self) -> Option<Usage> {
         match self {
-            BodyFilter::Identity => None,
             BodyFilter::Tee(t) if t.overflow => None,
             BodyFilter::Tee(t) => usage_from_body(t.format, &t.buf),
             BodyFilter::Sse(s) => s.usage,
@@ -602,8 +598,12 @@ mod tests {
         assert_eq!(run(&mut f, &[err.as_bytes()]), err);
         assert!(f.stream_failed());
 
-        // Identity bodies cannot carry an error event: the connection is cut instead.
-        assert!(BodyFilter::Identity.broken("x").is_none());
+        // JSON bodies cannot carry an error event: the connection is cut instead.
+        assert!(
+            BodyFilter::tee(InboundFormat::OpenAiChat)
+                .broken("x")
+                .is_none()
+        );
     }
 
     #[test]

@@ -308,10 +308,22 @@ async fn respond(
         translated,
     } = answer;
     let status = resp.status();
+    if !translated && !status.is_success() {
+        // The upstream speaks the client's API: its error goes as it is when it has that
+        // API's error shape (Azure's `innererror` and the like survive), else it is
+        // re-rendered in it (Azure's bare `{"code", "message"}` 401s, HTML from a proxy).
+        let headers = resp.headers().clone();
+        let body = read_capped(resp, ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        if has_error_shape(inbound.format, &body) {
+            return ctx.relay_error(status, &headers, body, route, model);
+        }
+        let err = target.parse_error(status, &headers, &body);
+        return ctx.reject(&ProxyError::Api(err), route, model);
+    }
     if !translated {
-        let filter = if !status.is_success() {
-            BodyFilter::Identity
-        } else if inbound.stream && is_event_stream(resp.headers()) {
+        let filter = if inbound.stream && is_event_stream(resp.headers()) {
             BodyFilter::sse(
                 inbound.format,
                 inbound.format == InboundFormat::OpenAiChat && !inbound.include_usage,
@@ -359,6 +371,23 @@ async fn respond(
             ctx.respond_json(out, Some(&headers), chat.usage, route, model)
         }
         Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
+    }
+}
+
+/// Whether an error body already has `format`'s error shape: OpenAI's `{"error": {"message",
+/// "type", …}}` (`type` may be null), Gemini's `{"error": {"code", "message", "status"}}`.
+fn has_error_shape(format: InboundFormat, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let err = &v["error"];
+    match format {
+        InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => {
+            err["message"].is_string() && err.get("type").is_some()
+        }
+        InboundFormat::Gemini => {
+            err["code"].is_u64() && err["message"].is_string() && err["status"].is_string()
+        }
     }
 }
 

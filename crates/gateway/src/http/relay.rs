@@ -183,6 +183,36 @@ impl Ctx {
         )
     }
 
+    /// An upstream's error answer, read whole, relayed as it is.
+    pub(crate) fn relay_error(
+        &self,
+        status: StatusCode,
+        upstream_headers: &HeaderMap,
+        body: Bytes,
+        route: &HeaderValue,
+        model: &HeaderValue,
+    ) -> Response {
+        let mut headers = HeaderMap::with_capacity(upstream_headers.len() + 4);
+        for (name, value) in upstream_headers {
+            if is_hop_by_hop(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
+                continue;
+            }
+            if name == REQUEST_ID {
+                headers.append(UPSTREAM_REQUEST_ID.clone(), value.clone());
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        self.stamp(&mut headers, route, model);
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        let mut finish = self.finish(status, Outcome::UpstreamError);
+        finish.first_byte = Some(Instant::now());
+        drop(finish);
+        response
+    }
+
     /// A translated stream: the upstream's body through `filter`, as `text/event-stream`.
     pub(crate) fn relay_translated(
         &self,
@@ -507,23 +537,35 @@ mod tests {
     #[tokio::test]
     async fn a_relay_knows_when_the_body_is_complete() {
         // Hyper stops polling once the declared length is written: that is the end.
-        let mut r = relay(vec![b"hel", b"lo"], Some(5), BodyFilter::Identity);
+        let mut r = relay(
+            vec![b"hel", b"lo"],
+            Some(5),
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         assert_eq!(r.next().await.unwrap().unwrap(), "hel");
         assert!(!r.done);
         assert!(r.finish.first_byte.is_some());
         assert_eq!(r.next().await.unwrap().unwrap(), "lo");
         assert!(r.done);
         // Without a length, the stream's end is.
-        let mut r = relay(vec![b"data: x\n\n"], None, BodyFilter::Identity);
+        let mut r = relay(
+            vec![b"data: x\n\n"],
+            None,
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         r.next().await;
         assert!(!r.done);
         assert!(r.next().await.is_none());
         assert!(r.done);
         // Dropped early: the client went away.
-        let mut r = relay(vec![b"a", b"b"], Some(2), BodyFilter::Identity);
+        let mut r = relay(
+            vec![b"a", b"b"],
+            Some(2),
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         r.next().await;
         assert!(!r.done);
-        assert!(relay(vec![], Some(0), BodyFilter::Identity).done);
+        assert!(relay(vec![], Some(0), BodyFilter::tee(InboundFormat::OpenAiChat)).done);
     }
 
     #[tokio::test]

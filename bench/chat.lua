@@ -1,9 +1,10 @@
 -- wrk script: POST an OpenAI chat completion, report latency percentiles as one JSON line.
--- MODEL and PATH come from the environment (set by bench/run).
+-- MODEL, PATH and BODY come from the environment (set by bench/run).
 wrk.method = "POST"
 wrk.path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = string.format(
+-- BENCH_BODY, when set, is sent as it is (a provider's native body for the direct runs).
+wrk.body = os.getenv("BENCH_BODY") or string.format(
   '{"model":"%s","messages":[{"role":"user","content":"Say hello in one short sentence."}],"stream":%s}',
   os.getenv("BENCH_MODEL") or "bench-model", os.getenv("BENCH_STREAM") or "false")
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
+use switchyard_llm::{ApiError, ErrorKind, InboundFormat};
 
 /// Why a gateway node could not start, or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,13 @@ pub(crate) enum ProxyError {
     MissingModel(String),
     UnknownRoute(String),
     MissingCredential(CredentialPlace),
+    /// A dynamic credential was found but is unusable.
+    InvalidCredential(String),
     NotImplemented(String),
+    /// An error as an API reports it: an upstream's error answer, or a request the
+    /// translation refused (a parameter the provider cannot honour). Rendered in the
+    /// client's format with the upstream's (or the refusal's) status.
+    Api(ApiError),
     UpstreamUnavailable(String),
     UpstreamTimeout,
 }
@@ -74,8 +81,11 @@ impl ProxyError {
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ProxyError::MissingCredential(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::MissingCredential(_) | ProxyError::InvalidCredential(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Api(e) => e.status,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -85,8 +95,11 @@ impl ProxyError {
     pub(crate) fn error_type(&self) -> &'static str {
         match self {
             ProxyError::NotReady => "service_unavailable",
-            ProxyError::MissingCredential(_) => "authentication_error",
+            ProxyError::MissingCredential(_) | ProxyError::InvalidCredential(_) => {
+                "authentication_error"
+            }
             ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::Api(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
             _ => "invalid_request_error",
         }
@@ -104,7 +117,9 @@ impl ProxyError {
             ProxyError::MissingModel(_) => "model_required",
             ProxyError::UnknownRoute(_) => "model_not_found",
             ProxyError::MissingCredential(_) => "missing_api_key",
+            ProxyError::InvalidCredential(_) => "invalid_api_key",
             ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::Api(e) => e.kind.label(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
         }
@@ -135,7 +150,9 @@ impl ProxyError {
             ProxyError::MissingCredential(CredentialPlace::Query(q)) => {
                 format!("missing API key: this route reads it from the '{q}' query parameter")
             }
+            ProxyError::InvalidCredential(why) => why.clone(),
             ProxyError::NotImplemented(what) => format!("{what} is not supported yet"),
+            ProxyError::Api(e) => e.message.clone(),
             ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
             ProxyError::UpstreamTimeout => {
                 "the upstream did not answer in time (response headers timeout)".to_owned()
@@ -145,7 +162,35 @@ impl ProxyError {
 
     /// The OpenAI-shaped error body: `{"error": {"message", "type", "code"}}`.
     pub(crate) fn body(&self) -> Bytes {
-        openai_error_body(&self.message(), self.error_type(), self.code())
+        match self {
+            ProxyError::Api(e) => InboundFormat::OpenAiChat.render_error(e).1,
+            _ => openai_error_body(&self.message(), self.error_type(), self.code()),
+        }
+    }
+
+    /// The error body in the client's format: OpenAI's
+    /// `{"error": {"message", "type", "param", "code"}}` or Gemini's
+    /// `{"error": {"code", "message", "status"}}`.
+    pub(crate) fn body_for(&self, format: InboundFormat) -> Bytes {
+        match format {
+            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => self.body(),
+            InboundFormat::Gemini => format.render_error(&self.api_error()).1,
+        }
+    }
+
+    /// The error as the translation library carries it.
+    pub(crate) fn api_error(&self) -> ApiError {
+        match self {
+            ProxyError::Api(e) => e.clone(),
+            other => {
+                let status = other.status();
+                let kind = match status {
+                    StatusCode::NOT_IMPLEMENTED => ErrorKind::InvalidRequest,
+                    s => ErrorKind::from_status(s),
+                };
+                ApiError::with_status(status, kind, other.message()).code(other.code())
+            }
+        }
     }
 }
 
@@ -190,15 +235,49 @@ mod tests {
             (ProxyError::UpstreamUnavailable("refused".into()), 502),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::NotImplemented("x".into()), 501),
+            (ProxyError::InvalidCredential("bad key value".into()), 401),
+            (
+                ProxyError::Api(
+                    ApiError::new(ErrorKind::RateLimited, "slow down").code("rate_limit_exceeded"),
+                ),
+                429,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
-            assert_eq!(v["error"]["code"], err.code());
+            match &err {
+                // An upstream's error keeps its own code (the label is for metrics).
+                ProxyError::Api(e) => assert_eq!(v["error"]["code"], e.code.clone().unwrap()),
+                _ => assert_eq!(v["error"]["code"], err.code()),
+            }
             assert_eq!(v["error"]["type"], err.error_type());
             assert!(v["error"]["message"].as_str().unwrap().len() > 3);
         }
         let m = ProxyError::MissingCredential(CredentialPlace::Header("x-key".into())).message();
         assert!(m.contains("x-key"));
+    }
+
+    #[test]
+    fn errors_render_in_the_clients_format() {
+        let err = ProxyError::UnknownRoute("x/y".into());
+        let v: serde_json::Value =
+            serde_json::from_slice(&err.body_for(InboundFormat::Gemini)).unwrap();
+        assert_eq!(v["error"]["code"], 404);
+        assert_eq!(v["error"]["status"], "NOT_FOUND");
+        assert!(v["error"]["message"].as_str().unwrap().contains("x/y"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&err.body_for(InboundFormat::OpenAiResponses)).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+
+        let upstream = ProxyError::Api(
+            ApiError::new(ErrorKind::Authentication, "bad key").code("invalid_api_key"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&upstream.body()).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        let v: serde_json::Value =
+            serde_json::from_slice(&upstream.body_for(InboundFormat::Gemini)).unwrap();
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
     }
 }

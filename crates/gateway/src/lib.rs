@@ -2,8 +2,9 @@
 //!
 //! A node is fed by the control plane over one gRPC stream ([`sync`]), compiles each snapshot
 //! into a routing table ([`table`]) that it swaps in atomically, and serves LLM traffic over
-//! HTTP (`http`), routing each request by model (`routing`) to a provider adapter
-//! (`providers`). The data plane never waits for the control plane: it serves the last good
+//! HTTP (`http`), routing each request by model (`routing`) to a route's upstream
+//! (`providers`), translating through `switchyard_llm` when the client's format is not the
+//! upstream's, and recording its usage (`usage`). The data plane never waits for the control plane: it serves the last good
 //! table (from memory, or from the cache directory after a restart).
 //!
 //! ```text
@@ -19,6 +20,7 @@ mod routing;
 pub mod sync;
 pub mod table;
 mod telemetry;
+mod usage;
 
 pub use error::GatewayError;
 pub use node::{Gateway, GatewayConfig, SyncTuning};

@@ -13,6 +13,14 @@ pub(crate) const FALLBACKS_TOTAL: &str = "switchyard_gateway_fallbacks_total";
 pub(crate) const SNAPSHOT_VERSION: &str = "switchyard_gateway_snapshot_version";
 pub(crate) const SNAPSHOT_APPLIES_TOTAL: &str = "switchyard_gateway_snapshot_applies_total";
 pub(crate) const CONTROL_PLANE_CONNECTED: &str = "switchyard_gateway_control_plane_connected";
+/// Tokens by `type` (`input`, `output`, `cached_input`, `reasoning`), after
+/// OpenTelemetry's `gen_ai.client.token.usage`.
+pub(crate) const TOKENS_TOTAL: &str = "switchyard_gateway_tokens_total";
+/// Time from the request's arrival to the first byte of a streamed answer sent to the
+/// client, after `gen_ai.server.time_to_first_token`.
+pub(crate) const TIME_TO_FIRST_TOKEN: &str = "switchyard_gateway_time_to_first_token_seconds";
+/// Successful answers whose upstream reported no usage.
+pub(crate) const USAGE_MISSING_TOTAL: &str = "switchyard_gateway_usage_missing_total";
 
 /// The label value for "no proxy / no route was chosen".
 pub(crate) const NONE: &str = "none";
@@ -25,7 +33,7 @@ pub(crate) enum Label {
 }
 
 impl Label {
-    fn shared(&self) -> SharedString {
+    pub(crate) fn shared(&self) -> SharedString {
         match self {
             Label::Static(s) => SharedString::const_str(s),
             Label::Shared(s) => SharedString::from(Arc::clone(s)),
@@ -47,6 +55,34 @@ pub(crate) fn request_finished(proxy: &Label, route: &Label, status: u16, elapse
         "route" => route.shared(),
     )
     .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn tokens(proxy: &Label, route: &Label, kind: &'static str, count: u64) {
+    counter!(
+        TOKENS_TOTAL,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+        "type" => kind,
+    )
+    .increment(count);
+}
+
+pub(crate) fn time_to_first_token(proxy: &Label, route: &Label, elapsed: Duration) {
+    histogram!(
+        TIME_TO_FIRST_TOKEN,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn usage_missing(proxy: &Label, route: &Label) {
+    counter!(
+        USAGE_MISSING_TOTAL,
+        "proxy" => proxy.shared(),
+        "route" => route.shared(),
+    )
+    .increment(1);
 }
 
 pub(crate) fn upstream_error(proxy: &Label, route: &Label, kind: &'static str) {

@@ -94,6 +94,32 @@ impl InboundFormat {
         }
     }
 
+    /// The upstream API a request in this format is sent with on `provider` (whose route
+    /// has `api_version`): a Responses request stays a Responses request on providers with
+    /// that API (OpenAI, OpenAI-compatible, and Azure on its v1 surface or with an
+    /// `api-version` from `2025-03-01-preview` on, the first to serve it) and is translated
+    /// to Chat Completions elsewhere; everything else uses Chat Completions (or, for Gemini and
+    /// Bedrock, the provider's own API, which ignores this choice).
+    pub fn upstream_api(self, provider: Provider, api_version: Option<&str>) -> UpstreamApi {
+        if self != InboundFormat::OpenAiResponses {
+            return UpstreamApi::ChatCompletions;
+        }
+        let native = match provider {
+            Provider::OpenAi | Provider::OpenAiCompatible => true,
+            Provider::Azure => match api_version.filter(|v| !v.is_empty()) {
+                None | Some("v1" | "preview" | "latest") => true,
+                // Dated versions compare as text: `YYYY-MM-DD[-preview]`.
+                Some(v) => v >= "2025-03-01",
+            },
+            Provider::Gemini | Provider::Bedrock | Provider::Nvidia => false,
+        };
+        if native {
+            UpstreamApi::Responses
+        } else {
+            UpstreamApi::ChatCompletions
+        }
+    }
+
     /// The `Content-Type` of streamed answers.
     pub fn stream_content_type(self) -> &'static str {
         "text/event-stream"
@@ -150,6 +176,42 @@ mod tests {
             InboundFormat::Gemini,
         ] {
             assert!(!f.passthrough_to(&bedrock));
+        }
+    }
+
+    #[test]
+    fn upstream_apis() {
+        use InboundFormat::*;
+        assert_eq!(
+            OpenAiChat.upstream_api(Provider::OpenAi, None),
+            UpstreamApi::ChatCompletions
+        );
+        assert_eq!(
+            OpenAiResponses.upstream_api(Provider::OpenAi, None),
+            UpstreamApi::Responses
+        );
+        assert_eq!(
+            OpenAiResponses.upstream_api(Provider::Nvidia, None),
+            UpstreamApi::ChatCompletions
+        );
+        assert_eq!(
+            OpenAiResponses.upstream_api(Provider::Bedrock, None),
+            UpstreamApi::ChatCompletions
+        );
+        for (version, api) in [
+            (None, UpstreamApi::Responses),
+            (Some("v1"), UpstreamApi::Responses),
+            (Some("preview"), UpstreamApi::Responses),
+            (Some("2025-04-01-preview"), UpstreamApi::Responses),
+            (Some("2025-03-01-preview"), UpstreamApi::Responses),
+            (Some("2024-10-21"), UpstreamApi::ChatCompletions),
+            (Some("2025-01-01-preview"), UpstreamApi::ChatCompletions),
+        ] {
+            assert_eq!(
+                OpenAiResponses.upstream_api(Provider::Azure, version),
+                api,
+                "{version:?}"
+            );
         }
     }
 

@@ -141,6 +141,36 @@ pub fn is_usage_only_chunk(data: &str) -> bool {
     )
 }
 
+/// The event that ends a passthrough stream the upstream broke (cut connection, garbled
+/// event), in `format`'s streaming error shape: Chat Completions and Gemini
+/// `data: {"error": {…}}` (what their SDKs raise on), Responses an `error` event with the
+/// next `sequence_number`.
+pub fn stream_error_frame(
+    format: crate::InboundFormat,
+    err: &crate::ApiError,
+    sequence_number: u64,
+) -> Bytes {
+    use crate::InboundFormat;
+    match format {
+        InboundFormat::OpenAiChat => {
+            crate::sse::data_frame(&String::from_utf8_lossy(&openai_chat::render_error(err)))
+        }
+        InboundFormat::Gemini => {
+            crate::sse::data_frame(&String::from_utf8_lossy(&gemini::render_error(err)))
+        }
+        InboundFormat::OpenAiResponses => {
+            let event = serde_json::json!({
+                "type": "error",
+                "code": err.code.clone().unwrap_or_else(|| err.kind.label().to_owned()),
+                "message": err.message,
+                "param": err.param,
+                "sequence_number": sequence_number,
+            });
+            crate::sse::event_frame("error", &event.to_string())
+        }
+    }
+}
+
 /// Usage from a whole passthrough answer in `format`.
 pub fn usage_from_body(format: crate::InboundFormat, body: &[u8]) -> Option<Usage> {
     match format {
@@ -209,6 +239,36 @@ mod tests {
             .map(|u| u.total_tokens()),
             Some(3)
         );
+    }
+
+    #[test]
+    fn stream_error_frames() {
+        use crate::{ApiError, ErrorKind, InboundFormat};
+        let err = ApiError::invalid_response("the upstream stream broke off");
+        let chat = stream_error_frame(InboundFormat::OpenAiChat, &err, 0);
+        let chat = std::str::from_utf8(&chat).unwrap();
+        let data: Value =
+            serde_json::from_str(chat.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(data["error"]["message"], "the upstream stream broke off");
+        assert_eq!(data["error"]["type"], "server_error");
+        let gem = stream_error_frame(InboundFormat::Gemini, &err, 0);
+        let gem = std::str::from_utf8(&gem).unwrap();
+        let data: Value = serde_json::from_str(gem.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(data["error"]["status"], "INTERNAL");
+        assert_eq!(data["error"]["code"], 502);
+        let resp = stream_error_frame(
+            InboundFormat::OpenAiResponses,
+            &ApiError::new(ErrorKind::Unavailable, "busy"),
+            7,
+        );
+        let resp = std::str::from_utf8(&resp).unwrap();
+        assert!(resp.starts_with("event: error\ndata: "), "{resp}");
+        let data: Value =
+            serde_json::from_str(resp.lines().nth(1).unwrap().strip_prefix("data: ").unwrap())
+                .unwrap();
+        assert_eq!(data["type"], "error");
+        assert_eq!(data["sequence_number"], 7);
+        assert_eq!(data["code"], "unavailable");
     }
 
     proptest! {

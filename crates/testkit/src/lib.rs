@@ -1,11 +1,20 @@
-//! Test helpers for Switchyard: mock providers that validate what they receive, a fake
-//! control plane, and snapshot builders. Dev-only; nothing here reaches past 127.0.0.1.
+//! Test helpers for Switchyard: mock providers that validate what they receive (OpenAI,
+//! Azure OpenAI, Gemini, Bedrock), a fake control plane, and snapshot builders. Dev-only;
+//! nothing here reaches past 127.0.0.1.
 #![forbid(unsafe_code)]
 
+pub mod bedrock;
 pub mod control_plane;
+pub mod gemini;
 pub mod openai;
 pub mod pg;
+pub mod script;
+pub mod server;
 pub mod snapshots;
 
+pub use bedrock::{BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, MockBedrock};
 pub use control_plane::{FakeControlPlane, NodeEvent};
-pub use openai::{Behavior, MOCK_API_KEY, MockConfig, MockOpenAi, RecordedRequest, reply_text};
+pub use gemini::{GEMINI_API_KEY, MockGemini};
+pub use openai::{AZURE_API_KEY, MOCK_API_KEY, MockAzure, MockConfig, MockOpenAi};
+pub use script::{CACHED_TOKENS, TOOL_ARGUMENTS, reply_text, tool_reply_text};
+pub use server::{Behavior, MockServer, RecordedRequest, ReportedUsage};

@@ -1,84 +1,30 @@
-//! `MockOpenAi`: a local stand-in for OpenAI's Chat Completions, Responses and Models APIs.
+//! `MockOpenAi` and `MockAzure`: local stand-ins for OpenAI's Chat Completions, Responses
+//! and Models APIs, and for Azure OpenAI (deployments and v1 surfaces).
 //!
-//! It checks what it receives the way the real API does (Bearer key, required and typed
-//! parameters, unknown parameters refused, in OpenAI's error shape), answers deterministically
-//! (the reply names the model it was asked for), streams realistic SSE, records every request,
-//! and can be told to misbehave: fail with a status, stall before its headers, drop the
-//! connection, break or garble a stream, or stream slowly so a test can watch a client's
-//! disconnect cancel the upstream.
+//! They check what they receive the way the real APIs do (Bearer key or `api-key`,
+//! `api-version`, deployments, required and typed parameters, messages and tools, unknown
+//! parameters refused, in the API's error shape), answer deterministically (the reply names
+//! the model; tools offered → one function call; a tool result → a reply quoting it), stream
+//! realistic SSE (Azure's content-filter chunks included), record every request, and can be
+//! told to misbehave ([`Behavior`]).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::ops::Deref;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use http::{Method, header};
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{CancellationToken, DropGuard};
-use tower::ServiceExt;
+
+pub use crate::script::reply_text;
+use crate::script::{self, Conversation, Last, Reply, argument_pieces, decide, text_pieces, words};
+use crate::server::{
+    Behavior, Exchange, Handler, MockServer, RecordedRequest, ReportedUsage, json_response,
+    type_name,
+};
 
 /// The key a default mock expects.
 pub const MOCK_API_KEY: &str = "sk-mock-key";
-
-/// How the mock answers the next requests (until changed).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Behavior {
-    /// Validate and answer like the real API.
-    #[default]
-    Normal,
-    /// Answer every request with this status and body (as JSON).
-    Fail { status: u16, body: String },
-    /// Wait this long before answering (normally) — for header timeouts and in-flight tests.
-    DelayHeaders(Duration),
-    /// Close the connection without answering.
-    DropConnection,
-    /// Streams send two chunks, then the connection breaks mid-body.
-    TruncatedStream,
-    /// Streams carry a chunk that is not JSON before `[DONE]`.
-    GarbledStream,
-    /// Streams send one event every `interval`.
-    SlowStream { interval: Duration },
-    /// Streams send their first event, then wait for [`MockOpenAi::release_streams`].
-    GatedStream,
-}
-
-/// One request the mock received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl RecordedRequest {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The `model` the request asked for.
-    pub fn model(&self) -> Option<String> {
-        self.json()
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    }
-}
 
 /// What a mock is started with.
 #[derive(Debug, Clone)]
@@ -98,32 +44,17 @@ impl Default for MockConfig {
     }
 }
 
-struct Shared {
-    config: MockConfig,
-    behavior: Mutex<Behavior>,
-    requests: Mutex<Vec<RecordedRequest>>,
-    changed: Notify,
-    streams_started: AtomicUsize,
-    streams_completed: AtomicUsize,
-    streams_cancelled: AtomicUsize,
-    requests_aborted: AtomicUsize,
-    gate: watch::Sender<bool>,
-}
-
-/// A running mock; stopped when dropped.
+/// A running OpenAI mock; stopped when dropped. Serves `/v1/chat/completions`,
+/// `/v1/responses` and `/v1/models`.
 pub struct MockOpenAi {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    _stop: DropGuard,
+    server: MockServer,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The assistant's deterministic reply to a request for `model`.
-pub fn reply_text(model: &str) -> String {
-    format!("Hello! This is a mock reply from {model}.")
+impl Deref for MockOpenAi {
+    type Target = MockServer;
+    fn deref(&self) -> &MockServer {
+        &self.server
+    }
 }
 
 impl MockOpenAi {
@@ -133,226 +64,82 @@ impl MockOpenAi {
     }
 
     pub async fn start_with(config: MockConfig) -> std::io::Result<MockOpenAi> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (gate, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config,
-            behavior: Mutex::new(Behavior::Normal),
-            requests: Mutex::new(Vec::new()),
-            changed: Notify::new(),
-            streams_started: AtomicUsize::new(0),
-            streams_completed: AtomicUsize::new(0),
-            streams_cancelled: AtomicUsize::new(0),
-            requests_aborted: AtomicUsize::new(0),
-            gate,
-        });
-        let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop.clone()));
         Ok(MockOpenAi {
-            addr,
-            shared,
-            _stop: stop.drop_guard(),
+            server: MockServer::start(OpenAiHandler { config }).await?,
         })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The API base to configure a route with: `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}/v1", self.server.origin())
     }
+}
 
-    pub fn set_behavior(&self, behavior: Behavior) {
-        *lock(&self.shared.behavior) = behavior;
-        self.shared.gate.send_replace(false);
-    }
+/// The key a default Azure mock expects in `api-key`.
+pub const AZURE_API_KEY: &str = "azure-mock-key";
 
-    /// Lets gated streams ([`Behavior::GatedStream`]) send the rest of their events.
-    pub fn release_streams(&self) {
-        self.shared.gate.send_replace(true);
-    }
+/// What an Azure mock is started with.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    pub api_key: String,
+    /// Deployment name → the model it runs (what answers report as `model`).
+    pub deployments: BTreeMap<String, String>,
+    /// The dated `api-version`s the deployments surface accepts.
+    pub api_versions: Vec<String>,
+}
 
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
-    }
-
-    pub fn request_count(&self) -> usize {
-        lock(&self.shared.requests).len()
-    }
-
-    pub fn last_request(&self) -> Option<RecordedRequest> {
-        lock(&self.shared.requests).last().cloned()
-    }
-
-    pub fn streams_started(&self) -> usize {
-        self.shared.streams_started.load(Ordering::SeqCst)
-    }
-
-    pub fn streams_completed(&self) -> usize {
-        self.shared.streams_completed.load(Ordering::SeqCst)
-    }
-
-    /// Streams whose reader went away before the stream ended.
-    pub fn streams_cancelled(&self) -> usize {
-        self.shared.streams_cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Requests whose client went away before the mock answered (their handler was dropped).
-    pub fn requests_aborted(&self) -> usize {
-        self.shared.requests_aborted.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `cond` holds on this mock, or `timeout` passes; returns whether it holds.
-    pub async fn wait_until(&self, timeout: Duration, cond: impl Fn(&MockOpenAi) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.shared.changed.notified();
-            if cond(self) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return cond(self);
-            }
+impl Default for AzureConfig {
+    fn default() -> Self {
+        AzureConfig {
+            api_key: AZURE_API_KEY.to_owned(),
+            deployments: [
+                ("gpt-4o-prod", "gpt-4o-2024-08-06"),
+                ("gpt-4.1-mini", "gpt-4.1-mini-2025-04-14"),
+            ]
+            .into_iter()
+            .map(|(d, m)| (d.to_owned(), m.to_owned()))
+            .collect(),
+            api_versions: [
+                "2024-06-01",
+                "2024-10-21",
+                "2025-03-01-preview",
+                "2025-04-01-preview",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }
 
-#[derive(Clone)]
-struct ConnKill(CancellationToken);
+/// A running Azure OpenAI mock (resource endpoint `http://127.0.0.1:PORT`); stopped when
+/// dropped. Serves `/openai/deployments/{deployment}/chat/completions?api-version=…`,
+/// `/openai/responses?api-version=…` and the v1 surface `/openai/v1/chat/completions`,
+/// `/openai/v1/responses`.
+pub struct MockAzure {
+    server: MockServer,
+}
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let router = axum::Router::new()
-        .fallback(handle)
-        .with_state(Arc::clone(&shared));
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let kill = CancellationToken::new();
-        let conn_kill = ConnKill(kill.clone());
-        let service = router
-            .clone()
-            .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(conn_kill.clone());
-                req
-            });
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::select! {
-                _ = conn => {}
-                _ = kill.cancelled() => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+impl Deref for MockAzure {
+    type Target = MockServer;
+    fn deref(&self) -> &MockServer {
+        &self.server
     }
 }
 
-/// Counts a request as aborted if its handler is dropped before it answered.
-struct AbortWatch {
-    shared: Arc<Shared>,
-    armed: bool,
-}
-
-impl Drop for AbortWatch {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.requests_aborted.fetch_add(1, Ordering::SeqCst);
-            self.shared.changed.notify_waiters();
-        }
-    }
-}
-
-async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let mut watch = AbortWatch {
-        shared: Arc::clone(&shared),
-        armed: true,
-    };
-    let response = answer(shared, req).await;
-    watch.armed = false;
-    response
-}
-
-async fn answer(shared: Arc<Shared>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                400,
-                "could not read the body",
-                "invalid_request_error",
-                None,
-                None,
-            )
-            .into_response();
-        }
-    };
-    let recorded = RecordedRequest {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers: parts.headers.clone(),
-        body,
-    };
-    lock(&shared.requests).push(recorded.clone());
-    shared.changed.notify_waiters();
-
-    let behavior = lock(&shared.behavior).clone();
-    match &behavior {
-        Behavior::Fail { status, body } => {
-            return Response::builder()
-                .status(*status)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.clone()))
-                .unwrap_or_default();
-        }
-        Behavior::DropConnection => {
-            if let Some(kill) = parts.extensions.get::<ConnKill>() {
-                kill.0.cancel();
-            }
-            return std::future::pending().await;
-        }
-        Behavior::DelayHeaders(delay) => tokio::time::sleep(*delay).await,
-        _ => {}
+impl MockAzure {
+    pub async fn start() -> std::io::Result<MockAzure> {
+        Self::start_with(AzureConfig::default()).await
     }
 
-    if let Err(e) = check_auth(&shared.config, &recorded.headers) {
-        return e.into_response();
+    pub async fn start_with(config: AzureConfig) -> std::io::Result<MockAzure> {
+        Ok(MockAzure {
+            server: MockServer::start(AzureHandler { config }).await?,
+        })
     }
-    match (recorded.method.clone(), recorded.path.as_str()) {
-        (Method::POST, "/v1/chat/completions") => chat_completions(&shared, &recorded, behavior),
-        (Method::POST, "/v1/responses") => responses(&shared, &recorded, behavior),
-        (Method::GET, "/v1/models") => models(&shared),
-        (_, "/v1/chat/completions" | "/v1/responses" | "/v1/models") => error(
-            405,
-            &format!(
-                "Invalid method for URL ({} {})",
-                recorded.method, recorded.path
-            ),
-            "invalid_request_error",
-            None,
-            None,
-        )
-        .into_response(),
-        _ => error(
-            404,
-            &format!("Invalid URL ({} {})", recorded.method, recorded.path),
-            "invalid_request_error",
-            None,
-            None,
-        )
-        .into_response(),
+
+    /// The resource endpoint to configure a route with (`url`).
+    pub fn endpoint(&self) -> String {
+        self.server.origin()
     }
 }
 
@@ -362,7 +149,7 @@ struct ApiError {
     message: String,
     kind: &'static str,
     param: Option<String>,
-    code: Option<&'static str>,
+    code: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -370,12 +157,7 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
         }});
-        (
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST),
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        json_response(self.status, &body)
     }
 }
 
@@ -384,14 +166,14 @@ fn error(
     message: &str,
     kind: &'static str,
     param: Option<&str>,
-    code: Option<&'static str>,
+    code: Option<&str>,
 ) -> ApiError {
     ApiError {
         status,
         message: message.to_owned(),
         kind,
         param: param.map(str::to_owned),
-        code,
+        code: code.map(str::to_owned),
     }
 }
 
@@ -399,13 +181,85 @@ fn invalid(message: &str, param: Option<&str>, code: Option<&'static str>) -> Ap
     error(400, message, "invalid_request_error", param, code)
 }
 
-fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> {
+fn not_found(req: &RecordedRequest) -> Response {
+    error(
+        404,
+        &format!("Invalid URL ({} {})", req.method, req.path),
+        "invalid_request_error",
+        None,
+        None,
+    )
+    .into_response()
+}
+
+/// The OpenAI error type for a status.
+fn kind_for(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Which API family a request is answered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    OpenAi,
+    Azure,
+}
+
+struct OpenAiHandler {
+    config: MockConfig,
+}
+
+impl Handler for OpenAiHandler {
+    fn handle(&self, ex: &Exchange<'_>) -> Response {
+        if let Behavior::Reject {
+            status,
+            code,
+            message,
+        } = ex.behavior
+        {
+            return error(*status, message, kind_for(*status), None, Some(code)).into_response();
+        }
+        if let Err(e) = check_bearer(&self.config, ex.req) {
+            return e.into_response();
+        }
+        let req = ex.req;
+        match (req.method.clone(), req.path.as_str()) {
+            (Method::POST, "/v1/chat/completions") => match parse_common(req, CHAT_FIELDS, true) {
+                Ok((body, model, stream)) => {
+                    chat_completions(ex, &body, &model, stream, Flavor::OpenAi)
+                }
+                Err(e) => e.into_response(),
+            },
+            (Method::POST, "/v1/responses") => match parse_common(req, RESPONSES_FIELDS, true) {
+                Ok((body, model, stream)) => responses(ex, &body, &model, stream),
+                Err(e) => e.into_response(),
+            },
+            (Method::GET, "/v1/models") => models(&self.config),
+            (_, "/v1/chat/completions" | "/v1/responses" | "/v1/models") => error(
+                405,
+                &format!("Invalid method for URL ({} {})", req.method, req.path),
+                "invalid_request_error",
+                None,
+                None,
+            )
+            .into_response(),
+            _ => not_found(req),
+        }
+    }
+}
+
+fn check_bearer(config: &MockConfig, req: &RecordedRequest) -> Result<(), ApiError> {
     let Some(expected) = &config.api_key else {
         return Ok(());
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let given = req
+        .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         None => Err(error(
@@ -432,6 +286,118 @@ fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> 
                 None,
                 Some("invalid_api_key"),
             ))
+        }
+    }
+}
+
+struct AzureHandler {
+    config: AzureConfig,
+}
+
+/// Azure's own error shape: `{"error": {"code", "message"}}`.
+fn azure_error(status: u16, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+impl Handler for AzureHandler {
+    fn handle(&self, ex: &Exchange<'_>) -> Response {
+        let req = ex.req;
+        if let Behavior::Reject {
+            status,
+            code,
+            message,
+        } = ex.behavior
+        {
+            return json_response(
+                *status,
+                &json!({"error": {"code": code, "message": message, "type": kind_for(*status), "param": null}}),
+            );
+        }
+        if req.header("api-key") != Some(self.config.api_key.as_str()) {
+            return azure_error(
+                401,
+                "401",
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+            );
+        }
+        if req.method != Method::POST {
+            return azure_error(405, "405", "Method not allowed");
+        }
+        let version = req.query_param("api-version");
+        // Refusals of an `api-version` on the dated surface.
+        let dated = |v: Option<&str>| match v {
+            None => Err(Box::new(azure_error(404, "404", "Resource not found"))),
+            Some(v) if self.config.api_versions.iter().any(|k| k == v) => Ok(v.to_owned()),
+            Some(_) => Err(Box::new(azure_error(
+                400,
+                "BadRequest",
+                "API version not supported",
+            ))),
+        };
+        let path = req.path.as_str();
+        if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+            let Some(deployment) = rest.strip_suffix("/chat/completions") else {
+                return azure_error(404, "404", "Resource not found");
+            };
+            if let Err(e) = dated(version) {
+                return *e;
+            }
+            let Some(model) = self.config.deployments.get(deployment) else {
+                return azure_error(
+                    404,
+                    "DeploymentNotFound",
+                    "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
+                );
+            };
+            return match parse_common(req, CHAT_FIELDS, false) {
+                Ok((body, _, stream)) => chat_completions(ex, &body, model, stream, Flavor::Azure),
+                Err(e) => e.into_response(),
+            };
+        }
+        let (v1, responses_api) = match path {
+            "/openai/v1/chat/completions" => (true, false),
+            "/openai/v1/responses" => (true, true),
+            "/openai/responses" => (false, true),
+            _ => return azure_error(404, "404", "Resource not found"),
+        };
+        if v1 {
+            if let Some(v) = version
+                && !matches!(v, "preview" | "latest")
+            {
+                return azure_error(400, "BadRequest", "API version not supported");
+            }
+        } else {
+            match dated(version) {
+                Err(e) => return *e,
+                Ok(v) if v.as_str() < "2025-03-01" => {
+                    return azure_error(400, "BadRequest", "API version not supported");
+                }
+                Ok(_) => {}
+            }
+        }
+        let fields = if responses_api {
+            RESPONSES_FIELDS
+        } else {
+            CHAT_FIELDS
+        };
+        let (body, deployment, stream) = match parse_common(req, fields, true) {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
+        let Some(model) = self.config.deployments.get(&deployment) else {
+            return azure_error(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
+            );
+        };
+        if responses_api {
+            responses(ex, &body, model, stream)
+        } else {
+            chat_completions(ex, &body, model, stream, Flavor::Azure)
         }
     }
 }
@@ -507,22 +473,12 @@ const RESPONSES_FIELDS: &[&str] = &[
     "user",
 ];
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Parses the body as a JSON object whose fields are all known; checks `model` and the
-/// stream options every endpoint shares.
+/// Parses the body as a JSON object whose fields are all known; checks `model` (when
+/// `model_required`) and the stream options every endpoint shares.
 fn parse_common(
     recorded: &RecordedRequest,
     known: &[&str],
+    model_required: bool,
 ) -> Result<(Map<String, Value>, String, bool), ApiError> {
     let content_type = recorded.header("content-type").unwrap_or_default();
     if !content_type.starts_with("application/json") {
@@ -547,6 +503,7 @@ fn parse_common(
         ));
     }
     let model = match body.get("model") {
+        None if !model_required => String::new(),
         None => {
             return Err(invalid("you must provide a model parameter", None, None));
         }
@@ -618,26 +575,209 @@ fn check_number(body: &Map<String, Value>, key: &str, min: f64, max: f64) -> Res
     }
 }
 
-fn check_messages(body: &Map<String, Value>) -> Result<String, ApiError> {
-    let messages = match body.get("messages") {
-        None => {
-            return Err(invalid(
-                "Missing required parameter: 'messages'.",
-                Some("messages"),
-                Some("missing_required_parameter"),
-            ));
+fn missing(param: &str) -> ApiError {
+    invalid(
+        &format!("Missing required parameter: '{param}'."),
+        Some(param),
+        Some("missing_required_parameter"),
+    )
+}
+
+fn bad_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    invalid(
+        &format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+/// Checks `tools` (function tools: `{"type": "function", "function": {"name", …}}` for chat,
+/// flat `{"type": "function", "name", …}` for Responses) and returns their names.
+fn check_tools(body: &Map<String, Value>, flat: bool) -> Result<Vec<String>, ApiError> {
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(t)) => t,
+        Some(other) => return Err(bad_type("tools", "an array", other)),
+    };
+    let mut names = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let kind = tool.get("type").and_then(Value::as_str);
+        if kind != Some("function") {
+            if flat && kind.is_some() {
+                // Built-in Responses tools (web_search, file_search…) are fine and unnamed.
+                continue;
+            }
+            return Err(missing(&format!("{param}.type")));
         }
-        Some(Value::Array(m)) => m,
-        Some(other) => {
+        let function = if flat {
+            tool
+        } else {
+            tool.get("function")
+                .filter(|f| f.is_object())
+                .ok_or_else(|| missing(&format!("{param}.function")))?
+        };
+        let name_param = if flat {
+            format!("{param}.name")
+        } else {
+            format!("{param}.function.name")
+        };
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| missing(&name_param))?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
             return Err(invalid(
                 &format!(
-                    "Invalid type for 'messages': expected an array of objects, but got {} instead.",
-                    type_name(other)
+                    "Invalid '{name_param}': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
                 ),
-                Some("messages"),
-                Some("invalid_type"),
+                Some(&name_param),
+                Some("invalid_value"),
             ));
         }
+        if let Some(p) = function.get("parameters").filter(|p| !p.is_null())
+            && !p.is_object()
+        {
+            return Err(bad_type(&format!("{param}.parameters"), "an object", p));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+/// Checks `tool_choice`; returns whether it forbids tool calls.
+fn check_tool_choice(body: &Map<String, Value>, tools: &[String]) -> Result<bool, ApiError> {
+    match body.get("tool_choice") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Ok(true),
+            "auto" | "required" => Ok(false),
+            other => Err(invalid(
+                &format!(
+                    "Invalid value: '{other}'. Supported values are: 'none', 'auto', and 'required'."
+                ),
+                Some("tool_choice"),
+                Some("invalid_value"),
+            )),
+        },
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str);
+            match name {
+                Some(n) if tools.iter().any(|t| t == n) => Ok(false),
+                _ => Err(invalid(
+                    "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified and must name one of them.",
+                    Some("tool_choice"),
+                    Some("invalid_value"),
+                )),
+            }
+        }
+        Some(other) => Err(bad_type("tool_choice", "a string or an object", other)),
+    }
+}
+
+fn check_response_format(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(format) = body.get("response_format").filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text" | "json_object") => Ok(()),
+        Some("json_schema") => {
+            let schema = format.get("json_schema");
+            if schema
+                .and_then(|s| s.get("name"))
+                .and_then(Value::as_str)
+                .is_none()
+            {
+                return Err(missing("response_format.json_schema.name"));
+            }
+            Ok(())
+        }
+        _ => Err(invalid(
+            "Invalid value for 'response_format.type': expected one of 'text', 'json_object', 'json_schema'.",
+            Some("response_format.type"),
+            Some("invalid_value"),
+        )),
+    }
+}
+
+/// Text of a message `content` (a string or an array of parts), checking the parts.
+fn content_text(content: &Value, param: &str, images: bool) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let p = format!("{param}[{j}]");
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text") {
+                        Some(Value::String(t)) => {
+                            if !text.is_empty() {
+                                text.push(' ');
+                            }
+                            text.push_str(t);
+                        }
+                        _ => return Err(missing(&format!("{p}.text"))),
+                    },
+                    Some("image_url") if images => {
+                        let url = part
+                            .get("image_url")
+                            .and_then(|i| i.get("url"))
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| missing(&format!("{p}.image_url.url")))?;
+                        let ok = url.starts_with("https://")
+                            || url.starts_with("http://")
+                            || url.starts_with("data:image/");
+                        if !ok {
+                            return Err(invalid(
+                                "Invalid image URL: expected a valid URL or a base64 data URL.",
+                                Some(&format!("{p}.image_url.url")),
+                                Some("invalid_image_url"),
+                            ));
+                        }
+                    }
+                    Some("input_audio" | "file") if images => {}
+                    Some(other) => {
+                        return Err(invalid(
+                            &format!(
+                                "Invalid value: '{other}'. Supported values are: 'text'{}.",
+                                if images {
+                                    ", 'image_url', 'input_audio', 'file'"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            Some(&format!("{p}.type")),
+                            Some("invalid_value"),
+                        ));
+                    }
+                    None => return Err(missing(&format!("{p}.type"))),
+                }
+            }
+            Ok(text)
+        }
+        other => Err(bad_type(param, "a string or an array", other)),
+    }
+}
+
+/// Checks `messages` like the real API and reduces the conversation to what the reply
+/// depends on.
+fn check_messages(body: &Map<String, Value>, tools: Vec<String>) -> Result<Conversation, ApiError> {
+    let messages = match body.get("messages") {
+        None => return Err(missing("messages")),
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(bad_type("messages", "an array of objects", other)),
     };
     if messages.is_empty() {
         return Err(invalid(
@@ -646,38 +786,101 @@ fn check_messages(body: &Map<String, Value>) -> Result<String, ApiError> {
             Some("empty_array"),
         ));
     }
-    let mut last_user = String::new();
+    let mut total = 0;
+    let mut last = Last::Other;
+    let mut pending_calls: Vec<String> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         let Some(m) = message.as_object() else {
-            return Err(invalid(
-                &format!(
-                    "Invalid type for '{param}': expected an object, but got {} instead.",
-                    type_name(message)
-                ),
-                Some(&param),
-                Some("invalid_type"),
-            ));
+            return Err(bad_type(&param, "an object", message));
         };
-        let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-            invalid(
-                &format!("Missing required parameter: '{param}.role'."),
-                Some(&format!("{param}.role")),
-                Some("missing_required_parameter"),
-            )
-        })?;
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| missing(&format!("{param}.role")))?;
         let content = m.get("content").filter(|c| !c.is_null());
-        let content_ok = |c: Option<&Value>| matches!(c, Some(Value::String(_) | Value::Array(_)));
-        let ok = match role {
-            "system" | "developer" | "user" => content_ok(content),
-            "assistant" => {
-                content.is_none()
-                    || content_ok(content)
-                    || m.get("tool_calls").is_some()
-                    || m.get("function_call").is_some()
+        let content_param = format!("{param}.content");
+        let invalid_message = || {
+            invalid(
+                &format!("Invalid '{param}': missing or invalid fields for a '{role}' message."),
+                Some(&param),
+                Some("invalid_value"),
+            )
+        };
+        match role {
+            "system" | "developer" | "user" => {
+                let content = content.ok_or_else(invalid_message)?;
+                let text = content_text(content, &content_param, role == "user")?;
+                total += words(&text);
+                last = if role == "user" { Last::User } else { last };
             }
-            "tool" => content_ok(content) && m.get("tool_call_id").is_some_and(Value::is_string),
-            "function" => m.get("name").is_some_and(Value::is_string),
+            "assistant" => {
+                if let Some(c) = content {
+                    total += words(&content_text(c, &content_param, false)?);
+                }
+                let calls = match m.get("tool_calls").filter(|c| !c.is_null()) {
+                    None => &Vec::new(),
+                    Some(Value::Array(calls)) => calls,
+                    Some(other) => {
+                        return Err(bad_type(&format!("{param}.tool_calls"), "an array", other));
+                    }
+                };
+                if content.is_none() && calls.is_empty() && m.get("function_call").is_none() {
+                    return Err(invalid_message());
+                }
+                pending_calls.clear();
+                for (k, call) in calls.iter().enumerate() {
+                    let p = format!("{param}.tool_calls[{k}]");
+                    let id = call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| missing(&format!("{p}.id")))?;
+                    if call.get("type").and_then(Value::as_str) != Some("function") {
+                        return Err(missing(&format!("{p}.type")));
+                    }
+                    let f = call
+                        .get("function")
+                        .ok_or_else(|| missing(&format!("{p}.function")))?;
+                    if f.get("name").and_then(Value::as_str).is_none() {
+                        return Err(missing(&format!("{p}.function.name")));
+                    }
+                    match f.get("arguments") {
+                        Some(Value::String(_)) => {}
+                        Some(other) => {
+                            return Err(bad_type(
+                                &format!("{p}.function.arguments"),
+                                "a string",
+                                other,
+                            ));
+                        }
+                        None => return Err(missing(&format!("{p}.function.arguments"))),
+                    }
+                    pending_calls.push(id.to_owned());
+                }
+                last = Last::Other;
+            }
+            "tool" => {
+                let content = content.ok_or_else(invalid_message)?;
+                let text = content_text(content, &content_param, false)?;
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing(&format!("{param}.tool_call_id")))?;
+                if !pending_calls.iter().any(|c| c == id) {
+                    return Err(invalid(
+                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                        Some(&format!("{param}.role")),
+                        None,
+                    ));
+                }
+                total += words(&text);
+                last = Last::ToolResult(text);
+            }
+            "function" => {
+                if m.get("name").and_then(Value::as_str).is_none() {
+                    return Err(invalid_message());
+                }
+            }
             other => {
                 return Err(invalid(
                     &format!(
@@ -687,70 +890,94 @@ fn check_messages(body: &Map<String, Value>) -> Result<String, ApiError> {
                     Some("invalid_value"),
                 ));
             }
-        };
-        if !ok {
-            return Err(invalid(
-                &format!("Invalid '{param}': missing or invalid fields for a '{role}' message."),
-                Some(&param),
-                Some("invalid_value"),
-            ));
-        }
-        if role == "user"
-            && let Some(Value::String(text)) = content
-        {
-            last_user.clone_from(text);
         }
     }
-    Ok(last_user)
+    Ok(Conversation {
+        last,
+        tools,
+        no_tools: false,
+        words: total,
+    })
 }
 
-fn usage(prompt: &str, reply: &str) -> (u64, u64) {
-    let count = |s: &str| s.split_whitespace().count().max(1) as u64;
-    (count(prompt) + 3, count(reply))
+fn usage_json(u: &ReportedUsage) -> Value {
+    json!({
+        "prompt_tokens": u.input,
+        "completion_tokens": u.output,
+        "total_tokens": u.input + u.output,
+        "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    })
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
 fn chat_completions(
-    shared: &Arc<Shared>,
-    recorded: &RecordedRequest,
-    behavior: Behavior,
+    ex: &Exchange<'_>,
+    body: &Map<String, Value>,
+    model: &str,
+    stream: bool,
+    flavor: Flavor,
 ) -> Response {
-    let (body, model, stream) = match parse_common(recorded, CHAT_FIELDS) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let prompt = match check_messages(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let reply = reply_text(&model);
-    let (prompt_tokens, completion_tokens) = usage(&prompt, &reply);
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+    let checked = check_tools(body, false).and_then(|tools| {
+        let no_tools = check_tool_choice(body, &tools)?;
+        check_response_format(body)?;
+        let mut conv = check_messages(body, tools)?;
+        conv.no_tools = no_tools;
+        Ok(conv)
     });
-    let id = format!("chatcmpl-mock{}", uuid::Uuid::new_v4().simple());
+    let conv = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let reply = decide(model, &conv);
+    let usage = script::usage(&conv, &reply);
+    ex.report(usage);
+    let id = new_id("chatcmpl-mock");
+    let call_id = new_id("call_");
     let created = 1_700_000_000u64;
+    let filters = json!({
+        "hate": {"filtered": false, "severity": "safe"},
+        "self_harm": {"filtered": false, "severity": "safe"},
+        "sexual": {"filtered": false, "severity": "safe"},
+        "violence": {"filtered": false, "severity": "safe"},
+    });
     if !stream {
-        let body = json!({
+        let (message, finish) = match &reply {
+            Reply::Text(text) => (
+                json!({"role": "assistant", "content": text, "refusal": null, "annotations": []}),
+                "stop",
+            ),
+            Reply::Call { name, arguments } => (
+                json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                       "tool_calls": [{"id": call_id, "type": "function",
+                                       "function": {"name": name, "arguments": arguments}}]}),
+                "tool_calls",
+            ),
+        };
+        let mut choice =
+            json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish});
+        let mut answer = json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
             "model": model,
             "system_fingerprint": "fp_mock",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": reply, "refusal": null},
-                "logprobs": null,
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
+            "choices": [],
+            "usage": usage_json(&usage),
         });
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        if flavor == Flavor::Azure {
+            choice["content_filter_results"] = filters.clone();
+            answer["prompt_filter_results"] =
+                json!([{"prompt_index": 0, "content_filter_results": filters}]);
+        } else {
+            answer["service_tier"] = json!("default");
+        }
+        answer["choices"] = json!([choice]);
+        return json_response(200, &answer);
     }
     let include_usage = body
         .get("stream_options")
@@ -758,28 +985,62 @@ fn chat_completions(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let chunk = |delta: Value, finish: Value| {
+        let mut choice =
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish});
+        if flavor == Flavor::Azure {
+            choice["content_filter_results"] = if finish.is_null() {
+                filters.clone()
+            } else {
+                json!({})
+            };
+        }
         let mut c = json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "system_fingerprint": "fp_mock",
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": [choice],
         });
         if include_usage {
             c["usage"] = Value::Null;
         }
-        format!("data: {c}\n\n")
+        Bytes::from(format!("data: {c}\n\n"))
     };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": "", "refusal": null}),
-        Value::Null,
-    )];
-    let words: Vec<&str> = reply.split_inclusive(' ').collect();
-    for word in &words {
-        events.push(chunk(json!({"content": word}), Value::Null));
+    let mut events = Vec::new();
+    if flavor == Flavor::Azure {
+        // Azure opens with the prompt's filter results, in a chunk without choices.
+        let c = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}]});
+        events.push(Bytes::from(format!("data: {c}\n\n")));
     }
-    events.push(chunk(json!({}), json!("stop")));
+    match &reply {
+        Reply::Text(text) => {
+            events.push(chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ));
+            for word in text_pieces(text) {
+                events.push(chunk(json!({"content": word}), Value::Null));
+            }
+            events.push(chunk(json!({}), json!("stop")));
+        }
+        Reply::Call { name, arguments } => {
+            events.push(chunk(
+                json!({"role": "assistant", "content": null, "refusal": null,
+                       "tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            for piece in argument_pieces(arguments) {
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
+            }
+            events.push(chunk(json!({}), json!("tool_calls")));
+        }
+    }
     if include_usage {
         let c = json!({
             "id": id,
@@ -788,120 +1049,314 @@ fn chat_completions(
             "model": model,
             "system_fingerprint": "fp_mock",
             "choices": [],
-            "usage": usage,
+            "usage": usage_json(&usage),
         });
-        events.push(format!("data: {c}\n\n"));
+        events.push(Bytes::from(format!("data: {c}\n\n")));
     }
-    if behavior == Behavior::GarbledStream {
-        events.insert(
+    match ex.behavior {
+        Behavior::GarbledStream => events.insert(
             2,
-            "data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\n\n".to_owned(),
-        );
+            Bytes::from_static(b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\n\n"),
+        ),
+        Behavior::StreamError => {
+            events.truncate(2);
+            events.push(Bytes::from(format!(
+                "data: {}\n\n",
+                json!({"error": {"message": "The server had an error while processing your request. Sorry about that!",
+                                  "type": "server_error", "param": null, "code": null}})
+            )));
+            return ex.stream("text/event-stream; charset=utf-8", events);
+        }
+        _ => {}
     }
-    events.push("data: [DONE]\n\n".to_owned());
-    sse(shared, events, behavior)
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    ex.stream("text/event-stream; charset=utf-8", events)
 }
 
-fn responses(shared: &Arc<Shared>, recorded: &RecordedRequest, behavior: Behavior) -> Response {
-    let (body, model, stream) = match parse_common(recorded, RESPONSES_FIELDS) {
-        Ok(x) => x,
+/// Checks a Responses `input` and reduces the conversation.
+fn check_input(body: &Map<String, Value>, tools: Vec<String>) -> Result<Conversation, ApiError> {
+    let mut conv = Conversation {
+        last: Last::User,
+        tools,
+        no_tools: false,
+        words: 0,
+    };
+    if let Some(instructions) = body.get("instructions").filter(|v| !v.is_null()) {
+        match instructions {
+            Value::String(s) => conv.words += words(s),
+            other => return Err(bad_type("instructions", "a string", other)),
+        }
+    }
+    let items = match body.get("input") {
+        None | Some(Value::Null) => return Ok(conv),
+        Some(Value::String(s)) => {
+            conv.words += words(s);
+            return Ok(conv);
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(bad_type("input", "a string or an array", other)),
+    };
+    let mut calls: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("input[{i}]");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
+        match kind {
+            "message" => {
+                let role = item
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing(&format!("{param}.role")))?;
+                if !matches!(role, "user" | "assistant" | "system" | "developer") {
+                    return Err(invalid(
+                        &format!(
+                            "Invalid value: '{role}'. Supported values are: 'assistant', 'system', 'developer', and 'user'."
+                        ),
+                        Some(&format!("{param}.role")),
+                        Some("invalid_value"),
+                    ));
+                }
+                let content = item
+                    .get("content")
+                    .ok_or_else(|| missing(&format!("{param}.content")))?;
+                let text = match content {
+                    Value::String(s) => s.clone(),
+                    Value::Array(parts) => {
+                        let mut text = String::new();
+                        for (j, part) in parts.iter().enumerate() {
+                            match part.get("type").and_then(Value::as_str) {
+                                Some("input_text" | "output_text") => {
+                                    let t = part.get("text").and_then(Value::as_str).ok_or_else(
+                                        || missing(&format!("{param}.content[{j}].text")),
+                                    )?;
+                                    text.push_str(t);
+                                }
+                                Some("input_image" | "input_file" | "refusal") => {}
+                                _ => return Err(missing(&format!("{param}.content[{j}].type"))),
+                            }
+                        }
+                        text
+                    }
+                    other => {
+                        return Err(bad_type(
+                            &format!("{param}.content"),
+                            "a string or an array",
+                            other,
+                        ));
+                    }
+                };
+                conv.words += words(&text);
+                conv.last = if role == "user" {
+                    Last::User
+                } else {
+                    Last::Other
+                };
+            }
+            "function_call" => {
+                for field in ["call_id", "name", "arguments"] {
+                    if item.get(field).and_then(Value::as_str).is_none() {
+                        return Err(missing(&format!("{param}.{field}")));
+                    }
+                }
+                calls.extend(
+                    item.get("call_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                );
+                conv.last = Last::Other;
+            }
+            "function_call_output" => {
+                let id = item
+                    .get("call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing(&format!("{param}.call_id")))?;
+                if !calls.iter().any(|c| c == id) {
+                    return Err(invalid(
+                        &format!("No tool call found for function call output with call_id {id}."),
+                        Some("input"),
+                        None,
+                    ));
+                }
+                let output = match item.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) if !other.is_null() => other.to_string(),
+                    _ => return Err(missing(&format!("{param}.output"))),
+                };
+                conv.words += words(&output);
+                conv.last = Last::ToolResult(output);
+            }
+            "reasoning" | "item_reference" => {}
+            other => {
+                return Err(invalid(
+                    &format!("Invalid value: '{other}'."),
+                    Some(&format!("{param}.type")),
+                    Some("invalid_value"),
+                ));
+            }
+        }
+    }
+    Ok(conv)
+}
+
+fn responses(ex: &Exchange<'_>, body: &Map<String, Value>, model: &str, stream: bool) -> Response {
+    let checked = check_tools(body, true).and_then(|tools| {
+        let no_tools = check_tool_choice(body, &tools)?;
+        let mut conv = check_input(body, tools)?;
+        conv.no_tools = no_tools;
+        Ok(conv)
+    });
+    let conv = match checked {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let prompt = match body.get("input") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|i| i.get("content").and_then(Value::as_str))
-            .next_back()
-            .unwrap_or_default()
-            .to_owned(),
-        Some(other) => {
-            return invalid(
-                &format!(
-                    "Invalid type for 'input': expected a string or an array, but got {} instead.",
-                    type_name(other)
-                ),
-                Some("input"),
-                Some("invalid_type"),
-            )
-            .into_response();
-        }
+    let reply = decide(model, &conv);
+    let usage = script::usage(&conv, &reply);
+    ex.report(usage);
+    let id = new_id("resp_mock");
+    let item_id = match reply {
+        Reply::Text(_) => new_id("msg_mock"),
+        Reply::Call { .. } => new_id("fc_mock"),
     };
-    let reply = reply_text(&model);
-    let (input_tokens, output_tokens) = usage(&prompt, &reply);
-    let id = format!("resp_mock{}", uuid::Uuid::new_v4().simple());
-    let message_id = format!("msg_mock{}", uuid::Uuid::new_v4().simple());
-    let response = |status: &str, text: Option<&str>| {
-        let output = match text {
-            Some(t) => json!([{
-                "type": "message",
-                "id": message_id,
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": t, "annotations": []}],
-            }]),
-            None => json!([]),
-        };
+    let call_id = new_id("call_");
+    let usage_value = json!({
+        "input_tokens": usage.input,
+        "input_tokens_details": {"cached_tokens": usage.cached},
+        "output_tokens": usage.output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.input + usage.output,
+    });
+    let item = |status: &str, done: bool| match &reply {
+        Reply::Text(text) => json!({
+            "type": "message",
+            "id": item_id,
+            "status": status,
+            "role": "assistant",
+            "content": if done {
+                json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
+            } else {
+                json!([])
+            },
+        }),
+        Reply::Call { name, arguments } => json!({
+            "type": "function_call",
+            "id": item_id,
+            "call_id": call_id,
+            "name": name,
+            "arguments": if done { arguments.as_str() } else { "" },
+            "status": status,
+        }),
+    };
+    let response = |status: &str, output: Value, usage: Value| {
         json!({
             "id": id,
             "object": "response",
             "created_at": 1_700_000_000u64,
             "status": status,
+            "error": null,
+            "incomplete_details": null,
+            "instructions": body.get("instructions").cloned().unwrap_or(Value::Null),
             "model": model,
             "output": output,
-            "usage": if text.is_some() {
-                json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
-                       "total_tokens": input_tokens + output_tokens})
-            } else {
-                Value::Null
-            },
+            "parallel_tool_calls": true,
+            "tool_choice": body.get("tool_choice").cloned().unwrap_or(json!("auto")),
+            "tools": body.get("tools").cloned().unwrap_or(json!([])),
+            "usage": usage,
         })
     };
     if !stream {
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            response("completed", Some(&reply)).to_string(),
-        )
-            .into_response();
+        return json_response(
+            200,
+            &response("completed", json!([item("completed", true)]), usage_value),
+        );
     }
     let mut seq = 0u64;
     let mut event = |name: &str, mut data: Value| {
         data["type"] = json!(name);
         data["sequence_number"] = json!(seq);
         seq += 1;
-        format!("event: {name}\ndata: {data}\n\n")
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
     };
-    let mut events = vec![event(
-        "response.created",
-        json!({"response": response("in_progress", None)}),
-    )];
-    for word in reply.split_inclusive(' ') {
-        events.push(event(
-            "response.output_text.delta",
-            json!({"item_id": message_id, "output_index": 0, "content_index": 0, "delta": word}),
-        ));
+    let mut events = vec![
+        event(
+            "response.created",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        event(
+            "response.in_progress",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": item("in_progress", false)}),
+        ),
+    ];
+    match &reply {
+        Reply::Text(text) => {
+            let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": [], "logprobs": []});
+            events.push(event(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part("")}),
+            ));
+            for word in text_pieces(text) {
+                events.push(event(
+                    "response.output_text.delta",
+                    json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": word, "logprobs": []}),
+                ));
+            }
+            events.push(event(
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            ));
+            events.push(event(
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part(text)}),
+            ));
+        }
+        Reply::Call { name, arguments } => {
+            for piece in argument_pieces(arguments) {
+                events.push(event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": item_id, "output_index": 0, "delta": piece}),
+                ));
+            }
+            events.push(event(
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id, "output_index": 0, "name": name, "arguments": arguments}),
+            ));
+        }
     }
     events.push(event(
-        "response.output_text.done",
-        json!({"item_id": message_id, "output_index": 0, "content_index": 0, "text": reply}),
+        "response.output_item.done",
+        json!({"output_index": 0, "item": item("completed", true)}),
     ));
+    match ex.behavior {
+        Behavior::GarbledStream => {
+            events.insert(
+                3,
+                Bytes::from_static(b"event: response.output_text.delta\ndata: {oops\n\n"),
+            );
+        }
+        Behavior::StreamError => {
+            events.truncate(3);
+            events.push(event(
+                "error",
+                json!({"code": "server_error", "message": "The server had an error while processing your request.", "param": null}),
+            ));
+            return ex.stream("text/event-stream; charset=utf-8", events);
+        }
+        _ => {}
+    }
     events.push(event(
         "response.completed",
-        json!({"response": response("completed", Some(&reply))}),
+        json!({"response": response("completed", json!([item("completed", true)]), usage_value)}),
     ));
-    if behavior == Behavior::GarbledStream {
-        events.insert(
-            2,
-            "event: response.output_text.delta\ndata: {oops\n\n".to_owned(),
-        );
-    }
-    sse(shared, events, behavior)
+    ex.stream("text/event-stream; charset=utf-8", events)
 }
 
-fn models(shared: &Shared) -> Response {
-    let data: Vec<Value> = shared
-        .config
+fn models(config: &MockConfig) -> Response {
+    let data: Vec<Value> = config
         .models
         .iter()
         .map(|m| json!({"id": m, "object": "model", "created": 1_686_935_002u64, "owned_by": "openai"}))
@@ -911,60 +1366,4 @@ fn models(shared: &Shared) -> Response {
         json!({"object": "list", "data": data}).to_string(),
     )
         .into_response()
-}
-
-/// Streams `events` as `text/event-stream`, paced and broken as `behavior` says, counting
-/// streams that complete and streams whose reader went away.
-fn sse(shared: &Arc<Shared>, events: Vec<String>, behavior: Behavior) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    shared.streams_started.fetch_add(1, Ordering::SeqCst);
-    shared.changed.notify_waiters();
-    let mut gate = shared.gate.subscribe();
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        for (i, event) in events.into_iter().enumerate() {
-            if i > 0 {
-                let wait = async {
-                    match &behavior {
-                        Behavior::SlowStream { interval } => tokio::time::sleep(*interval).await,
-                        Behavior::GatedStream if i == 1 => {
-                            let _ = gate.wait_for(|open| *open).await;
-                        }
-                        _ => {}
-                    }
-                };
-                tokio::select! {
-                    _ = wait => {}
-                    _ = tx.closed() => return shared.stream_cancelled(),
-                }
-            }
-            if behavior == Behavior::TruncatedStream && i == 2 {
-                let _ = tx
-                    .send(Err(std::io::Error::other("mock: stream truncated")))
-                    .await;
-                return shared.stream_completed();
-            }
-            if tx.send(Ok(Bytes::from(event))).await.is_err() {
-                return shared.stream_cancelled();
-            }
-        }
-        shared.stream_completed();
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(ReceiverStream::new(rx)))
-        .unwrap_or_default()
-}
-
-impl Shared {
-    fn stream_completed(&self) {
-        self.streams_completed.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
-    }
-
-    fn stream_cancelled(&self) {
-        self.streams_cancelled.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
-    }
 }

@@ -2,8 +2,11 @@
 //! proxy handler that serves every other path from the routing table, and the accept loop
 //! with graceful, bounded drain.
 
+mod filter;
+mod inbound;
 mod proxy;
 mod relay;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

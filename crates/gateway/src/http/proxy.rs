@@ -1,33 +1,44 @@
 //! The proxy handler: every path that is not reserved.
 //!
-//! Load the routing table once, find the proxy by base path, match the OpenAI endpoint,
-//! decide the route, forward, fall back when the chosen route fails before anything reached
-//! the client, and relay the answer.
+//! One request goes through four stages, each in its own place:
+//!
+//! 1. **inbound** ([`super::inbound`]): load the routing table once, find the proxy by base
+//!    path, the operation by the rest of the path (per the proxy's format), read the body and
+//!    take what routing needs (model, stream); the canonical request is parsed on demand;
+//! 2. **route decision** ([`crate::routing`]): which route and model, and the fallback;
+//! 3. **upstream call** ([`super::upstream`]): passthrough or translated request, sent with a
+//!    header timeout; a failure before anything reached the client (connect error, timeout,
+//!    5xx, 429) goes to the fallback once;
+//! 4. **response** ([`respond`], [`super::relay`], [`super::filter`]): relayed or translated
+//!    back into the client's format, streams chunk by chunk; usage recorded at the end.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{Map, Value};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use switchyard_llm::{ChatRequest, InboundFormat, Target};
 use switchyard_model::{Format, RoutingStrategy};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::AppState;
-use super::relay::{Ctx, NONE_VALUE, model_header, request_id};
+use super::filter::BodyFilter;
+use super::inbound::{Endpoint, InboundRequest, gemini_stream_needs_sse};
+use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
+use super::upstream::{Call, prepare};
 use crate::error::{ProxyError, error_chain};
-use crate::providers::openai::Inbound;
-use crate::providers::{Operation, Upstream};
 use crate::routing::{self, Choice, Decision, FallbackReason};
 use crate::table::{CompiledProxy, CompiledRoute};
 use crate::telemetry::{self, Label, NONE};
 
-/// The largest request body the gateway accepts.
-pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// The most of an upstream error body read to translate it.
+const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+/// The most of a translated (non-streamed) upstream answer read.
+const ANSWER_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let start = Instant::now();
@@ -49,6 +60,8 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         span: span.clone(),
         proxy: Label::Static(NONE),
         route: Label::Static(NONE),
+        format: InboundFormat::OpenAiChat,
+        served: Served::default(),
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -64,44 +77,26 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     ctx.span.record("proxy", &*proxy.name);
     ctx.proxy = Label::Shared(Arc::clone(&proxy.name));
     if proxy.format == Format::Gemini {
-        return ctx.reject_unrouted(&ProxyError::NotImplemented(
-            "serving gemini-format proxies (this gateway version serves openai-format proxies only)"
-                .to_owned(),
-        ));
+        ctx.format = InboundFormat::Gemini;
     }
-    let Some(op) = endpoint(rest) else {
+    let Some(endpoint) = Endpoint::parse(proxy.format, rest) else {
         return ctx.reject_unrouted(&ProxyError::UnknownEndpoint);
     };
-    let (method, allow) = match op {
-        Operation::Models => (Method::GET, "GET"),
-        _ => (Method::POST, "POST"),
-    };
+    ctx.format = endpoint.format();
+    let (method, allow) = endpoint.method();
     if req.method() != method {
         return ctx.reject_unrouted(&ProxyError::MethodNotAllowed { allow });
     }
-    match op {
-        Operation::Models => list_models(state, &proxy, req, ctx).await,
-        Operation::ChatCompletions | Operation::Responses => {
-            complete(state, &proxy, op, req, ctx).await
-        }
-    }
-}
-
-/// The OpenAI endpoint a path (after the base path) names, with or without `/v1`.
-fn endpoint(rest: &str) -> Option<Operation> {
-    let rest = rest.strip_prefix("/v1").unwrap_or(rest);
-    match rest {
-        "/chat/completions" => Some(Operation::ChatCompletions),
-        "/responses" => Some(Operation::Responses),
-        "/models" => Some(Operation::Models),
-        _ => None,
+    match endpoint {
+        Endpoint::Models => list_models(state, &proxy, req, ctx).await,
+        endpoint => complete(state, &proxy, endpoint, req, ctx).await,
     }
 }
 
 async fn complete(
     state: &AppState,
     proxy: &CompiledProxy,
-    op: Operation,
+    endpoint: Endpoint,
     req: Request,
     mut ctx: Ctx,
 ) -> Response {
@@ -111,31 +106,20 @@ async fn complete(
         ));
     }
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, &parts.headers).await {
-        Ok(b) => b,
+    if matches!(endpoint, Endpoint::Gemini { stream: true, .. })
+        && let Some(e) = gemini_stream_needs_sse(parts.uri.query())
+    {
+        return ctx.reject_unrouted(&e);
+    }
+
+    // Stage 1: what the client asked for.
+    let inbound = match InboundRequest::read(&endpoint, body, &parts.headers).await {
+        Ok(r) => r,
         Err(e) => return ctx.reject_unrouted(&e),
     };
-    let mut json: Map<String, Value> = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
-        Err(e) => return ctx.reject_unrouted(&ProxyError::InvalidJson(e.to_string())),
-    };
-    drop(bytes);
-    let asked = match json.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return ctx.reject_unrouted(&ProxyError::MissingModel(
-                "'model' must be a string such as \"<route>/<model>\"".to_owned(),
-            ));
-        }
-    };
-    let request_id = ctx.request_id.clone();
-    let inbound = Inbound {
-        headers: &parts.headers,
-        query: parts.uri.query(),
-        request_id: &request_id,
-    };
-    let (first, fallback) = match routing::decide(proxy, asked.as_deref()) {
+
+    // Stage 2: where it goes.
+    let (first, fallback) = match routing::decide(proxy, inbound.model.as_deref()) {
         Decision::Reject(e) => return ctx.reject_unrouted(&e),
         Decision::Route { choice, fallback } => (choice, fallback),
         Decision::Fallback { choice, reason } => {
@@ -145,17 +129,28 @@ async fn complete(
         }
     };
 
+    // Stages 3 and 4: the upstream call, with one fallback before the first byte, and the
+    // answer in the client's format.
+    let request_id = ctx.request_id.clone();
+    let call = Call {
+        inbound: &inbound,
+        headers: &parts.headers,
+        query: parts.uri.query(),
+        request_id: &request_id,
+    };
     let route = Arc::clone(&proxy.routes[first.route]);
     let model = ctx.choose(&route, &first);
-    let failure = match attempt(state, &route, op, &first, &mut json, &inbound).await {
-        Attempt::Served(resp) => return ctx.relay(resp, &route.name_header, &model),
+    let failure = match attempt(state, &route, &first, &call, &mut ctx).await {
+        Attempt::Served(answer) => {
+            return respond(&ctx, answer, &inbound, &route.name_header, &model).await;
+        }
         Attempt::Refused(e) => return ctx.reject(&e, &route.name_header, &model),
         Attempt::Failed(failure) => failure,
     };
     telemetry::upstream_error(&ctx.proxy, &ctx.route, failure.reason.as_str());
     warn!(parent: &ctx.span, route = &*route.name, reason = failure.reason.as_str(), error = %failure.detail, "upstream attempt failed");
     let Some(second) = fallback else {
-        return finish_failure(&ctx, failure, &route.name_header, &model);
+        return finish_failure(&ctx, failure, &inbound, &route.name_header, &model).await;
     };
 
     telemetry::fallback(&ctx.proxy, &ctx.route, failure.reason.as_str());
@@ -163,13 +158,15 @@ async fn complete(
     let route = Arc::clone(&proxy.routes[second.route]);
     let model = ctx.choose(&route, &second);
     info!(parent: &ctx.span, route = &*route.name, "falling back");
-    match attempt(state, &route, op, &second, &mut json, &inbound).await {
-        Attempt::Served(resp) => ctx.relay(resp, &route.name_header, &model),
+    match attempt(state, &route, &second, &call, &mut ctx).await {
+        Attempt::Served(answer) => {
+            respond(&ctx, answer, &inbound, &route.name_header, &model).await
+        }
         Attempt::Refused(e) => ctx.reject(&e, &route.name_header, &model),
         Attempt::Failed(failure) => {
             telemetry::upstream_error(&ctx.proxy, &ctx.route, failure.reason.as_str());
             warn!(parent: &ctx.span, route = &*route.name, reason = failure.reason.as_str(), error = %failure.detail, "fallback attempt failed");
-            finish_failure(&ctx, failure, &route.name_header, &model)
+            finish_failure(&ctx, failure, &inbound, &route.name_header, &model).await
         }
     }
 }
@@ -180,20 +177,27 @@ impl Ctx {
         self.route = Label::Shared(Arc::clone(&route.name));
         self.span.record("route", &*route.name);
         self.span.record("model", &*choice.model);
+        self.served = Served {
+            provider: route.provider.id(),
+            model: Arc::clone(&choice.model),
+            stream: false,
+            translated: false,
+        };
         model_header(&choice.model)
     }
 }
 
 /// A failed attempt with no fallback left: the upstream's own answer if it gave one (5xx or
-/// 429, passed through as is), else the gateway's error.
-fn finish_failure(
+/// 429, in the client's format), else the gateway's error.
+async fn finish_failure(
     ctx: &Ctx,
     failure: Failure,
+    inbound: &InboundRequest,
     route: &HeaderValue,
     model: &HeaderValue,
 ) -> Response {
-    match failure.response {
-        Some(resp) => ctx.relay(resp, route, model),
+    match failure.answer {
+        Some(answer) => respond(ctx, answer, inbound, route, model).await,
         None => {
             let err = match failure.reason {
                 FallbackReason::Timeout => ProxyError::UpstreamTimeout,
@@ -204,9 +208,16 @@ fn finish_failure(
     }
 }
 
+/// An upstream's answer (its status is not yet looked at).
+struct Answer {
+    resp: reqwest::Response,
+    target: Target,
+    translated: bool,
+}
+
 enum Attempt {
-    /// An answer to relay (2xx, or a 4xx that is the client's to see).
-    Served(reqwest::Response),
+    /// An answer to relay or translate (2xx, or a 4xx that is the client's to see).
+    Served(Answer),
     /// The gateway refused before calling the upstream (no fallback applies).
     Refused(ProxyError),
     /// The upstream failed before anything reached the client: the fallback may serve.
@@ -216,43 +227,32 @@ enum Attempt {
 struct Failure {
     reason: FallbackReason,
     detail: String,
-    response: Option<reqwest::Response>,
+    answer: Option<Answer>,
 }
 
 async fn attempt(
     state: &AppState,
     route: &CompiledRoute,
-    op: Operation,
     choice: &Choice,
-    json: &mut Map<String, Value>,
-    inbound: &Inbound<'_>,
+    call: &Call<'_>,
+    ctx: &mut Ctx,
 ) -> Attempt {
-    let upstream = match &route.upstream {
-        Upstream::OpenAi(u) => u,
-        Upstream::NotYet(provider) => {
-            return Attempt::Refused(ProxyError::NotImplemented(format!(
-                "the '{provider}' provider (route '{}')",
-                route.name
-            )));
-        }
-    };
-    json.insert("model".to_owned(), Value::String(choice.model.to_string()));
-    let body = match serde_json::to_vec(json) {
-        Ok(b) => Bytes::from(b),
-        Err(e) => return Attempt::Refused(ProxyError::InvalidJson(e.to_string())),
-    };
-    let request = match upstream.request(&state.client, op, inbound, Some(body)) {
-        Ok(r) => r,
+    let prepared = match prepare(&route.upstream, &choice.model, call) {
+        Ok(p) => p,
         Err(e) => return Attempt::Refused(e),
     };
-    match tokio::time::timeout(state.header_timeout, request.send()).await {
+    ctx.served.stream = call.inbound.stream;
+    ctx.served.translated = prepared.translated;
+    let target = prepared.target;
+    let translated = prepared.translated;
+    match tokio::time::timeout(state.header_timeout, state.client.execute(prepared.request)).await {
         Err(_) => Attempt::Failed(Failure {
             reason: FallbackReason::Timeout,
             detail: format!(
                 "no response headers within {} ms",
                 state.header_timeout.as_millis()
             ),
-            response: None,
+            answer: None,
         }),
         Ok(Err(e)) => Attempt::Failed(Failure {
             reason: if e.is_connect() {
@@ -263,60 +263,162 @@ async fn attempt(
                 FallbackReason::Connection
             },
             detail: error_chain(&e),
-            response: None,
+            answer: None,
         }),
         Ok(Ok(resp)) => {
             let status = resp.status();
+            let answer = Answer {
+                resp,
+                target,
+                translated,
+            };
             let reason = if status == StatusCode::TOO_MANY_REQUESTS {
                 FallbackReason::Status429
             } else if status.is_server_error() {
                 FallbackReason::Status5xx
             } else {
-                return Attempt::Served(resp);
+                return Attempt::Served(answer);
             };
             Attempt::Failed(Failure {
                 reason,
                 detail: format!("upstream answered {status}"),
-                response: Some(resp),
+                answer: Some(answer),
             })
         }
     }
 }
 
-/// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413.
-async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError> {
-    let too_large = ProxyError::PayloadTooLarge { limit: BODY_LIMIT };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
-        return Err(too_large);
+/// Stage 4: the upstream's answer in the client's format.
+///
+/// - passthrough: relayed as it is (streams event by event, checked, usage read);
+/// - translated error: parsed (`x-amzn-ErrorType`, Gemini and OpenAI error bodies) and
+///   rendered in the client's error shape with the upstream's status;
+/// - translated stream: through the per-request stream translator;
+/// - translated answer: parsed into the canonical response and rendered.
+async fn respond(
+    ctx: &Ctx,
+    answer: Answer,
+    inbound: &InboundRequest,
+    route: &HeaderValue,
+    model: &HeaderValue,
+) -> Response {
+    let Answer {
+        resp,
+        target,
+        translated,
+    } = answer;
+    let status = resp.status();
+    if !translated && !status.is_success() {
+        // The upstream speaks the client's API: its error goes as it is when it has that
+        // API's error shape (Azure's `innererror` and the like survive), else it is
+        // re-rendered in it (Azure's bare `{"code", "message"}` 401s, HTML from a proxy).
+        let headers = resp.headers().clone();
+        let body = read_capped(resp, ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        if has_error_shape(inbound.format, &body) {
+            return ctx.relay_error(status, &headers, body, route, model);
+        }
+        let err = target.parse_error(status, &headers, &body);
+        return ctx.reject(&ProxyError::Api(err), route, model);
     }
-    match Limited::new(body, BODY_LIMIT).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
-        Err(e) => Err(ProxyError::BodyRead(e.to_string())),
+    if !translated {
+        let filter = if inbound.stream && is_event_stream(resp.headers()) {
+            BodyFilter::sse(
+                inbound.format,
+                inbound.format == InboundFormat::OpenAiChat && !inbound.include_usage,
+            )
+        } else {
+            BodyFilter::tee(inbound.format)
+        };
+        return ctx.relay(resp, filter, route, model);
+    }
+    if !status.is_success() {
+        let headers = resp.headers().clone();
+        let body = read_capped(resp, ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let err = target.parse_error(status, &headers, &body);
+        return ctx.reject(&ProxyError::Api(err), route, model);
+    }
+    if inbound.stream {
+        let stub = ChatRequest {
+            model: target.model.clone(),
+            stream: true,
+            stream_include_usage: inbound
+                .canonical()
+                .map(|r| r.stream_include_usage)
+                .unwrap_or(false),
+            ..ChatRequest::default()
+        };
+        let filter = BodyFilter::translate(
+            target.stream_decoder(),
+            inbound.format.stream_encoder(&stub),
+        );
+        return ctx.relay_translated(resp, filter, route, model);
+    }
+    let headers = resp.headers().clone();
+    let body = match read_capped(resp, ANSWER_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            telemetry::upstream_error(&ctx.proxy, &ctx.route, "connection");
+            return ctx.reject(&ProxyError::UpstreamUnavailable(e), route, model);
+        }
+    };
+    match target.parse_response(status, &headers, &body) {
+        Ok(chat) => {
+            let out = inbound.format.render_response(&chat);
+            ctx.respond_json(out, Some(&headers), chat.usage, route, model)
+        }
+        Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
     }
 }
 
+/// Whether an error body already has `format`'s error shape: OpenAI's `{"error": {"message",
+/// "type", …}}` (`type` may be null), Gemini's `{"error": {"code", "message", "status"}}`.
+fn has_error_shape(format: InboundFormat, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let err = &v["error"];
+    match format {
+        InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => {
+            err["message"].is_string() && err.get("type").is_some()
+        }
+        InboundFormat::Gemini => {
+            err["code"].is_u64() && err["message"].is_string() && err["status"].is_string()
+        }
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Reads an upstream body whole, up to `limit` bytes.
+async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let body = http_body_util::Limited::new(reqwest::Body::from(resp), limit);
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("could not read the upstream answer: {e}"))
+}
+
 /// `GET {base}/models`: the models this proxy routes to, as `<route>/<model>` ids. A route
-/// with a target model lists that one; an OpenAI-compatible route without one lists its
+/// with a target model lists that one; an OpenAI-family route without one lists its
 /// upstream's models. Routes that cannot answer are left out.
 async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx: Ctx) -> Response {
     let (parts, _) = req.into_parts();
-    let inbound = Inbound {
-        headers: &parts.headers,
-        query: parts.uri.query(),
-        request_id: &ctx.request_id,
-    };
     let lookups = proxy.routes.iter().map(|route| {
-        let inbound = &inbound;
+        let parts = &parts;
+        let request_id = &ctx.request_id;
         async move {
-            let ids = match (&route.target_model, &route.upstream) {
-                (Some(target), _) => Ok(vec![target.to_string()]),
-                (None, Upstream::OpenAi(_)) => upstream_models(state, route, inbound).await,
-                (None, Upstream::NotYet(_)) => Ok(vec![]),
+            let ids = match &route.target_model {
+                Some(target) => Ok(vec![target.to_string()]),
+                None => upstream_models(state, route, parts, request_id).await,
             };
             (route, ids)
         }
@@ -355,20 +457,31 @@ async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx:
         HeaderValue::from_str(&served_by.join(",")).unwrap_or_else(|_| NONE_VALUE.clone())
     };
     let body = serde_json::json!({"object": "list", "data": data});
-    ctx.respond_json(Bytes::from(body.to_string()), &route_header)
+    ctx.respond_json(
+        Bytes::from(body.to_string()),
+        None,
+        None,
+        &route_header,
+        &NONE_VALUE,
+    )
 }
 
 async fn upstream_models(
     state: &AppState,
     route: &CompiledRoute,
-    inbound: &Inbound<'_>,
+    parts: &axum::http::request::Parts,
+    request_id: &HeaderValue,
 ) -> Result<Vec<String>, String> {
-    let Upstream::OpenAi(upstream) = &route.upstream else {
+    let Some(request) =
+        route
+            .upstream
+            .models_request(&state.client, &parts.headers, parts.uri.query())
+    else {
         return Ok(vec![]);
     };
-    let request = upstream
-        .request(&state.client, Operation::Models, inbound, None)
-        .map_err(|e| e.message())?;
+    let request = request
+        .map_err(|e| e.message())?
+        .header("x-request-id", request_id.clone());
     let fetch = async {
         let resp = request.send().await.map_err(|e| error_chain(&e))?;
         let status = resp.status();
@@ -390,55 +503,4 @@ async fn upstream_models(
         .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
         .collect();
     Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn bodies_over_the_limit_are_refused_with_or_without_a_length() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
-        let err = read_body(Body::empty(), &headers).await.unwrap_err();
-        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
-
-        // Chunked: counted as it arrives.
-        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
-        let chunks = (0..33).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
-        let body = Body::from_stream(futures::stream::iter(chunks));
-        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
-        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
-
-        let ok = read_body(Body::from("{}"), &HeaderMap::new())
-            .await
-            .unwrap();
-        assert_eq!(ok, "{}");
-    }
-
-    #[test]
-    fn endpoints_with_and_without_v1() {
-        assert_eq!(
-            endpoint("/chat/completions"),
-            Some(Operation::ChatCompletions)
-        );
-        assert_eq!(
-            endpoint("/v1/chat/completions"),
-            Some(Operation::ChatCompletions)
-        );
-        assert_eq!(endpoint("/responses"), Some(Operation::Responses));
-        assert_eq!(endpoint("/v1/models"), Some(Operation::Models));
-        for bad in [
-            "",
-            "/",
-            "/v1",
-            "/v1/",
-            "/v1x/models",
-            "/chat",
-            "/models/x",
-            "/v1/v1/models",
-        ] {
-            assert_eq!(endpoint(bad), None, "{bad}");
-        }
-    }
 }

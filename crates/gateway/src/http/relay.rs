@@ -1,8 +1,11 @@
-//! Building responses: relaying an upstream answer (status, headers, body chunk by chunk),
-//! rendering a [`ProxyError`], stamping the `x-switchyard-*` and `x-request-id` headers, and
-//! recording the request's metrics and access log when its body is done (streams included).
+//! Building responses: relaying an upstream answer (status, headers, body chunk by chunk
+//! through its [`BodyFilter`]), answering with a body of our own, rendering a [`ProxyError`]
+//! in the client's format, stamping the `x-switchyard-*` and `x-request-id` headers, and
+//! handing the request's [`UsageRecord`] to [`usage::record`] when its body is done (streams
+//! included).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,19 +15,23 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
-use tracing::{Span, info, warn};
+use switchyard_llm::{InboundFormat, Usage};
+use tracing::{Span, warn};
 
-use crate::error::ProxyError;
-use crate::providers::openai::APPLICATION_JSON;
-use crate::telemetry::{self, Label};
+use super::filter::BodyFilter;
+use crate::error::{ProxyError, error_chain};
+use crate::telemetry::{self, Label, NONE};
+use crate::usage::{self, UsageRecord};
 
 pub(crate) static ROUTE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-route");
 pub(crate) static MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 pub(crate) static NONE_VALUE: HeaderValue = HeaderValue::from_static("none");
+pub(crate) static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+pub(crate) static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 
-/// Per-request bookkeeping: identity, timing, and the labels chosen so far.
+/// Per-request bookkeeping: identity, timing, the client's format, and what served it so far.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub start: Instant,
@@ -32,18 +39,83 @@ pub(crate) struct Ctx {
     pub span: Span,
     pub proxy: Label,
     pub route: Label,
+    /// The client's format: errors are rendered in it.
+    pub format: InboundFormat,
+    pub served: Served,
+}
+
+/// How the chosen route serves the request (for the usage record).
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    pub provider: &'static str,
+    pub model: Arc<str>,
+    pub stream: bool,
+    pub translated: bool,
+}
+
+impl Default for Served {
+    fn default() -> Self {
+        Served {
+            provider: NONE,
+            model: Arc::from(NONE),
+            stream: false,
+            translated: false,
+        }
+    }
+}
+
+/// How a request ended (the `outcome` of its log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    /// The gateway answered with an error of its own.
+    Rejected,
+    /// The upstream answered with an error (relayed or translated).
+    UpstreamError,
+    /// The upstream's stream broke, was garbled, or carried an error event.
+    UpstreamBroke,
+    ClientGone,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Rejected => "rejected",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamBroke => "upstream_stream_error",
+            Outcome::ClientGone => "client_disconnected",
+        }
+    }
 }
 
 impl Ctx {
-    /// A response for an error of the gateway's own, stamped with what served it so far.
+    /// A response for an error of the gateway's own (or an upstream error in the client's
+    /// shape), stamped with what served it so far.
     pub(crate) fn reject(
         &self,
         err: &ProxyError,
         route: &HeaderValue,
         model: &HeaderValue,
     ) -> Response {
+        let outcome = match err {
+            ProxyError::Api(e) if e.code.as_deref() != Some("unsupported_parameter") => {
+                Outcome::UpstreamError
+            }
+            _ => Outcome::Rejected,
+        };
+        self.reject_as(err, route, model, outcome)
+    }
+
+    pub(crate) fn reject_as(
+        &self,
+        err: &ProxyError,
+        route: &HeaderValue,
+        model: &HeaderValue,
+        outcome: Outcome,
+    ) -> Response {
         let status = err.status();
-        let mut response = Response::new(Body::from(err.body()));
+        let mut response = Response::new(Body::from(err.body_for(self.format)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, APPLICATION_JSON.clone());
@@ -51,10 +123,12 @@ impl Ctx {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         self.stamp(headers, route, model);
-        if status.is_server_error() {
+        if status.is_server_error() && outcome == Outcome::Rejected {
             warn!(parent: &self.span, code = err.code(), error = %err.message(), "request failed");
         }
-        drop(self.finish(status, Outcome::Rejected));
+        let mut finish = self.finish(status, outcome);
+        finish.first_byte = Some(Instant::now());
+        drop(finish);
         response
     }
 
@@ -63,18 +137,23 @@ impl Ctx {
         self.reject(err, &NONE_VALUE, &NONE_VALUE)
     }
 
-    /// Relays an upstream answer. The body is streamed as it arrives, never buffered; the
-    /// request is accounted for when the body ends or the client goes away.
+    /// Relays an upstream answer through `filter`. The body is streamed as it arrives, never
+    /// buffered; the request is accounted for when the body ends or the client goes away.
     pub(crate) fn relay(
         &self,
         upstream: reqwest::Response,
+        filter: BodyFilter,
         route: &HeaderValue,
         model: &HeaderValue,
     ) -> Response {
         let status = upstream.status();
+        let rewrites = filter.rewrites();
         let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 4);
         for (name, value) in upstream.headers() {
             if is_hop_by_hop(name) || name == header::SET_COOKIE {
+                continue;
+            }
+            if rewrites && name == header::CONTENT_LENGTH {
                 continue;
             }
             if name == REQUEST_ID {
@@ -84,12 +163,94 @@ impl Ctx {
             headers.append(name.clone(), value.clone());
         }
         self.stamp(&mut headers, route, model);
-        let remaining = upstream.content_length();
+        let remaining = if rewrites {
+            None
+        } else {
+            upstream.content_length()
+        };
+        let outcome = if status.is_success() {
+            Outcome::Completed
+        } else {
+            Outcome::UpstreamError
+        };
+        self.stream_response(
+            status,
+            headers,
+            Box::pin(upstream.bytes_stream()),
+            filter,
+            remaining,
+            outcome,
+        )
+    }
+
+    /// An upstream's error answer, read whole, relayed as it is.
+    pub(crate) fn relay_error(
+        &self,
+        status: StatusCode,
+        upstream_headers: &HeaderMap,
+        body: Bytes,
+        route: &HeaderValue,
+        model: &HeaderValue,
+    ) -> Response {
+        let mut headers = HeaderMap::with_capacity(upstream_headers.len() + 4);
+        for (name, value) in upstream_headers {
+            if is_hop_by_hop(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
+                continue;
+            }
+            if name == REQUEST_ID {
+                headers.append(UPSTREAM_REQUEST_ID.clone(), value.clone());
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        self.stamp(&mut headers, route, model);
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        let mut finish = self.finish(status, Outcome::UpstreamError);
+        finish.first_byte = Some(Instant::now());
+        drop(finish);
+        response
+    }
+
+    /// A translated stream: the upstream's body through `filter`, as `text/event-stream`.
+    pub(crate) fn relay_translated(
+        &self,
+        upstream: reqwest::Response,
+        filter: BodyFilter,
+        route: &HeaderValue,
+        model: &HeaderValue,
+    ) -> Response {
+        let mut headers = translated_headers(upstream.headers());
+        headers.insert(header::CONTENT_TYPE, EVENT_STREAM.clone());
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        self.stamp(&mut headers, route, model);
+        self.stream_response(
+            StatusCode::OK,
+            headers,
+            Box::pin(upstream.bytes_stream()),
+            filter,
+            None,
+            Outcome::Completed,
+        )
+    }
+
+    fn stream_response(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        inner: BoxStream<'static, reqwest::Result<Bytes>>,
+        filter: BodyFilter,
+        remaining: Option<u64>,
+        outcome: Outcome,
+    ) -> Response {
         let body = Relay {
             remaining,
-            inner: Box::pin(upstream.bytes_stream()),
-            finish: self.finish(status, Outcome::Completed),
+            inner,
+            filter,
+            finish: self.finish(status, outcome),
             done: remaining == Some(0),
+            ended: false,
         };
         let mut response = Response::new(Body::from_stream(body));
         *response.status_mut() = status;
@@ -97,13 +258,25 @@ impl Ctx {
         response
     }
 
-    /// A locally built JSON answer (e.g. the model list).
-    pub(crate) fn respond_json(&self, body: Bytes, route: &HeaderValue) -> Response {
-        let mut response = Response::new(Body::from(body));
-        let headers = response.headers_mut();
+    /// A JSON answer of our own: the model list, or a translated completion (with the
+    /// upstream's headers worth keeping, and its usage).
+    pub(crate) fn respond_json(
+        &self,
+        body: Bytes,
+        upstream_headers: Option<&HeaderMap>,
+        usage: Option<Usage>,
+        route: &HeaderValue,
+        model: &HeaderValue,
+    ) -> Response {
+        let mut headers = upstream_headers.map(translated_headers).unwrap_or_default();
         headers.insert(header::CONTENT_TYPE, APPLICATION_JSON.clone());
-        self.stamp(headers, route, &NONE_VALUE);
-        drop(self.finish(StatusCode::OK, Outcome::Completed));
+        self.stamp(&mut headers, route, model);
+        let mut response = Response::new(Body::from(body));
+        *response.headers_mut() = headers;
+        let mut finish = self.finish(StatusCode::OK, Outcome::Completed);
+        finish.record.usage = usage;
+        finish.first_byte = Some(Instant::now());
+        drop(finish);
         response
     }
 
@@ -116,13 +289,38 @@ impl Ctx {
     fn finish(&self, status: StatusCode, outcome: Outcome) -> Finish {
         Finish {
             start: self.start,
-            proxy: self.proxy.clone(),
-            route: self.route.clone(),
-            status: status.as_u16(),
             span: self.span.clone(),
+            first_byte: None,
             outcome,
+            record: UsageRecord {
+                proxy: self.proxy.clone(),
+                route: self.route.clone(),
+                provider: self.served.provider,
+                model: Arc::clone(&self.served.model),
+                format: self.format,
+                stream: self.served.stream,
+                translated: self.served.translated,
+                status: status.as_u16(),
+                outcome: outcome.as_str(),
+                latency: std::time::Duration::ZERO,
+                time_to_first_byte: None,
+                usage: None,
+            },
         }
     }
+}
+
+/// The headers of a translated answer taken from the upstream's: its request id (as
+/// `x-upstream-request-id`; Bedrock's is `x-amzn-requestid`).
+fn translated_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(6);
+    let id = upstream
+        .get(&REQUEST_ID)
+        .or_else(|| upstream.get("x-amzn-requestid"));
+    if let Some(id) = id {
+        headers.insert(UPSTREAM_REQUEST_ID.clone(), id.clone());
+    }
+    headers
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -137,60 +335,50 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Completed,
-    Rejected,
-    UpstreamBroke,
-    ClientGone,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::Rejected => "rejected",
-            Outcome::UpstreamBroke => "upstream_stream_error",
-            Outcome::ClientGone => "client_disconnected",
-        }
-    }
-}
-
-/// Records the request's metrics and access log line when dropped.
+/// Records the request (metrics, token counts, the log line) when dropped.
 struct Finish {
     start: Instant,
-    proxy: Label,
-    route: Label,
-    status: u16,
     span: Span,
+    first_byte: Option<Instant>,
     outcome: Outcome,
+    record: UsageRecord,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
-        telemetry::request_finished(&self.proxy, &self.route, self.status, elapsed);
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        self.span.record("status", self.status);
-        self.span.record("latency_ms", latency_ms);
-        info!(
-            parent: &self.span,
-            status = self.status,
-            latency_ms,
-            outcome = self.outcome.as_str(),
-            "request finished"
-        );
+        self.record.latency = self.start.elapsed();
+        self.record.time_to_first_byte = self.first_byte.map(|t| t - self.start);
+        self.record.outcome = self.outcome.as_str();
+        usage::record(&self.record, &self.span);
     }
 }
 
-/// The upstream body, chunk by chunk, with the request's accounting attached.
+/// The upstream body, chunk by chunk through its filter, with the request's accounting
+/// attached.
 struct Relay {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
-    /// Bytes still expected when the upstream declared a length: hyper stops polling once
-    /// it wrote that many, so the end is seen here rather than as the stream's `None`.
+    filter: BodyFilter,
+    /// Bytes still expected when the upstream declared a length (and the body is relayed
+    /// untouched): hyper stops polling once it wrote that many, so the end is seen here
+    /// rather than as the stream's `None`.
     remaining: Option<u64>,
     finish: Finish,
+    /// The upstream body is over (ended, broke, or no longer read).
     done: bool,
+    /// Nothing more will be sent.
+    ended: bool,
+}
+
+impl Relay {
+    fn send(&mut self, out: Bytes) -> Poll<Option<reqwest::Result<Bytes>>> {
+        if out.is_empty() {
+            return Poll::Ready(None);
+        }
+        if self.finish.first_byte.is_none() {
+            self.finish.first_byte = Some(Instant::now());
+        }
+        Poll::Ready(Some(Ok(out)))
+    }
 }
 
 impl Stream for Relay {
@@ -198,28 +386,69 @@ impl Stream for Relay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(remaining) = &mut this.remaining {
-                    *remaining = remaining.saturating_sub(chunk.len() as u64);
-                    if *remaining == 0 {
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(chunk.len() as u64);
+                        if *remaining == 0 {
+                            this.done = true;
+                        }
+                    }
+                    let out = this.filter.push(chunk);
+                    if this.filter.is_done() {
+                        // The filter ended the answer (an error event): stop reading.
                         this.done = true;
+                        this.ended = true;
+                        this.finish.outcome = Outcome::UpstreamBroke;
+                        telemetry::upstream_error(
+                            &this.finish.record.proxy,
+                            &this.finish.record.route,
+                            "stream",
+                        );
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return this.send(out);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.finish.outcome = Outcome::UpstreamBroke;
+                    telemetry::upstream_error(
+                        &this.finish.record.proxy,
+                        &this.finish.record.route,
+                        "stream",
+                    );
+                    let detail = error_chain(&e);
+                    warn!(parent: &this.finish.span, error = %detail, "the upstream body broke off");
+                    match this.filter.broken(&detail) {
+                        Some(out) => {
+                            this.ended = true;
+                            return this.send(out);
+                        }
+                        None => return Poll::Ready(Some(Err(e))),
                     }
                 }
-                Poll::Ready(Some(Ok(chunk)))
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.ended = true;
+                    let out = this.filter.end();
+                    if this.filter.stream_failed() {
+                        this.finish.outcome = Outcome::UpstreamBroke;
+                        telemetry::upstream_error(
+                            &this.finish.record.proxy,
+                            &this.finish.record.route,
+                            "stream",
+                        );
+                    }
+                    return this.send(out);
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.done = true;
-                this.finish.outcome = Outcome::UpstreamBroke;
-                telemetry::upstream_error(&this.finish.proxy, &this.finish.route, "stream");
-                warn!(parent: &this.finish.span, error = %e, "the upstream body broke off");
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            other => other,
         }
     }
 }
@@ -231,6 +460,7 @@ impl Drop for Relay {
             // the client's cancellation.
             self.finish.outcome = Outcome::ClientGone;
         }
+        self.finish.record.usage = self.filter.usage();
     }
 }
 
@@ -262,6 +492,7 @@ pub(crate) fn model_header(model: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
 
     #[test]
     fn request_ids_are_kept_or_made() {
@@ -281,46 +512,87 @@ mod tests {
         assert_eq!(model_header("modèle").as_bytes(), "modèle".as_bytes());
     }
 
-    fn relay(chunks: Vec<&'static [u8]>, remaining: Option<u64>) -> Relay {
+    fn ctx() -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: HeaderValue::from_static("r"),
+            span: Span::none(),
+            proxy: Label::Static("p"),
+            route: Label::Static("r"),
+            format: InboundFormat::OpenAiChat,
+            served: Served::default(),
+        }
+    }
+
+    fn relay(chunks: Vec<&'static [u8]>, remaining: Option<u64>, filter: BodyFilter) -> Relay {
         let items: Vec<reqwest::Result<Bytes>> = chunks
             .into_iter()
             .map(|c| Ok(Bytes::from_static(c)))
             .collect();
         Relay {
             inner: Box::pin(futures::stream::iter(items)),
+            filter,
             remaining,
-            finish: Finish {
-                start: Instant::now(),
-                proxy: Label::Static("p"),
-                route: Label::Static("r"),
-                status: 200,
-                span: Span::none(),
-                outcome: Outcome::Completed,
-            },
+            finish: ctx().finish(StatusCode::OK, Outcome::Completed),
             done: remaining == Some(0),
+            ended: false,
         }
     }
 
     #[tokio::test]
     async fn a_relay_knows_when_the_body_is_complete() {
-        use futures::StreamExt;
         // Hyper stops polling once the declared length is written: that is the end.
-        let mut r = relay(vec![b"hel", b"lo"], Some(5));
+        let mut r = relay(
+            vec![b"hel", b"lo"],
+            Some(5),
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         assert_eq!(r.next().await.unwrap().unwrap(), "hel");
         assert!(!r.done);
+        assert!(r.finish.first_byte.is_some());
         assert_eq!(r.next().await.unwrap().unwrap(), "lo");
         assert!(r.done);
         // Without a length, the stream's end is.
-        let mut r = relay(vec![b"data: x\n\n"], None);
+        let mut r = relay(
+            vec![b"data: x\n\n"],
+            None,
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         r.next().await;
         assert!(!r.done);
         assert!(r.next().await.is_none());
         assert!(r.done);
         // Dropped early: the client went away.
-        let mut r = relay(vec![b"a", b"b"], Some(2));
+        let mut r = relay(
+            vec![b"a", b"b"],
+            Some(2),
+            BodyFilter::tee(InboundFormat::OpenAiChat),
+        );
         r.next().await;
         assert!(!r.done);
-        assert!(relay(vec![], Some(0)).done);
+        assert!(relay(vec![], Some(0), BodyFilter::tee(InboundFormat::OpenAiChat)).done);
+    }
+
+    #[tokio::test]
+    async fn a_relay_ends_a_garbled_stream_with_the_filters_error_event() {
+        let mut r = relay(
+            vec![
+                b"data: {\"choices\":[]}\n\n",
+                b"data: {oops\n\n",
+                b"data: [DONE]\n\n",
+            ],
+            None,
+            BodyFilter::sse(InboundFormat::OpenAiChat, false),
+        );
+        assert_eq!(
+            r.next().await.unwrap().unwrap(),
+            "data: {\"choices\":[]}\n\n"
+        );
+        let err = r.next().await.unwrap().unwrap();
+        assert!(std::str::from_utf8(&err).unwrap().contains("\"error\""));
+        assert!(r.next().await.is_none());
+        assert!(r.done && r.ended);
+        assert_eq!(r.finish.outcome, Outcome::UpstreamBroke);
     }
 
     #[test]

@@ -342,7 +342,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn compiles_providers_without_adapters_as_not_yet() {
+    fn compiles_every_provider() {
+        let mut bedrock = route("b", Provider::Bedrock, Some("anthropic/x"));
+        bedrock.region = Some("us-east-1".into());
+        bedrock.auth = Auth::StaticAws {
+            access_key_id: Secret::new("AKID"),
+            secret_access_key: Secret::new("SECRET"),
+            session_token: None,
+        };
+        let mut azure = route("z", Provider::Azure, Some("deployment"));
+        azure.api_version = Some("2024-10-21".into());
         let t = RoutingTable::compile(&snapshot(
             1,
             vec![proxy(
@@ -350,20 +359,34 @@ pub(crate) mod tests {
                 "/p",
                 vec![
                     route("a", Provider::OpenAi, Some("m")),
-                    route("b", Provider::Bedrock, Some("anthropic/x")),
+                    bedrock,
+                    azure,
+                    route("g", Provider::Gemini, None),
                 ],
                 Some("a"),
             )],
         ))
         .unwrap();
         let (p, _) = t.lookup("/p/models").unwrap();
-        assert!(matches!(p.routes[0].upstream, Upstream::OpenAi(_)));
-        assert!(matches!(
-            p.routes[1].upstream,
-            Upstream::NotYet(Provider::Bedrock)
-        ));
+        let providers: Vec<_> = p.routes.iter().map(|r| r.upstream.provider).collect();
+        assert_eq!(
+            providers,
+            vec![
+                switchyard_llm::Provider::OpenAi,
+                switchyard_llm::Provider::Bedrock,
+                switchyard_llm::Provider::Azure,
+                switchyard_llm::Provider::Gemini
+            ]
+        );
         assert_eq!(p.fallback.as_ref().unwrap().route, 0);
         assert_eq!(p.routes[0].target_model.as_deref(), Some("m"));
         assert_eq!(t.proxies().count(), 1);
+
+        // A bedrock route with an API key cannot sign: the snapshot is refused.
+        let mut keyed = route("b", Provider::Bedrock, None);
+        keyed.region = Some("us-east-1".into());
+        let err = RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![keyed], None)]))
+            .unwrap_err();
+        assert!(err.0.contains("AWS keys"), "{err}");
     }
 }

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod conformance;
+mod providers;
 mod routing;
 mod streaming;
 mod sync;

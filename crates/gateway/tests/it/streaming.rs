@@ -151,29 +151,37 @@ async fn a_broken_upstream_stream_breaks_the_client_stream() {
         None,
     )])
     .await;
+    // A connection that breaks mid-stream ends the client's stream with an error event in
+    // the OpenAI shape (what the SDKs raise on), never a hang and never a `[DONE]`.
     a.set_behavior(Behavior::TruncatedStream);
-    // The break may reach the client before or after the response head was flushed: either
-    // way the client sees a broken message, never a complete one.
-    let sent = client()
-        .post(url(&gw, "/p/chat/completions"))
-        .json(&stream_body("openai/m"))
-        .send()
-        .await;
-    if let Ok(mut resp) = sent {
-        assert_eq!(resp.status(), 200);
-        assert!(
-            read_to_end(&mut resp).await.is_err(),
-            "a truncated upstream stream must not look complete"
-        );
-    }
+    let mut resp = post(&gw, "/p/chat/completions", &stream_body("openai/m")).await;
+    assert_eq!(resp.status(), 200);
+    let all = tokio::time::timeout(WAIT, read_to_end(&mut resp))
+        .await
+        .expect("the client stream hangs")
+        .unwrap();
+    assert!(!all.contains("[DONE]"), "{all}");
+    let last = all.trim_end().lines().last().unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_error", "{all}");
+    assert!(
+        event["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke off"),
+        "{all}"
+    );
     assert_eq!(a.request_count(), 1);
 
-    // Garbled events are relayed as they are: the gateway does not parse passthrough streams.
+    // A garbled event ends it the same way; what came before it was relayed.
     a.set_behavior(Behavior::GarbledStream);
     let mut resp = post(&gw, "/p/chat/completions", &stream_body("openai/m")).await;
     let all = read_to_end(&mut resp).await.unwrap();
-    assert!(all.contains("chatcmpl-broken"), "{all}");
-    assert!(all.ends_with("data: [DONE]\n\n"));
+    assert!(all.contains("\"role\":\"assistant\""), "{all}");
+    assert!(!all.contains("chatcmpl-broken"), "{all}");
+    assert!(!all.contains("[DONE]"), "{all}");
+    assert!(all.contains("malformed stream"), "{all}");
 }
 
 #[tokio::test]

@@ -1,0 +1,360 @@
+//! Stage 1 of a request: what the client asked for.
+//!
+//! The path after the base path names the operation (per the proxy's format); the body is
+//! read once and only what routing needs is taken from it (the model, whether to stream).
+//! The canonical form ([`ChatRequest`]) is parsed on first use only: the passthrough path
+//! never needs it, the translated path (and, later, semantic routing and the prompt guard)
+//! asks for it through [`InboundRequest::canonical`].
+
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use switchyard_llm::{ApiError, ChatRequest, ErrorKind, InboundFormat};
+use switchyard_model::Format;
+
+use crate::error::ProxyError;
+use crate::providers::credential::percent_decode_path;
+
+/// The largest request body the gateway accepts.
+pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// What a path (after the base path) asks the proxy to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `GET /models` (OpenAI format).
+    Models,
+    /// `POST /chat/completions`.
+    Chat,
+    /// `POST /responses`.
+    Responses,
+    /// `POST /models/{model}:generateContent` or `:streamGenerateContent?alt=sse`.
+    Gemini { model: String, stream: bool },
+}
+
+impl Endpoint {
+    /// The endpoint a path names for a proxy of `format`; `None` for a path it does not serve.
+    /// OpenAI paths may sit under `/v1`; Gemini paths under `/v1beta` or `/v1`.
+    pub(crate) fn parse(format: Format, rest: &str) -> Option<Endpoint> {
+        match format {
+            Format::Openai => {
+                let rest = rest.strip_prefix("/v1").unwrap_or(rest);
+                match rest {
+                    "/chat/completions" => Some(Endpoint::Chat),
+                    "/responses" => Some(Endpoint::Responses),
+                    "/models" => Some(Endpoint::Models),
+                    _ => None,
+                }
+            }
+            Format::Gemini => {
+                let rest = rest
+                    .strip_prefix("/v1beta")
+                    .or_else(|| rest.strip_prefix("/v1"))
+                    .unwrap_or(rest);
+                let (model, method) = rest.strip_prefix("/models/")?.rsplit_once(':')?;
+                let stream = match method {
+                    "generateContent" => false,
+                    "streamGenerateContent" => true,
+                    _ => return None,
+                };
+                let model = percent_decode_path(model)?;
+                let model = model.strip_prefix("models/").unwrap_or(&model).to_owned();
+                if model.is_empty() {
+                    return None;
+                }
+                Some(Endpoint::Gemini { model, stream })
+            }
+        }
+    }
+
+    pub(crate) fn method(&self) -> (Method, &'static str) {
+        match self {
+            Endpoint::Models => (Method::GET, "GET"),
+            _ => (Method::POST, "POST"),
+        }
+    }
+
+    /// The client's format (the format its errors are rendered in).
+    pub(crate) fn format(&self) -> InboundFormat {
+        match self {
+            Endpoint::Models | Endpoint::Chat => InboundFormat::OpenAiChat,
+            Endpoint::Responses => InboundFormat::OpenAiResponses,
+            Endpoint::Gemini { .. } => InboundFormat::Gemini,
+        }
+    }
+}
+
+/// A completion request as received: its bytes, what routing needs, and its canonical form
+/// on demand.
+#[derive(Debug)]
+pub(crate) struct InboundRequest {
+    pub format: InboundFormat,
+    /// The client's body, untouched (sent as is on the passthrough path).
+    pub body: Bytes,
+    /// The model the client named (`<route>/<model>`), if any.
+    pub model: Option<String>,
+    pub stream: bool,
+    /// Whether an OpenAI chat client asked for the final usage chunk itself.
+    pub include_usage: bool,
+    canonical: OnceLock<Result<ChatRequest, ApiError>>,
+}
+
+/// The few fields of an OpenAI body that routing reads; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    model: Option<Value>,
+    #[serde(default)]
+    stream: Option<Value>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+}
+
+impl InboundRequest {
+    /// Reads the body of a completion request for `endpoint` and takes what routing needs.
+    pub(crate) async fn read(
+        endpoint: &Endpoint,
+        body: Body,
+        headers: &HeaderMap,
+    ) -> Result<InboundRequest, ProxyError> {
+        let bytes = read_body(body, headers).await?;
+        Self::from_bytes(endpoint, bytes)
+    }
+
+    pub(crate) fn from_bytes(
+        endpoint: &Endpoint,
+        body: Bytes,
+    ) -> Result<InboundRequest, ProxyError> {
+        let not_object = || ProxyError::InvalidJson("the body must be a JSON object".to_owned());
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(not_object());
+        }
+        let format = endpoint.format();
+        let (model, stream, include_usage) = match endpoint {
+            Endpoint::Gemini { model, stream } => {
+                serde_json::from_slice::<IgnoredAny>(&body)
+                    .map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+                (Some(model.clone()), *stream, false)
+            }
+            _ => {
+                let envelope: Envelope = serde_json::from_slice(&body)
+                    .map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+                let model = match envelope.model {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s),
+                    Some(_) => {
+                        return Err(ProxyError::MissingModel(
+                            "'model' must be a string such as \"<route>/<model>\"".to_owned(),
+                        ));
+                    }
+                };
+                let stream = envelope.stream == Some(Value::Bool(true));
+                let include_usage = envelope
+                    .stream_options
+                    .as_ref()
+                    .and_then(|o| o.get("include_usage"))
+                    == Some(&Value::Bool(true));
+                (model, stream, include_usage)
+            }
+        };
+        Ok(InboundRequest {
+            format,
+            body,
+            model,
+            stream,
+            include_usage,
+            canonical: OnceLock::new(),
+        })
+    }
+
+    /// The canonical request, parsed on first use (a malformed body is the client's 400,
+    /// naming the field).
+    pub(crate) fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
+        self.canonical
+            .get_or_init(|| {
+                let mut req = self
+                    .format
+                    .parse_request(&self.body)
+                    .map_err(|e| e.to_api_error())?;
+                if self.format == InboundFormat::Gemini {
+                    req.model = self.model.clone().unwrap_or_default();
+                    req.stream = self.stream;
+                }
+                Ok(req)
+            })
+            .as_ref()
+            .map_err(|e| ProxyError::Api(e.clone()))
+    }
+}
+
+/// The error for a Gemini stream asked for without `alt=sse` (only SSE is served).
+pub(crate) fn gemini_stream_needs_sse(query: Option<&str>) -> Option<ProxyError> {
+    let sse = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.eq_ignore_ascii_case("alt=sse"))
+    });
+    (!sse).then(|| {
+        ProxyError::Api(
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                "streamGenerateContent is served as server-sent events only: add ?alt=sse",
+            )
+            .param("alt"),
+        )
+    })
+}
+
+/// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413.
+async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError> {
+    let too_large = ProxyError::PayloadTooLarge { limit: BODY_LIMIT };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
+        return Err(too_large);
+    }
+    match Limited::new(body, BODY_LIMIT).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
+        Err(e) => Err(ProxyError::BodyRead(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_with_or_without_a_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
+        let err = read_body(Body::empty(), &headers).await.unwrap_err();
+        assert_eq!(err.status().as_u16(), 413);
+
+        // Chunked: counted as it arrives.
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let chunks = (0..33).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(err.status().as_u16(), 413);
+
+        let ok = read_body(Body::from("{}"), &HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(ok, "{}");
+    }
+
+    #[test]
+    fn openai_endpoints_with_and_without_v1() {
+        let p = |s| Endpoint::parse(Format::Openai, s);
+        assert_eq!(p("/chat/completions"), Some(Endpoint::Chat));
+        assert_eq!(p("/v1/chat/completions"), Some(Endpoint::Chat));
+        assert_eq!(p("/responses"), Some(Endpoint::Responses));
+        assert_eq!(p("/v1/models"), Some(Endpoint::Models));
+        for bad in [
+            "",
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1x/models",
+            "/chat",
+            "/models/x",
+            "/v1/v1/models",
+            "/models/gemini-2.5-flash:generateContent",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn gemini_endpoints() {
+        let p = |s| Endpoint::parse(Format::Gemini, s);
+        let g = |model: &str, stream| {
+            Some(Endpoint::Gemini {
+                model: model.into(),
+                stream,
+            })
+        };
+        assert_eq!(
+            p("/models/gemini/gemini-2.5-flash:generateContent"),
+            g("gemini/gemini-2.5-flash", false)
+        );
+        assert_eq!(
+            p("/v1beta/models/gemini%2Fgemini-2.5-flash:streamGenerateContent"),
+            g("gemini/gemini-2.5-flash", true)
+        );
+        assert_eq!(p("/v1/models/g:generateContent"), g("g", false));
+        assert_eq!(p("/v1beta/models/models/g:generateContent"), g("g", false));
+        for bad in [
+            "/chat/completions",
+            "/models/g",
+            "/models/:generateContent",
+            "/models/g:countTokens",
+            "/v2/models/g:generateContent",
+            "/models/g%zz:generateContent",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        assert!(gemini_stream_needs_sse(None).is_some());
+        assert!(gemini_stream_needs_sse(Some("key=x")).is_some());
+        assert!(gemini_stream_needs_sse(Some("key=x&alt=sse")).is_none());
+    }
+
+    #[test]
+    fn envelopes() {
+        let r = InboundRequest::from_bytes(
+            &Endpoint::Chat,
+            Bytes::from_static(
+                br#"{"model":"a/b","stream":true,"stream_options":{"include_usage":true},"x":[1,{"y":2}]}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("a/b"));
+        assert!(r.stream && r.include_usage);
+        let r = InboundRequest::from_bytes(
+            &Endpoint::Responses,
+            Bytes::from_static(b" {\"stream\":1}"),
+        )
+        .unwrap();
+        assert_eq!(r.model, None);
+        assert!(!r.stream);
+        for bad in [&b"[1]"[..], b"\"x\"", b"{", b""] {
+            let err = InboundRequest::from_bytes(&Endpoint::Chat, Bytes::copy_from_slice(bad))
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_json");
+        }
+        let err = InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(b"{\"model\":3}"))
+            .unwrap_err();
+        assert_eq!(err.code(), "model_required");
+
+        let gem = Endpoint::Gemini {
+            model: "g/m".into(),
+            stream: true,
+        };
+        let r = InboundRequest::from_bytes(
+            &gem,
+            Bytes::from_static(br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#),
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("g/m"));
+        let canonical = r.canonical().unwrap();
+        assert_eq!(canonical.model, "g/m");
+        assert!(canonical.stream);
+        assert_eq!(canonical.last_user_text().as_deref(), Some("hi"));
+
+        let bad = InboundRequest::from_bytes(
+            &Endpoint::Chat,
+            Bytes::from_static(br#"{"model":"a/b","messages":"nope"}"#),
+        )
+        .unwrap();
+        let err = bad.canonical().unwrap_err();
+        assert_eq!(err.status().as_u16(), 400);
+    }
+}

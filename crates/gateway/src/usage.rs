@@ -1,0 +1,152 @@
+//! Usage accounting, in one place: what one request consumed and how it was served, recorded
+//! once when it ends (its body done, streams included, or the client gone).
+//!
+//! Every proxied request ends in one [`UsageRecord`] handed to [`record`], which emits the
+//! request metrics, the token counters (`switchyard_gateway_tokens_total{proxy,route,type}`,
+//! after OpenTelemetry's `gen_ai.client.token.usage`), the time to first token of streams
+//! (`switchyard_gateway_time_to_first_token_seconds`), and the request's one structured log
+//! line (`request finished`). Token counts follow OpenAI's semantics whatever the provider:
+//! input includes cached input, output includes reasoning. Usage comes from the upstream's
+//! own report: the canonical response or stream events on the translated path, the llm
+//! usage readers on the passthrough path (for OpenAI chat streams the gateway asks for
+//! `stream_options.include_usage` and holds the extra chunk back from clients that did not).
+//!
+//! This is the seam for governance (budgets, per-key quotas, billing exports): whatever it
+//! needs to know about a finished request is in the record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_llm::{InboundFormat, Usage};
+use tracing::{Span, info};
+
+use crate::telemetry::{self, Label};
+
+/// One finished request.
+#[derive(Debug, Clone)]
+pub(crate) struct UsageRecord {
+    pub proxy: Label,
+    pub route: Label,
+    /// The provider id of the route that served (`none` when no route did).
+    pub provider: &'static str,
+    /// The upstream model asked for (`none` when no route was chosen).
+    pub model: Arc<str>,
+    pub format: InboundFormat,
+    pub stream: bool,
+    /// Whether the request was translated (as opposed to passed through).
+    pub translated: bool,
+    pub status: u16,
+    pub outcome: &'static str,
+    /// From the request's arrival to the end of its body.
+    pub latency: Duration,
+    /// From the request's arrival to the first byte of the answer's body sent to the client.
+    pub time_to_first_byte: Option<Duration>,
+    /// What the upstream reported; `None` when it reported nothing (or no upstream answered).
+    pub usage: Option<Usage>,
+}
+
+/// A low-cardinality label for an inbound format.
+pub(crate) fn format_label(format: InboundFormat) -> &'static str {
+    match format {
+        InboundFormat::OpenAiChat => "openai_chat",
+        InboundFormat::OpenAiResponses => "openai_responses",
+        InboundFormat::Gemini => "gemini",
+    }
+}
+
+/// Records a finished request: metrics and the `request finished` log line (in `span`).
+pub(crate) fn record(rec: &UsageRecord, span: &Span) {
+    telemetry::request_finished(&rec.proxy, &rec.route, rec.status, rec.latency);
+    if let Some(usage) = &rec.usage {
+        telemetry::tokens(&rec.proxy, &rec.route, "input", usage.input_tokens);
+        telemetry::tokens(&rec.proxy, &rec.route, "output", usage.output_tokens);
+        if let Some(cached) = usage.cached_input_tokens.filter(|n| *n > 0) {
+            telemetry::tokens(&rec.proxy, &rec.route, "cached_input", cached);
+        }
+        if let Some(reasoning) = usage.reasoning_tokens.filter(|n| *n > 0) {
+            telemetry::tokens(&rec.proxy, &rec.route, "reasoning", reasoning);
+        }
+    } else if (200..300).contains(&rec.status) && rec.provider != telemetry::NONE {
+        telemetry::usage_missing(&rec.proxy, &rec.route);
+    }
+    if rec.stream
+        && let Some(ttft) = rec.time_to_first_byte
+    {
+        telemetry::time_to_first_token(&rec.proxy, &rec.route, ttft);
+    }
+    let latency_ms = rec.latency.as_secs_f64() * 1000.0;
+    span.record("status", rec.status);
+    span.record("latency_ms", latency_ms);
+    let usage = rec.usage.unwrap_or_default();
+    info!(
+        parent: span,
+        status = rec.status,
+        latency_ms,
+        outcome = rec.outcome,
+        provider = rec.provider,
+        upstream_model = &*rec.model,
+        format = format_label(rec.format),
+        stream = rec.stream,
+        translated = rec.translated,
+        ttft_ms = rec.time_to_first_byte.map(|d| d.as_secs_f64() * 1000.0),
+        input_tokens = rec.usage.map(|_| usage.input_tokens),
+        output_tokens = rec.usage.map(|_| usage.output_tokens),
+        cached_input_tokens = usage.cached_input_tokens,
+        reasoning_tokens = usage.reasoning_tokens,
+        "request finished"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_tokens_and_first_token_times() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rec = UsageRecord {
+            proxy: Label::Static("p"),
+            route: Label::Static("r"),
+            provider: "bedrock",
+            model: Arc::from("anthropic.claude"),
+            format: InboundFormat::OpenAiChat,
+            stream: true,
+            translated: true,
+            status: 200,
+            outcome: "completed",
+            latency: Duration::from_millis(30),
+            time_to_first_byte: Some(Duration::from_millis(5)),
+            usage: Some(Usage {
+                input_tokens: 12,
+                output_tokens: 7,
+                cached_input_tokens: Some(4),
+                cache_write_input_tokens: None,
+                reasoning_tokens: None,
+            }),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            record(&rec, &Span::none());
+            record(
+                &UsageRecord {
+                    usage: None,
+                    stream: false,
+                    ..rec.clone()
+                },
+                &Span::none(),
+            );
+        });
+        let text = handle.render();
+        for line in [
+            r#"switchyard_gateway_tokens_total{proxy="p",route="r",type="input"} 12"#,
+            r#"switchyard_gateway_tokens_total{proxy="p",route="r",type="output"} 7"#,
+            r#"switchyard_gateway_tokens_total{proxy="p",route="r",type="cached_input"} 4"#,
+            r#"switchyard_gateway_usage_missing_total{proxy="p",route="r"} 1"#,
+            r#"switchyard_gateway_time_to_first_token_seconds_count{proxy="p",route="r"} 1"#,
+            r#"switchyard_gateway_requests_total{proxy="p",route="r",status="200"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("type=\"reasoning\""), "{text}");
+    }
+}

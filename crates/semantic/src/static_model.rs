@@ -45,9 +45,8 @@ impl StaticEncoder {
         let (config_path, config) = files::read(dir, "config.json")?;
         serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&config)
             .map_err(|e| files::invalid(&config_path, format!("not a JSON object: {e}")))?;
+        // tokenizer.json (10 MB) is parsed once, by model2vec-rs below.
         let (tok_path, tokenizer) = files::read(dir, "tokenizer.json")?;
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&tokenizer)
-            .map_err(|e| files::invalid(&tok_path, format!("not a tokenizers JSON file: {e}")))?;
         let (model_path, model) = files::read(dir, "model.safetensors")?;
         files::check_safetensors(&model_path, &model)?;
 

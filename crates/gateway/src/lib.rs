@@ -16,10 +16,13 @@ mod http;
 mod node;
 mod providers;
 mod routing;
+mod semantic;
 pub mod sync;
 pub mod table;
 mod telemetry;
 
 pub use error::GatewayError;
 pub use node::{Gateway, GatewayConfig, SyncTuning};
+pub use semantic::{EncoderKind, ModelLoadError, load_encoder};
+pub use switchyard_semantic::Encoder;
 pub use sync::{SnapshotSource, SyncState};

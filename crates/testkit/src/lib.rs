@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod embeddings;
 pub mod openai;
 pub mod pg;
 pub mod snapshots;
 
 pub use control_plane::{FakeControlPlane, NodeEvent};
+pub use embeddings::MockEmbeddings;
 pub use openai::{Behavior, MOCK_API_KEY, MockConfig, MockOpenAi, RecordedRequest, reply_text};

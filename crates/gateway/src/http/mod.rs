@@ -3,7 +3,7 @@
 //! with graceful, bounded drain.
 
 mod proxy;
-mod relay;
+pub(crate) mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub(crate) struct AppState {
     pub header_timeout: Duration,
     pub draining: AtomicBool,
     pub metrics: Option<PrometheusHandle>,
+    /// The node's sentence encoder and caches (semantic routing, prompt guard).
+    pub engine: Arc<crate::semantic::SemanticEngine>,
 }
 
 /// The main listener's router: reserved paths, then every proxy.

@@ -23,6 +23,8 @@ use crate::error::{ProxyError, error_chain};
 use crate::providers::openai::Inbound;
 use crate::providers::{Operation, Upstream};
 use crate::routing::{self, Choice, Decision, FallbackReason};
+use crate::semantic::prompt::{BodyKind, last_user_text};
+use crate::semantic::{self, dry_run};
 use crate::table::{CompiledProxy, CompiledRoute};
 use crate::telemetry::{self, Label, NONE};
 
@@ -69,6 +71,12 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
                 .to_owned(),
         ));
     }
+    if rest == dry_run::DRY_RUN_PATH {
+        if req.method() != Method::POST {
+            return ctx.reject_unrouted(&ProxyError::MethodNotAllowed { allow: "POST" });
+        }
+        return dry_run::handle(&proxy, req.into_body(), ctx).await;
+    }
     let Some(op) = endpoint(rest) else {
         return ctx.reject_unrouted(&ProxyError::UnknownEndpoint);
     };
@@ -82,7 +90,10 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     match op {
         Operation::Models => list_models(state, &proxy, req, ctx).await,
         Operation::ChatCompletions | Operation::Responses => {
-            complete(state, &proxy, op, req, ctx).await
+            let mut scores = None;
+            let mut response = complete(state, &proxy, op, req, ctx, &mut scores).await;
+            dry_run::stamp_scores(&mut response, scores);
+            response
         }
     }
 }
@@ -104,12 +115,8 @@ async fn complete(
     op: Operation,
     req: Request,
     mut ctx: Ctx,
+    scores: &mut Option<HeaderValue>,
 ) -> Response {
-    if proxy.strategy == RoutingStrategy::Semantic {
-        return ctx.reject_unrouted(&ProxyError::NotImplemented(
-            "semantic routing (this gateway version routes by model only)".to_owned(),
-        ));
-    }
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, &parts.headers).await {
         Ok(b) => b,
@@ -135,7 +142,37 @@ async fn complete(
         query: parts.uri.query(),
         request_id: &request_id,
     };
-    let (first, fallback) = match routing::decide(proxy, asked.as_deref()) {
+    // Prompt guards, then semantic routing: one embedding of the last user message.
+    let evaluation = match &proxy.semantic {
+        None => None,
+        Some(semantic) => {
+            let kind = match op {
+                Operation::Responses => BodyKind::Responses,
+                _ => BodyKind::Chat,
+            };
+            let prompt = last_user_text(kind, &json);
+            match semantic.evaluate(prompt.as_deref()).await {
+                Ok(ev) => {
+                    if dry_run::wants_scores(&parts.headers) {
+                        *scores = ev.scores_header();
+                    }
+                    Some(ev)
+                }
+                Err(e) => return ctx.reject_unrouted(&e),
+            }
+        }
+    };
+    if let Some(blocked) = evaluation.as_ref().and_then(|ev| ev.blocked()) {
+        info!(parent: &ctx.span, "prompt blocked by the prompt guard");
+        return ctx.reject_unrouted(&blocked);
+    }
+    let decision = match &evaluation {
+        Some(ev) if proxy.strategy == RoutingStrategy::Semantic => {
+            semantic::decide(proxy, &ev.pick)
+        }
+        _ => routing::decide(proxy, asked.as_deref()),
+    };
+    let (first, fallback) = match decision {
         Decision::Reject(e) => return ctx.reject_unrouted(&e),
         Decision::Route { choice, fallback } => (choice, fallback),
         Decision::Fallback { choice, reason } => {

@@ -5,5 +5,6 @@
 
 mod common;
 mod routing;
+mod semantic;
 mod streaming;
 mod sync;

@@ -1,7 +1,7 @@
 //! Routing decisions, passthrough, errors and fallbacks over real HTTP.
 
 use serde_json::{Value, json};
-use switchyard_model::{Auth, Format, Provider, RoutingStrategy, Secret};
+use switchyard_model::{Auth, Format, Provider, Secret};
 use switchyard_testkit::snapshots::{openai_route, proxy, route, with_target};
 use switchyard_testkit::{Behavior, MOCK_API_KEY, MockConfig, MockOpenAi, reply_text};
 
@@ -449,16 +449,6 @@ async fn what_is_not_supported_yet_answers_501() {
         None,
     );
     gemini.spec.format = Format::Gemini;
-    let mut semantic = proxy(
-        "s",
-        "/s",
-        vec![with_target(
-            openai_route("openai", &a.base_url(), MOCK_API_KEY),
-            "m",
-        )],
-        None,
-    );
-    semantic.spec.routing.strategy = RoutingStrategy::Semantic;
     let bedrock = proxy(
         "b",
         "/b",
@@ -477,7 +467,7 @@ async fn what_is_not_supported_yet_answers_501() {
         ],
         Some(("openai", Some("gpt-4o"))),
     );
-    let (_cp, gw, _cache) = serving(vec![gemini, semantic, bedrock]).await;
+    let (_cp, gw, _cache) = serving(vec![gemini, bedrock]).await;
 
     let resp = post(
         &gw,
@@ -489,14 +479,6 @@ async fn what_is_not_supported_yet_answers_501() {
     let (status, err) = error_of(resp).await;
     assert_eq!(status, 501);
     assert!(err["message"].as_str().unwrap().contains("gemini"), "{err}");
-
-    let (status, err) =
-        error_of(post(&gw, "/s/chat/completions", &chat(Some("openai/x"))).await).await;
-    assert_eq!(status, 501);
-    assert!(
-        err["message"].as_str().unwrap().contains("semantic"),
-        "{err}"
-    );
 
     let resp = post(
         &gw,

@@ -27,6 +27,10 @@ pub enum GatewayError {
     ControlPlaneUrl { url: String, reason: String },
     #[error("cannot build the upstream http client: {0}")]
     HttpClient(String),
+    #[error(transparent)]
+    Model(#[from] crate::semantic::ModelLoadError),
+    #[error("cannot start the embedding worker: {0}")]
+    EmbeddingWorker(std::io::Error),
     #[error("{what} server stopped: {reason}")]
     Server { what: &'static str, reason: String },
 }
@@ -67,6 +71,15 @@ pub(crate) enum ProxyError {
     Api(ApiError),
     UpstreamUnavailable(String),
     UpstreamTimeout,
+    /// A prompt guard matched (403).
+    PromptBlocked {
+        topics: Vec<String>,
+        patterns: Vec<String>,
+    },
+    /// Semantic routing found no route and there is no fallback.
+    NoSemanticRoute(String),
+    /// The prompt could not be embedded (encoder saturated or remote service down).
+    SemanticUnavailable(String),
 }
 
 impl ProxyError {
@@ -88,6 +101,9 @@ impl ProxyError {
             ProxyError::Api(e) => e.status,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::PromptBlocked { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NoSemanticRoute(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SemanticUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -101,6 +117,8 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Api(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
+            ProxyError::PromptBlocked { .. } => "prompt_blocked",
+            ProxyError::SemanticUnavailable(_) => "service_unavailable",
             _ => "invalid_request_error",
         }
     }
@@ -122,6 +140,9 @@ impl ProxyError {
             ProxyError::Api(e) => e.kind.label(),
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::PromptBlocked { .. } => "prompt_blocked",
+            ProxyError::NoSemanticRoute(_) => "no_route_matched",
+            ProxyError::SemanticUnavailable(_) => "semantic_unavailable",
         }
     }
 
@@ -157,11 +178,43 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 "the upstream did not answer in time (response headers timeout)".to_owned()
             }
+            ProxyError::PromptBlocked { topics, patterns } => {
+                let mut why = Vec::new();
+                if !topics.is_empty() {
+                    why.push(format!("deny topic(s) {}", topics.join(", ")));
+                }
+                if !patterns.is_empty() {
+                    why.push(format!("pattern(s) {}", patterns.join(", ")));
+                }
+                format!(
+                    "the prompt was blocked by this proxy's prompt guard: it matches {}",
+                    why.join(" and ")
+                )
+            }
+            ProxyError::NoSemanticRoute(why) => why.clone(),
+            ProxyError::SemanticUnavailable(why) => {
+                format!(
+                    "the prompt could not be embedded for semantic routing or the prompt guard: {why}"
+                )
+            }
         }
     }
 
     /// The OpenAI-shaped error body: `{"error": {"message", "type", "code"}}`.
     pub(crate) fn body(&self) -> Bytes {
+        if let ProxyError::PromptBlocked { topics, patterns } = self {
+            let mut error = serde_json::json!({
+                "message": self.message(),
+                "type": self.error_type(),
+                "code": self.code(),
+                "param": null,
+                "matched_topics": topics,
+            });
+            if !patterns.is_empty() {
+                error["matched_patterns"] = serde_json::json!(patterns);
+            }
+            return Bytes::from(serde_json::json!({ "error": error }).to_string());
+        }
         match self {
             ProxyError::Api(e) => InboundFormat::OpenAiChat.render_error(e).1,
             _ => openai_error_body(&self.message(), self.error_type(), self.code()),
@@ -242,6 +295,15 @@ mod tests {
                 ),
                 429,
             ),
+            (
+                ProxyError::PromptBlocked {
+                    topics: vec!["weapons".into()],
+                    patterns: vec![],
+                },
+                403,
+            ),
+            (ProxyError::NoSemanticRoute("none".into()), 400),
+            (ProxyError::SemanticUnavailable("full".into()), 503),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -254,6 +316,23 @@ mod tests {
             assert_eq!(v["error"]["type"], err.error_type());
             assert!(v["error"]["message"].as_str().unwrap().len() > 3);
         }
+        let blocked: serde_json::Value = serde_json::from_slice(
+            &ProxyError::PromptBlocked {
+                topics: vec!["weapons".into()],
+                patterns: vec!["ssn".into()],
+            }
+            .body(),
+        )
+        .unwrap();
+        assert_eq!(blocked["error"]["type"], "prompt_blocked");
+        assert_eq!(
+            blocked["error"]["matched_topics"],
+            serde_json::json!(["weapons"])
+        );
+        assert_eq!(
+            blocked["error"]["matched_patterns"],
+            serde_json::json!(["ssn"])
+        );
         let m = ProxyError::MissingCredential(CredentialPlace::Header("x-key".into())).message();
         assert!(m.contains("x-key"));
     }

@@ -17,6 +17,7 @@ mod http;
 mod node;
 mod providers;
 mod routing;
+mod semantic;
 pub mod sync;
 pub mod table;
 mod telemetry;
@@ -24,4 +25,6 @@ mod usage;
 
 pub use error::GatewayError;
 pub use node::{Gateway, GatewayConfig, SyncTuning};
+pub use semantic::{EncoderKind, ModelLoadError, load_encoder};
+pub use switchyard_semantic::Encoder;
 pub use sync::{SnapshotSource, SyncState};

@@ -15,9 +15,11 @@ use tracing::{info, warn};
 
 use crate::GatewayError;
 use crate::http::{self, AppState};
+use crate::semantic::{EncoderKind, SemanticEngine, load_encoder};
 use crate::sync::cache::Cache;
 use crate::sync::{self, Applier, SyncSettings, SyncState};
 use crate::table::SharedTable;
+use switchyard_semantic::Encoder;
 
 /// How to run one gateway node.
 #[derive(Clone)]
@@ -40,6 +42,15 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// The installed Prometheus recorder's handle; `None` answers `/metrics` with 404.
     pub metrics: Option<PrometheusHandle>,
+    /// The sentence encoder's directory (semantic routing and the semantic prompt guard).
+    /// Without one (and without `encoder`), snapshots holding such proxies are NACKed
+    /// unless they name a remote `semantic_service`.
+    pub model_dir: Option<PathBuf>,
+    /// Which encoder `model_dir` holds.
+    pub encoder_kind: EncoderKind,
+    /// An already loaded encoder, used instead of loading `model_dir` (tests and embedders
+    /// share one).
+    pub encoder: Option<Arc<dyn Encoder>>,
 }
 
 impl GatewayConfig {
@@ -68,6 +79,9 @@ impl GatewayConfig {
             upstream_header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             metrics: None,
+            model_dir: None,
+            encoder_kind: EncoderKind::default(),
+            encoder: None,
         }
     }
 }
@@ -86,6 +100,12 @@ impl std::fmt::Debug for GatewayConfig {
             .field("upstream_header_timeout", &self.upstream_header_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics", &self.metrics.is_some())
+            .field("model_dir", &self.model_dir)
+            .field("encoder_kind", &self.encoder_kind)
+            .field(
+                "encoder",
+                &self.encoder.as_ref().map(|e| e.name().to_owned()),
+            )
             .finish()
     }
 }
@@ -155,10 +175,38 @@ impl Gateway {
             .build()
             .map_err(|e| GatewayError::HttpClient(e.to_string()))?;
 
+        let encoder = match (&config.encoder, &config.model_dir) {
+            (Some(encoder), _) => Some(Arc::clone(encoder)),
+            (None, Some(dir)) => {
+                let (dir, kind) = (dir.clone(), config.encoder_kind);
+                let loaded = tokio::task::spawn_blocking(move || load_encoder(&dir, kind))
+                    .await
+                    .map_err(|e| GatewayError::EmbeddingWorker(std::io::Error::other(e)))??;
+                info!(
+                    encoder = loaded.name(),
+                    dim = loaded.dim(),
+                    "sentence encoder loaded"
+                );
+                Some(loaded)
+            }
+            (None, None) => None,
+        };
+        let engine = Arc::new(match encoder {
+            Some(e) => SemanticEngine::with_encoder(e, client.clone())
+                .map_err(GatewayError::EmbeddingWorker)?,
+            None => SemanticEngine::without_encoder(client.clone()),
+        });
+
         let table: SharedTable = Arc::new(ArcSwapOption::empty());
         let (state_tx, sync_state) = watch::channel(SyncState::default());
-        let applier = Applier::new(config.gateway.clone(), Arc::clone(&table), cache, state_tx);
-        applier.boot_from_cache();
+        let applier = Applier::new(
+            config.gateway.clone(),
+            Arc::clone(&table),
+            cache,
+            state_tx,
+            Arc::clone(&engine),
+        );
+        applier.boot_from_cache().await;
 
         let state = Arc::new(AppState {
             table,
@@ -166,6 +214,7 @@ impl Gateway {
             header_timeout: config.upstream_header_timeout,
             draining: AtomicBool::new(false),
             metrics: config.metrics.clone(),
+            engine,
         });
         let listener = http::bind(config.listen, "traffic").await?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
@@ -273,6 +322,7 @@ impl Gateway {
         if let Err(e) = self.sync.await {
             warn!(error = %e, "sync task failed");
         }
+        self.state.engine.shutdown();
         info!("stopped");
     }
 

@@ -29,6 +29,10 @@ pub(crate) enum FallbackReason {
     Connection,
     Status5xx,
     Status429,
+    /// Semantic routing: the best topic scored below the threshold.
+    BelowThreshold,
+    /// Semantic routing: the request has no user text.
+    NoPrompt,
 }
 
 impl FallbackReason {
@@ -41,6 +45,8 @@ impl FallbackReason {
             FallbackReason::Connection => "connection",
             FallbackReason::Status5xx => "status_5xx",
             FallbackReason::Status429 => "status_429",
+            FallbackReason::BelowThreshold => "below_threshold",
+            FallbackReason::NoPrompt => "no_prompt",
         }
     }
 }
@@ -132,7 +138,7 @@ fn to_fallback(
 
 /// The fallback route with its model: the fallback's `target_model`, else the fallback
 /// route's `target_model`, else the model the request asked for.
-fn fallback_choice(proxy: &CompiledProxy, asked: Option<&str>) -> Option<Choice> {
+pub(crate) fn fallback_choice(proxy: &CompiledProxy, asked: Option<&str>) -> Option<Choice> {
     let fb = proxy.fallback.as_ref()?;
     let model = fb
         .target_model

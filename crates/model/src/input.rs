@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use crate::names::{validate_base_path, validate_name};
 use crate::{
-    Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, Route, Routing,
-    RoutingStrategy, Secret, Selector, Topic, ValidationError, validate_gateway_name,
+    Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, RegexGuard,
+    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, SemanticService, Topic,
+    ValidationError, validate_gateway_name,
 };
 
 /// The body of `POST /proxies` and `PUT /proxies/{id}`.
@@ -32,6 +33,10 @@ pub struct ProxyInput {
     pub routes: Vec<RouteInput>,
     #[serde(default)]
     pub prompt_guard: Option<PromptGuardInput>,
+    #[serde(default)]
+    pub regex_guard: Option<RegexGuardInput>,
+    #[serde(default)]
+    pub semantic_service: Option<SemanticServiceInput>,
     #[serde(default)]
     pub id: Option<Uuid>,
     #[serde(default)]
@@ -109,6 +114,40 @@ pub struct TopicInput {
 pub struct PromptGuardInput {
     pub threshold: f64,
     pub deny_topics: Vec<TopicInput>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexGuardInput {
+    pub patterns: Vec<RegexPatternInput>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexPatternInput {
+    pub name: String,
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticServiceInput {
+    pub url: String,
+    pub model: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+/// The compiled size bound of one regex guard pattern (the `regex` crate's `size_limit`):
+/// patterns whose automaton would be larger are refused on write.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a regex guard pattern the way the gateway does (bounded program size).
+pub fn compile_guard_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
 }
 
 /// Parses an admin body strictly. A syntax error, a wrong type, a missing or an unknown field
@@ -203,6 +242,17 @@ impl ProxyInput {
             Some(guard) => Some(guard.validate(limits)?),
         };
 
+        let regex_guard = match self.regex_guard {
+            None => None,
+            Some(guard) => Some(guard.validate(limits)?),
+        };
+        let semantic_service = match self.semantic_service {
+            None => None,
+            Some(service) => {
+                Some(service.validate(previous.and_then(|p| p.semantic_service.as_ref()))?)
+            }
+        };
+
         Ok(ProxySpec {
             name: self.name,
             gateway: self.gateway,
@@ -211,6 +261,8 @@ impl ProxyInput {
             routing,
             routes,
             prompt_guard,
+            regex_guard,
+            semantic_service,
         })
     }
 }
@@ -646,6 +698,105 @@ impl PromptGuardInput {
         Ok(PromptGuard {
             threshold: self.threshold,
             deny_topics: topics,
+        })
+    }
+}
+
+impl RegexGuardInput {
+    fn validate(self, limits: &Limits) -> Result<RegexGuard, ValidationError> {
+        if self.patterns.is_empty() {
+            return Err(ValidationError::rule(
+                "regex_guard.patterns",
+                "a regex guard needs at least one pattern",
+            ));
+        }
+        if self.patterns.len() > limits.regex_patterns_per_proxy {
+            return Err(ValidationError::limit(
+                format!("regex_guard.patterns[{}]", limits.regex_patterns_per_proxy),
+                format!(
+                    "at most {} regex guard patterns per proxy",
+                    limits.regex_patterns_per_proxy
+                ),
+            ));
+        }
+        let mut patterns: Vec<RegexPattern> = Vec::with_capacity(self.patterns.len());
+        for (i, p) in self.patterns.into_iter().enumerate() {
+            let field = format!("regex_guard.patterns[{i}]");
+            let name = p.name.trim();
+            if name.is_empty() || name.chars().count() > 64 {
+                return Err(ValidationError::invalid(
+                    format!("{field}.name"),
+                    "must be 1-64 characters",
+                ));
+            }
+            if patterns.iter().any(|x| x.name == name) {
+                return Err(ValidationError::rule(
+                    format!("{field}.name"),
+                    format!("pattern name '{name}' is used twice"),
+                ));
+            }
+            let chars = p.pattern.chars().count();
+            if chars == 0 {
+                return Err(ValidationError::invalid(
+                    format!("{field}.pattern"),
+                    "must not be empty",
+                ));
+            }
+            if chars > limits.chars_per_regex_pattern {
+                return Err(ValidationError::limit(
+                    format!("{field}.pattern"),
+                    format!(
+                        "at most {} characters per pattern (got {chars})",
+                        limits.chars_per_regex_pattern
+                    ),
+                ));
+            }
+            if let Err(e) = compile_guard_regex(&p.pattern) {
+                let code = match e {
+                    regex::Error::CompiledTooBig(_) => ErrorCode::LimitExceeded,
+                    _ => ErrorCode::InvalidValue,
+                };
+                let first = e.to_string();
+                let message = first
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Err(ValidationError::new(
+                    code,
+                    format!("{field}.pattern"),
+                    format!("not a valid regular expression: {message}"),
+                ));
+            }
+            patterns.push(RegexPattern {
+                name: name.to_owned(),
+                pattern: p.pattern,
+            });
+        }
+        Ok(RegexGuard { patterns })
+    }
+}
+
+impl SemanticServiceInput {
+    fn validate(
+        self,
+        previous: Option<&SemanticService>,
+    ) -> Result<SemanticService, ValidationError> {
+        let url = validate_url("semantic_service.url", &self.url)?;
+        validate_model("semantic_service.model", &self.model)?;
+        let api_key = match self.api_key {
+            None => None,
+            Some(key) => Some(keep_or_check_secret(
+                "semantic_service.api_key",
+                key,
+                || previous.and_then(|p| p.api_key.clone()),
+            )?),
+        };
+        Ok(SemanticService {
+            url,
+            model: self.model,
+            api_key,
         })
     }
 }

@@ -16,12 +16,12 @@ pub mod snapshot;
 mod spec;
 
 pub use error::{ErrorCode, ValidationError};
-pub use input::{ProxyInput, parse_proxy_input};
+pub use input::{ProxyInput, REGEX_SIZE_LIMIT, compile_guard_regex, parse_proxy_input};
 pub use limits::Limits;
 pub use names::{RESERVED_PATHS, validate_gateway_name};
 pub use secret::{REDACTED, Secret};
 pub use selector::{Selector, SelectorSource};
 pub use spec::{
     Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec,
-    Route, Routing, RoutingStrategy, Topic,
+    RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, SemanticService, Topic,
 };

@@ -11,6 +11,20 @@ pub struct Limits {
     pub deny_topics_per_proxy: usize,
     pub utterances_per_deny_topic: usize,
     pub chars_per_utterance: usize,
+    /// Named patterns of a proxy's regex prompt guard.
+    #[serde(default = "default_regex_patterns")]
+    pub regex_patterns_per_proxy: usize,
+    /// Characters per regex pattern (each is also compiled with a bounded program size).
+    #[serde(default = "default_regex_chars")]
+    pub chars_per_regex_pattern: usize,
+}
+
+fn default_regex_patterns() -> usize {
+    Limits::default().regex_patterns_per_proxy
+}
+
+fn default_regex_chars() -> usize {
+    Limits::default().chars_per_regex_pattern
 }
 
 impl Default for Limits {
@@ -23,6 +37,8 @@ impl Default for Limits {
             deny_topics_per_proxy: 6,
             utterances_per_deny_topic: 10,
             chars_per_utterance: 500,
+            regex_patterns_per_proxy: 20,
+            chars_per_regex_pattern: 1000,
         }
     }
 }

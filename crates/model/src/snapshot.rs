@@ -10,8 +10,8 @@ use switchyard_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{
-    Auth, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec, Route, Routing,
-    RoutingStrategy, Secret, Topic,
+    Auth, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec, RegexGuard, RegexPattern,
+    Route, Routing, RoutingStrategy, Secret, SemanticService, Topic,
 };
 
 /// Everything one gateway serves, at one version.
@@ -92,6 +92,21 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
             threshold: g.threshold,
             deny_topics: g.deny_topics.iter().map(topic_to_pb).collect(),
         }),
+        regex_guard: spec.regex_guard.as_ref().map(|g| pb::RegexGuard {
+            patterns: g
+                .patterns
+                .iter()
+                .map(|p| pb::RegexPattern {
+                    name: p.name.clone(),
+                    pattern: p.pattern.clone(),
+                })
+                .collect(),
+        }),
+        semantic_service: spec.semantic_service.as_ref().map(|s| pb::SemanticService {
+            url: s.url.clone(),
+            model: s.model.clone(),
+            api_key: s.api_key.as_ref().map(|k| k.expose().to_owned()),
+        }),
         version: p.version,
     }
 }
@@ -139,6 +154,21 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
         prompt_guard: p.prompt_guard.map(|g| PromptGuard {
             threshold: g.threshold,
             deny_topics: g.deny_topics.into_iter().map(topic_from_pb).collect(),
+        }),
+        regex_guard: p.regex_guard.map(|g| RegexGuard {
+            patterns: g
+                .patterns
+                .into_iter()
+                .map(|p| RegexPattern {
+                    name: p.name,
+                    pattern: p.pattern,
+                })
+                .collect(),
+        }),
+        semantic_service: p.semantic_service.map(|s| SemanticService {
+            url: s.url,
+            model: s.model,
+            api_key: s.api_key.map(Secret::new),
         }),
     };
     // Timestamps are control-plane bookkeeping; nodes do not need them.
@@ -298,7 +328,9 @@ mod tests {
                  "target_model": "anthropic/x",
                  "auth": {"type": "static", "access_key_id": "AK", "secret_access_key": "SK", "session_token": "T"}}
             ],
-            "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}]}
+            "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}]},
+            "regex_guard": {"patterns": [{"name": "ssn", "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b"}]},
+            "semantic_service": {"url": "http://127.0.0.1:9/v1", "model": "emb", "api_key": "sk-emb"}
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()

@@ -100,6 +100,10 @@ pub struct ProxySpec {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_guard: Option<PromptGuard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_guard: Option<RegexGuard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_service: Option<SemanticService>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,7 +280,35 @@ pub struct PromptGuard {
     pub deny_topics: Vec<Topic>,
 }
 
+/// Named regular expressions refused in prompts (`regex` crate syntax, validated on write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegexGuard {
+    pub patterns: Vec<RegexPattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegexPattern {
+    pub name: String,
+    pub pattern: String,
+}
+
+/// A remote OpenAI-compatible embeddings service (`POST {url}/embeddings`) used instead of
+/// the node's in-process encoder for one proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemanticService {
+    pub url: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+}
+
 impl ProxySpec {
+    /// Whether serving this proxy needs sentence embeddings (semantic routing or a semantic
+    /// prompt guard).
+    pub fn needs_embeddings(&self) -> bool {
+        self.routing.strategy == RoutingStrategy::Semantic || self.prompt_guard.is_some()
+    }
+
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
@@ -302,6 +334,13 @@ impl ProxySpec {
                 }
                 Auth::None | Auth::Dynamic { .. } | Auth::DynamicAws { .. } => {}
             }
+        }
+        if let Some(key) = self
+            .semantic_service
+            .as_mut()
+            .and_then(|s| s.api_key.as_mut())
+        {
+            *key = f(key.clone())?;
         }
         Ok(self)
     }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_control_plane::crypto::Keyring;
 use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
-use switchyard_gateway::{Gateway, GatewayConfig};
+use switchyard_gateway::{EncoderKind, Gateway, GatewayConfig};
 use switchyard_model::Limits;
 
 /// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
@@ -132,6 +132,12 @@ pub struct LimitArgs {
     /// Characters per utterance.
     #[arg(long, env = "SWITCHYARD_MAX_CHARS_PER_UTTERANCE", default_value_t = Limits::default().chars_per_utterance)]
     pub max_chars_per_utterance: usize,
+    /// Named patterns of a proxy's regex prompt guard.
+    #[arg(long, env = "SWITCHYARD_MAX_REGEX_PATTERNS_PER_PROXY", default_value_t = Limits::default().regex_patterns_per_proxy)]
+    pub max_regex_patterns_per_proxy: usize,
+    /// Characters per regex guard pattern.
+    #[arg(long, env = "SWITCHYARD_MAX_CHARS_PER_REGEX_PATTERN", default_value_t = Limits::default().chars_per_regex_pattern)]
+    pub max_chars_per_regex_pattern: usize,
 }
 
 impl LimitArgs {
@@ -144,6 +150,8 @@ impl LimitArgs {
             deny_topics_per_proxy: self.max_deny_topics_per_proxy,
             utterances_per_deny_topic: self.max_utterances_per_deny_topic,
             chars_per_utterance: self.max_chars_per_utterance,
+            regex_patterns_per_proxy: self.max_regex_patterns_per_proxy,
+            chars_per_regex_pattern: self.max_chars_per_regex_pattern,
         }
     }
 }
@@ -176,7 +184,55 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_NODE_ID")]
     pub node_id: Option<String>,
     #[command(flatten)]
+    pub semantic: SemanticArgs,
+    #[command(flatten)]
     pub tuning: GatewayTuning,
+}
+
+#[derive(Debug, Args)]
+pub struct SemanticArgs {
+    /// Directory holding the sentence encoder (`model.safetensors`, `tokenizer.json`,
+    /// `config.json`; see scripts/fetch-model) for semantic routing and the semantic prompt
+    /// guard. Without it, proxies using them are refused (NACKed) unless they name a
+    /// remote semantic_service. `dev` defaults to ./models/all-MiniLM-L6-v2 (or
+    /// ./models/static with --encoder static) when it exists.
+    #[arg(long, env = "SWITCHYARD_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Which encoder the model directory holds.
+    #[arg(long, env = "SWITCHYARD_ENCODER", value_enum, default_value_t = EncoderArg::Minilm)]
+    pub encoder: EncoderArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncoderArg {
+    /// all-MiniLM-L6-v2: accurate, a few ms per prompt.
+    Minilm,
+    /// model2vec static embeddings: microseconds per prompt, less accurate.
+    Static,
+}
+
+impl SemanticArgs {
+    fn kind(&self) -> EncoderKind {
+        match self.encoder {
+            EncoderArg::Minilm => EncoderKind::MiniLm,
+            EncoderArg::Static => EncoderKind::Static,
+        }
+    }
+
+    /// The model directory: the flag, else (dev only) the one scripts/fetch-model fills.
+    fn dir(&self, dev_default: bool) -> Option<PathBuf> {
+        if let Some(dir) = &self.model_dir {
+            return Some(dir.clone());
+        }
+        if !dev_default {
+            return None;
+        }
+        let default = PathBuf::from(match self.encoder {
+            EncoderArg::Minilm => "models/all-MiniLM-L6-v2",
+            EncoderArg::Static => "models/static",
+        });
+        default.is_dir().then_some(default)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +270,8 @@ pub struct DevArgs {
     /// Directory for the SQLite store, keys, admin token and the gateway's cache.
     #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub semantic: SemanticArgs,
     #[command(flatten)]
     pub tuning: GatewayTuning,
 }
@@ -401,6 +459,8 @@ fn gateway_config(
     cache_dir: PathBuf,
     tuning: &GatewayTuning,
     metrics: PrometheusHandle,
+    model_dir: Option<PathBuf>,
+    encoder_kind: EncoderKind,
 ) -> GatewayConfig {
     GatewayConfig {
         control_plane,
@@ -414,6 +474,9 @@ fn gateway_config(
         upstream_header_timeout: tuning.upstream_header_timeout,
         drain_timeout: tuning.drain_timeout,
         metrics: Some(metrics),
+        model_dir,
+        encoder_kind,
+        encoder: None,
     }
 }
 
@@ -426,6 +489,8 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         args.cache_dir,
         &args.tuning,
         install_metrics()?,
+        args.semantic.dir(false),
+        args.semantic.kind(),
     );
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
@@ -473,6 +538,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         data.join("gateway-cache"),
         &args.tuning,
         metrics,
+        args.semantic.dir(true),
+        args.semantic.kind(),
     ))
     .await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());

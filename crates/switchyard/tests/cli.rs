@@ -271,3 +271,54 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         );
     }
 }
+
+#[test]
+fn gateway_with_an_unusable_model_dir_exits_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let base = |model: &str| {
+        run(&[
+            "gateway",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--gateway",
+            "g",
+            "--registration-token",
+            "t",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--model-dir",
+            model,
+        ])
+    };
+    // Missing.
+    let missing = dir.path().join("no-such-model");
+    let (code, _, stderr) = base(missing.to_str().unwrap());
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(
+        line.starts_with("error: cannot load the sentence encoder")
+            && line.contains("no-such-model")
+            && line.contains("does not exist"),
+        "{stderr}"
+    );
+    // Corrupt: the files exist but hold garbage.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::fs::write(corrupt.join(f), b"garbage").unwrap();
+    }
+    let (code, _, stderr) = base(corrupt.to_str().unwrap());
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(
+        line.starts_with("error: cannot load the sentence encoder") && line.contains("invalid"),
+        "{stderr}"
+    );
+
+    let (_, stdout, _) = run(&["gateway", "--help"]);
+    assert!(stdout.contains("--model-dir") && stdout.contains("SWITCHYARD_MODEL_DIR"));
+    assert!(stdout.contains("--encoder"));
+}

@@ -5,6 +5,7 @@
 
 pub mod bedrock;
 pub mod control_plane;
+pub mod embeddings;
 pub mod gemini;
 pub mod openai;
 pub mod pg;
@@ -14,6 +15,7 @@ pub mod snapshots;
 
 pub use bedrock::{BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, MockBedrock};
 pub use control_plane::{FakeControlPlane, NodeEvent};
+pub use embeddings::MockEmbeddings;
 pub use gemini::{GEMINI_API_KEY, MockGemini};
 pub use openai::{AZURE_API_KEY, MOCK_API_KEY, MockAzure, MockConfig, MockOpenAi};
 pub use script::{CACHED_TOKENS, TOOL_ARGUMENTS, reply_text, tool_reply_text};

@@ -66,6 +66,8 @@ pub fn proxy(
             },
             routes,
             prompt_guard: None,
+            regex_guard: None,
+            semantic_service: None,
         },
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         updated_at: DateTime::<Utc>::UNIX_EPOCH,

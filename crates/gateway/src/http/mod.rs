@@ -5,7 +5,7 @@
 mod filter;
 mod inbound;
 mod proxy;
-mod relay;
+pub(crate) mod relay;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -37,6 +37,8 @@ pub(crate) struct AppState {
     pub header_timeout: Duration,
     pub draining: AtomicBool,
     pub metrics: Option<PrometheusHandle>,
+    /// The node's sentence encoder and caches (semantic routing, prompt guard).
+    pub engine: Arc<crate::semantic::SemanticEngine>,
 }
 
 /// The main listener's router: reserved paths, then every proxy.

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use switchyard_llm::{ChatRequest, InboundFormat, Target};
 use switchyard_model::{Format, RoutingStrategy};
 use tracing::{Instrument, field, info, info_span, warn};
@@ -32,6 +32,8 @@ use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
 use super::upstream::{Call, prepare};
 use crate::error::{ProxyError, error_chain};
 use crate::routing::{self, Choice, Decision, FallbackReason};
+use crate::semantic::prompt::{BodyKind, last_user_text};
+use crate::semantic::{self, dry_run};
 use crate::table::{CompiledProxy, CompiledRoute};
 use crate::telemetry::{self, Label, NONE};
 
@@ -79,6 +81,12 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     if proxy.format == Format::Gemini {
         ctx.format = InboundFormat::Gemini;
     }
+    if rest == dry_run::DRY_RUN_PATH {
+        if req.method() != Method::POST {
+            return ctx.reject_unrouted(&ProxyError::MethodNotAllowed { allow: "POST" });
+        }
+        return dry_run::handle(&proxy, req.into_body(), ctx).await;
+    }
     let Some(endpoint) = Endpoint::parse(proxy.format, rest) else {
         return ctx.reject_unrouted(&ProxyError::UnknownEndpoint);
     };
@@ -89,7 +97,12 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     }
     match endpoint {
         Endpoint::Models => list_models(state, &proxy, req, ctx).await,
-        endpoint => complete(state, &proxy, endpoint, req, ctx).await,
+        endpoint => {
+            let mut scores = None;
+            let mut response = complete(state, &proxy, endpoint, req, ctx, &mut scores).await;
+            dry_run::stamp_scores(&mut response, scores);
+            response
+        }
     }
 }
 
@@ -99,12 +112,8 @@ async fn complete(
     endpoint: Endpoint,
     req: Request,
     mut ctx: Ctx,
+    scores: &mut Option<HeaderValue>,
 ) -> Response {
-    if proxy.strategy == RoutingStrategy::Semantic {
-        return ctx.reject_unrouted(&ProxyError::NotImplemented(
-            "semantic routing (this gateway version routes by model only)".to_owned(),
-        ));
-    }
     let (parts, body) = req.into_parts();
     if matches!(endpoint, Endpoint::Gemini { stream: true, .. })
         && let Some(e) = gemini_stream_needs_sse(parts.uri.query())
@@ -118,8 +127,43 @@ async fn complete(
         Err(e) => return ctx.reject_unrouted(&e),
     };
 
-    // Stage 2: where it goes.
-    let (first, fallback) = match routing::decide(proxy, inbound.model.as_deref()) {
+    // Stage 2: where it goes. Prompt guards first, then semantic routing, from one
+    // embedding of the last user message (only proxies that have either parse the body).
+    let evaluation = match &proxy.semantic {
+        None => None,
+        Some(semantic) => {
+            let kind = match inbound.format {
+                InboundFormat::OpenAiChat => BodyKind::Chat,
+                InboundFormat::OpenAiResponses => BodyKind::Responses,
+                InboundFormat::Gemini => BodyKind::Gemini,
+            };
+            let json: Map<String, Value> = match serde_json::from_slice(&inbound.body) {
+                Ok(m) => m,
+                Err(e) => return ctx.reject_unrouted(&ProxyError::InvalidJson(e.to_string())),
+            };
+            let prompt = last_user_text(kind, &json);
+            match semantic.evaluate(prompt.as_deref()).await {
+                Ok(ev) => {
+                    if dry_run::wants_scores(&parts.headers) {
+                        *scores = ev.scores_header();
+                    }
+                    Some(ev)
+                }
+                Err(e) => return ctx.reject_unrouted(&e),
+            }
+        }
+    };
+    if let Some(blocked) = evaluation.as_ref().and_then(|ev| ev.blocked()) {
+        info!(parent: &ctx.span, "prompt blocked by the prompt guard");
+        return ctx.reject_unrouted(&blocked);
+    }
+    let decision = match &evaluation {
+        Some(ev) if proxy.strategy == RoutingStrategy::Semantic => {
+            semantic::decide(proxy, &ev.pick)
+        }
+        _ => routing::decide(proxy, inbound.model.as_deref()),
+    };
+    let (first, fallback) = match decision {
         Decision::Reject(e) => return ctx.reject_unrouted(&e),
         Decision::Route { choice, fallback } => (choice, fallback),
         Decision::Fallback { choice, reason } => {

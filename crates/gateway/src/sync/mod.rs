@@ -24,6 +24,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::error::error_chain;
+use crate::semantic::SemanticEngine;
 use crate::table::{RoutingTable, SharedTable};
 use crate::telemetry;
 use backoff::Backoff;
@@ -54,6 +55,7 @@ pub(crate) struct Applier {
     table: SharedTable,
     cache: Cache,
     state: watch::Sender<SyncState>,
+    engine: Arc<SemanticEngine>,
 }
 
 impl Applier {
@@ -62,12 +64,14 @@ impl Applier {
         table: SharedTable,
         cache: Cache,
         state: watch::Sender<SyncState>,
+        engine: Arc<SemanticEngine>,
     ) -> Applier {
         Applier {
             gateway,
             table,
             cache,
             state,
+            engine,
         }
     }
 
@@ -75,15 +79,23 @@ impl Applier {
         self.table.load().as_ref().map(|t| t.version)
     }
 
-    fn compile(&self, snapshot: pb::Snapshot) -> Result<RoutingTable, String> {
+    /// Converts and compiles a snapshot on a blocking thread (topic utterances are encoded
+    /// there, off the reactor).
+    async fn compile(&self, snapshot: pb::Snapshot) -> Result<RoutingTable, String> {
         if snapshot.gateway != self.gateway {
             return Err(format!(
                 "the snapshot is for gateway '{}', this node serves '{}'",
                 snapshot.gateway, self.gateway
             ));
         }
-        let domain = Snapshot::try_from(snapshot).map_err(|e| e.to_string())?;
-        RoutingTable::compile(&domain).map_err(|e| format!("invalid snapshot: {e}"))
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || {
+            let domain = Snapshot::try_from(snapshot).map_err(|e| e.to_string())?;
+            RoutingTable::compile_with(&domain, &engine)
+                .map_err(|e| format!("invalid snapshot: {e}"))
+        })
+        .await
+        .map_err(|e| format!("snapshot compilation failed: {e}"))?
     }
 
     fn publish(&self, table: RoutingTable, source: SnapshotSource) {
@@ -98,7 +110,7 @@ impl Applier {
 
     /// Serves the cached snapshot, if there is a usable one. A corrupt cache is logged and
     /// ignored.
-    pub(crate) fn boot_from_cache(&self) -> bool {
+    pub(crate) async fn boot_from_cache(&self) -> bool {
         let path = self.cache.snapshot_path();
         let cached = match self.cache.load_snapshot() {
             Ok(Some(s)) => s,
@@ -108,7 +120,7 @@ impl Applier {
                 return false;
             }
         };
-        match self.compile(cached) {
+        match self.compile(cached).await {
             Ok(table) => {
                 let version = table.version;
                 self.publish(table, SnapshotSource::Cache);
@@ -131,7 +143,7 @@ impl Applier {
             telemetry::snapshot_apply("unchanged");
             return ack(version, None);
         }
-        let table = match self.compile(snapshot.clone()) {
+        let table = match self.compile(snapshot.clone()).await {
             Ok(t) => t,
             Err(e) => {
                 warn!(version, error = %e, "rejected snapshot; keeping the served one");
@@ -334,7 +346,13 @@ mod tests {
         let (tx, rx) = watch::channel(SyncState::default());
         let table: SharedTable = Arc::new(ArcSwapOption::empty());
         (
-            Applier::new("gw".into(), table, Cache::open(dir).unwrap(), tx),
+            Applier::new(
+                "gw".into(),
+                table,
+                Cache::open(dir).unwrap(),
+                tx,
+                Arc::new(SemanticEngine::without_encoder(reqwest::Client::new())),
+            ),
             rx,
         )
     }
@@ -355,7 +373,7 @@ mod tests {
     async fn applies_caches_acks_and_nacks() {
         let dir = tempfile::tempdir().unwrap();
         let (a, state) = applier(dir.path());
-        assert!(!a.boot_from_cache());
+        assert!(!a.boot_from_cache().await);
 
         let ack = a.apply(good(2)).await;
         assert_eq!((ack.version, ack.applied), (2, true));
@@ -379,7 +397,7 @@ mod tests {
 
         // A new node on the same cache dir boots from it.
         let (b, state) = applier(dir.path());
-        assert!(b.boot_from_cache());
+        assert!(b.boot_from_cache().await);
         assert_eq!(b.served_version(), Some(2));
         assert_eq!(state.borrow().source, Some(SnapshotSource::Cache));
     }
@@ -389,7 +407,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, _) = applier(dir.path());
         std::fs::write(a.cache.snapshot_path(), b"\x08\x96garbage").unwrap();
-        assert!(!a.boot_from_cache());
+        assert!(!a.boot_from_cache().await);
         assert_eq!(a.served_version(), None);
     }
 

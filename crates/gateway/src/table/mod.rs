@@ -14,6 +14,7 @@ use switchyard_model::{Format, Provider, RESERVED_PATHS, RoutingStrategy};
 use uuid::Uuid;
 
 use crate::providers::Upstream;
+use crate::semantic::{ProxySemantic, SemanticEngine};
 
 /// The table a node serves; `None` until the first snapshot is applied.
 pub type SharedTable = Arc<ArcSwapOption<RoutingTable>>;
@@ -43,6 +44,8 @@ pub struct CompiledProxy {
     pub strategy: RoutingStrategy,
     pub routes: Vec<Arc<CompiledRoute>>,
     pub(crate) fallback: Option<CompiledFallback>,
+    /// Semantic routing and the prompt guards, when the proxy uses any.
+    pub(crate) semantic: Option<Arc<ProxySemantic>>,
 }
 
 /// A route, ready to serve.
@@ -64,13 +67,24 @@ pub(crate) struct CompiledFallback {
 }
 
 impl RoutingTable {
-    /// Compiles a snapshot; fails on anything this node could not serve.
+    /// Compiles a snapshot on a node without a sentence encoder; fails on anything this node
+    /// could not serve (including semantic routing and semantic guards).
     pub fn compile(snapshot: &Snapshot) -> Result<RoutingTable, CompileError> {
+        let engine = SemanticEngine::without_encoder(reqwest::Client::new());
+        Self::compile_with(snapshot, &engine)
+    }
+
+    /// Compiles a snapshot, encoding topic utterances with `engine`. Blocking: call it off
+    /// the reactor.
+    pub(crate) fn compile_with(
+        snapshot: &Snapshot,
+        engine: &SemanticEngine,
+    ) -> Result<RoutingTable, CompileError> {
         let mut by_path = HashMap::with_capacity(snapshot.proxies.len());
         let mut root = None;
         for proxy in &snapshot.proxies {
             let spec = &proxy.spec;
-            let compiled = compile_proxy(proxy)
+            let compiled = compile_proxy(proxy, engine)
                 .map_err(|e| CompileError(format!("proxy '{}': {e}", spec.name)))?;
             let base = compiled.base_path.clone();
             let taken = if base == "/" {
@@ -87,6 +101,7 @@ impl RoutingTable {
                 )));
             }
         }
+        engine.retain(snapshot.proxies.iter().map(|p| &p.spec));
         Ok(RoutingTable {
             version: snapshot.version,
             gateway: snapshot.gateway.clone(),
@@ -123,7 +138,10 @@ impl CompiledProxy {
     }
 }
 
-fn compile_proxy(proxy: &switchyard_model::Proxy) -> Result<CompiledProxy, String> {
+fn compile_proxy(
+    proxy: &switchyard_model::Proxy,
+    engine: &SemanticEngine,
+) -> Result<CompiledProxy, String> {
     let spec = &proxy.spec;
     check_base_path(&spec.base_path)?;
     if spec.routes.is_empty() {
@@ -162,6 +180,7 @@ fn compile_proxy(proxy: &switchyard_model::Proxy) -> Result<CompiledProxy, Strin
             })
         }
     };
+    let semantic = engine.compile_proxy(spec)?;
     Ok(CompiledProxy {
         id: proxy.id,
         name: Arc::from(spec.name.as_str()),
@@ -170,6 +189,7 @@ fn compile_proxy(proxy: &switchyard_model::Proxy) -> Result<CompiledProxy, Strin
         strategy: spec.routing.strategy,
         routes,
         fallback,
+        semantic,
     })
 }
 
@@ -234,6 +254,8 @@ pub(crate) mod tests {
                 },
                 routes,
                 prompt_guard: None,
+                regex_guard: None,
+                semantic_service: None,
             },
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             updated_at: DateTime::<Utc>::UNIX_EPOCH,

@@ -7,5 +7,6 @@ mod common;
 mod conformance;
 mod providers;
 mod routing;
+mod semantic;
 mod streaming;
 mod sync;

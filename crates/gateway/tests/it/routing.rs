@@ -1,7 +1,7 @@
 //! Routing decisions, passthrough, errors and fallbacks over real HTTP.
 
 use serde_json::{Value, json};
-use switchyard_model::{Auth, Provider, RoutingStrategy};
+use switchyard_model::{Auth, Provider};
 use switchyard_testkit::snapshots::{openai_route, proxy, route, with_target};
 use switchyard_testkit::{Behavior, MOCK_API_KEY, MockConfig, MockOpenAi, reply_text};
 
@@ -432,26 +432,3 @@ async fn models_lists_what_each_route_serves() {
     assert_eq!(error_of(resp).await.0, 405);
 }
 
-#[tokio::test]
-async fn semantic_routing_is_not_served_yet() {
-    let a = MockOpenAi::start().await.unwrap();
-    let mut semantic = proxy(
-        "s",
-        "/s",
-        vec![with_target(
-            openai_route("openai", &a.base_url(), MOCK_API_KEY),
-            "m",
-        )],
-        None,
-    );
-    semantic.spec.routing.strategy = RoutingStrategy::Semantic;
-    let (_cp, gw, _cache) = serving(vec![semantic]).await;
-    let (status, err) =
-        error_of(post(&gw, "/s/chat/completions", &chat(Some("openai/x"))).await).await;
-    assert_eq!(status, 501);
-    assert!(
-        err["message"].as_str().unwrap().contains("semantic"),
-        "{err}"
-    );
-    assert_eq!(a.request_count(), 0);
-}

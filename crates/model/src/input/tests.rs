@@ -354,3 +354,124 @@ fn stored_json_round_trips_and_is_lenient() {
     let redacted = serde_json::to_value(spec.redacted()).unwrap();
     assert_eq!(redacted["routes"][0]["auth"]["api_key"], "***");
 }
+
+#[test]
+fn regex_guard_is_validated_and_compiled() {
+    let mut v = contract_example();
+    v["regex_guard"] = json!({"patterns": [
+        {"name": "ssn", "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b"},
+        {"name": "card", "pattern": "\\b(?:\\d[ -]?){13,16}\\b"}
+    ]});
+    let spec = validate(&v).unwrap();
+    let guard = spec.regex_guard.as_ref().unwrap();
+    assert_eq!(guard.patterns.len(), 2);
+    assert_eq!(guard.patterns[0].name, "ssn");
+    assert!(
+        compile_guard_regex(&guard.patterns[0].pattern)
+            .unwrap()
+            .is_match("my ssn is 123-45-6789")
+    );
+
+    let mut bad = v.clone();
+    bad["regex_guard"]["patterns"][1]["pattern"] = json!("(unclosed");
+    let e = err(&bad);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::InvalidValue, "regex_guard.patterns[1].pattern")
+    );
+    assert!(e.message.contains("regular expression"), "{}", e.message);
+
+    let mut dup = v.clone();
+    dup["regex_guard"]["patterns"][1]["name"] = json!("ssn");
+    assert_eq!(err(&dup).field, "regex_guard.patterns[1].name");
+
+    let mut empty = v.clone();
+    empty["regex_guard"]["patterns"] = json!([]);
+    assert_eq!(err(&empty).code, ErrorCode::RuleViolated);
+
+    let mut unknown = v.clone();
+    unknown["regex_guard"]["patterns"][0]["flags"] = json!("i");
+    assert_eq!(err(&unknown).field, "regex_guard.patterns[0].flags");
+}
+
+#[test]
+fn regex_guard_limits() {
+    let mut v = contract_example();
+    let twenty: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("p{i}"), "pattern": format!("secret{i}")}))
+        .collect();
+    v["regex_guard"] = json!({"patterns": twenty});
+    assert!(validate(&v).is_ok());
+    let twenty_one: Vec<Value> = (0..21)
+        .map(|i| json!({"name": format!("p{i}"), "pattern": format!("secret{i}")}))
+        .collect();
+    v["regex_guard"] = json!({"patterns": twenty_one});
+    let e = err(&v);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "regex_guard.patterns[20]")
+    );
+    let raised = Limits {
+        regex_patterns_per_proxy: 21,
+        ..Limits::default()
+    };
+    assert!(validate_with(&v, &raised).is_ok());
+
+    let mut long = contract_example();
+    long["regex_guard"] = json!({"patterns": [{"name": "x", "pattern": "a".repeat(1001)}]});
+    let e = err(&long);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "regex_guard.patterns[0].pattern")
+    );
+
+    // Short to write, huge to compile: refused by the compiled-size bound.
+    let mut huge = contract_example();
+    huge["regex_guard"] = json!({"patterns": [{"name": "x", "pattern": "\\w{500}\\w{500}"}]});
+    let e = err(&huge);
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (ErrorCode::LimitExceeded, "regex_guard.patterns[0].pattern")
+    );
+}
+
+#[test]
+fn semantic_service_is_validated_and_its_key_is_a_secret() {
+    let mut v = contract_example();
+    v["semantic_service"] = json!({"url": "http://127.0.0.1:9/v1/", "model": "text-embedding-3-small", "api_key": "sk-emb"});
+    let spec = validate(&v).unwrap();
+    let service = spec.semantic_service.clone().unwrap();
+    assert_eq!(service.url, "http://127.0.0.1:9/v1");
+    assert_eq!(service.api_key, Some(Secret::new("sk-emb")));
+
+    let redacted = serde_json::to_value(spec.clone().redacted()).unwrap();
+    assert_eq!(redacted["semantic_service"]["api_key"], "***");
+    let encrypted = spec
+        .clone()
+        .try_map_secrets(|s| Ok::<_, ()>(Secret::new(format!("enc:{}", s.expose()))))
+        .unwrap();
+    assert_eq!(
+        encrypted.semantic_service.unwrap().api_key,
+        Some(Secret::new("enc:sk-emb"))
+    );
+
+    // `***` on a PUT keeps the stored key; without one it is refused.
+    let mut put = v.clone();
+    put["semantic_service"]["api_key"] = json!("***");
+    let kept = parse_proxy_input(put.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default(), Some(&spec))
+        .unwrap();
+    assert_eq!(
+        kept.semantic_service.unwrap().api_key,
+        Some(Secret::new("sk-emb"))
+    );
+    assert_eq!(err(&put).field, "semantic_service.api_key");
+
+    let mut bad = v.clone();
+    bad["semantic_service"]["url"] = json!("ftp://x");
+    assert_eq!(err(&bad).field, "semantic_service.url");
+    let mut bad = v.clone();
+    bad["semantic_service"]["model"] = json!("");
+    assert_eq!(err(&bad).field, "semantic_service.model");
+}

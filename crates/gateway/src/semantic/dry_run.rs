@@ -1,0 +1,191 @@
+//! `POST {base}/_switchyard/route` `{"prompt": "..."}`: where would this prompt go, and why.
+//! Nothing is sent upstream. The answer shows the guards' matches, every topic's score, the
+//! chosen route (and its model) and the reason.
+
+use axum::body::Body;
+use axum::http::HeaderValue;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Evaluation, Pick, Scored, decide};
+use crate::error::ProxyError;
+use crate::http::relay::{Ctx, NONE_VALUE};
+use crate::routing::Decision;
+use crate::table::CompiledProxy;
+
+/// The path (after the proxy's base path) of the dry run.
+pub(crate) const DRY_RUN_PATH: &str = "/_switchyard/route";
+
+const BODY_LIMIT: usize = 1024 * 1024;
+
+pub(crate) async fn handle(proxy: &CompiledProxy, body: Body, ctx: Ctx) -> Response {
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ctx.reject_unrouted(&ProxyError::PayloadTooLarge { limit: BODY_LIMIT });
+        }
+    };
+    let prompt = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => match m.get("prompt") {
+            Some(Value::String(p)) => p.clone(),
+            _ => {
+                return ctx.reject_unrouted(&ProxyError::InvalidJson(
+                    "send {\"prompt\": \"...\"}".to_owned(),
+                ));
+            }
+        },
+        Ok(_) => {
+            return ctx.reject_unrouted(&ProxyError::InvalidJson(
+                "send {\"prompt\": \"...\"}".to_owned(),
+            ));
+        }
+        Err(e) => return ctx.reject_unrouted(&ProxyError::InvalidJson(e.to_string())),
+    };
+    let prompt = Some(prompt.as_str()).filter(|p| !p.trim().is_empty());
+    let evaluation = match &proxy.semantic {
+        Some(s) => match s.evaluate(prompt).await {
+            Ok(e) => Some(e),
+            Err(e) => return ctx.reject_unrouted(&e),
+        },
+        None => None,
+    };
+    let body = report(proxy, evaluation.as_ref());
+    ctx.respond_json(Bytes::from(body.to_string()), &NONE_VALUE)
+}
+
+fn scores(list: &[Scored], proxy: &CompiledProxy, with_route: bool) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|s| {
+                let mut v = json!({"topic": s.topic, "score": s.score});
+                if with_route && let Some(r) = s.route.and_then(|r| proxy.routes.get(r)) {
+                    v["route"] = json!(&*r.name);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
+    let strategy = match proxy.strategy {
+        switchyard_model::RoutingStrategy::Model => "model",
+        switchyard_model::RoutingStrategy::Semantic => "semantic",
+    };
+    let Some(ev) = ev else {
+        return json!({
+            "proxy": &*proxy.name,
+            "strategy": strategy,
+            "blocked": false,
+            "matched_topics": [],
+            "matched_patterns": [],
+            "guard": null,
+            "routing": null,
+            "reason": "this proxy has no prompt guard and routes by the request's model",
+        });
+    };
+    let blocked = ev.blocked().is_some();
+    let guard = ev
+        .guard_threshold
+        .map(|t| json!({"threshold": t, "scores": scores(&ev.guard_scores, proxy, false)}));
+    let (route, model, fallback, reason) = if blocked {
+        let why = if ev.matched_patterns.is_empty() {
+            format!(
+                "blocked by the prompt guard: deny topic(s) {} reached the threshold",
+                ev.matched_topics.join(", ")
+            )
+        } else {
+            format!(
+                "blocked by the regex guard: pattern(s) {}",
+                ev.matched_patterns.join(", ")
+            )
+        };
+        (None, None, false, why)
+    } else if ev.pick == Pick::NotSemantic {
+        (
+            None,
+            None,
+            false,
+            "not blocked; this proxy routes by the request's model".to_owned(),
+        )
+    } else {
+        match decide(proxy, &ev.pick) {
+            Decision::Route { choice, .. } => {
+                let why = match &ev.pick {
+                    Pick::Route { topic, score, .. } => format!(
+                        "topic '{topic}' scored {score:.3}, at least the threshold {:.3}",
+                        ev.route_threshold.unwrap_or_default()
+                    ),
+                    _ => String::new(),
+                };
+                (
+                    proxy.routes.get(choice.route).map(|r| r.name.to_string()),
+                    Some(choice.model.to_string()),
+                    false,
+                    why,
+                )
+            }
+            Decision::Fallback { choice, .. } => {
+                let why = match &ev.pick {
+                    Pick::BelowThreshold { best: Some(b) } => format!(
+                        "the best topic '{}' scored {:.3}, below the threshold {:.3}: fallback route",
+                        b.topic,
+                        b.score,
+                        ev.route_threshold.unwrap_or_default()
+                    ),
+                    _ => "no user text to compare: fallback route".to_owned(),
+                };
+                (
+                    proxy.routes.get(choice.route).map(|r| r.name.to_string()),
+                    Some(choice.model.to_string()),
+                    true,
+                    why,
+                )
+            }
+            Decision::Reject(e) => (None, None, false, e.message()),
+        }
+    };
+    let routing = ev.route_threshold.map(|t| {
+        json!({
+            "threshold": t,
+            "scores": scores(&ev.route_scores, proxy, true),
+            "route": route,
+            "model": model,
+            "fallback": fallback,
+        })
+    });
+    json!({
+        "proxy": &*proxy.name,
+        "strategy": strategy,
+        "encoder": ev.embedded_by,
+        "blocked": blocked,
+        "matched_topics": ev.matched_topics,
+        "matched_patterns": ev.matched_patterns,
+        "guard": guard,
+        "routing": routing,
+        "reason": reason,
+    })
+}
+
+/// The response header carrying a decision's scores when the request asked with
+/// `x-switchyard-debug: scores`.
+pub(crate) static SCORES_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-switchyard-scores");
+
+/// Whether the request asked for the scores header.
+pub(crate) fn wants_scores(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all("x-switchyard-debug")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("scores"))
+}
+
+/// Adds the scores header to a response.
+pub(crate) fn stamp_scores(response: &mut Response, value: Option<HeaderValue>) {
+    if let Some(v) = value {
+        response.headers_mut().insert(SCORES_HEADER.clone(), v);
+    }
+}

@@ -1,0 +1,574 @@
+//! Semantic routing and the prompt guards (semantic deny topics, regex patterns).
+//!
+//! * [`SemanticEngine`] is node-wide: the in-process sentence encoder (loaded once at start
+//!   from `--model-dir`), its batching [`EmbeddingService`] for request prompts, and
+//!   long-lived caches of utterance vectors so unchanged utterances are not re-encoded when a
+//!   new snapshot is compiled.
+//! * [`ProxySemantic`] is compiled per proxy with the routing table: one [`TopicIndex`] over
+//!   the routes' topics, one over the deny topics, the compiled regex patterns, and the
+//!   embedder to use (in-process or a remote `/embeddings` service).
+//! * [`ProxySemantic::evaluate`] is the request path's single entry point: regex guard, then
+//!   one embedding of the prompt shared by the semantic guard and routing.
+//!
+//! Compilation runs on a blocking thread (the caller wraps it in `spawn_blocking`); a proxy
+//! that needs embeddings on a node without an encoder fails compilation, so the snapshot is
+//! NACKed whole.
+
+pub(crate) mod dry_run;
+pub(crate) mod prompt;
+pub(crate) mod remote;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderValue;
+use switchyard_model::{ProxySpec, RoutingStrategy};
+use switchyard_semantic::{
+    EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, ServiceConfig,
+    StaticEncoder, TopicIndex, Truncation,
+};
+
+use crate::error::ProxyError;
+use crate::routing::{self, Choice, Decision, FallbackReason};
+use crate::table::CompiledProxy;
+use remote::{RemoteCaches, RemoteEmbedder};
+
+/// Which in-process encoder a node loads from its model directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderKind {
+    /// all-MiniLM-L6-v2 (384 dims; accurate, a few ms per prompt).
+    #[default]
+    MiniLm,
+    /// A model2vec static model (64 dims; µs per prompt, less accurate).
+    Static,
+}
+
+/// Why the model directory could not be used (a startup error).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the sentence encoder from {}: {reason}", path.display())]
+pub struct ModelLoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Loads an encoder from `dir`. Long prompts keep their **end** (see the README: the last
+/// tokens of a chat prompt are usually the question, and a guard must see text appended at
+/// the end of a long benign prompt).
+pub fn load_encoder(dir: &Path, kind: EncoderKind) -> Result<Arc<dyn Encoder>, ModelLoadError> {
+    let err = |e: switchyard_semantic::LoadError| ModelLoadError {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    };
+    Ok(match kind {
+        EncoderKind::MiniLm => {
+            let options = MiniLmOptions {
+                truncation: Truncation::KeepEnd,
+                ..MiniLmOptions::default()
+            };
+            Arc::new(MiniLmEncoder::load_with(dir, options).map_err(err)?)
+        }
+        EncoderKind::Static => Arc::new(StaticEncoder::load(dir).map_err(err)?),
+    })
+}
+
+/// The node-wide semantic machinery.
+pub(crate) struct SemanticEngine {
+    local: Option<Local>,
+    remote_caches: RemoteCaches,
+    client: reqwest::Client,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+struct Local {
+    encoder: Arc<dyn Encoder>,
+    service: Arc<EmbeddingService>,
+    cache: Mutex<EmbeddingCache>,
+}
+
+impl std::fmt::Debug for SemanticEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SemanticEngine")
+            .field(
+                "encoder",
+                &self.local.as_ref().map(|l| l.encoder.name().to_owned()),
+            )
+            .finish()
+    }
+}
+
+impl SemanticEngine {
+    /// No in-process encoder: proxies needing embeddings are refused unless they name a
+    /// remote semantic service.
+    pub(crate) fn without_encoder(client: reqwest::Client) -> SemanticEngine {
+        SemanticEngine {
+            local: None,
+            remote_caches: Mutex::default(),
+            client,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    pub(crate) fn with_encoder(
+        encoder: Arc<dyn Encoder>,
+        client: reqwest::Client,
+    ) -> std::io::Result<SemanticEngine> {
+        let service = EmbeddingService::new(Arc::clone(&encoder), ServiceConfig::default())?;
+        Ok(SemanticEngine {
+            local: Some(Local {
+                cache: Mutex::new(EmbeddingCache::for_encoder(encoder.as_ref())),
+                encoder,
+                service: Arc::new(service),
+            }),
+            ..SemanticEngine::without_encoder(client)
+        })
+    }
+
+    /// Stops the embedding worker (node shutdown).
+    pub(crate) fn shutdown(&self) {
+        if let Some(l) = &self.local {
+            l.service.shutdown();
+        }
+    }
+
+    /// Compiles a proxy's semantic parts. Blocking (encodes utterances): call it off the
+    /// reactor. `None` when the proxy uses neither semantic routing nor a guard.
+    pub(crate) fn compile_proxy(
+        &self,
+        spec: &ProxySpec,
+    ) -> Result<Option<Arc<ProxySemantic>>, String> {
+        let regex = match &spec.regex_guard {
+            None => None,
+            Some(g) => Some(RegexGuard::compile(g)?),
+        };
+        let needs = spec.needs_embeddings();
+        if !needs && regex.is_none() {
+            return Ok(None);
+        }
+        let mut route_topics: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut topic_route: Vec<usize> = Vec::new();
+        if spec.routing.strategy == RoutingStrategy::Semantic {
+            for (i, route) in spec.routes.iter().enumerate() {
+                if route.target_model.is_none() {
+                    return Err(format!(
+                        "route '{}' has no target model (required by semantic routing)",
+                        route.name
+                    ));
+                }
+                for topic in &route.topics {
+                    route_topics.push((
+                        topic.name.clone(),
+                        topic.utterances.iter().map(String::as_str).collect(),
+                    ));
+                    topic_route.push(i);
+                }
+            }
+            if route_topics.is_empty() {
+                return Err("semantic routing needs at least one topic".to_owned());
+            }
+        }
+        let deny_topics: Vec<(String, Vec<&str>)> = spec
+            .prompt_guard
+            .iter()
+            .flat_map(|g| &g.deny_topics)
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.utterances.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+
+        let (embedder, routes_index, guard_index) = if !needs {
+            (None, None, None)
+        } else if let Some(service) = &spec.semantic_service {
+            let remote = Arc::new(RemoteEmbedder::new(
+                self.client.clone(),
+                service,
+                &self.remote_caches,
+            )?);
+            let runtime = self
+                .runtime
+                .as_ref()
+                .ok_or("no async runtime to call the semantic service from")?;
+            let build = |topics: &[(String, Vec<&str>)]| -> Result<Option<TopicIndex>, String> {
+                if topics.is_empty() {
+                    return Ok(None);
+                }
+                let texts: Vec<&str> = topics.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+                let vectors = runtime.block_on(remote.embed_utterances(&texts))?;
+                let dim = vectors.first().map(Vec::len).unwrap_or_default();
+                let mut builder = TopicIndex::builder(dim);
+                let mut at = 0;
+                for (label, utterances) in topics {
+                    let n = utterances.len();
+                    builder
+                        .add_topic(label.clone(), &vectors[at..at + n])
+                        .map_err(|e| e.to_string())?;
+                    at += n;
+                }
+                Ok(Some(builder.build()))
+            };
+            let r = build(&route_topics)?;
+            let g = build(&deny_topics)?;
+            (Some(Embedder::Remote(remote)), r, g)
+        } else {
+            let local = self.local.as_ref().ok_or(
+                "semantic routing and the semantic prompt guard need a sentence encoder, and this node has none (start it with --model-dir, or give the proxy a semantic_service)",
+            )?;
+            let mut cache = local.cache.lock().map_err(|_| "embedding cache poisoned")?;
+            let mut build = |topics: &[(String, Vec<&str>)]| -> Result<Option<TopicIndex>, String> {
+                if topics.is_empty() {
+                    return Ok(None);
+                }
+                TopicIndex::encode_cached(
+                    local.encoder.as_ref(),
+                    topics.iter().map(|(l, u)| (l.as_str(), u.iter().copied())),
+                    &mut cache,
+                )
+                .map(Some)
+                .map_err(|e| format!("cannot encode the topics: {e}"))
+            };
+            let r = build(&route_topics)?;
+            let g = build(&deny_topics)?;
+            (Some(Embedder::Local(Arc::clone(&local.service))), r, g)
+        };
+
+        Ok(Some(Arc::new(ProxySemantic {
+            embedder,
+            routes: routes_index.map(|index| RouteIndex {
+                index,
+                topic_route,
+                threshold: spec.routing.semantic_threshold() as f32,
+            }),
+            guard: match (guard_index, &spec.prompt_guard) {
+                (Some(index), Some(g)) => Some(GuardIndex {
+                    index,
+                    threshold: g.threshold as f32,
+                }),
+                _ => None,
+            },
+            regex,
+        })))
+    }
+
+    /// Drops cached utterance vectors no longer used by any proxy of `specs`.
+    pub(crate) fn retain<'a>(&self, specs: impl Iterator<Item = &'a ProxySpec>) {
+        let Some(local) = &self.local else { return };
+        let keep: Vec<&str> = specs
+            .filter(|s| s.semantic_service.is_none())
+            .flat_map(|s| {
+                s.routes
+                    .iter()
+                    .flat_map(|r| &r.topics)
+                    .chain(s.prompt_guard.iter().flat_map(|g| &g.deny_topics))
+                    .flat_map(|t| t.utterances.iter().map(String::as_str))
+            })
+            .collect();
+        if let Ok(mut cache) = local.cache.lock() {
+            cache.retain_texts(keep);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Embedder {
+    Local(Arc<EmbeddingService>),
+    Remote(Arc<RemoteEmbedder>),
+}
+
+impl Embedder {
+    fn name(&self) -> String {
+        match self {
+            Embedder::Local(s) => s.encoder().name().to_owned(),
+            Embedder::Remote(r) => r.name(),
+        }
+    }
+
+    async fn embed(&self, text: &str) -> Result<Arc<[f32]>, String> {
+        match self {
+            Embedder::Local(s) => s.embed(text).await.map_err(|e| e.to_string()),
+            Embedder::Remote(r) => {
+                let mut v = r.embed_batch(&[text]).await?;
+                v.pop()
+                    .map(Arc::from)
+                    .ok_or_else(|| "no embedding".to_owned())
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RouteIndex {
+    index: TopicIndex,
+    /// Topic index → route index.
+    topic_route: Vec<usize>,
+    threshold: f32,
+}
+
+#[derive(Debug)]
+struct GuardIndex {
+    index: TopicIndex,
+    threshold: f32,
+}
+
+#[derive(Debug)]
+struct RegexGuard {
+    set: regex::RegexSet,
+    names: Vec<String>,
+}
+
+impl RegexGuard {
+    fn compile(guard: &switchyard_model::RegexGuard) -> Result<RegexGuard, String> {
+        let set = regex::RegexSetBuilder::new(guard.patterns.iter().map(|p| p.pattern.as_str()))
+            .size_limit(switchyard_model::REGEX_SIZE_LIMIT * guard.patterns.len().max(1))
+            .dfa_size_limit(switchyard_model::REGEX_SIZE_LIMIT * guard.patterns.len().max(1))
+            .build()
+            .map_err(|e| format!("regex guard: {e}"))?;
+        Ok(RegexGuard {
+            set,
+            names: guard.patterns.iter().map(|p| p.name.clone()).collect(),
+        })
+    }
+}
+
+/// A proxy's compiled semantic routing and guards.
+#[derive(Debug)]
+pub(crate) struct ProxySemantic {
+    embedder: Option<Embedder>,
+    routes: Option<RouteIndex>,
+    guard: Option<GuardIndex>,
+    regex: Option<RegexGuard>,
+}
+
+/// One topic's score.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Scored {
+    pub topic: String,
+    /// For routing topics: the route index.
+    pub route: Option<usize>,
+    pub score: f32,
+}
+
+/// What semantic routing chose.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Pick {
+    /// The proxy does not route semantically.
+    NotSemantic,
+    /// The best topic reached the threshold.
+    Route {
+        route: usize,
+        topic: String,
+        score: f32,
+    },
+    /// The best topic scored below the threshold.
+    BelowThreshold { best: Option<Scored> },
+    /// The request has no user text.
+    NoPrompt,
+}
+
+/// Everything decided about one prompt: guards and (when semantic) the route.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Evaluation {
+    pub matched_patterns: Vec<String>,
+    pub matched_topics: Vec<String>,
+    /// Deny topics, best first (empty when the guard did not run).
+    pub guard_scores: Vec<Scored>,
+    pub guard_threshold: Option<f32>,
+    /// Routing topics, best first (empty when not semantic or blocked first).
+    pub route_scores: Vec<Scored>,
+    pub route_threshold: Option<f32>,
+    pub pick: Pick,
+    /// The encoder or service that embedded the prompt, if one did.
+    pub embedded_by: Option<String>,
+}
+
+impl Evaluation {
+    /// The 403 to answer, if a guard matched.
+    pub(crate) fn blocked(&self) -> Option<ProxyError> {
+        (!self.matched_patterns.is_empty() || !self.matched_topics.is_empty()).then(|| {
+            ProxyError::PromptBlocked {
+                topics: self.matched_topics.clone(),
+                patterns: self.matched_patterns.clone(),
+            }
+        })
+    }
+
+    /// The `x-switchyard-scores` debug header: `guard=t:0.123,…; routes=t:0.456,…` (top 5
+    /// of each, best first).
+    pub(crate) fn scores_header(&self) -> Option<HeaderValue> {
+        let list = |s: &[Scored]| {
+            s.iter()
+                .take(5)
+                .map(|x| format!("{}:{:.3}", x.topic, x.score))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut parts = Vec::new();
+        if self.guard_threshold.is_some() {
+            parts.push(format!("guard={}", list(&self.guard_scores)));
+        }
+        if self.route_threshold.is_some() {
+            parts.push(format!("routes={}", list(&self.route_scores)));
+        }
+        if !self.matched_patterns.is_empty() {
+            parts.push(format!("patterns={}", self.matched_patterns.join(",")));
+        }
+        let text: String = parts
+            .join("; ")
+            .chars()
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        HeaderValue::from_str(&text).ok()
+    }
+}
+
+impl ProxySemantic {
+    /// Runs the guards and semantic routing on `prompt` (the last user message). The regex
+    /// guard runs first (no embedding needed when it blocks); the semantic guard and routing
+    /// share one embedding.
+    pub(crate) async fn evaluate(&self, prompt: Option<&str>) -> Result<Evaluation, ProxyError> {
+        let mut ev = Evaluation {
+            matched_patterns: Vec::new(),
+            matched_topics: Vec::new(),
+            guard_scores: Vec::new(),
+            guard_threshold: self.guard.as_ref().map(|g| g.threshold),
+            route_scores: Vec::new(),
+            route_threshold: self.routes.as_ref().map(|r| r.threshold),
+            pick: if self.routes.is_some() {
+                Pick::NoPrompt
+            } else {
+                Pick::NotSemantic
+            },
+            embedded_by: None,
+        };
+        let Some(prompt) = prompt else {
+            return Ok(ev);
+        };
+        if let Some(regex) = &self.regex {
+            ev.matched_patterns = regex
+                .set
+                .matches(prompt)
+                .into_iter()
+                .map(|i| regex.names[i].clone())
+                .collect();
+            if !ev.matched_patterns.is_empty() {
+                return Ok(ev);
+            }
+        }
+        let Some(embedder) = &self.embedder else {
+            return Ok(ev);
+        };
+        let query = embedder
+            .embed(prompt)
+            .await
+            .map_err(ProxyError::SemanticUnavailable)?;
+        ev.embedded_by = Some(embedder.name());
+        let internal = |e: switchyard_semantic::IndexError| {
+            ProxyError::SemanticUnavailable(format!("scoring failed: {e}"))
+        };
+        if let Some(guard) = &self.guard {
+            let scores = guard.index.score(&query).map_err(internal)?;
+            ev.guard_scores = scores
+                .ranked()
+                .iter()
+                .map(|s| Scored {
+                    topic: s.label.to_owned(),
+                    route: None,
+                    score: s.score,
+                })
+                .collect();
+            ev.matched_topics = ev
+                .guard_scores
+                .iter()
+                .filter(|s| s.score >= guard.threshold)
+                .map(|s| s.topic.clone())
+                .collect();
+            if !ev.matched_topics.is_empty() {
+                return Ok(ev);
+            }
+        }
+        if let Some(routes) = &self.routes {
+            let scores = routes.index.score(&query).map_err(internal)?;
+            ev.route_scores = scores
+                .ranked()
+                .iter()
+                .map(|s| Scored {
+                    topic: s.label.to_owned(),
+                    route: routes.topic_route.get(s.topic).copied(),
+                    score: s.score,
+                })
+                .collect();
+            ev.pick = match ev.route_scores.first() {
+                Some(best) if best.score >= routes.threshold => match best.route {
+                    Some(route) => Pick::Route {
+                        route,
+                        topic: best.topic.clone(),
+                        score: best.score,
+                    },
+                    None => Pick::BelowThreshold { best: None },
+                },
+                best => Pick::BelowThreshold {
+                    best: best.cloned(),
+                },
+            };
+        }
+        Ok(ev)
+    }
+}
+
+/// The routing decision for a semantic proxy: the picked route with its target model (the
+/// fallback tried if it fails), or the fallback route, or an error.
+pub(crate) fn decide(proxy: &CompiledProxy, pick: &Pick) -> Decision {
+    let (reason, why) = match pick {
+        Pick::Route { route, .. } => {
+            let Some(model) = proxy
+                .routes
+                .get(*route)
+                .and_then(|r| r.target_model.clone())
+            else {
+                return Decision::Reject(ProxyError::NoSemanticRoute(
+                    "the chosen route has no target model".to_owned(),
+                ));
+            };
+            let fallback = routing::fallback_choice(proxy, None)
+                .filter(|fb| !(fb.route == *route && fb.model == model));
+            return Decision::Route {
+                choice: Choice {
+                    route: *route,
+                    model,
+                },
+                fallback,
+            };
+        }
+        Pick::BelowThreshold { best } => (
+            FallbackReason::BelowThreshold,
+            match best {
+                Some(b) => format!(
+                    "no route matched the prompt: the best topic '{}' scored {:.3}, below the threshold, and this proxy has no fallback route",
+                    b.topic, b.score
+                ),
+                None => {
+                    "no route matched the prompt and this proxy has no fallback route".to_owned()
+                }
+            },
+        ),
+        Pick::NoPrompt | Pick::NotSemantic => (
+            FallbackReason::NoPrompt,
+            "semantic routing needs a user message, and this proxy has no fallback route"
+                .to_owned(),
+        ),
+    };
+    match routing::fallback_choice(proxy, None) {
+        Some(choice) => Decision::Fallback { choice, reason },
+        None => Decision::Reject(ProxyError::NoSemanticRoute(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -65,10 +65,12 @@ pub(crate) enum ProxyError {
     /// A dynamic credential was found but is unusable.
     InvalidCredential(String),
     NotImplemented(String),
-    /// An error as an API reports it: an upstream's error answer, or a request the
-    /// translation refused (a parameter the provider cannot honour). Rendered in the
-    /// client's format with the upstream's (or the refusal's) status.
+    /// An upstream's error answer, rendered in the client's format with the upstream's status.
     Api(ApiError),
+    /// A request refused before anything was sent because it cannot be served as asked: a
+    /// body the translated path cannot parse, a parameter the provider cannot honour, a
+    /// Gemini stream without `alt=sse` (400 naming the field).
+    Untranslatable(ApiError),
     UpstreamUnavailable(String),
     UpstreamTimeout,
     /// A prompt guard matched (403).
@@ -98,7 +100,7 @@ impl ProxyError {
                 StatusCode::UNAUTHORIZED
             }
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Api(e) => e.status,
+            ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.status,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PromptBlocked { .. } => StatusCode::FORBIDDEN,
@@ -115,7 +117,7 @@ impl ProxyError {
                 "authentication_error"
             }
             ProxyError::NotImplemented(_) => "not_implemented",
-            ProxyError::Api(e) => e.kind.openai_type(),
+            ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
             ProxyError::SemanticUnavailable(_) => "service_unavailable",
@@ -138,6 +140,7 @@ impl ProxyError {
             ProxyError::InvalidCredential(_) => "invalid_api_key",
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Api(e) => e.kind.label(),
+            ProxyError::Untranslatable(_) => "untranslatable",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
@@ -173,7 +176,7 @@ impl ProxyError {
             }
             ProxyError::InvalidCredential(why) => why.clone(),
             ProxyError::NotImplemented(what) => format!("{what} is not supported yet"),
-            ProxyError::Api(e) => e.message.clone(),
+            ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.message.clone(),
             ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
             ProxyError::UpstreamTimeout => {
                 "the upstream did not answer in time (response headers timeout)".to_owned()
@@ -216,7 +219,9 @@ impl ProxyError {
             return Bytes::from(serde_json::json!({ "error": error }).to_string());
         }
         match self {
-            ProxyError::Api(e) => InboundFormat::OpenAiChat.render_error(e).1,
+            ProxyError::Api(e) | ProxyError::Untranslatable(e) => {
+                InboundFormat::OpenAiChat.render_error(e).1
+            }
             _ => openai_error_body(&self.message(), self.error_type(), self.code()),
         }
     }
@@ -234,7 +239,7 @@ impl ProxyError {
     /// The error as the translation library carries it.
     pub(crate) fn api_error(&self) -> ApiError {
         match self {
-            ProxyError::Api(e) => e.clone(),
+            ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.clone(),
             other => {
                 let status = other.status();
                 let kind = match status {
@@ -310,7 +315,9 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
             match &err {
                 // An upstream's error keeps its own code (the label is for metrics).
-                ProxyError::Api(e) => assert_eq!(v["error"]["code"], e.code.clone().unwrap()),
+                ProxyError::Api(e) | ProxyError::Untranslatable(e) => {
+                    assert_eq!(v["error"]["code"], e.code.clone().unwrap())
+                }
                 _ => assert_eq!(v["error"]["code"], err.code()),
             }
             assert_eq!(v["error"]["type"], err.error_type());

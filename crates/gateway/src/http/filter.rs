@@ -499,7 +499,73 @@ impl EventSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use switchyard_llm::{ChatRequest, Provider, Target};
+
+    fn formats() -> [InboundFormat; 3] {
+        [
+            InboundFormat::OpenAiChat,
+            InboundFormat::OpenAiResponses,
+            InboundFormat::Gemini,
+        ]
+    }
+
+    /// Every filter a request can get: passthrough SSE per format, and the translator for
+    /// every upstream decoder × client encoder.
+    fn every_filter() -> Vec<BodyFilter> {
+        let mut filters = Vec::new();
+        for format in formats() {
+            filters.push(BodyFilter::sse(format, true));
+            filters.push(BodyFilter::tee(format));
+            for provider in Provider::ALL {
+                let target = Target::new(provider, "http://x", "m");
+                let req = ChatRequest {
+                    model: "m".into(),
+                    stream_include_usage: true,
+                    ..ChatRequest::default()
+                };
+                filters.push(BodyFilter::translate(
+                    target.stream_decoder(),
+                    format.stream_encoder(&req),
+                ));
+            }
+        }
+        filters
+    }
+
+    proptest! {
+        /// Whatever an upstream sends, however it is cut, a filter never panics, ends, and
+        /// sends nothing more once it ended the answer.
+        #[test]
+        fn filters_end_cleanly_on_anything(
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            broken in any::<bool>(),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            for mut filter in every_filter() {
+                let mut last = 0;
+                for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+                    filter.push(Bytes::copy_from_slice(&body[last..cut]));
+                    last = cut;
+                    if filter.is_done() {
+                        let more = filter.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                        prop_assert!(more.is_empty());
+                        break;
+                    }
+                }
+                if broken {
+                    filter.broken("reset");
+                } else {
+                    filter.end();
+                }
+                // Ended: a second end (or a late break) adds nothing.
+                let again = filter.end();
+                prop_assert!(again.is_empty());
+            }
+        }
+    }
 
     fn run(filter: &mut BodyFilter, chunks: &[&[u8]]) -> String {
         let mut out = Vec::new();

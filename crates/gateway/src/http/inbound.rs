@@ -188,7 +188,7 @@ impl InboundRequest {
                 Ok(req)
             })
             .as_ref()
-            .map_err(|e| ProxyError::Api(e.clone()))
+            .map_err(|e| ProxyError::Untranslatable(e.clone()))
     }
 }
 
@@ -199,7 +199,7 @@ pub(crate) fn gemini_stream_needs_sse(query: Option<&str>) -> Option<ProxyError>
             .any(|pair| pair.eq_ignore_ascii_case("alt=sse"))
     });
     (!sse).then(|| {
-        ProxyError::Api(
+        ProxyError::Untranslatable(
             ApiError::new(
                 ErrorKind::InvalidRequest,
                 "streamGenerateContent is served as server-sent events only: add ?alt=sse",

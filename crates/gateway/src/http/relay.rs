@@ -99,9 +99,7 @@ impl Ctx {
         model: &HeaderValue,
     ) -> Response {
         let outcome = match err {
-            ProxyError::Api(e) if e.code.as_deref() != Some("unsupported_parameter") => {
-                Outcome::UpstreamError
-            }
+            ProxyError::Api(_) => Outcome::UpstreamError,
             _ => Outcome::Rejected,
         };
         self.reject_as(err, route, model, outcome)

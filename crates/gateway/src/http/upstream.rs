@@ -62,7 +62,7 @@ pub(crate) fn prepare(
     } else {
         target.build_passthrough(&inbound.body, inbound.stream)
     };
-    let built = built.map_err(|e| ProxyError::Api(e.to_api_error()))?;
+    let built = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
     let mut request = reqwest::Request::try_from(built)
         .map_err(|e| ProxyError::UpstreamUnavailable(error_chain(&e)))?;
     let accept = if !translated {
@@ -194,7 +194,9 @@ mod tests {
         let body = br#"{"model":"claude/m","messages":[{"role":"user","content":"hi"}],"seed":7}"#;
         let inbound =
             InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(body)).unwrap();
-        let Err(ProxyError::Api(err)) = prepare(&up, "m", &call(&inbound, &headers, &rid)) else {
+        let Err(ProxyError::Untranslatable(err)) =
+            prepare(&up, "m", &call(&inbound, &headers, &rid))
+        else {
             panic!("seed must be refused");
         };
         assert_eq!(err.status.as_u16(), 400);

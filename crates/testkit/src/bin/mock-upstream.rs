@@ -175,11 +175,13 @@ fn wants_stream(body: &[u8]) -> bool {
         || body.windows(14).any(|w| w == b"\"stream\": true")
 }
 
-/// The `model` of a compact OpenAI body (cheap, like [`wants_stream`]).
+/// The `model` of an OpenAI body (cheap, like [`wants_stream`]).
 fn body_model(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    text.split("\"model\":\"")
+    text.split("\"model\"")
         .nth(1)
+        .and_then(|rest| rest.trim_start().strip_prefix(':'))
+        .and_then(|rest| rest.trim_start().strip_prefix('"'))
         .and_then(|rest| rest.split('"').next())
         .unwrap_or("bench-model")
         .to_owned()
@@ -196,7 +198,8 @@ async fn chat(body: Bytes) -> Response {
     json(COMPLETION)
 }
 
-async fn gemini(Path(call): Path<String>) -> Response {
+// Every handler takes the request body, so the connection is kept alive for the next one.
+async fn gemini(Path(call): Path<String>, _body: Bytes) -> Response {
     match call.rsplit_once(':') {
         Some((_, "generateContent")) => json(GEMINI_COMPLETION),
         Some((model, "streamGenerateContent")) => {
@@ -206,11 +209,11 @@ async fn gemini(Path(call): Path<String>) -> Response {
     }
 }
 
-async fn converse() -> Response {
+async fn converse(_body: Bytes) -> Response {
     json(BEDROCK_COMPLETION)
 }
 
-async fn converse_stream(Path(model): Path<String>) -> Response {
+async fn converse_stream(Path(model): Path<String>, _body: Bytes) -> Response {
     stream(
         &model,
         bedrock_events(&model),

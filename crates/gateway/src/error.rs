@@ -64,7 +64,6 @@ pub(crate) enum ProxyError {
     MissingCredential(CredentialPlace),
     /// A dynamic credential was found but is unusable.
     InvalidCredential(String),
-    NotImplemented(String),
     /// An upstream's error answer, rendered in the client's format with the upstream's status.
     Api(ApiError),
     /// A request refused before anything was sent because it cannot be served as asked: a
@@ -99,7 +98,6 @@ impl ProxyError {
             ProxyError::MissingCredential(_) | ProxyError::InvalidCredential(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.status,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -116,7 +114,6 @@ impl ProxyError {
             ProxyError::MissingCredential(_) | ProxyError::InvalidCredential(_) => {
                 "authentication_error"
             }
-            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
@@ -138,7 +135,6 @@ impl ProxyError {
             ProxyError::UnknownRoute(_) => "model_not_found",
             ProxyError::MissingCredential(_) => "missing_api_key",
             ProxyError::InvalidCredential(_) => "invalid_api_key",
-            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Api(e) => e.kind.label(),
             ProxyError::Untranslatable(_) => "untranslatable",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -175,7 +171,6 @@ impl ProxyError {
                 format!("missing API key: this route reads it from the '{q}' query parameter")
             }
             ProxyError::InvalidCredential(why) => why.clone(),
-            ProxyError::NotImplemented(what) => format!("{what} is not supported yet"),
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.message.clone(),
             ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
             ProxyError::UpstreamTimeout => {
@@ -242,10 +237,7 @@ impl ProxyError {
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.clone(),
             other => {
                 let status = other.status();
-                let kind = match status {
-                    StatusCode::NOT_IMPLEMENTED => ErrorKind::InvalidRequest,
-                    s => ErrorKind::from_status(s),
-                };
+                let kind = ErrorKind::from_status(status);
                 ApiError::with_status(status, kind, other.message()).code(other.code())
             }
         }
@@ -292,7 +284,6 @@ mod tests {
             (ProxyError::PayloadTooLarge { limit: 1 }, 413),
             (ProxyError::UpstreamUnavailable("refused".into()), 502),
             (ProxyError::UpstreamTimeout, 504),
-            (ProxyError::NotImplemented("x".into()), 501),
             (ProxyError::InvalidCredential("bad key value".into()), 401),
             (
                 ProxyError::Api(

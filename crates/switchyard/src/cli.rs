@@ -451,46 +451,36 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A gateway node's configuration: `base` (made with `GatewayConfig::new`) plus the flags
+/// shared by `gateway` and `dev`.
 fn gateway_config(
-    control_plane: String,
-    gateway: String,
-    registration_token: String,
+    mut base: GatewayConfig,
     listen: SocketAddr,
-    cache_dir: PathBuf,
     tuning: &GatewayTuning,
     metrics: PrometheusHandle,
-    model_dir: Option<PathBuf>,
-    encoder_kind: EncoderKind,
+    semantic: (Option<PathBuf>, EncoderKind),
 ) -> GatewayConfig {
-    GatewayConfig {
-        control_plane,
-        gateway,
-        registration_token,
-        listen,
-        metrics_listen: None,
-        cache_dir,
-        node_id: None,
-        upstream_connect_timeout: tuning.upstream_connect_timeout,
-        upstream_header_timeout: tuning.upstream_header_timeout,
-        drain_timeout: tuning.drain_timeout,
-        metrics: Some(metrics),
-        model_dir,
-        encoder_kind,
-        encoder: None,
-    }
+    base.listen = listen;
+    base.upstream_connect_timeout = tuning.upstream_connect_timeout;
+    base.upstream_header_timeout = tuning.upstream_header_timeout;
+    base.drain_timeout = tuning.drain_timeout;
+    base.metrics = Some(metrics);
+    (base.model_dir, base.encoder_kind) = semantic;
+    base
 }
 
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = gateway_config(
-        args.control_plane,
-        args.gateway,
-        args.registration_token,
+        GatewayConfig::new(
+            args.control_plane,
+            args.gateway,
+            args.registration_token,
+            args.cache_dir,
+        ),
         args.listen,
-        args.cache_dir,
         &args.tuning,
         install_metrics()?,
-        args.semantic.dir(false),
-        args.semantic.kind(),
+        (args.semantic.dir(false), args.semantic.kind()),
     );
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
@@ -531,15 +521,16 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("cannot create the dev gateway")?;
     let gateway = Gateway::start(gateway_config(
-        format!("http://{}", cp.grpc_addr()),
-        "dev".into(),
-        registration,
+        GatewayConfig::new(
+            format!("http://{}", cp.grpc_addr()),
+            "dev",
+            registration,
+            data.join("gateway-cache"),
+        ),
         args.listen,
-        data.join("gateway-cache"),
         &args.tuning,
         metrics,
-        args.semantic.dir(true),
-        args.semantic.kind(),
+        (args.semantic.dir(true), args.semantic.kind()),
     ))
     .await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());

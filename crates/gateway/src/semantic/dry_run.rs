@@ -51,7 +51,13 @@ pub(crate) async fn handle(proxy: &CompiledProxy, body: Body, ctx: Ctx) -> Respo
         None => None,
     };
     let body = report(proxy, evaluation.as_ref());
-    ctx.respond_json(Bytes::from(body.to_string()), &NONE_VALUE)
+    ctx.respond_json(
+        Bytes::from(body.to_string()),
+        None,
+        None,
+        &NONE_VALUE,
+        &NONE_VALUE,
+    )
 }
 
 fn scores(list: &[Scored], proxy: &CompiledProxy, with_route: bool) -> Value {

@@ -431,4 +431,3 @@ async fn models_lists_what_each_route_serves() {
     let resp = client().post(url(&gw, "/p/models")).send().await.unwrap();
     assert_eq!(error_of(resp).await.0, 405);
 }
-

@@ -672,6 +672,9 @@ impl Store {
         node_id: &str,
         event: NodeEvent<'_>,
     ) -> Result<(), StoreError> {
+        // Node updates are writes too: on SQLite one sneaking in between another write
+        // transaction's read and its write would fail that transaction (SQLITE_BUSY_SNAPSHOT).
+        let _guard = self.write_guard().await;
         let now = ms(Utc::now());
         let gateway_id: String = match sqlx::query("SELECT id FROM gateways WHERE name = $1")
             .bind(gateway)

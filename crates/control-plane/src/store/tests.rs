@@ -72,6 +72,7 @@ store_suite!(
     snapshot_source_is_consistent,
     nodes_are_tracked,
     rewrite_specs_keeps_versions,
+    node_updates_do_not_break_concurrent_writes,
 );
 
 fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
@@ -509,4 +510,50 @@ async fn rewrite_specs_keeps_versions(store: Arc<Store>) {
         Some("rewritten")
     );
     assert_eq!(store.rewrite_specs(|_| Ok(None)).await.unwrap(), 0);
+}
+
+/// Node status updates arrive at any time (heartbeats, ACKs); they must never make a proxy
+/// write fail (on SQLite a write slipping between a transaction's read and its write would).
+async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
+    store.create_gateway("gw", "h").await.unwrap();
+    store
+        .record_node(
+            "gw",
+            "n1",
+            NodeEvent::Connected {
+                address: "a",
+                software_version: "v",
+            },
+        )
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heartbeats = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .record_node("gw", "n1", NodeEvent::Heartbeat)
+                    .await
+                    .unwrap();
+                store
+                    .record_node("gw", "n1", NodeEvent::Applied { version: n })
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let limits = Limits::default();
+    for i in 0..20 {
+        store
+            .create_proxy(&spec("gw", &format!("p{i}"), &format!("/p{i}")), &limits)
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(heartbeats.await.unwrap() > 0);
+    assert_eq!(store.list_proxies(Some("gw")).await.unwrap().len(), 20);
 }

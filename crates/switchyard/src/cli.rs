@@ -459,8 +459,6 @@ fn gateway_config(
     cache_dir: PathBuf,
     tuning: &GatewayTuning,
     metrics: PrometheusHandle,
-    model_dir: Option<PathBuf>,
-    encoder_kind: EncoderKind,
 ) -> GatewayConfig {
     GatewayConfig {
         control_plane,
@@ -474,8 +472,8 @@ fn gateway_config(
         upstream_header_timeout: tuning.upstream_header_timeout,
         drain_timeout: tuning.drain_timeout,
         metrics: Some(metrics),
-        model_dir,
-        encoder_kind,
+        model_dir: None,
+        encoder_kind: EncoderKind::default(),
         encoder: None,
     }
 }
@@ -489,9 +487,9 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         args.cache_dir,
         &args.tuning,
         install_metrics()?,
-        args.semantic.dir(false),
-        args.semantic.kind(),
     );
+    config.model_dir = args.semantic.dir(false);
+    config.encoder_kind = args.semantic.kind();
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
     let gateway = Gateway::start(config).await?;
@@ -530,7 +528,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .bootstrap_gateway("dev")
         .await
         .context("cannot create the dev gateway")?;
-    let gateway = Gateway::start(gateway_config(
+    let mut config = gateway_config(
         format!("http://{}", cp.grpc_addr()),
         "dev".into(),
         registration,
@@ -538,10 +536,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         data.join("gateway-cache"),
         &args.tuning,
         metrics,
-        args.semantic.dir(true),
-        args.semantic.kind(),
-    ))
-    .await?;
+    );
+    config.model_dir = args.semantic.dir(true);
+    config.encoder_kind = args.semantic.kind();
+    let gateway = Gateway::start(config).await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());
     println!(
         "\nSwitchyard dev is running (data in {data}).\n\

@@ -65,22 +65,40 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// `(text, category)` rows of a BANKING77 CSV (quoted fields with `""` escapes).
+/// `(text, category)` rows of a BANKING77 CSV (quoted fields may hold commas, newlines and
+/// `""` escapes).
 fn read_csv(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut rows = Vec::new();
-    for line in raw.lines().skip(1) {
-        let (text, cat) = if let Some(rest) = line.strip_prefix('"') {
-            let end = rest.rfind("\",").ok_or(format!("bad line {line}"))?;
-            (
-                rest[..end].replace("\"\"", "\""),
-                rest[end + 2..].to_owned(),
-            )
-        } else {
-            let (t, c) = line.rsplit_once(',').ok_or(format!("bad line {line}"))?;
-            (t.to_owned(), c.to_owned())
-        };
-        rows.push((text, cat));
+    let (mut rows, mut fields, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, raw.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                fields.push(std::mem::take(&mut field));
+                if let [text, cat] = std::mem::take(&mut fields).as_slice() {
+                    rows.push((text.trim().to_owned(), cat.trim().to_owned()));
+                }
+            }
+            (false, '\r') => {}
+            (false, c) => field.push(c),
+        }
+    }
+    fields.push(field);
+    if let [text, cat] = fields.as_slice()
+        && !cat.is_empty()
+    {
+        rows.push((text.trim().to_owned(), cat.trim().to_owned()));
+    }
+    if rows.first().is_some_and(|(t, _)| t == "text") {
+        rows.remove(0);
     }
     Ok(rows)
 }

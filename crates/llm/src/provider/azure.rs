@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::{
     Provider, ProviderAdapter, Target, UpstreamApi, api_key, encode_path_segment, join_url,
-    json_post, split_status, with_model,
+    json_post, with_model,
 };
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::dialect::{openai_chat, openai_responses};
@@ -91,10 +91,7 @@ impl ProviderAdapter for AzureAdapter {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ChatResponse, ApiError> {
-        split_status(self, target, status, headers, body, |b| match target.api {
-            UpstreamApi::ChatCompletions => openai_chat::parse_response(b),
-            UpstreamApi::Responses => openai_responses::parse_response(b),
-        })
+        super::parse_openai_family(self, target, status, headers, body)
     }
 
     fn parse_error(
@@ -108,10 +105,7 @@ impl ProviderAdapter for AzureAdapter {
     }
 
     fn stream_decoder(&self, target: &Target) -> Box<dyn StreamDecoder> {
-        match target.api {
-            UpstreamApi::ChatCompletions => Box::new(openai_chat::ChatStreamDecoder::new()),
-            UpstreamApi::Responses => Box::new(openai_responses::ResponsesStreamDecoder::new()),
-        }
+        super::openai_family_decoder(target)
     }
 }
 

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::openai::bearer;
-use super::{
-    Provider, ProviderAdapter, Target, UpstreamApi, join_url, json_post, split_status, with_model,
-};
+use super::{Provider, ProviderAdapter, Target, UpstreamApi, join_url, json_post, with_model};
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::dialect::{openai_chat, openai_responses};
 use crate::error::{ApiError, LlmError};
@@ -74,10 +72,7 @@ impl ProviderAdapter for CompatibleAdapter {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ChatResponse, ApiError> {
-        split_status(self, target, status, headers, body, |b| match target.api {
-            UpstreamApi::ChatCompletions => openai_chat::parse_response(b),
-            UpstreamApi::Responses => openai_responses::parse_response(b),
-        })
+        super::parse_openai_family(self, target, status, headers, body)
     }
 
     fn parse_error(
@@ -91,10 +86,7 @@ impl ProviderAdapter for CompatibleAdapter {
     }
 
     fn stream_decoder(&self, target: &Target) -> Box<dyn StreamDecoder> {
-        match target.api {
-            UpstreamApi::ChatCompletions => Box::new(openai_chat::ChatStreamDecoder::new()),
-            UpstreamApi::Responses => Box::new(openai_responses::ResponsesStreamDecoder::new()),
-        }
+        super::openai_family_decoder(target)
     }
 }
 

@@ -357,6 +357,35 @@ pub(crate) fn split_status(
     Ok(resp)
 }
 
+/// A 2xx body of an OpenAI-family API (`openai`, `azure`, `nvidia`, `openai-compatible`):
+/// Chat Completions or Responses, as `target.api` says.
+pub(crate) fn parse_openai_family(
+    adapter: &dyn ProviderAdapter,
+    target: &Target,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ChatResponse, ApiError> {
+    split_status(adapter, target, status, headers, body, |b| {
+        match target.api {
+            UpstreamApi::ChatCompletions => crate::dialect::openai_chat::parse_response(b),
+            UpstreamApi::Responses => crate::dialect::openai_responses::parse_response(b),
+        }
+    })
+}
+
+/// The stream decoder of an OpenAI-family API for `target.api`.
+pub(crate) fn openai_family_decoder(target: &Target) -> Box<dyn StreamDecoder> {
+    match target.api {
+        UpstreamApi::ChatCompletions => {
+            Box::new(crate::dialect::openai_chat::ChatStreamDecoder::new())
+        }
+        UpstreamApi::Responses => {
+            Box::new(crate::dialect::openai_responses::ResponsesStreamDecoder::new())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

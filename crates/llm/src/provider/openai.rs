@@ -4,8 +4,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::{
-    Provider, ProviderAdapter, Target, UpstreamApi, api_key, join_url, json_post, split_status,
-    with_model,
+    Provider, ProviderAdapter, Target, UpstreamApi, api_key, join_url, json_post, with_model,
 };
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::dialect::{openai_chat, openai_responses};
@@ -72,10 +71,7 @@ impl ProviderAdapter for OpenAiAdapter {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ChatResponse, ApiError> {
-        split_status(self, target, status, headers, body, |b| match target.api {
-            UpstreamApi::ChatCompletions => openai_chat::parse_response(b),
-            UpstreamApi::Responses => openai_responses::parse_response(b),
-        })
+        super::parse_openai_family(self, target, status, headers, body)
     }
 
     fn parse_error(
@@ -89,10 +85,7 @@ impl ProviderAdapter for OpenAiAdapter {
     }
 
     fn stream_decoder(&self, target: &Target) -> Box<dyn StreamDecoder> {
-        match target.api {
-            UpstreamApi::ChatCompletions => Box::new(openai_chat::ChatStreamDecoder::new()),
-            UpstreamApi::Responses => Box::new(openai_responses::ResponsesStreamDecoder::new()),
-        }
+        super::openai_family_decoder(target)
     }
 }
 

@@ -234,9 +234,32 @@ async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<(), StartError> {
     if let Some(e) = failure {
         return Err(StartError::Key(e));
     }
-    if changed > 0 {
+    let services = store
+        .rewrite_semantic_services(|service| {
+            let mut stale = false;
+            let rewritten = service.try_map_secrets(|s| {
+                if keyring.is_current(&s) {
+                    return Ok(s);
+                }
+                stale = true;
+                keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
+            });
+            match rewritten {
+                Ok(service) => Ok(stale.then_some(service)),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Ok(None)
+                }
+            }
+        })
+        .await?;
+    if let Some(e) = failure {
+        return Err(StartError::Key(e));
+    }
+    if changed > 0 || services > 0 {
         tracing::info!(
             proxies = changed,
+            semantic_services = services,
             "re-encrypted stored secrets under the current key"
         );
     }

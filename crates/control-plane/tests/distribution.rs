@@ -287,6 +287,12 @@ async fn key_rotation_reencrypts_at_startup() {
         .unwrap()
         .to_owned();
     admin.post("/proxies", proxy("a")).await;
+    admin
+        .post(
+            "/semantic-services",
+            json!({"name": "emb", "url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "sk-emb-plain"}),
+        )
+        .await;
     cp.shutdown().await;
 
     // Without the old key the secrets cannot be read: refuse to start.
@@ -295,8 +301,12 @@ async fn key_rotation_reencrypts_at_startup() {
     let mut cfg = config(&url, &new);
     cfg.previous_encryption_keys = vec![old];
     let cp = ControlPlane::start(cfg).await.unwrap();
+    // A proxy naming the service, created under the new key, before the old one goes.
+    let mut naming = proxy("b");
+    naming["semantic_service"] = json!("emb");
+    Admin::new(&cp).post("/proxies", naming).await;
     cp.shutdown().await;
-    // Now the new key alone suffices, and nodes still get the plaintext key.
+    // Now the new key alone suffices, and nodes still get the plaintext keys.
     let cp = ControlPlane::start(config(&url, &new)).await.unwrap();
     let mut node = connect(cp.grpc_addr(), "gw", &token, "n").await.unwrap();
     let snap = node.next_snapshot().await;
@@ -306,5 +316,99 @@ async fn key_rotation_reencrypts_at_startup() {
         panic!("static key expected")
     };
     assert_eq!(k.api_key, "sk-plain");
+    assert_eq!(snap.proxies[1].semantic_service_name, "emb");
+    assert_eq!(snap.semantic_services.len(), 1);
+    assert_eq!(
+        snap.semantic_services[0].api_key.as_deref(),
+        Some("sk-emb-plain")
+    );
     cp.shutdown().await;
+}
+
+/// A semantic service update reaches, through any replica, the nodes of every gateway with
+/// a proxy naming it, and only those; each snapshot carries the services it names, decrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semantic_service_update_reaches_every_gateway_naming_it() {
+    let db = PgDatabase::create().await;
+    let key = Keyring::generate_key();
+    let mut cfg = config(db.url(), &key);
+    cfg.resync_interval = Duration::from_secs(3600); // only LISTEN/NOTIFY can deliver in time
+    let a = ControlPlane::start(cfg.clone()).await.unwrap();
+    let b = ControlPlane::start(cfg).await.unwrap();
+    let admin_a = Admin::new(&a);
+    let mut tokens = Vec::new();
+    for g in ["gw", "gw2", "gw3"] {
+        tokens.push(
+            admin_a.post("/gateways", json!({"name": g})).await["registration_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for (name, url) in [("emb", "http://first/v1"), ("other", "http://other/v1")] {
+        admin_a
+            .post(
+                "/semantic-services",
+                json!({"name": name, "url": url, "model": "m", "api_key": format!("sk-{name}")}),
+            )
+            .await;
+    }
+    for (gateway, service) in [("gw", "emb"), ("gw2", "emb"), ("gw3", "other")] {
+        let mut p = proxy("p");
+        p["gateway"] = json!(gateway);
+        p["semantic_service"] = json!(service);
+        admin_a.post("/proxies", p).await;
+    }
+    let mut on_b = connect(b.grpc_addr(), "gw", &tokens[0], "n1").await.unwrap();
+    let mut on_a = connect(a.grpc_addr(), "gw2", &tokens[1], "n2").await.unwrap();
+    let mut unrelated = connect(b.grpc_addr(), "gw3", &tokens[2], "n3")
+        .await
+        .unwrap();
+    let first = on_b.next_snapshot().await;
+    assert_eq!(first.version, 1);
+    assert_eq!(first.proxies[0].semantic_service_name, "emb");
+    assert_eq!(
+        first.semantic_services,
+        vec![pb::SemanticService {
+            name: "emb".into(),
+            url: "http://first/v1".into(),
+            model: "m".into(),
+            api_key: Some("sk-emb".into()),
+        }],
+        "only the services the proxies name, decrypted"
+    );
+    assert_eq!(on_a.next_snapshot().await.version, 1);
+    assert_eq!(unrelated.next_snapshot().await.version, 1);
+
+    let updated = Admin::new(&b);
+    let resp = updated
+        .http
+        .put(format!("{}/semantic-services/emb", updated.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": "http://second/v1", "model": "m2", "api_key": "sk-new"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    for node in [&mut on_b, &mut on_a] {
+        let snap = node.next_snapshot().await;
+        assert_eq!(snap.version, 2);
+        assert_eq!(
+            (
+                snap.semantic_services[0].url.as_str(),
+                snap.semantic_services[0].model.as_str(),
+                snap.semantic_services[0].api_key.as_deref()
+            ),
+            ("http://second/v1", "m2", Some("sk-new"))
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), unrelated.rx.next())
+            .await
+            .is_err(),
+        "a gateway not naming the service gets no new snapshot"
+    );
+    assert_eq!(admin_a.get("/gateways/gw3").await["config_version"], 1);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::names::{validate_base_path, validate_name};
 use crate::{
     Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, RegexGuard,
-    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, SemanticService, Topic,
-    ValidationError, validate_gateway_name,
+    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, Topic, ValidationError,
+    validate_gateway_name,
 };
 
 /// The body of `POST /proxies` and `PUT /proxies/{id}`.
@@ -35,8 +35,9 @@ pub struct ProxyInput {
     pub prompt_guard: Option<PromptGuardInput>,
     #[serde(default)]
     pub regex_guard: Option<RegexGuardInput>,
+    /// The name of a semantic service of the control plane.
     #[serde(default)]
-    pub semantic_service: Option<SemanticServiceInput>,
+    pub semantic_service: Option<String>,
     #[serde(default)]
     pub id: Option<Uuid>,
     #[serde(default)]
@@ -129,15 +130,6 @@ pub struct RegexPatternInput {
     pub pattern: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SemanticServiceInput {
-    pub url: String,
-    pub model: String,
-    #[serde(default)]
-    pub api_key: Option<String>,
-}
-
 /// The compiled size bound of one regex guard pattern (the `regex` crate's `size_limit`):
 /// patterns whose automaton would be larger are refused on write.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -153,8 +145,15 @@ pub fn compile_guard_regex(pattern: &str) -> Result<regex::Regex, regex::Error> 
 /// Parses an admin body strictly. A syntax error, a wrong type, a missing or an unknown field
 /// is a [`ErrorCode::Malformed`] error whose `field` is the path where it happened.
 pub fn parse_proxy_input(body: &[u8]) -> Result<ProxyInput, ValidationError> {
+    parse_strict(body)
+}
+
+/// Strict parsing of any admin body (see [`parse_proxy_input`]).
+pub(crate) fn parse_strict<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ValidationError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let input: ProxyInput = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let input: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         ValidationError::new(ErrorCode::Malformed, field, e.into_inner().to_string())
@@ -246,12 +245,10 @@ impl ProxyInput {
             None => None,
             Some(guard) => Some(guard.validate(limits)?),
         };
-        let semantic_service = match self.semantic_service {
-            None => None,
-            Some(service) => {
-                Some(service.validate(previous.and_then(|p| p.semantic_service.as_ref()))?)
-            }
-        };
+        // Whether the service exists is the store's to check, in the write's transaction.
+        if let Some(service) = &self.semantic_service {
+            validate_gateway_name("semantic_service", service)?;
+        }
 
         Ok(ProxySpec {
             name: self.name,
@@ -262,7 +259,7 @@ impl ProxyInput {
             routes,
             prompt_guard,
             regex_guard,
-            semantic_service,
+            semantic_service: self.semantic_service,
         })
     }
 }
@@ -583,7 +580,7 @@ impl AuthInput {
 
 /// A secret as sent: `***` keeps the stored one (on a `PUT`); anything else must be a usable
 /// header value of at most 4096 bytes.
-fn keep_or_check_secret(
+pub(crate) fn keep_or_check_secret(
     field: &str,
     value: String,
     stored: impl FnOnce() -> Option<Secret>,
@@ -592,7 +589,7 @@ fn keep_or_check_secret(
         return stored().ok_or_else(|| {
             ValidationError::rule(
                 field,
-                "'***' keeps the stored secret, but this route has no stored secret of that kind",
+                "'***' keeps the stored secret, but there is no stored secret of that kind to keep",
             )
         });
     }
@@ -778,30 +775,7 @@ impl RegexGuardInput {
     }
 }
 
-impl SemanticServiceInput {
-    fn validate(
-        self,
-        previous: Option<&SemanticService>,
-    ) -> Result<SemanticService, ValidationError> {
-        let url = validate_url("semantic_service.url", &self.url)?;
-        validate_model("semantic_service.model", &self.model)?;
-        let api_key = match self.api_key {
-            None => None,
-            Some(key) => Some(keep_or_check_secret(
-                "semantic_service.api_key",
-                key,
-                || previous.and_then(|p| p.api_key.clone()),
-            )?),
-        };
-        Ok(SemanticService {
-            url,
-            model: self.model,
-            api_key,
-        })
-    }
-}
-
-fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
+pub(crate) fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| ValidationError::invalid(field, format!("'{url}' is not a valid URL")))?;
@@ -832,7 +806,7 @@ fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {
     if model.is_empty() || model.len() > 256 {
         return Err(ValidationError::invalid(field, "must be 1-256 characters"));
     }

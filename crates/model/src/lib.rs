@@ -12,6 +12,7 @@ mod limits;
 mod names;
 mod secret;
 mod selector;
+mod service;
 pub mod snapshot;
 mod spec;
 
@@ -21,6 +22,7 @@ pub use limits::Limits;
 pub use names::{RESERVED_PATHS, validate_gateway_name};
 pub use secret::{REDACTED, Secret};
 pub use selector::{Selector, SelectorSource};
+pub use service::{SemanticServiceInput, parse_semantic_service_input};
 pub use spec::{
     Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec,
     RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, SemanticService, Topic,

@@ -15,12 +15,24 @@ use crate::{
 };
 
 /// Everything one gateway serves, at one version.
+///
+/// `semantic_services` are the services the proxies name (`ProxySpec::semantic_service`),
+/// each once; a snapshot converted from the wire is checked to resolve every such name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub gateway: String,
     pub version: u64,
     pub proxies: Vec<Proxy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semantic_services: Vec<SemanticService>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    /// The semantic service named `name`, if the snapshot carries it.
+    pub fn semantic_service(&self, name: &str) -> Option<&SemanticService> {
+        self.semantic_services.iter().find(|s| s.name == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +50,16 @@ impl From<&Snapshot> for pb::Snapshot {
             version: s.version,
             proxies: s.proxies.iter().map(proxy_to_pb).collect(),
             created_at_unix_ms: s.created_at.timestamp_millis(),
+            semantic_services: s
+                .semantic_services
+                .iter()
+                .map(|s| pb::SemanticService {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                    model: s.model.clone(),
+                    api_key: s.api_key.as_ref().map(|k| k.expose().to_owned()),
+                })
+                .collect(),
         }
     }
 }
@@ -56,11 +78,41 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 proxy_from_pb(p, &s.gateway)
                     .map_err(|e| invalid(format!("proxy '{name}': {}", e.0)))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<Proxy>, _>>()?;
+        let mut semantic_services: Vec<SemanticService> =
+            Vec::with_capacity(s.semantic_services.len());
+        for service in s.semantic_services {
+            if service.name.is_empty() {
+                return Err(invalid("a semantic service has no name"));
+            }
+            if semantic_services.iter().any(|x| x.name == service.name) {
+                return Err(invalid(format!(
+                    "semantic service '{}' is listed twice",
+                    service.name
+                )));
+            }
+            semantic_services.push(SemanticService {
+                name: service.name,
+                url: service.url,
+                model: service.model,
+                api_key: service.api_key.map(Secret::new),
+            });
+        }
+        for proxy in &proxies {
+            if let Some(name) = &proxy.spec.semantic_service
+                && !semantic_services.iter().any(|s| s.name == *name)
+            {
+                return Err(invalid(format!(
+                    "proxy '{}': semantic service '{name}' is not in the snapshot",
+                    proxy.spec.name
+                )));
+            }
+        }
         Ok(Snapshot {
             gateway: s.gateway,
             version: s.version,
             proxies,
+            semantic_services,
             created_at,
         })
     }
@@ -102,11 +154,7 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
                 })
                 .collect(),
         }),
-        semantic_service: spec.semantic_service.as_ref().map(|s| pb::SemanticService {
-            url: s.url.clone(),
-            model: s.model.clone(),
-            api_key: s.api_key.as_ref().map(|k| k.expose().to_owned()),
-        }),
+        semantic_service_name: spec.semantic_service.clone().unwrap_or_default(),
         version: p.version,
     }
 }
@@ -165,11 +213,7 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
                 })
                 .collect(),
         }),
-        semantic_service: p.semantic_service.map(|s| SemanticService {
-            url: s.url,
-            model: s.model,
-            api_key: s.api_key.map(Secret::new),
-        }),
+        semantic_service: (!p.semantic_service_name.is_empty()).then_some(p.semantic_service_name),
     };
     // Timestamps are control-plane bookkeeping; nodes do not need them.
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
@@ -330,7 +374,7 @@ mod tests {
             ],
             "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}]},
             "regex_guard": {"patterns": [{"name": "ssn", "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b"}]},
-            "semantic_service": {"url": "http://127.0.0.1:9/v1", "model": "emb", "api_key": "sk-emb"}
+            "semantic_service": "emb-eu"
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()
@@ -347,6 +391,20 @@ mod tests {
                 created_at: epoch,
                 updated_at: epoch,
             }],
+            semantic_services: vec![
+                SemanticService {
+                    name: "emb-eu".into(),
+                    url: "http://127.0.0.1:9/v1".into(),
+                    model: "emb".into(),
+                    api_key: Some(Secret::new("sk-emb")),
+                },
+                SemanticService {
+                    name: "local".into(),
+                    url: "http://127.0.0.1:10/v1".into(),
+                    model: "emb".into(),
+                    api_key: None,
+                },
+            ],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         }
     }
@@ -356,6 +414,34 @@ mod tests {
         let snap = sample();
         let wire = pb::Snapshot::from(&snap);
         assert_eq!(Snapshot::try_from(wire).unwrap(), snap);
+    }
+
+    #[test]
+    fn semantic_services_travel_once_and_must_resolve() {
+        let snap = sample();
+        let wire = pb::Snapshot::from(&snap);
+        assert_eq!(wire.proxies[0].semantic_service_name, "emb-eu");
+        assert_eq!(wire.semantic_services.len(), 2);
+        assert_eq!(wire.semantic_services[0].api_key.as_deref(), Some("sk-emb"));
+        assert_eq!(wire.semantic_services[1].api_key, None);
+        let back = Snapshot::try_from(wire.clone()).unwrap();
+        assert_eq!(back.semantic_service("emb-eu").unwrap().model, "emb");
+        assert!(back.semantic_service("nope").is_none());
+
+        // A proxy naming a service the snapshot does not carry: refused (the node NACKs).
+        let mut dangling = wire.clone();
+        dangling.semantic_services.remove(0);
+        let err = Snapshot::try_from(dangling).unwrap_err();
+        assert!(
+            err.0.contains("proxy 'p'") && err.0.contains("'emb-eu' is not in the snapshot"),
+            "{err}"
+        );
+        let mut twice = wire.clone();
+        twice.semantic_services.push(twice.semantic_services[0].clone());
+        assert!(Snapshot::try_from(twice).unwrap_err().0.contains("twice"));
+        let mut nameless = wire;
+        nameless.semantic_services[1].name.clear();
+        assert!(Snapshot::try_from(nameless).is_err());
     }
 
     #[test]

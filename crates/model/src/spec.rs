@@ -102,8 +102,10 @@ pub struct ProxySpec {
     pub prompt_guard: Option<PromptGuard>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex_guard: Option<RegexGuard>,
+    /// The name of the control plane's [`SemanticService`] this proxy embeds prompts and
+    /// utterances with, instead of the node's in-process encoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub semantic_service: Option<SemanticService>,
+    pub semantic_service: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,14 +294,38 @@ pub struct RegexPattern {
     pub pattern: String,
 }
 
-/// A remote OpenAI-compatible embeddings service (`POST {url}/embeddings`) used instead of
-/// the node's in-process encoder for one proxy.
+/// A named remote OpenAI-compatible embeddings service (`POST {url}/embeddings`), kept by
+/// the control plane and used, instead of the node's in-process encoder, by the proxies that
+/// name it in `semantic_service`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SemanticService {
+    pub name: String,
     pub url: String,
     pub model: String,
+    /// Sent as `Authorization: Bearer …` when set (a local embeddings server may need none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
+}
+
+impl SemanticService {
+    /// Applies `f` to the key, e.g. to encrypt before storing or decrypt after loading.
+    pub fn try_map_secrets<E>(
+        mut self,
+        f: impl FnOnce(Secret) -> Result<Secret, E>,
+    ) -> Result<Self, E> {
+        if let Some(key) = self.api_key.take() {
+            self.api_key = Some(f(key)?);
+        }
+        Ok(self)
+    }
+
+    /// The same service with its key (if any) replaced by [`crate::REDACTED`].
+    pub fn redacted(self) -> Self {
+        Self {
+            api_key: self.api_key.map(|_| Secret::new(crate::REDACTED)),
+            ..self
+        }
+    }
 }
 
 impl ProxySpec {
@@ -334,13 +360,6 @@ impl ProxySpec {
                 }
                 Auth::None | Auth::Dynamic { .. } | Auth::DynamicAws { .. } => {}
             }
-        }
-        if let Some(key) = self
-            .semantic_service
-            .as_mut()
-            .and_then(|s| s.api_key.as_mut())
-        {
-            *key = f(key.clone())?;
         }
         Ok(self)
     }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use switchyard_model::snapshot::Snapshot;
 use switchyard_model::{
     Auth, Fallback, Format, Provider, Proxy, ProxySpec, Route, Routing, RoutingStrategy, Secret,
+    SemanticService,
 };
 use switchyard_proto::v1 as pb;
 use uuid::Uuid;
@@ -76,6 +77,17 @@ pub fn proxy(
 
 /// The wire snapshot of `gateway` at `version`.
 pub fn snapshot(gateway: &str, version: u64, proxies: Vec<Proxy>) -> pb::Snapshot {
+    snapshot_with_services(gateway, version, proxies, Vec::new())
+}
+
+/// The wire snapshot of `gateway` at `version`, carrying the semantic services its proxies
+/// name.
+pub fn snapshot_with_services(
+    gateway: &str,
+    version: u64,
+    proxies: Vec<Proxy>,
+    semantic_services: Vec<SemanticService>,
+) -> pb::Snapshot {
     let proxies = proxies
         .into_iter()
         .map(|mut p| {
@@ -87,6 +99,7 @@ pub fn snapshot(gateway: &str, version: u64, proxies: Vec<Proxy>) -> pb::Snapsho
         gateway: gateway.to_owned(),
         version,
         proxies,
+        semantic_services,
         created_at: Utc::now(),
     })
 }

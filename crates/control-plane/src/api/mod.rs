@@ -1,6 +1,7 @@
 //! The admin REST API (`/api/v1`), plus `/healthz`, `/readyz` and `/metrics`.
 
 mod error;
+mod semantic_services;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/proxies/{id}",
             get(get_proxy).put(update_proxy).delete(delete_proxy),
+        )
+        .route(
+            "/semantic-services",
+            get(semantic_services::list).post(semantic_services::create),
+        )
+        .route(
+            "/semantic-services/{name}",
+            get(semantic_services::get)
+                .put(semantic_services::update)
+                .delete(semantic_services::delete),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(openapi));
@@ -170,7 +181,8 @@ struct NodeView {
 struct GatewayView {
     id: String,
     name: String,
-    /// The version of the gateway's configuration (bumped by every proxy change).
+    /// The version of the gateway's configuration (bumped by every change of its proxies or
+    /// of a semantic service they name).
     config_version: u64,
     proxies: u64,
     nodes: Vec<NodeView>,
@@ -360,7 +372,7 @@ async fn get_proxy(
 }
 
 /// `If-Match: "3"` (or `3`) names the version a `PUT` replaces, like `version` in the body.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -374,7 +386,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             ValidationError::new(
                 ErrorCode::Malformed,
                 "If-Match",
-                "must be the proxy's version, e.g. \"3\"",
+                "must be the version the write replaces, e.g. \"3\"",
             )
             .into()
         })

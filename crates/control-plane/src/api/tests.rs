@@ -533,6 +533,8 @@ fn openapi_documents_every_route() {
         ("/gateways/{name}/registration-token", &["post"]),
         ("/proxies", &["get", "post"]),
         ("/proxies/{id}", &["get", "put", "delete"]),
+        ("/semantic-services", &["get", "post"]),
+        ("/semantic-services/{name}", &["get", "put", "delete"]),
         ("/openapi.json", &["get"]),
     ] {
         for m in methods {
@@ -544,7 +546,348 @@ fn openapi_documents_every_route() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        6,
+        8,
         "a documented path the router does not serve"
+    );
+}
+
+/// Everything logged on this thread while the guard lives, at every level.
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn embed_eu() -> Value {
+    json!({"name": "embed-eu", "url": "https://api.openai.com/v1",
+           "model": "text-embedding-3-small", "api_key": "sk-embed-very-secret"})
+}
+
+fn semantic_proxy(name: &str, base_path: &str, service: &str) -> Value {
+    let mut p = proxy(name, base_path);
+    p["routing"]["strategy"] = json!("semantic");
+    p["semantic_service"] = json!(service);
+    p
+}
+
+async fn stored_service_key(api: &Api, name: &str) -> Option<String> {
+    let record = api.store.get_semantic_service(name).await.unwrap().unwrap();
+    record.service.api_key.map(|k| {
+        assert!(k.expose().starts_with("enc:v1:"), "encrypted at rest");
+        api.keyring.decrypt(&k).unwrap().expose().to_owned()
+    })
+}
+
+// Current-thread runtime: the server's tasks log on this thread, into the captured logs.
+#[tokio::test(flavor = "current_thread")]
+async fn semantic_services_lifecycle_with_the_key_never_shown() {
+    let (logs, _guard) = capture_logs();
+    let api = Api::start(Limits::default()).await;
+    let (status, created) = api.post("/semantic-services", embed_eu()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "embed-eu");
+    assert_eq!(created["url"], "https://api.openai.com/v1");
+    assert_eq!(created["model"], "text-embedding-3-small");
+    assert_eq!(created["api_key"], "***");
+    assert_eq!((created["version"].clone(), created["proxies"].clone()), (json!(1), json!(0)));
+    assert!(created["created_at"].is_string() && created["updated_at"].is_string());
+    assert_eq!(
+        stored_service_key(&api, "embed-eu").await.as_deref(),
+        Some("sk-embed-very-secret")
+    );
+
+    let (status, read) = api.get("/semantic-services/embed-eu").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read, created);
+    let (status, all) = api.get("/semantic-services").await;
+    assert_eq!((status, all), (StatusCode::OK, json!([created.clone()])));
+
+    // A local server without a key.
+    let (status, local) = api
+        .post(
+            "/semantic-services",
+            json!({"name": "local", "url": "http://127.0.0.1:7997/v1", "model": "bge-small"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{local}");
+    assert!(local.get("api_key").is_none(), "{local}");
+    assert_eq!(stored_service_key(&api, "local").await, None);
+    assert_eq!(
+        api.get("/semantic-services").await.1.as_array().unwrap().len(),
+        2
+    );
+
+    // GET → edit → PUT: `***` keeps the key, the version moves on.
+    let mut edited = read.clone();
+    edited["url"] = json!("https://eu.api.example.com/v1/");
+    let (status, updated) = api.put("/semantic-services/embed-eu", edited.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["url"], "https://eu.api.example.com/v1");
+    assert_eq!((updated["version"].clone(), updated["api_key"].clone()), (json!(2), json!("***")));
+    assert_eq!(updated["created_at"], created["created_at"]);
+    assert_eq!(
+        stored_service_key(&api, "embed-eu").await.as_deref(),
+        Some("sk-embed-very-secret")
+    );
+    // The same edit again carries version 1: stale. So does a stale If-Match.
+    let (s, b) = api.put("/semantic-services/embed-eu", edited).await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
+    let resp = api
+        .http
+        .put(format!("{}/semantic-services/embed-eu", api.base))
+        .bearer_auth(TOKEN)
+        .header("if-match", "\"1\"")
+        .json(&embed_eu())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    // A new key replaces the old one.
+    let mut rekeyed = updated.clone();
+    rekeyed["api_key"] = json!("sk-rotated-secret");
+    let (status, body) = api.put("/semantic-services/embed-eu", rekeyed).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 3);
+    assert_eq!(
+        stored_service_key(&api, "embed-eu").await.as_deref(),
+        Some("sk-rotated-secret")
+    );
+    // Renaming is refused; so is `***` where no key is stored.
+    let mut renamed = body.clone();
+    renamed["name"] = json!("embed-us");
+    let (s, b) = api.put("/semantic-services/embed-eu", renamed).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("name"));
+    let mut keep_nothing = local.clone();
+    keep_nothing["api_key"] = json!("***");
+    let (s, b) = api.put("/semantic-services/local", keep_nothing).await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("api_key"));
+    let (s, b) = api.put("/semantic-services/nope", embed_eu()).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Delete, then it is gone.
+    assert_eq!(
+        api.delete("/semantic-services/local").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (s, b) = api.get("/semantic-services/local").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    let (s, b) = api.delete("/semantic-services/local").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // No reply and no log line ever showed a key.
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("semantic service created"), "{logs}");
+    assert!(logs.contains("semantic service updated"), "{logs}");
+    for secret in ["sk-embed-very-secret", "sk-rotated-secret"] {
+        assert!(!logs.contains(secret), "{secret} was logged");
+        assert!(!api.get("/semantic-services").await.1.to_string().contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn semantic_service_bodies_are_strict_and_names_unique() {
+    let api = Api::start(Limits::default()).await;
+    let with = |field: &str, value: Value| {
+        let mut v = embed_eu();
+        v[field] = value;
+        v
+    };
+    let cases: Vec<(Value, StatusCode, &str, Option<&str>)> = vec![
+        (with("colour", json!("red")), StatusCode::BAD_REQUEST, "malformed", Some("colour")),
+        (with("model", json!(7)), StatusCode::BAD_REQUEST, "malformed", Some("model")),
+        (
+            {
+                let mut v = embed_eu();
+                v.as_object_mut().unwrap().remove("name");
+                v
+            },
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            Some("name"),
+        ),
+        (
+            {
+                let mut v = embed_eu();
+                v.as_object_mut().unwrap().remove("url");
+                v
+            },
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            None,
+        ),
+        (with("name", json!("Embed EU")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("name")),
+        (with("url", json!("ftp://x/v1")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("url")),
+        (with("model", json!("")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("model")),
+        (with("api_key", json!("has space")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("api_key")),
+        (with("api_key", json!("***")), StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("api_key")),
+    ];
+    for (body, status, code, field) in cases {
+        let (s, b) = api.post("/semantic-services", body).await;
+        assert_error(s, &b, status, code, field);
+    }
+    let resp = api
+        .http
+        .post(format!("{}/semantic-services", api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"name\": \"embed-eu\",")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(api.get("/semantic-services").await.1, json!([]), "nothing stored");
+
+    assert_eq!(
+        api.post("/semantic-services", embed_eu()).await.0,
+        StatusCode::CREATED
+    );
+    let (s, b) = api.post("/semantic-services", with("url", json!("http://other/v1"))).await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
+    assert_eq!(
+        api.get("/semantic-services/embed-eu").await.1["url"],
+        "https://api.openai.com/v1",
+        "the duplicate changed nothing"
+    );
+    let (s, b) = api
+        .put("/semantic-services/embed-eu", with("extra", json!(1)))
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "malformed", Some("extra"));
+
+    // Every route needs the token.
+    for (method, path) in [
+        (reqwest::Method::GET, "/semantic-services"),
+        (reqwest::Method::POST, "/semantic-services"),
+        (reqwest::Method::GET, "/semantic-services/embed-eu"),
+        (reqwest::Method::PUT, "/semantic-services/embed-eu"),
+        (reqwest::Method::DELETE, "/semantic-services/embed-eu"),
+    ] {
+        let resp = api
+            .http
+            .request(method.clone(), format!("{}{path}", api.base))
+            .json(&embed_eu())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert_eq!(api.get("/semantic-services/embed-eu").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn proxies_reference_semantic_services_by_name() {
+    let api = Api::start(Limits::default()).await;
+    api.post("/gateways", json!({"name": "prod-eu"})).await;
+    api.post("/gateways", json!({"name": "prod-us"})).await;
+
+    // An unknown service: 422 naming the field, nothing stored, no version bumped.
+    let (s, b) = api
+        .post("/proxies", semantic_proxy("a", "/a", "embed-eu"))
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_value",
+        Some("semantic_service"),
+    );
+    assert_eq!(api.get("/proxies").await.1, json!([]));
+    assert_eq!(api.get("/gateways/prod-eu").await.1["config_version"], 0);
+    // The inline definition is gone: one way to name a service.
+    let mut inline = proxy("a", "/a");
+    inline["semantic_service"] =
+        json!({"url": "http://127.0.0.1:9/v1", "model": "emb", "api_key": "sk"});
+    let (s, b) = api.post("/proxies", inline).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "malformed", Some("semantic_service"));
+
+    api.post("/semantic-services", embed_eu()).await;
+    let (s, created) = api
+        .post("/proxies", semantic_proxy("a", "/a", "embed-eu"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["semantic_service"], "embed-eu");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut us = semantic_proxy("b", "/b", "embed-eu");
+    us["gateway"] = json!("prod-us");
+    assert_eq!(api.post("/proxies", us).await.0, StatusCode::CREATED);
+    assert_eq!(api.get("/semantic-services/embed-eu").await.1["proxies"], 2);
+
+    // A PUT naming an unknown service is refused and changes nothing.
+    let mut edited = created.clone();
+    edited["semantic_service"] = json!("nope");
+    let (s, b) = api.put(&format!("/proxies/{id}"), edited).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_value",
+        Some("semantic_service"),
+    );
+    assert_eq!(api.get(&format!("/proxies/{id}")).await.1["version"], 1);
+
+    // In use: the service cannot be deleted.
+    let (s, b) = api.delete("/semantic-services/embed-eu").await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prod-eu/a"),
+        "{b}"
+    );
+
+    // Updating the service gives every gateway using it a new version.
+    let eu = api.get("/gateways/prod-eu").await.1["config_version"].clone();
+    let us = api.get("/gateways/prod-us").await.1["config_version"].clone();
+    let mut moved = api.get("/semantic-services/embed-eu").await.1;
+    moved["url"] = json!("http://127.0.0.1:9/v1");
+    assert_eq!(
+        api.put("/semantic-services/embed-eu", moved).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/gateways/prod-eu").await.1["config_version"],
+        eu.as_u64().unwrap() + 1
+    );
+    assert_eq!(
+        api.get("/gateways/prod-us").await.1["config_version"],
+        us.as_u64().unwrap() + 1
+    );
+
+    // Once no proxy names it, it can go.
+    let mut plain = created.clone();
+    plain.as_object_mut().unwrap().remove("semantic_service");
+    plain["routing"]["strategy"] = json!("model");
+    assert_eq!(
+        api.put(&format!("/proxies/{id}"), plain).await.0,
+        StatusCode::OK
+    );
+    for p in api.get("/proxies?gateway=prod-us").await.1.as_array().unwrap() {
+        let pid = p["id"].as_str().unwrap();
+        assert_eq!(
+            api.delete(&format!("/proxies/{pid}")).await.0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    assert_eq!(
+        api.delete("/semantic-services/embed-eu").await.0,
+        StatusCode::NO_CONTENT
     );
 }

@@ -32,8 +32,9 @@ pub fn hash_token(token: &str) -> String {
         .collect()
 }
 
-/// Builds snapshots from the store, decrypting secrets, and caches the newest per gateway so
-/// that many nodes of one gateway share one build.
+/// Builds snapshots from the store (the gateway's proxies and the semantic services they
+/// name), decrypting secrets, and caches the newest per gateway so that many nodes of one
+/// gateway share one build.
 pub struct Snapshots {
     store: Arc<Store>,
     keyring: Arc<Keyring>,
@@ -49,6 +50,11 @@ pub enum SnapshotError {
     #[error("cannot decrypt a secret of proxy '{proxy}': {source}")]
     Decrypt {
         proxy: String,
+        source: crate::crypto::CryptoError,
+    },
+    #[error("cannot decrypt the key of semantic service '{name}': {source}")]
+    DecryptService {
+        name: String,
         source: crate::crypto::CryptoError,
     },
 }
@@ -80,12 +86,13 @@ impl Snapshots {
         {
             return Ok(s);
         }
-        let (version, proxies) = self
+        let source = self
             .store
             .snapshot_source(gateway)
             .await?
             .ok_or(SnapshotError::GatewayGone)?;
-        let proxies = proxies
+        let proxies = source
+            .proxies
             .into_iter()
             .map(|mut p| {
                 let name = p.spec.name.clone();
@@ -99,10 +106,21 @@ impl Snapshots {
                 Ok(p)
             })
             .collect::<Result<Vec<_>, SnapshotError>>()?;
+        let semantic_services = source
+            .semantic_services
+            .into_iter()
+            .map(|service| {
+                let name = service.name.clone();
+                service
+                    .try_map_secrets(|s| self.keyring.decrypt(&s))
+                    .map_err(|source| SnapshotError::DecryptService { name, source })
+            })
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
         let snapshot = Snapshot {
             gateway: gateway.to_owned(),
-            version,
+            version: source.version,
             proxies,
+            semantic_services,
             created_at: Utc::now(),
         };
         let built = Arc::new(pb::Snapshot::from(&snapshot));

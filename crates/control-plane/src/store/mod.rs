@@ -11,6 +11,14 @@
 //! therefore serialised: two racing creates cannot exceed the proxies-per-gateway limit, and
 //! each write bumps the gateway's `config_version` exactly once. A `PUT` may also carry the
 //! version it replaces; a stale one is refused with a conflict (optimistic concurrency).
+//!
+//! Semantic services are named rows that proxies reference (a foreign key on
+//! `proxies.semantic_service`, besides the name in the spec). Locks are always taken service
+//! first, then gateways (in id order), so writes cannot deadlock: a proxy write naming a
+//! service holds that service's row `FOR SHARE` for its transaction, while updating or
+//! deleting a service holds it `FOR UPDATE`. So a delete cannot race a proxy write into a
+//! dangling reference, and a service update sees every proxy naming it and bumps the
+//! `config_version` of each of their gateways in the same transaction.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,7 +28,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 // Dynamic SQL below only ever splices this module's own constants (column lists, the
 // dialect's `FOR UPDATE`), never input: that is what each `AssertSqlSafe` asserts.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
-use switchyard_model::{ErrorCode, Limits, Proxy, ProxySpec};
+use switchyard_model::{ErrorCode, Limits, Proxy, ProxySpec, SemanticService};
 use uuid::Uuid;
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -68,6 +76,26 @@ pub struct GatewayRecord {
     pub config_version: u64,
     pub created_at: DateTime<Utc>,
     pub proxies: u64,
+}
+
+/// A semantic service as stored (its key, if any, encrypted), with how many proxies name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticServiceRecord {
+    pub service: SemanticService,
+    pub version: u64,
+    pub proxies: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a gateway's snapshot is built from, read consistently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSource {
+    pub version: u64,
+    /// Ordered by base path.
+    pub proxies: Vec<Proxy>,
+    /// The semantic services the proxies name, each once, ordered by name (keys encrypted).
+    pub semantic_services: Vec<SemanticService>,
 }
 
 /// A gateway node's last known state.
@@ -212,6 +240,13 @@ impl Store {
     fn for_update(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    fn for_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR SHARE",
             Backend::Sqlite => "",
         }
     }
@@ -399,6 +434,7 @@ impl Store {
     ) -> Result<Proxy, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
+        self.lock_named_service(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM proxies WHERE gateway_id = $1")
             .bind(&gateway_id)
@@ -424,8 +460,8 @@ impl Store {
             updated_at: now,
         };
         let res = sqlx::query(
-            "INSERT INTO proxies (id, gateway_id, name, base_path, version, spec, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO proxies (id, gateway_id, name, base_path, version, spec, created_at, updated_at, semantic_service) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(proxy.id.to_string())
         .bind(&gateway_id)
@@ -435,6 +471,7 @@ impl Store {
         .bind(spec_json(spec)?)
         .bind(ms(now))
         .bind(ms(now))
+        .bind(spec.semantic_service.clone())
         .execute(&mut *tx)
         .await;
         if let Err(e) = res {
@@ -455,6 +492,7 @@ impl Store {
     ) -> Result<Proxy, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
+        self.lock_named_service(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
         let row = sqlx::query(
             "SELECT p.version, p.created_at, g.name AS gateway FROM proxies p \
@@ -484,13 +522,14 @@ impl Store {
         }
         let now = from_ms(ms(Utc::now()));
         let res = sqlx::query(
-            "UPDATE proxies SET name = $1, base_path = $2, version = $3, spec = $4, updated_at = $5 WHERE id = $6",
+            "UPDATE proxies SET name = $1, base_path = $2, version = $3, spec = $4, updated_at = $5, semantic_service = $6 WHERE id = $7",
         )
         .bind(&spec.name)
         .bind(&spec.base_path)
         .bind(to_i64(current + 1))
         .bind(spec_json(spec)?)
         .bind(ms(now))
+        .bind(spec.semantic_service.clone())
         .bind(id.to_string())
         .execute(&mut *tx)
         .await;
@@ -585,11 +624,12 @@ impl Store {
         rows.iter().map(Self::proxy_from_row).collect()
     }
 
-    /// The gateway's config version and all its proxies, read consistently.
+    /// The gateway's config version, all its proxies and the semantic services they name,
+    /// read consistently.
     pub async fn snapshot_source(
         &self,
         gateway: &str,
-    ) -> Result<Option<(u64, Vec<Proxy>)>, StoreError> {
+    ) -> Result<Option<SnapshotSource>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -616,8 +656,26 @@ impl Store {
             .iter()
             .map(Self::proxy_from_row)
             .collect::<Result<_, _>>()?;
+        let sql = format!(
+            "SELECT {} FROM semantic_services s WHERE s.name IN \
+             (SELECT p.semantic_service FROM proxies p JOIN gateways g ON g.id = p.gateway_id WHERE g.name = $1) \
+             ORDER BY s.name",
+            Self::SERVICE_COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(gateway)
+            .fetch_all(&mut *tx)
+            .await?;
+        let semantic_services = rows
+            .iter()
+            .map(|r| Self::service_from_row(r).map(|record| record.service))
+            .collect::<Result<_, _>>()?;
         tx.commit().await?;
-        Ok(Some((version, proxies)))
+        Ok(Some(SnapshotSource {
+            version,
+            proxies,
+            semantic_services,
+        }))
     }
 
     /// The current config version of every gateway (for the periodic resync).
@@ -657,6 +715,287 @@ impl Store {
                     .bind(proxy.id.to_string())
                     .execute(&mut *tx)
                     .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    // ---- semantic services ------------------------------------------------------------
+
+    /// Within a proxy write: holds the row of the semantic service `spec` names (if any) for
+    /// the rest of the transaction, refusing a name that does not exist.
+    async fn lock_named_service(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        spec: &ProxySpec,
+    ) -> Result<(), StoreError> {
+        let Some(name) = &spec.semantic_service else {
+            return Ok(());
+        };
+        let sql = format!(
+            "SELECT name FROM semantic_services WHERE name = $1{}",
+            self.for_share()
+        );
+        match sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Rejected {
+                code: ErrorCode::InvalidValue,
+                field: "semantic_service",
+                message: format!("semantic service '{name}' does not exist"),
+            }),
+        }
+    }
+
+    const SERVICE_COLUMNS: &'static str = "s.name, s.url, s.model, s.api_key, s.version, s.created_at, s.updated_at, \
+         (SELECT COUNT(*) FROM proxies p WHERE p.semantic_service = s.name) AS proxies";
+
+    fn service_from_row(row: &AnyRow) -> Result<SemanticServiceRecord, StoreError> {
+        let api_key: Option<String> = row.try_get("api_key")?;
+        Ok(SemanticServiceRecord {
+            service: SemanticService {
+                name: row.try_get("name")?,
+                url: row.try_get("url")?,
+                model: row.try_get("model")?,
+                api_key: api_key.map(switchyard_model::Secret::new),
+            },
+            version: to_u64(row.try_get("version")?),
+            proxies: to_u64(row.try_get("proxies")?),
+            created_at: from_ms(row.try_get("created_at")?),
+            updated_at: from_ms(row.try_get("updated_at")?),
+        })
+    }
+
+    /// Stores a new semantic service. Its key, if any, must already be encrypted.
+    pub async fn create_semantic_service(
+        &self,
+        service: &SemanticService,
+    ) -> Result<SemanticServiceRecord, StoreError> {
+        let _guard = self.write_guard().await;
+        let now = from_ms(ms(Utc::now()));
+        let res = sqlx::query(
+            "INSERT INTO semantic_services (name, url, model, api_key, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6)",
+        )
+        .bind(&service.name)
+        .bind(&service.url)
+        .bind(&service.model)
+        .bind(service.api_key.as_ref().map(|k| k.expose().to_owned()))
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "semantic service '{}' already exists",
+                    service.name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(SemanticServiceRecord {
+            service: service.clone(),
+            version: 1,
+            proxies: 0,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    pub async fn list_semantic_services(&self) -> Result<Vec<SemanticServiceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM semantic_services s ORDER BY s.name",
+            Self::SERVICE_COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::service_from_row).collect()
+    }
+
+    pub async fn get_semantic_service(
+        &self,
+        name: &str,
+    ) -> Result<Option<SemanticServiceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM semantic_services s WHERE s.name = $1",
+            Self::SERVICE_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::service_from_row).transpose()
+    }
+
+    /// Replaces a semantic service (its key, if any, already encrypted). `expected_version`,
+    /// when given, must be the stored version. In the same transaction, every gateway with a
+    /// proxy naming the service gets a new config version (so its nodes get the new
+    /// definition); their names are returned with the new record.
+    pub async fn update_semantic_service(
+        &self,
+        service: &SemanticService,
+        expected_version: Option<u64>,
+    ) -> Result<(SemanticServiceRecord, Vec<String>), StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT version FROM semantic_services WHERE name = $1{}",
+            self.for_update()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(&service.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("semantic service"))?;
+        let current = to_u64(row.try_get("version")?);
+        if let Some(expected) = expected_version
+            && expected != current
+        {
+            return Err(StoreError::Conflict(format!(
+                "version conflict: the semantic service is at version {current}, the update was made against {expected}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE semantic_services SET url = $1, model = $2, api_key = $3, version = $4, updated_at = $5 \
+             WHERE name = $6",
+        )
+        .bind(&service.url)
+        .bind(&service.model)
+        .bind(service.api_key.as_ref().map(|k| k.expose().to_owned()))
+        .bind(to_i64(current + 1))
+        .bind(ms(Utc::now()))
+        .bind(&service.name)
+        .execute(&mut *tx)
+        .await?;
+        // Proxy writes naming this service wait for its row (held above), so this sees every
+        // proxy naming it; gateways are locked in id order, like every multi-gateway write.
+        let sql = format!(
+            "SELECT g.id, g.name FROM gateways g WHERE g.id IN \
+             (SELECT p.gateway_id FROM proxies p WHERE p.semantic_service = $1) ORDER BY g.id{}",
+            self.for_update()
+        );
+        let gateways = sqlx::query(AssertSqlSafe(sql))
+            .bind(&service.name)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut names = Vec::with_capacity(gateways.len());
+        for row in &gateways {
+            let (id, name): (String, String) = (row.try_get("id")?, row.try_get("name")?);
+            self.bump_version(&mut tx, &id, &name).await?;
+            names.push(name);
+        }
+        let sql = format!(
+            "SELECT {} FROM semantic_services s WHERE s.name = $1",
+            Self::SERVICE_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(&service.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let record = Self::service_from_row(&row)?;
+        tx.commit().await?;
+        Ok((record, names))
+    }
+
+    /// Deletes a semantic service no proxy names.
+    pub async fn delete_semantic_service(&self, name: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT name FROM semantic_services WHERE name = $1{}",
+            self.for_update()
+        );
+        if sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound("semantic service"));
+        }
+        let users = sqlx::query(
+            "SELECT g.name AS gateway, p.name FROM proxies p JOIN gateways g ON g.id = p.gateway_id \
+             WHERE p.semantic_service = $1 ORDER BY g.name, p.name",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            let shown = users
+                .iter()
+                .take(5)
+                .map(|r| {
+                    Ok(format!(
+                        "{}/{}",
+                        r.try_get::<String, _>("gateway")?,
+                        r.try_get::<String, _>("name")?
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
+                .join(", ");
+            let more = if users.len() > 5 { ", …" } else { "" };
+            return Err(StoreError::Conflict(format!(
+                "semantic service '{name}' is used by {} prox{} ({shown}{more}); point them elsewhere first",
+                users.len(),
+                if users.len() == 1 { "y" } else { "ies" }
+            )));
+        }
+        let res = sqlx::query("DELETE FROM semantic_services WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "semantic service '{name}' is used by a proxy; point it elsewhere first"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rewrites every stored semantic service through `f` (used to re-encrypt keys under a
+    /// new key); those for which `f` returns `None` are left alone. Versions are not bumped.
+    pub async fn rewrite_semantic_services(
+        &self,
+        mut f: impl FnMut(SemanticService) -> Result<Option<SemanticService>, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT {} FROM semantic_services s{}",
+            Self::SERVICE_COLUMNS,
+            match self.backend {
+                Backend::Postgres => " FOR UPDATE OF s",
+                Backend::Sqlite => "",
+            }
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let mut changed = 0;
+        for row in &rows {
+            let record = Self::service_from_row(row)?;
+            let name = record.service.name.clone();
+            if let Some(service) = f(record.service)? {
+                sqlx::query(
+                    "UPDATE semantic_services SET url = $1, model = $2, api_key = $3 WHERE name = $4",
+                )
+                .bind(&service.url)
+                .bind(&service.model)
+                .bind(service.api_key.as_ref().map(|k| k.expose().to_owned()))
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
                 changed += 1;
             }
         }
@@ -768,7 +1107,22 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
 fn map_proxy_unique(e: sqlx::Error, spec: &ProxySpec) -> StoreError {
+    // Not reached while proxy writes hold the named service's row; the schema's last word.
+    if is_foreign_key_violation(&e) {
+        return StoreError::Rejected {
+            code: ErrorCode::InvalidValue,
+            field: "semantic_service",
+            message: format!(
+                "semantic service '{}' does not exist",
+                spec.semantic_service.as_deref().unwrap_or_default()
+            ),
+        };
+    }
     if let sqlx::Error::Database(db) = &e
         && db.is_unique_violation()
     {

@@ -73,6 +73,12 @@ store_suite!(
     nodes_are_tracked,
     rewrite_specs_keeps_versions,
     node_updates_do_not_break_concurrent_writes,
+    semantic_services_crud,
+    proxies_name_existing_services_only,
+    service_update_bumps_every_gateway_naming_it,
+    service_delete_cannot_race_a_proxy_into_a_dangling_reference,
+    service_updates_and_proxy_writes_do_not_deadlock,
+    rewrite_semantic_services_keeps_versions,
 );
 
 fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
@@ -388,7 +394,11 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
     store.create_gateway("gw", "h").await.unwrap();
     assert_eq!(
         store.snapshot_source("gw").await.unwrap().unwrap(),
-        (0, vec![])
+        SnapshotSource {
+            version: 0,
+            proxies: vec![],
+            semantic_services: vec![]
+        }
     );
     let limits = Limits::default();
     store
@@ -399,7 +409,9 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
         .create_proxy(&spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
-    let (version, proxies) = store.snapshot_source("gw").await.unwrap().unwrap();
+    let SnapshotSource {
+        version, proxies, ..
+    } = store.snapshot_source("gw").await.unwrap().unwrap();
     assert_eq!(version, 2);
     assert_eq!(
         proxies
@@ -556,4 +568,515 @@ async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(heartbeats.await.unwrap() > 0);
     assert_eq!(store.list_proxies(Some("gw")).await.unwrap().len(), 20);
+}
+
+fn service(name: &str, url: &str, key: Option<&str>) -> SemanticService {
+    SemanticService {
+        name: name.into(),
+        url: url.into(),
+        model: "emb".into(),
+        api_key: key.map(switchyard_model::Secret::new),
+    }
+}
+
+fn spec_naming(gateway: &str, name: &str, base_path: &str, service: &str) -> ProxySpec {
+    ProxySpec {
+        semantic_service: Some(service.into()),
+        ..spec(gateway, name, base_path)
+    }
+}
+
+async fn config_version(store: &Store, gateway: &str) -> u64 {
+    store
+        .get_gateway(gateway)
+        .await
+        .unwrap()
+        .unwrap()
+        .config_version
+}
+
+async fn semantic_services_crud(store: Arc<Store>) {
+    let created = store
+        .create_semantic_service(&service("embed-eu", "http://a/v1", Some("enc:v1:k")))
+        .await
+        .unwrap();
+    assert_eq!((created.version, created.proxies), (1, 0));
+    let read = store.get_semantic_service("embed-eu").await.unwrap().unwrap();
+    assert_eq!(read, created);
+    assert!(matches!(
+        store
+            .create_semantic_service(&service("embed-eu", "http://b/v1", None))
+            .await,
+        Err(StoreError::Conflict(m)) if m.contains("already exists")
+    ));
+    store
+        .create_semantic_service(&service("another", "http://b/v1", None))
+        .await
+        .unwrap();
+    let all = store.list_semantic_services().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|s| (s.service.name.as_str(), s.service.api_key.is_some()))
+            .collect::<Vec<_>>(),
+        [("another", false), ("embed-eu", true)]
+    );
+
+    let (updated, gateways) = store
+        .update_semantic_service(&service("embed-eu", "http://c/v1", None), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.created_at, created.created_at);
+    assert_eq!(updated.service, service("embed-eu", "http://c/v1", None));
+    assert!(gateways.is_empty());
+    assert_eq!(
+        store.get_semantic_service("embed-eu").await.unwrap().unwrap(),
+        updated
+    );
+    assert!(matches!(
+        store
+            .update_semantic_service(&service("embed-eu", "http://d/v1", None), Some(1))
+            .await,
+        Err(StoreError::Conflict(m)) if m.contains("version")
+    ));
+    assert!(matches!(
+        store
+            .update_semantic_service(&service("nope", "http://d/v1", None), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.delete_semantic_service("embed-eu").await.unwrap();
+    assert!(store.get_semantic_service("embed-eu").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_semantic_service("embed-eu").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn proxies_name_existing_services_only(store: Arc<Store>) {
+    store.create_gateway("gw", "h").await.unwrap();
+    let limits = Limits::default();
+    let unknown = store
+        .create_proxy(&spec_naming("gw", "a", "/a", "embed-eu"), &limits)
+        .await;
+    assert!(matches!(
+        unknown,
+        Err(StoreError::Rejected {
+            code: ErrorCode::InvalidValue,
+            field: "semantic_service",
+            ..
+        })
+    ));
+    assert_eq!(store.list_proxies(None).await.unwrap().len(), 0);
+    assert_eq!(config_version(&store, "gw").await, 0);
+
+    store
+        .create_semantic_service(&service("embed-eu", "http://a/v1", Some("k1")))
+        .await
+        .unwrap();
+    store
+        .create_semantic_service(&service("unused", "http://u/v1", Some("k2")))
+        .await
+        .unwrap();
+    let a = store
+        .create_proxy(&spec_naming("gw", "a", "/a", "embed-eu"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_proxy(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .semantic_service
+            .as_deref(),
+        Some("embed-eu")
+    );
+    store
+        .create_proxy(&spec_naming("gw", "b", "/b", "embed-eu"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_semantic_service("embed-eu")
+            .await
+            .unwrap()
+            .unwrap()
+            .proxies,
+        2
+    );
+    // The snapshot carries the services its proxies name, once, and no other.
+    let source = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert_eq!(
+        source.semantic_services,
+        vec![service("embed-eu", "http://a/v1", Some("k1"))]
+    );
+
+    // An update naming an unknown service is refused and changes nothing.
+    assert!(matches!(
+        store
+            .update_proxy(a.id, &spec_naming("gw", "a", "/a", "nope"), None)
+            .await,
+        Err(StoreError::Rejected {
+            field: "semantic_service",
+            ..
+        })
+    ));
+    assert_eq!(store.get_proxy(a.id).await.unwrap().unwrap().version, 1);
+
+    let Err(StoreError::Conflict(msg)) = store.delete_semantic_service("embed-eu").await else {
+        panic!("a service in use cannot be deleted")
+    };
+    assert!(msg.contains("2 proxies") && msg.contains("gw/a, gw/b"), "{msg}");
+    // Once no proxy names it, it can go.
+    store
+        .update_proxy(a.id, &spec("gw", "a", "/a"), None)
+        .await
+        .unwrap();
+    let b = store.list_proxies(Some("gw")).await.unwrap()[1].clone();
+    store.delete_proxy(b.id).await.unwrap();
+    assert!(
+        store
+            .snapshot_source("gw")
+            .await
+            .unwrap()
+            .unwrap()
+            .semantic_services
+            .is_empty()
+    );
+    store.delete_semantic_service("embed-eu").await.unwrap();
+}
+
+async fn service_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw1", "gw2", "gw3"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    store
+        .create_semantic_service(&service("embed-eu", "http://a/v1", None))
+        .await
+        .unwrap();
+    store
+        .create_semantic_service(&service("other", "http://o/v1", None))
+        .await
+        .unwrap();
+    // gw1 names it twice, gw2 once, gw3 names another service.
+    store
+        .create_proxy(&spec_naming("gw1", "a", "/a", "embed-eu"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec_naming("gw1", "b", "/b", "embed-eu"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec_naming("gw2", "a", "/a", "embed-eu"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec_naming("gw3", "a", "/a", "other"), &limits)
+        .await
+        .unwrap();
+    let before = [
+        config_version(&store, "gw1").await,
+        config_version(&store, "gw2").await,
+        config_version(&store, "gw3").await,
+    ];
+    assert_eq!(before, [2, 1, 1]);
+
+    let (record, mut gateways) = store
+        .update_semantic_service(&service("embed-eu", "http://b/v1", Some("k")), None)
+        .await
+        .unwrap();
+    gateways.sort();
+    assert_eq!(gateways, ["gw1", "gw2"]);
+    assert_eq!((record.version, record.proxies), (2, 3));
+    assert_eq!(
+        [
+            config_version(&store, "gw1").await,
+            config_version(&store, "gw2").await,
+            config_version(&store, "gw3").await,
+        ],
+        [3, 2, 1],
+        "each gateway naming the service gets exactly one new version"
+    );
+    let source = store.snapshot_source("gw2").await.unwrap().unwrap();
+    assert_eq!(source.version, 2);
+    assert_eq!(
+        source.semantic_services,
+        vec![service("embed-eu", "http://b/v1", Some("k"))]
+    );
+    // A refused update bumps nothing.
+    assert!(
+        store
+            .update_semantic_service(&service("embed-eu", "http://c/v1", None), Some(1))
+            .await
+            .is_err()
+    );
+    assert_eq!(config_version(&store, "gw1").await, 3);
+    assert_eq!(
+        store.gateway_versions().await.unwrap().len(),
+        3,
+        "the version poll sees every gateway"
+    );
+}
+
+/// Deleting a service while proxies naming it are being created: whatever the interleaving,
+/// never a proxy naming a missing service, and every outcome is a clean error.
+async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc<Store>) {
+    store.create_gateway("gw", "h").await.unwrap();
+    let limits = Limits {
+        proxies_per_gateway: 1000,
+        ..Limits::default()
+    };
+    for round in 0..8 {
+        let name = format!("svc-{round}");
+        store
+            .create_semantic_service(&service(&name, "http://a/v1", None))
+            .await
+            .unwrap();
+        let creates: Vec<_> = (0..6)
+            .map(|i| {
+                let (store, name) = (store.clone(), name.clone());
+                let proxy = format!("r{round}-p{i}");
+                tokio::spawn(async move {
+                    store
+                        .create_proxy(
+                            &spec_naming("gw", &proxy, &format!("/{proxy}"), &name),
+                            &limits,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let delete = {
+            let (store, name) = (store.clone(), name.clone());
+            tokio::spawn(async move { store.delete_semantic_service(&name).await })
+        };
+        let mut created = 0;
+        for t in creates {
+            match t.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::Rejected {
+                    field: "semantic_service",
+                    ..
+                }) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        let deleted = match delete.await.unwrap() {
+            Ok(()) => true,
+            Err(StoreError::Conflict(_)) => false,
+            Err(e) => panic!("unexpected error: {e}"),
+        };
+        let naming = store
+            .list_proxies(Some("gw"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.spec.semantic_service.as_deref() == Some(name.as_str()))
+            .count();
+        assert_eq!(naming, created);
+        let exists = store.get_semantic_service(&name).await.unwrap().is_some();
+        assert_eq!(exists, !deleted);
+        assert!(
+            exists || naming == 0,
+            "round {round}: {naming} proxies name the deleted service"
+        );
+    }
+}
+
+/// Service updates (service row, then gateways) and proxy writes (service row, then their
+/// gateway) racing each other: no deadlock, no error, every write lands.
+async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw1", "gw2", "gw3"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    for s in ["s1", "s2"] {
+        store
+            .create_semantic_service(&service(s, "http://a/v1", None))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let gw = ["gw1", "gw2", "gw3"][i % 3];
+            let svc = ["s1", "s2"][i % 2];
+            store
+                .create_proxy(
+                    &spec_naming(gw, &format!("p{i}"), &format!("/p{i}"), svc),
+                    &limits,
+                )
+                .await
+                .map(|_| ())
+        }));
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let svc = ["s2", "s1"][i % 2];
+            store
+                .update_semantic_service(&service(svc, &format!("http://u{i}/v1"), None), None)
+                .await
+                .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(store.list_proxies(None).await.unwrap().len(), 12);
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            store.get_semantic_service(s).await.unwrap().unwrap().version,
+            7
+        );
+    }
+    // Every gateway names both services now: one more update bumps each exactly once.
+    let before: Vec<u64> = [
+        config_version(&store, "gw1").await,
+        config_version(&store, "gw2").await,
+        config_version(&store, "gw3").await,
+    ]
+    .into();
+    let (_, mut gateways) = store
+        .update_semantic_service(&service("s1", "http://final/v1", None), None)
+        .await
+        .unwrap();
+    gateways.sort();
+    assert_eq!(gateways, ["gw1", "gw2", "gw3"]);
+    for (g, b) in ["gw1", "gw2", "gw3"].into_iter().zip(before) {
+        assert_eq!(config_version(&store, g).await, b + 1);
+    }
+}
+
+async fn rewrite_semantic_services_keeps_versions(store: Arc<Store>) {
+    store
+        .create_semantic_service(&service("a", "http://a/v1", Some("old")))
+        .await
+        .unwrap();
+    store
+        .create_semantic_service(&service("b", "http://b/v1", None))
+        .await
+        .unwrap();
+    let changed = store
+        .rewrite_semantic_services(|mut s| {
+            Ok(s.api_key.take().map(|_| SemanticService {
+                api_key: Some(switchyard_model::Secret::new("new")),
+                ..s
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let a = store.get_semantic_service("a").await.unwrap().unwrap();
+    assert_eq!(a.version, 1);
+    assert_eq!(a.service, service("a", "http://a/v1", Some("new")));
+    assert_eq!(
+        store
+            .get_semantic_service("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .service
+            .api_key,
+        None
+    );
+}
+
+/// A store written before semantic services were named (an inline definition in a proxy's
+/// spec) is migrated: the definition becomes a service of its own, the proxy names it, and
+/// the (encrypted) key moves with it.
+async fn legacy_inline_services_are_migrated(url: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let full = if url.starts_with("postgres") {
+        &PG_MIGRATIONS
+    } else {
+        &SQLITE_MIGRATIONS
+    };
+    let first_only = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(full.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first_only.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO gateways (id, name, token_hash, config_version, created_at) VALUES ('g1', 'gw', 'h', 3, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut legacy = serde_json::to_value(spec("gw", "old", "/old")).unwrap();
+    legacy["semantic_service"] = serde_json::json!(
+        {"url": "http://emb/v1", "model": "text-embedding-3-small", "api_key": "enc:v1:abcd:Zm9v"}
+    );
+    let plain = serde_json::to_value(spec("gw", "plain", "/plain")).unwrap();
+    for (id, body) in [
+        ("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", legacy),
+        ("11111111-2222-4333-8444-555555555555", plain),
+    ] {
+        sqlx::query(
+            "INSERT INTO proxies (id, gateway_id, name, base_path, version, spec, created_at, updated_at) \
+             VALUES ($1, 'g1', $2, $3, 2, $4, 0, 5)",
+        )
+        .bind(id)
+        .bind(body["name"].as_str().unwrap().to_owned())
+        .bind(body["base_path"].as_str().unwrap().to_owned())
+        .bind(body.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::connect(url).await.unwrap();
+    let migrated = store
+        .get_semantic_service("proxy-0a1b2c3d4e5f")
+        .await
+        .unwrap()
+        .expect("the inline definition became a named service");
+    assert_eq!(
+        migrated.service,
+        SemanticService {
+            name: "proxy-0a1b2c3d4e5f".into(),
+            url: "http://emb/v1".into(),
+            model: "text-embedding-3-small".into(),
+            api_key: Some(switchyard_model::Secret::new("enc:v1:abcd:Zm9v")),
+        }
+    );
+    assert_eq!(migrated.proxies, 1);
+    let proxies = store.list_proxies(Some("gw")).await.unwrap();
+    assert_eq!(
+        proxies
+            .iter()
+            .map(|p| (p.spec.name.as_str(), p.spec.semantic_service.as_deref(), p.version))
+            .collect::<Vec<_>>(),
+        [("old", Some("proxy-0a1b2c3d4e5f"), 2), ("plain", None, 2)]
+    );
+    assert_eq!(store.list_semantic_services().await.unwrap().len(), 1);
+    // The reference is a real one: the service cannot be deleted under the proxy.
+    assert!(matches!(
+        store.delete_semantic_service("proxy-0a1b2c3d4e5f").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(config_version(&store, "gw").await, 3);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_legacy_inline_services_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_inline_services_are_migrated(&format!(
+        "sqlite://{}/legacy.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_legacy_inline_services_are_migrated() {
+    let db = PgDatabase::create().await;
+    legacy_inline_services_are_migrated(db.url()).await;
 }

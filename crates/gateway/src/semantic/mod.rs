@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
-use switchyard_model::{ProxySpec, RoutingStrategy};
+use switchyard_model::{ProxySpec, RoutingStrategy, SemanticService};
 use switchyard_semantic::{
     EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, ServiceConfig,
     StaticEncoder, TopicIndex, Truncation,
@@ -130,11 +130,13 @@ impl SemanticEngine {
         }
     }
 
-    /// Compiles a proxy's semantic parts. Blocking (encodes utterances): call it off the
+    /// Compiles a proxy's semantic parts, with `service` the semantic service the proxy
+    /// names (resolved from the snapshot). Blocking (encodes utterances): call it off the
     /// reactor. `None` when the proxy uses neither semantic routing nor a guard.
     pub(crate) fn compile_proxy(
         &self,
         spec: &ProxySpec,
+        service: Option<&SemanticService>,
     ) -> Result<Option<Arc<ProxySemantic>>, String> {
         let regex = match &spec.regex_guard {
             None => None,
@@ -180,7 +182,7 @@ impl SemanticEngine {
 
         let (embedder, routes_index, guard_index) = if !needs {
             (None, None, None)
-        } else if let Some(service) = &spec.semantic_service {
+        } else if let Some(service) = service {
             let remote = Arc::new(RemoteEmbedder::new(
                 self.client.clone(),
                 service,

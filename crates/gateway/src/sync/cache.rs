@@ -105,6 +105,7 @@ mod tests {
             version: 4,
             proxies: vec![],
             created_at_unix_ms: 1,
+            semantic_services: vec![],
         };
         cache.store_snapshot(&snap).unwrap();
         assert_eq!(cache.load_snapshot().unwrap(), Some(snap));

@@ -84,7 +84,7 @@ impl RoutingTable {
         let mut root = None;
         for proxy in &snapshot.proxies {
             let spec = &proxy.spec;
-            let compiled = compile_proxy(proxy, engine)
+            let compiled = compile_proxy(proxy, snapshot, engine)
                 .map_err(|e| CompileError(format!("proxy '{}': {e}", spec.name)))?;
             let base = compiled.base_path.clone();
             let taken = if base == "/" {
@@ -140,6 +140,7 @@ impl CompiledProxy {
 
 fn compile_proxy(
     proxy: &switchyard_model::Proxy,
+    snapshot: &Snapshot,
     engine: &SemanticEngine,
 ) -> Result<CompiledProxy, String> {
     let spec = &proxy.spec;
@@ -180,7 +181,15 @@ fn compile_proxy(
             })
         }
     };
-    let semantic = engine.compile_proxy(spec)?;
+    let service = match &spec.semantic_service {
+        None => None,
+        Some(name) => Some(
+            snapshot
+                .semantic_service(name)
+                .ok_or_else(|| format!("semantic service '{name}' is not in the snapshot"))?,
+        ),
+    };
+    let semantic = engine.compile_proxy(spec, service)?;
     Ok(CompiledProxy {
         id: proxy.id,
         name: Arc::from(spec.name.as_str()),
@@ -267,6 +276,7 @@ pub(crate) mod tests {
             gateway: "gw".into(),
             version,
             proxies,
+            semantic_services: Vec::new(),
             created_at: DateTime::<Utc>::UNIX_EPOCH,
         }
     }

@@ -10,7 +10,9 @@ use switchyard_gateway::{Encoder, EncoderKind, Gateway, load_encoder};
 use switchyard_model::{
     PromptGuard, Proxy, RegexGuard, RegexPattern, RoutingStrategy, SemanticService, Topic,
 };
-use switchyard_testkit::snapshots::{openai_route, proxy, snapshot, with_target};
+use switchyard_testkit::snapshots::{
+    openai_route, proxy, snapshot, snapshot_with_services, with_target,
+};
 use switchyard_testkit::{FakeControlPlane, MOCK_API_KEY, MockEmbeddings, MockOpenAi};
 
 use crate::common::*;
@@ -269,21 +271,46 @@ async fn a_node_without_a_model_nacks_semantic_snapshots_and_keeps_its_table() {
     assert_eq!(resp.status(), 404);
 }
 
+fn embedding_service(name: &str, mock: &MockEmbeddings, key: &str) -> SemanticService {
+    SemanticService {
+        name: name.into(),
+        url: mock.base_url(),
+        model: "emb-model".into(),
+        api_key: Some(switchyard_model::Secret::new(key)),
+    }
+}
+
+/// A node started on a fake control plane that pushes `first` as version 1.
+async fn serving_snapshot(
+    first: switchyard_proto::v1::Snapshot,
+) -> (FakeControlPlane, Gateway, tempfile::TempDir) {
+    let cp = FakeControlPlane::start().await.unwrap();
+    cp.push(first).await;
+    let cache = tempfile::tempdir().unwrap();
+    let gw = start_node_in(&cp.url(), cache.path()).await;
+    let ack = cp.wait_for_ack(1, WAIT).await.expect("no ack");
+    assert!(ack.applied, "{ack:?}");
+    (cp, gw, cache)
+}
+
 #[tokio::test]
 async fn a_remote_semantic_service_replaces_the_encoder() {
     let a = MockOpenAi::start().await.unwrap();
     let b = MockOpenAi::start().await.unwrap();
     let emb = MockEmbeddings::start("sk-emb", "emb-model").await.unwrap();
     let mut p = semantic_proxy(&a.base_url(), &b.base_url());
-    p.spec.semantic_service = Some(SemanticService {
-        url: emb.base_url(),
-        model: "emb-model".into(),
-        api_key: Some(switchyard_model::Secret::new("sk-emb")),
-    });
+    p.spec.semantic_service = Some("embed-eu".into());
     // The mock embeds bags of words: thresholds fit its scale.
     p.spec.routing.threshold = Some(0.3);
+    let service = embedding_service("embed-eu", &emb, "sk-emb");
     // A node WITHOUT a model serves it through the remote service.
-    let (cp, gw, _cache) = serving(vec![p.clone()]).await;
+    let (cp, gw, _cache) = serving_snapshot(snapshot_with_services(
+        GW,
+        1,
+        vec![p.clone()],
+        vec![service.clone()],
+    ))
+    .await;
     let utterances = emb.inputs().len();
     assert_eq!(utterances, 7, "3 + 3 route utterances, 1 deny utterance");
 
@@ -314,7 +341,13 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
     p.spec.routes[0].topics[0]
         .utterances
         .push("Send me my receipts".into());
-    cp.push(snapshot(GW, 2, vec![p])).await;
+    cp.push(snapshot_with_services(
+        GW,
+        2,
+        vec![p.clone()],
+        vec![service],
+    ))
+    .await;
     assert!(cp.wait_for_ack(2, WAIT).await.unwrap().applied);
     let inputs = emb.inputs();
     assert_eq!(inputs.len(), utterances + 4);
@@ -322,4 +355,66 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
         inputs.last().map(String::as_str),
         Some("Send me my receipts")
     );
+
+    // The same proxy, its service now defined elsewhere with another key: the new
+    // definition serves (utterances and prompts go to the new service only).
+    let moved = MockEmbeddings::start("sk-emb-2", "emb-model").await.unwrap();
+    cp.push(snapshot_with_services(
+        GW,
+        3,
+        vec![p],
+        vec![embedding_service("embed-eu", &moved, "sk-emb-2")],
+    ))
+    .await;
+    assert!(cp.wait_for_ack(3, WAIT).await.unwrap().applied);
+    assert_eq!(moved.inputs().len(), 8, "every utterance, from the new service");
+    let before = emb.inputs().len();
+    let resp = post(
+        &gw,
+        "/s/chat/completions",
+        &ask("I was charged twice, refund it"),
+    )
+    .await;
+    assert_stamped(&resp, "billing", "m-billing");
+    assert_eq!(moved.inputs().len(), 9);
+    assert_eq!(emb.inputs().len(), before, "the old service is no longer called");
+}
+
+#[tokio::test]
+async fn a_proxy_naming_a_service_the_snapshot_lacks_is_nacked() {
+    let a = MockOpenAi::start().await.unwrap();
+    let emb = MockEmbeddings::start("sk-emb", "emb-model").await.unwrap();
+    let mut p = semantic_proxy(&a.base_url(), &a.base_url());
+    p.spec.semantic_service = Some("embed-eu".into());
+    let (cp, gw, _cache) = serving_snapshot(snapshot_with_services(
+        GW,
+        1,
+        vec![p.clone()],
+        vec![embedding_service("embed-eu", &emb, "sk-emb")],
+    ))
+    .await;
+
+    p.spec.semantic_service = Some("embed-us".into());
+    cp.push(snapshot_with_services(
+        GW,
+        2,
+        vec![p],
+        vec![embedding_service("embed-eu", &emb, "sk-emb")],
+    ))
+    .await;
+    let nack = cp.wait_for_ack(2, WAIT).await.expect("no answer");
+    assert!(!nack.applied);
+    assert!(
+        nack.error.contains("proxy 's'") && nack.error.contains("'embed-us'"),
+        "{}",
+        nack.error
+    );
+    assert_eq!(gw.applied_version(), Some(1));
+    let resp = post(
+        &gw,
+        "/s/chat/completions",
+        &ask("I need a refund for my subscription"),
+    )
+    .await;
+    assert_stamped(&resp, "billing", "m-billing");
 }

@@ -436,42 +436,28 @@ fn regex_guard_limits() {
 }
 
 #[test]
-fn semantic_service_is_validated_and_its_key_is_a_secret() {
+fn semantic_service_is_a_reference_by_name() {
     let mut v = contract_example();
-    v["semantic_service"] = json!({"url": "http://127.0.0.1:9/v1/", "model": "text-embedding-3-small", "api_key": "sk-emb"});
+    v["semantic_service"] = json!("embed-eu");
     let spec = validate(&v).unwrap();
-    let service = spec.semantic_service.clone().unwrap();
-    assert_eq!(service.url, "http://127.0.0.1:9/v1");
-    assert_eq!(service.api_key, Some(Secret::new("sk-emb")));
+    assert_eq!(spec.semantic_service.as_deref(), Some("embed-eu"));
+    let stored = serde_json::to_value(&spec).unwrap();
+    assert_eq!(stored["semantic_service"], "embed-eu");
+    assert!(validate(&contract_example()).unwrap().semantic_service.is_none());
 
-    let redacted = serde_json::to_value(spec.clone().redacted()).unwrap();
-    assert_eq!(redacted["semantic_service"]["api_key"], "***");
-    let encrypted = spec
-        .clone()
-        .try_map_secrets(|s| Ok::<_, ()>(Secret::new(format!("enc:{}", s.expose()))))
-        .unwrap();
+    // Only the name: the inline definition of earlier versions is malformed.
+    let mut inline = contract_example();
+    inline["semantic_service"] = json!({"url": "http://127.0.0.1:9/v1", "model": "emb"});
+    let e = err(&inline);
     assert_eq!(
-        encrypted.semantic_service.unwrap().api_key,
-        Some(Secret::new("enc:sk-emb"))
+        (e.code, e.field.as_str()),
+        (ErrorCode::Malformed, "semantic_service")
     );
-
-    // `***` on a PUT keeps the stored key; without one it is refused.
-    let mut put = v.clone();
-    put["semantic_service"]["api_key"] = json!("***");
-    let kept = parse_proxy_input(put.to_string().as_bytes())
-        .unwrap()
-        .validate(&Limits::default(), Some(&spec))
-        .unwrap();
+    let mut bad = contract_example();
+    bad["semantic_service"] = json!("Not A Name");
+    let e = err(&bad);
     assert_eq!(
-        kept.semantic_service.unwrap().api_key,
-        Some(Secret::new("sk-emb"))
+        (e.code, e.field.as_str()),
+        (ErrorCode::InvalidValue, "semantic_service")
     );
-    assert_eq!(err(&put).field, "semantic_service.api_key");
-
-    let mut bad = v.clone();
-    bad["semantic_service"]["url"] = json!("ftp://x");
-    assert_eq!(err(&bad).field, "semantic_service.url");
-    let mut bad = v.clone();
-    bad["semantic_service"]["model"] = json!("");
-    assert_eq!(err(&bad).field, "semantic_service.model");
 }

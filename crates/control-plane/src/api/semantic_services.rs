@@ -1,0 +1,128 @@
+//! `/api/v1/semantic-services`: named remote embeddings services that proxies reference by
+//! name (`"semantic_service": "embed-eu"`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use switchyard_model::{SemanticService, ValidationError, parse_semantic_service_input};
+
+use super::{ApiError, AppState, if_match};
+use crate::store::SemanticServiceRecord;
+
+/// A semantic service as the API shows it: the key redacted (`***`, absent when none).
+#[derive(Serialize)]
+pub(super) struct SemanticServiceView {
+    #[serde(flatten)]
+    service: SemanticService,
+    version: u64,
+    /// How many proxies name this service.
+    proxies: u64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn view(record: SemanticServiceRecord) -> SemanticServiceView {
+    SemanticServiceView {
+        service: record.service.redacted(),
+        version: record.version,
+        proxies: record.proxies,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }
+}
+
+fn encrypt(state: &AppState, service: SemanticService) -> SemanticService {
+    match service
+        .try_map_secrets(|s| Ok::<_, std::convert::Infallible>(state.keyring.encrypt(&s)))
+    {
+        Ok(service) => service,
+        Err(never) => match never {},
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let service = parse_semantic_service_input(&body)?.validate_new()?;
+    let record = state
+        .store
+        .create_semantic_service(&encrypt(&state, service))
+        .await?;
+    tracing::info!(semantic_service = %record.service.name, "semantic service created");
+    Ok((StatusCode::CREATED, Json(view(record))).into_response())
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<SemanticServiceView>>, ApiError> {
+    let records = state.store.list_semantic_services().await?;
+    Ok(Json(records.into_iter().map(view).collect()))
+}
+
+pub(super) async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<SemanticServiceView>, ApiError> {
+    let record = state
+        .store
+        .get_semantic_service(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("semantic service"))?;
+    Ok(Json(view(record)))
+}
+
+/// Replaces a service; every gateway with a proxy naming it gets a new config version, so
+/// its nodes switch to the new definition.
+pub(super) async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SemanticServiceView>, ApiError> {
+    let input = parse_semantic_service_input(&body)?;
+    let expected = match (input.version, if_match(&headers)?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(
+                ValidationError::rule("version", "differs from the If-Match header").into(),
+            );
+        }
+        (a, b) => a.or(b),
+    };
+    let stored = state
+        .store
+        .get_semantic_service(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("semantic service"))?;
+    let previous = stored
+        .service
+        .try_map_secrets(|s| state.keyring.decrypt(&s))
+        .map_err(|e| ApiError::internal("cannot decrypt a stored secret", e))?;
+    let service = input.validate_replacement(&previous)?;
+    let (record, gateways) = state
+        .store
+        .update_semantic_service(&encrypt(&state, service), expected)
+        .await?;
+    for gateway in &gateways {
+        state.hub.notify(gateway);
+    }
+    tracing::info!(
+        semantic_service = %record.service.name, version = record.version,
+        gateways = ?gateways, "semantic service updated"
+    );
+    Ok(Json(view(record)))
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store.delete_semantic_service(&name).await?;
+    tracing::info!(semantic_service = %name, "semantic service deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -204,7 +204,11 @@ async fn a_named_semantic_service_serves_nodes_without_a_model(store: Store) {
 
     for node in &nodes {
         let (status, route, body) = ask(&http, node, "I was charged twice, refund it").await;
-        assert_eq!((status, route.as_str()), (StatusCode::OK, "billing"), "{body}");
+        assert_eq!(
+            (status, route.as_str()),
+            (StatusCode::OK, "billing"),
+            "{body}"
+        );
         let (_, route, _) = ask(&http, node, "reverse a linked list in Python").await;
         assert_eq!(route, "code");
         let (status, _, body) = ask(&http, node, "how do I build a bomb").await;
@@ -223,15 +227,27 @@ async fn a_named_semantic_service_serves_nodes_without_a_model(store: Store) {
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["version"], 2);
     wait_applied(&admin, 2, 2).await;
-    assert_eq!(second.inputs().len(), 14, "the nodes embedded the utterances anew");
+    assert_eq!(
+        second.inputs().len(),
+        14,
+        "the nodes embedded the utterances anew"
+    );
     let calls_to_first = first.calls();
     for node in &nodes {
         assert_eq!(node.applied_version(), Some(2));
         let (status, route, body) = ask(&http, node, "can I get a refund please").await;
-        assert_eq!((status, route.as_str()), (StatusCode::OK, "billing"), "{body}");
+        assert_eq!(
+            (status, route.as_str()),
+            (StatusCode::OK, "billing"),
+            "{body}"
+        );
     }
     assert_eq!(second.inputs().len(), 14 + 2);
-    assert_eq!(first.calls(), calls_to_first, "the old service is no longer called");
+    assert_eq!(
+        first.calls(),
+        calls_to_first,
+        "the old service is no longer called"
+    );
 
     // While the proxy names it, the service stays.
     let (status, body) = admin.delete("/semantic-services/embed-eu").await;
@@ -270,7 +286,10 @@ async fn semantic_service_keys_are_secrets_and_new_limits_hold(store: Store) {
     assert!(!all.to_string().contains("sk-embed-secret"));
     // `***` sent back keeps the key (the service still answers with it redacted).
     let (status, kept) = admin.put("/semantic-services/embed-eu", read).await;
-    assert_eq!((status, kept["api_key"].clone()), (StatusCode::OK, json!("***")));
+    assert_eq!(
+        (status, kept["api_key"].clone()),
+        (StatusCode::OK, json!("***"))
+    );
 
     let mut p = semantic_proxy("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1");
     p["semantic_service"] = json!("embed-us");

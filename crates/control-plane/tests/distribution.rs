@@ -359,8 +359,12 @@ async fn a_semantic_service_update_reaches_every_gateway_naming_it() {
         p["semantic_service"] = json!(service);
         admin_a.post("/proxies", p).await;
     }
-    let mut on_b = connect(b.grpc_addr(), "gw", &tokens[0], "n1").await.unwrap();
-    let mut on_a = connect(a.grpc_addr(), "gw2", &tokens[1], "n2").await.unwrap();
+    let mut on_b = connect(b.grpc_addr(), "gw", &tokens[0], "n1")
+        .await
+        .unwrap();
+    let mut on_a = connect(a.grpc_addr(), "gw2", &tokens[1], "n2")
+        .await
+        .unwrap();
     let mut unrelated = connect(b.grpc_addr(), "gw3", &tokens[2], "n3")
         .await
         .unwrap();

@@ -122,7 +122,10 @@ mod tests {
     fn a_valid_service_is_normalised_and_its_key_is_a_secret() {
         let s = new(&body()).unwrap();
         assert_eq!(s.name, "embed-eu");
-        assert_eq!(s.url, "https://api.openai.com/v1", "the trailing '/' is dropped");
+        assert_eq!(
+            s.url, "https://api.openai.com/v1",
+            "the trailing '/' is dropped"
+        );
         assert_eq!(s.model, "text-embedding-3-small");
         assert_eq!(s.api_key, Some(Secret::new("sk-emb")));
         assert!(!format!("{s:?}").contains("sk-emb"));
@@ -162,10 +165,7 @@ mod tests {
         );
         let mut nameless = body();
         nameless.as_object_mut().unwrap().remove("name");
-        assert_eq!(
-            fails(new(&nameless)),
-            (ErrorCode::Malformed, "name".into())
-        );
+        assert_eq!(fails(new(&nameless)), (ErrorCode::Malformed, "name".into()));
         for bad in ["Embed", "-x", "a_b", "", &"a".repeat(64)] {
             assert_eq!(
                 fails(new(&with("name", json!(bad)))),
@@ -215,7 +215,11 @@ mod tests {
         assert_eq!(input.version, Some(3));
         let s = input.validate_replacement(&stored).unwrap();
         assert_eq!(s.url, "http://127.0.0.1:9/v1");
-        assert_eq!(s.api_key, Some(Secret::new("sk-emb")), "'***' keeps the key");
+        assert_eq!(
+            s.api_key,
+            Some(Secret::new("sk-emb")),
+            "'***' keeps the key"
+        );
 
         let mut new_key = v.clone();
         new_key["api_key"] = json!("sk-other");

@@ -437,7 +437,9 @@ mod tests {
             "{err}"
         );
         let mut twice = wire.clone();
-        twice.semantic_services.push(twice.semantic_services[0].clone());
+        twice
+            .semantic_services
+            .push(twice.semantic_services[0].clone());
         assert!(Snapshot::try_from(twice).unwrap_err().0.contains("twice"));
         let mut nameless = wire;
         nameless.semantic_services[1].name.clear();

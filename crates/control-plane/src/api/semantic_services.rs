@@ -37,8 +37,7 @@ fn view(record: SemanticServiceRecord) -> SemanticServiceView {
 }
 
 fn encrypt(state: &AppState, service: SemanticService) -> SemanticService {
-    match service
-        .try_map_secrets(|s| Ok::<_, std::convert::Infallible>(state.keyring.encrypt(&s)))
+    match service.try_map_secrets(|s| Ok::<_, std::convert::Infallible>(state.keyring.encrypt(&s)))
     {
         Ok(service) => service,
         Err(never) => match never {},

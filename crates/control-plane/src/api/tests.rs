@@ -607,7 +607,10 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
     assert_eq!(created["url"], "https://api.openai.com/v1");
     assert_eq!(created["model"], "text-embedding-3-small");
     assert_eq!(created["api_key"], "***");
-    assert_eq!((created["version"].clone(), created["proxies"].clone()), (json!(1), json!(0)));
+    assert_eq!(
+        (created["version"].clone(), created["proxies"].clone()),
+        (json!(1), json!(0))
+    );
     assert!(created["created_at"].is_string() && created["updated_at"].is_string());
     assert_eq!(
         stored_service_key(&api, "embed-eu").await.as_deref(),
@@ -631,7 +634,12 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
     assert!(local.get("api_key").is_none(), "{local}");
     assert_eq!(stored_service_key(&api, "local").await, None);
     assert_eq!(
-        api.get("/semantic-services").await.1.as_array().unwrap().len(),
+        api.get("/semantic-services")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
         2
     );
 
@@ -641,7 +649,10 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
     let (status, updated) = api.put("/semantic-services/embed-eu", edited.clone()).await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["url"], "https://eu.api.example.com/v1");
-    assert_eq!((updated["version"].clone(), updated["api_key"].clone()), (json!(2), json!("***")));
+    assert_eq!(
+        (updated["version"].clone(), updated["api_key"].clone()),
+        (json!(2), json!("***"))
+    );
     assert_eq!(updated["created_at"], created["created_at"]);
     assert_eq!(
         stored_service_key(&api, "embed-eu").await.as_deref(),
@@ -674,11 +685,23 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
     let mut renamed = body.clone();
     renamed["name"] = json!("embed-us");
     let (s, b) = api.put("/semantic-services/embed-eu", renamed).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("name"));
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rule_violated",
+        Some("name"),
+    );
     let mut keep_nothing = local.clone();
     keep_nothing["api_key"] = json!("***");
     let (s, b) = api.put("/semantic-services/local", keep_nothing).await;
-    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("api_key"));
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rule_violated",
+        Some("api_key"),
+    );
     let (s, b) = api.put("/semantic-services/nope", embed_eu()).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
 
@@ -698,7 +721,13 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
     assert!(logs.contains("semantic service updated"), "{logs}");
     for secret in ["sk-embed-very-secret", "sk-rotated-secret"] {
         assert!(!logs.contains(secret), "{secret} was logged");
-        assert!(!api.get("/semantic-services").await.1.to_string().contains(secret));
+        assert!(
+            !api.get("/semantic-services")
+                .await
+                .1
+                .to_string()
+                .contains(secret)
+        );
     }
 }
 
@@ -711,8 +740,18 @@ async fn semantic_service_bodies_are_strict_and_names_unique() {
         v
     };
     let cases: Vec<(Value, StatusCode, &str, Option<&str>)> = vec![
-        (with("colour", json!("red")), StatusCode::BAD_REQUEST, "malformed", Some("colour")),
-        (with("model", json!(7)), StatusCode::BAD_REQUEST, "malformed", Some("model")),
+        (
+            with("colour", json!("red")),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            Some("colour"),
+        ),
+        (
+            with("model", json!(7)),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            Some("model"),
+        ),
         (
             {
                 let mut v = embed_eu();
@@ -733,11 +772,36 @@ async fn semantic_service_bodies_are_strict_and_names_unique() {
             "malformed",
             None,
         ),
-        (with("name", json!("Embed EU")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("name")),
-        (with("url", json!("ftp://x/v1")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("url")),
-        (with("model", json!("")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("model")),
-        (with("api_key", json!("has space")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", Some("api_key")),
-        (with("api_key", json!("***")), StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", Some("api_key")),
+        (
+            with("name", json!("Embed EU")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            Some("name"),
+        ),
+        (
+            with("url", json!("ftp://x/v1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            Some("url"),
+        ),
+        (
+            with("model", json!("")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            Some("model"),
+        ),
+        (
+            with("api_key", json!("has space")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            Some("api_key"),
+        ),
+        (
+            with("api_key", json!("***")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule_violated",
+            Some("api_key"),
+        ),
     ];
     for (body, status, code, field) in cases {
         let (s, b) = api.post("/semantic-services", body).await;
@@ -753,13 +817,19 @@ async fn semantic_service_bodies_are_strict_and_names_unique() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(api.get("/semantic-services").await.1, json!([]), "nothing stored");
+    assert_eq!(
+        api.get("/semantic-services").await.1,
+        json!([]),
+        "nothing stored"
+    );
 
     assert_eq!(
         api.post("/semantic-services", embed_eu()).await.0,
         StatusCode::CREATED
     );
-    let (s, b) = api.post("/semantic-services", with("url", json!("http://other/v1"))).await;
+    let (s, b) = api
+        .post("/semantic-services", with("url", json!("http://other/v1")))
+        .await;
     assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
     assert_eq!(
         api.get("/semantic-services/embed-eu").await.1["url"],
@@ -788,7 +858,10 @@ async fn semantic_service_bodies_are_strict_and_names_unique() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
     }
-    assert_eq!(api.get("/semantic-services/embed-eu").await.0, StatusCode::OK);
+    assert_eq!(
+        api.get("/semantic-services/embed-eu").await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -815,7 +888,13 @@ async fn proxies_reference_semantic_services_by_name() {
     inline["semantic_service"] =
         json!({"url": "http://127.0.0.1:9/v1", "model": "emb", "api_key": "sk"});
     let (s, b) = api.post("/proxies", inline).await;
-    assert_error(s, &b, StatusCode::BAD_REQUEST, "malformed", Some("semantic_service"));
+    assert_error(
+        s,
+        &b,
+        StatusCode::BAD_REQUEST,
+        "malformed",
+        Some("semantic_service"),
+    );
 
     api.post("/semantic-services", embed_eu()).await;
     let (s, created) = api
@@ -879,7 +958,13 @@ async fn proxies_reference_semantic_services_by_name() {
         api.put(&format!("/proxies/{id}"), plain).await.0,
         StatusCode::OK
     );
-    for p in api.get("/proxies?gateway=prod-us").await.1.as_array().unwrap() {
+    for p in api
+        .get("/proxies?gateway=prod-us")
+        .await
+        .1
+        .as_array()
+        .unwrap()
+    {
         let pid = p["id"].as_str().unwrap();
         assert_eq!(
             api.delete(&format!("/proxies/{pid}")).await.0,

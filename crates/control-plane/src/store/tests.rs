@@ -601,7 +601,11 @@ async fn semantic_services_crud(store: Arc<Store>) {
         .await
         .unwrap();
     assert_eq!((created.version, created.proxies), (1, 0));
-    let read = store.get_semantic_service("embed-eu").await.unwrap().unwrap();
+    let read = store
+        .get_semantic_service("embed-eu")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(read, created);
     assert!(matches!(
         store
@@ -630,7 +634,11 @@ async fn semantic_services_crud(store: Arc<Store>) {
     assert_eq!(updated.service, service("embed-eu", "http://c/v1", None));
     assert!(gateways.is_empty());
     assert_eq!(
-        store.get_semantic_service("embed-eu").await.unwrap().unwrap(),
+        store
+            .get_semantic_service("embed-eu")
+            .await
+            .unwrap()
+            .unwrap(),
         updated
     );
     assert!(matches!(
@@ -647,7 +655,13 @@ async fn semantic_services_crud(store: Arc<Store>) {
     ));
 
     store.delete_semantic_service("embed-eu").await.unwrap();
-    assert!(store.get_semantic_service("embed-eu").await.unwrap().is_none());
+    assert!(
+        store
+            .get_semantic_service("embed-eu")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(matches!(
         store.delete_semantic_service("embed-eu").await,
         Err(StoreError::NotFound(_))
@@ -729,7 +743,10 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
     let Err(StoreError::Conflict(msg)) = store.delete_semantic_service("embed-eu").await else {
         panic!("a service in use cannot be deleted")
     };
-    assert!(msg.contains("2 proxies") && msg.contains("gw/a, gw/b"), "{msg}");
+    assert!(
+        msg.contains("2 proxies") && msg.contains("gw/a, gw/b"),
+        "{msg}"
+    );
     // Once no proxy names it, it can go.
     store
         .update_proxy(a.id, &spec("gw", "a", "/a"), None)
@@ -903,11 +920,11 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
     }
     let mut tasks = Vec::new();
     for i in 0..12 {
-        let store = store.clone();
+        let writer = store.clone();
         tasks.push(tokio::spawn(async move {
             let gw = ["gw1", "gw2", "gw3"][i % 3];
             let svc = ["s1", "s2"][i % 2];
-            store
+            writer
                 .create_proxy(
                     &spec_naming(gw, &format!("p{i}"), &format!("/p{i}"), svc),
                     &limits,
@@ -915,10 +932,10 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
                 .await
                 .map(|_| ())
         }));
-        let store = store.clone();
+        let updater = store.clone();
         tasks.push(tokio::spawn(async move {
             let svc = ["s2", "s1"][i % 2];
-            store
+            updater
                 .update_semantic_service(&service(svc, &format!("http://u{i}/v1"), None), None)
                 .await
                 .map(|_| ())
@@ -930,7 +947,12 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
     assert_eq!(store.list_proxies(None).await.unwrap().len(), 12);
     for s in ["s1", "s2"] {
         assert_eq!(
-            store.get_semantic_service(s).await.unwrap().unwrap().version,
+            store
+                .get_semantic_service(s)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
             7
         );
     }
@@ -1051,7 +1073,11 @@ async fn legacy_inline_services_are_migrated(url: &str) {
     assert_eq!(
         proxies
             .iter()
-            .map(|p| (p.spec.name.as_str(), p.spec.semantic_service.as_deref(), p.version))
+            .map(|p| (
+                p.spec.name.as_str(),
+                p.spec.semantic_service.as_deref(),
+                p.version
+            ))
             .collect::<Vec<_>>(),
         [("old", Some("proxy-0a1b2c3d4e5f"), 2), ("plain", None, 2)]
     );

@@ -358,7 +358,9 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
 
     // The same proxy, its service now defined elsewhere with another key: the new
     // definition serves (utterances and prompts go to the new service only).
-    let moved = MockEmbeddings::start("sk-emb-2", "emb-model").await.unwrap();
+    let moved = MockEmbeddings::start("sk-emb-2", "emb-model")
+        .await
+        .unwrap();
     cp.push(snapshot_with_services(
         GW,
         3,
@@ -367,7 +369,11 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
     ))
     .await;
     assert!(cp.wait_for_ack(3, WAIT).await.unwrap().applied);
-    assert_eq!(moved.inputs().len(), 8, "every utterance, from the new service");
+    assert_eq!(
+        moved.inputs().len(),
+        8,
+        "every utterance, from the new service"
+    );
     let before = emb.inputs().len();
     let resp = post(
         &gw,
@@ -377,7 +383,11 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
     .await;
     assert_stamped(&resp, "billing", "m-billing");
     assert_eq!(moved.inputs().len(), 9);
-    assert_eq!(emb.inputs().len(), before, "the old service is no longer called");
+    assert_eq!(
+        emb.inputs().len(),
+        before,
+        "the old service is no longer called"
+    );
 }
 
 #[tokio::test]

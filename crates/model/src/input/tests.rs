@@ -443,7 +443,12 @@ fn semantic_service_is_a_reference_by_name() {
     assert_eq!(spec.semantic_service.as_deref(), Some("embed-eu"));
     let stored = serde_json::to_value(&spec).unwrap();
     assert_eq!(stored["semantic_service"], "embed-eu");
-    assert!(validate(&contract_example()).unwrap().semantic_service.is_none());
+    assert!(
+        validate(&contract_example())
+            .unwrap()
+            .semantic_service
+            .is_none()
+    );
 
     // Only the name: the inline definition of earlier versions is malformed.
     let mut inline = contract_example();

@@ -1,26 +1,22 @@
-//! all-MiniLM-L6-v2 (sentence-transformers) on candle's BERT, in process, on CPU.
+//! all-MiniLM-L6-v2 (sentence-transformers) in process, on CPU: the `tokenizers` crate and
+//! the packed-batch BERT forward pass of [`crate::bert`].
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::encoder::{Encoder, l2_normalize};
+use crate::bert::{self, Bert};
+use crate::encoder::Encoder;
 use crate::error::{EncodeError, LoadError};
 use crate::files;
 
 /// Model name reported by [`MiniLmEncoder::name`] with default options.
 pub const MINILM_NAME: &str = "all-MiniLM-L6-v2";
 
-/// Most sequences in one forward pass.
-const MAX_SUB_BATCH: usize = 32;
-
-/// Fixed cost of one forward pass, in tokens of compute: measured ~7 ms per
-/// pass on top of ~0.3 ms per token on one core. Used to decide when padding
-/// short sequences to a long one costs more than a separate pass.
-const PASS_OVERHEAD_TOKENS: usize = 24;
+/// Most tokens in one forward pass (bounds its working memory: a few MB per 1,000 tokens).
+/// Sequences are packed end to end, so a pass costs what its tokens cost, padding-free.
+const MAX_PASS_TOKENS: usize = 4096;
 
 /// Inputs longer than `max_tokens * CHARS_PER_TOKEN_BOUND` characters are cut
 /// before tokenization, so a huge prompt costs no more than a 256-token one.
@@ -48,13 +44,11 @@ pub struct MiniLmOptions {
     pub max_tokens: usize,
     /// Which end of a long text to keep. Default [`Truncation::KeepStart`].
     pub truncation: Truncation,
-    /// Threads one forward pass may use (a private thread pool). Default 1.
-    /// Batching, not intra-pass parallelism, is what buys throughput here:
-    /// on the 2-vCPU machines measured, a 2-thread pass ran up to 3× slower
-    /// than a 1-thread pass whenever other work shared the CPUs (parallel
-    /// matrix products wait for each other's descheduled threads), and a
-    /// gateway always has other work. Raise it on hosts with idle physical
-    /// cores to cut single-request latency.
+    /// Threads of the encoder's private pool. Each [`Encoder::encode_batch`] call runs its
+    /// forward pass in this pool, and its matrix products split across the pool's idle
+    /// threads: a lone request uses them all, concurrent calls (several embedding workers)
+    /// share them, one call per thread. Nothing spins while idle. Default: the machine's
+    /// available parallelism, at most 4.
     pub threads: usize,
 }
 
@@ -63,29 +57,35 @@ impl Default for MiniLmOptions {
         Self {
             max_tokens: 256,
             truncation: Truncation::KeepStart,
-            threads: 1,
+            threads: default_threads(),
         }
     }
+}
+
+/// The machine's available parallelism, at most 4 (more threads buy little for a model this
+/// small, and a gateway has other work).
+#[must_use]
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// The all-MiniLM-L6-v2 sentence encoder: 6-layer BERT, 384 dimensions, mean
 /// pooling over the attention mask, L2-normalised.
 ///
 /// Reproduces the Python sentence-transformers embeddings to about 1e-6 per
-/// component. One short sentence takes ~20 ms on one CPU core; batches are
-/// much cheaper per text (see the crate README for measured figures).
+/// component. Concurrent texts are best encoded together: a batch is packed
+/// (no padding) and costs what its tokens cost (see the crate README for
+/// measured figures).
 ///
 /// Long texts are truncated to [`MiniLmOptions::max_tokens`] tokens, keeping
 /// the start by default ([`Truncation`]).
 pub struct MiniLmEncoder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
     dim: usize,
     options: MiniLmOptions,
     name: String,
-    /// Runs the forward pass, so candle's matrix products use
-    /// `options.threads` threads instead of the global rayon pool.
+    /// Runs the forward passes ([`MiniLmOptions::threads`]).
     pool: rayon::ThreadPool,
 }
 
@@ -150,10 +150,9 @@ impl MiniLmEncoder {
 
         let (model_path, model_bytes) = files::read(dir, "model.safetensors")?;
         files::check_safetensors(&model_path, &model_bytes)?;
-        let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(model_bytes, DType::F32, &device)
+        let vb = bert::var_builder(model_bytes)
             .map_err(|e| files::invalid(&model_path, format!("cannot read tensors: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| {
+        let model = Bert::load(vb, &config).map_err(|e| {
             files::invalid(
                 &model_path,
                 format!("tensors do not match config.json: {e}"),
@@ -183,10 +182,9 @@ impl MiniLmEncoder {
         };
         tracing::debug!(dir = %dir.display(), name = %name, "loaded minilm encoder");
         Ok(Self {
+            dim: model.hidden_size(),
             model,
             tokenizer,
-            device,
-            dim: config.hidden_size,
             options,
             name,
             pool,
@@ -225,31 +223,6 @@ impl MiniLmEncoder {
             })
             .collect()
     }
-
-    /// One forward pass over sequences padded to the longest; returns pooled,
-    /// normalised vectors in input order.
-    fn forward(&self, seqs: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let batch = seqs.len();
-        let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut ids = vec![0_u32; batch * len];
-        let mut mask = vec![0_u32; batch * len];
-        for (row, seq) in seqs.iter().enumerate() {
-            ids[row * len..row * len + seq.len()].copy_from_slice(seq);
-            mask[row * len..row * len + seq.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (batch, len), &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let mask = Tensor::from_vec(mask, (batch, len), &self.device)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (batch, len, dim)
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, len, 1)
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (batch, dim)
-        let counts = mask.sum(1)?.clamp(1e-9_f32, f32::MAX)?; // (batch, 1)
-        let mut rows = summed.broadcast_div(&counts)?.to_vec2::<f32>()?;
-        for row in &mut rows {
-            l2_normalize(row);
-        }
-        Ok(rows)
-    }
 }
 
 impl Encoder for MiniLmEncoder {
@@ -266,54 +239,34 @@ impl Encoder for MiniLmEncoder {
             return Ok(Vec::new());
         }
         let seqs = self.tokenize(texts)?;
-        // Sort by length, then cut into passes that pad little.
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| seqs[i].len());
-        let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len()).collect();
-        let mut out = vec![Vec::new(); seqs.len()];
-        for range in plan_passes(&lens) {
-            let chunk = &order[range];
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for pass in plan_passes(&seqs) {
+            let batch: Vec<&[u32]> = seqs[pass].iter().map(Vec::as_slice).collect();
             let vectors = self
                 .pool
-                .install(|| self.forward(&batch))
+                .install(|| self.model.embed(&batch))
                 .map_err(|e| EncodeError::Inference(e.to_string()))?;
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
-            }
+            out.extend(vectors);
         }
         Ok(out)
     }
 }
 
-/// Splits sequences sorted by ascending length into consecutive groups, one
-/// forward pass each, minimising total cost = per-pass overhead + padded
-/// tokens (each group pads to its last, longest sequence). Dynamic programming
-/// over at most `MAX_SUB_BATCH`-long groups: `O(n × MAX_SUB_BATCH)`.
-fn plan_passes(sorted_lens: &[usize]) -> Vec<std::ops::Range<usize>> {
-    let n = sorted_lens.len();
-    let mut best = vec![usize::MAX; n + 1];
-    let mut start = vec![0; n + 1];
-    best[0] = 0;
-    for end in 1..=n {
-        let longest = sorted_lens[end - 1];
-        for begin in end.saturating_sub(MAX_SUB_BATCH)..end {
-            let cost = best[begin]
-                .saturating_add(PASS_OVERHEAD_TOKENS)
-                .saturating_add((end - begin).saturating_mul(longest));
-            if cost < best[end] {
-                best[end] = cost;
-                start[end] = begin;
-            }
-        }
-    }
+/// Cuts `seqs` (in order) into consecutive passes of at most [`MAX_PASS_TOKENS`] tokens
+/// (a longer sequence gets a pass of its own).
+fn plan_passes(seqs: &[Vec<u32>]) -> Vec<std::ops::Range<usize>> {
     let mut passes = Vec::new();
-    let mut end = n;
-    while end > 0 {
-        passes.push(start[end]..end);
-        end = start[end];
+    let (mut start, mut tokens) = (0, 0);
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > start && tokens + seq.len() > MAX_PASS_TOKENS {
+            passes.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += seq.len();
     }
-    passes.reverse();
+    if start < seqs.len() {
+        passes.push(start..seqs.len());
+    }
     passes
 }
 
@@ -345,24 +298,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passes_pad_little_and_cover_everything_once() {
+    fn passes_cover_every_sequence_once_in_order() {
         assert!(plan_passes(&[]).is_empty());
-        assert_eq!(plan_passes(&[16; 10]), vec![0..10]);
-        assert_eq!(plan_passes(&[5, 5, 5, 100]), vec![0..3, 3..4]);
-        assert_eq!(
-            plan_passes(&[10; 40]).len(),
-            2,
-            "at most MAX_SUB_BATCH per pass"
-        );
-        let lens: Vec<usize> = (0..50).map(|i| 4 + i * i / 10).collect();
-        let passes = plan_passes(&lens);
-        let mut next = 0;
-        for p in &passes {
-            assert_eq!(p.start, next);
-            assert!(p.end > p.start && p.len() <= MAX_SUB_BATCH);
-            next = p.end;
-        }
-        assert_eq!(next, lens.len());
+        assert_eq!(plan_passes(&vec![vec![1; 16]; 10]), vec![0..10]);
+        let seqs: Vec<Vec<u32>> = [4000, 10, 100, 4096, 5, 5]
+            .iter()
+            .map(|&n| vec![1; n])
+            .collect();
+        assert_eq!(plan_passes(&seqs), vec![0..2, 2..3, 3..4, 4..6]);
     }
 
     #[test]

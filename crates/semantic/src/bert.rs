@@ -386,8 +386,8 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 
 /// The error function as a rational function of `x` clamped to [-4, 4] (beyond which erf is
 /// ±1 in f32): an odd degree-13 numerator over an even degree-8 denominator, within a few
-/// f32 ulps (absolute error below 4e-7). Branch-free, so the GELU loop vectorises (plain multiply-adds: `mul_add`
-/// would be a libm call on targets built without FMA).
+/// f32 ulps (absolute error below 4e-7). Branch-free, so the GELU loop vectorises. Plain
+/// multiply-adds: `mul_add` would be a libm call on targets built without FMA.
 #[allow(clippy::excessive_precision, clippy::unreadable_literal)]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);

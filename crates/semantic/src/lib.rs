@@ -53,7 +53,7 @@ mod static_model;
 pub use encoder::{Encoder, dot, l2_normalize};
 pub use error::{EmbedError, EncodeError, IndexError, LoadError};
 pub use index::{EmbeddingCache, TopicIndex, TopicIndexBuilder, TopicScore, TopicScores};
-pub use minilm::{MINILM_NAME, MiniLmEncoder, MiniLmOptions, Truncation, default_threads};
+pub use minilm::{MINILM_NAME, MiniLmEncoder, MiniLmOptions, Truncation};
 pub use service::{EmbeddingService, ServiceConfig, ServiceStats};
 pub use static_model::{STATIC_NAME, StaticEncoder};
 

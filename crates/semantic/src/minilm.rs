@@ -2,6 +2,7 @@
 //! the packed-batch BERT forward pass of [`crate::bert`].
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -44,11 +45,13 @@ pub struct MiniLmOptions {
     pub max_tokens: usize,
     /// Which end of a long text to keep. Default [`Truncation::KeepStart`].
     pub truncation: Truncation,
-    /// Threads of the encoder's private pool. Each [`Encoder::encode_batch`] call runs its
-    /// forward pass in this pool, and its matrix products split across the pool's idle
-    /// threads: a lone request uses them all, concurrent calls (several embedding workers)
-    /// share them, one call per thread. Nothing spins while idle. Default: the machine's
-    /// available parallelism, at most 4.
+    /// Threads per forward pass. Each concurrent [`Encoder::encode_batch`] call runs in a
+    /// private pool of this many threads (pools are made as concurrent callers appear, and
+    /// reused): its matrix products, attention and elementwise work split across them.
+    /// Default 1: on a small machine, one single-threaded pass per core (an
+    /// [`crate::EmbeddingService`] with as many workers as cores) has no fork/join cost and
+    /// gives the most decisions per second; more threads per pass cut the latency of a lone
+    /// long prompt.
     pub threads: usize,
 }
 
@@ -57,16 +60,9 @@ impl Default for MiniLmOptions {
         Self {
             max_tokens: 256,
             truncation: Truncation::KeepStart,
-            threads: default_threads(),
+            threads: 1,
         }
     }
-}
-
-/// The machine's available parallelism, at most 4 (more threads buy little for a model this
-/// small, and a gateway has other work).
-#[must_use]
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// The all-MiniLM-L6-v2 sentence encoder: 6-layer BERT, 384 dimensions, mean
@@ -85,8 +81,9 @@ pub struct MiniLmEncoder {
     dim: usize,
     options: MiniLmOptions,
     name: String,
-    /// Runs the forward passes ([`MiniLmOptions::threads`]).
-    pool: rayon::ThreadPool,
+    /// Idle forward-pass pools ([`MiniLmOptions::threads`] threads each), one per
+    /// concurrent caller at most.
+    pools: Mutex<Vec<rayon::ThreadPool>>,
 }
 
 impl std::fmt::Debug for MiniLmEncoder {
@@ -159,11 +156,7 @@ impl MiniLmEncoder {
             )
         })?;
 
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(options.threads.max(1))
-            .thread_name(|i| format!("switchyard-minilm-{i}"))
-            .build()
-            .map_err(|e| LoadError::Threads(e.to_string()))?;
+        let pool = build_pool(options.threads).map_err(|e| LoadError::Threads(e.to_string()))?;
 
         let defaults = MiniLmOptions::default();
         let name = if (options.max_tokens, options.truncation)
@@ -187,7 +180,7 @@ impl MiniLmEncoder {
             tokenizer,
             options,
             name,
-            pool,
+            pools: Mutex::new(vec![pool]),
         })
     }
 
@@ -239,17 +232,38 @@ impl Encoder for MiniLmEncoder {
             return Ok(Vec::new());
         }
         let seqs = self.tokenize(texts)?;
+        let idle = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let pool = match idle {
+            Some(pool) => pool,
+            None => build_pool(self.options.threads)
+                .map_err(|e| EncodeError::Inference(format!("cannot start a thread pool: {e}")))?,
+        };
         let mut out = Vec::with_capacity(seqs.len());
-        for pass in plan_passes(&seqs) {
+        let result = plan_passes(&seqs).into_iter().try_for_each(|pass| {
             let batch: Vec<&[u32]> = seqs[pass].iter().map(Vec::as_slice).collect();
-            let vectors = self
-                .pool
+            let vectors = pool
                 .install(|| self.model.embed(&batch))
                 .map_err(|e| EncodeError::Inference(e.to_string()))?;
             out.extend(vectors);
-        }
-        Ok(out)
+            Ok(())
+        });
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pool);
+        result.map(|()| out)
     }
+}
+
+fn build_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("switchyard-minilm-{i}"))
+        .build()
 }
 
 /// Cuts `seqs` (in order) into consecutive passes of at most [`MAX_PASS_TOKENS`] tokens

@@ -50,25 +50,25 @@ pub struct Plane {
     running: Option<ControlPlane>,
 }
 
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
+/// Port 0: the control plane binds a free port itself (and holds it), so parallel tests
+/// cannot race for one; [`Plane::restart`] then records the ports it got.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 impl Plane {
     pub async fn start(store: &Store) -> Plane {
         let mut plane = Plane {
             url: store.url(),
             key: Keyring::generate_key(),
-            admin_addr: free_port(),
-            grpc_addr: free_port(),
+            admin_addr: ANY_PORT.parse().unwrap(),
+            grpc_addr: ANY_PORT.parse().unwrap(),
             running: None,
         };
         plane.restart().await;
         plane
     }
 
-    /// Starts the control plane again (after [`Plane::stop`]) on the same store and ports.
+    /// Starts the control plane again (after [`Plane::stop`]) on the same store and the
+    /// ports it had (the first start picks free ones).
     pub async fn restart(&mut self) {
         assert!(self.running.is_none(), "already running");
         let config = ControlPlaneConfig {
@@ -78,7 +78,10 @@ impl Plane {
             resync_interval: Duration::from_millis(500),
             ..ControlPlaneConfig::new(self.url.clone(), self.key.clone())
         };
-        self.running = Some(ControlPlane::start(config).await.unwrap());
+        let running = ControlPlane::start(config).await.unwrap();
+        self.admin_addr = running.admin_addr();
+        self.grpc_addr = running.grpc_addr();
+        self.running = Some(running);
     }
 
     pub async fn stop(&mut self) {

@@ -27,12 +27,13 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The address after `label` on a line of `dev`'s banner (`  gateway      http://…  (…)`).
+fn banner_url<'a>(banner: &'a str, label: &str) -> &'a str {
+    banner
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {label} line in the banner:\n{banner}"))
 }
 
 /// The last non-empty line of stderr: where the one-line reason is.
@@ -144,13 +145,14 @@ fn bad_flags_are_refused() {
 async fn dev_serves_end_to_end_and_stops_on_sigterm() {
     let mock = MockOpenAi::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let (admin_port, grpc_port, port) = (free_port(), free_port(), free_port());
+    // Port 0 everywhere: the servers pick free ports and the banner says which (picking them
+    // here and releasing them would race with other tests binding ports).
     let mut child = Command::new(BIN)
         .args(["--log-format", "json", "dev", "--data-dir"])
         .arg(data.path())
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--grpc-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,7 +171,7 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         let line = line.unwrap();
         banner.push_str(&line);
         banner.push('\n');
-        if line.contains("admin token") {
+        if line.trim_start().starts_with("gRPC") {
             break;
         }
     }
@@ -178,13 +180,18 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         banner.contains(token.trim()),
         "the banner prints the admin token:\n{banner}"
     );
+    let admin = banner_url(&banner, "admin API").to_owned();
+    let gateway = banner_url(&banner, "gateway").to_owned();
     assert!(
-        banner.contains(&format!("http://127.0.0.1:{admin_port}/api/v1")),
+        admin.starts_with("http://127.0.0.1:")
+            && admin.ends_with("/api/v1")
+            && !admin.contains(":0/"),
         "{banner}"
     );
+    assert!(gateway.starts_with("http://127.0.0.1:"), "{banner}");
+    let admin_root = admin.trim_end_matches("/api/v1").to_owned();
 
     let http = reqwest::Client::new();
-    let admin = format!("http://127.0.0.1:{admin_port}/api/v1");
     let resp = http
         .post(format!("{admin}/proxies"))
         .bearer_auth(token.trim())
@@ -198,7 +205,7 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
     let started = Instant::now();
     let body = loop {
         let resp = http
-            .post(format!("http://127.0.0.1:{port}/p/v1/chat/completions"))
+            .post(format!("{gateway}/p/v1/chat/completions"))
             .json(&json!({"model": "openai/x", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
@@ -218,7 +225,7 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
     );
 
     let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .get(format!("{gateway}/metrics"))
         .send()
         .await
         .unwrap()
@@ -230,7 +237,7 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         "{metrics}"
     );
     let metrics = http
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .get(format!("{admin_root}/metrics"))
         .send()
         .await
         .unwrap()

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_model::Limits;
+use switchyard_model::{Limits, Secret};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -209,48 +209,47 @@ impl ControlPlane {
     }
 }
 
+/// `map` (a value's `try_map_secrets`) with every secret moved under the current key: `None`
+/// when nothing was stale, or when a secret cannot be decrypted (the first such error is kept
+/// in `failure`).
+fn rotated<T>(
+    keyring: &Keyring,
+    failure: &mut Option<crypto::CryptoError>,
+    map: impl FnOnce(
+        &mut dyn FnMut(Secret) -> Result<Secret, crypto::CryptoError>,
+    ) -> Result<T, crypto::CryptoError>,
+) -> Option<T> {
+    let mut stale = false;
+    let rewritten = map(&mut |s: Secret| {
+        if keyring.is_current(&s) {
+            return Ok(s);
+        }
+        stale = true;
+        keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
+    });
+    match rewritten {
+        Ok(value) => stale.then_some(value),
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    }
+}
+
 /// Re-encrypts every static secret that is not under the current key (completes a rotation).
 async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<(), StartError> {
     let mut failure: Option<crypto::CryptoError> = None;
     let changed = store
-        .rewrite_specs(|spec| {
-            let mut stale = false;
-            let rewritten = spec.try_map_secrets(|s| {
-                if keyring.is_current(&s) {
-                    return Ok(s);
-                }
-                stale = true;
-                keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
-            });
-            match rewritten {
-                Ok(spec) => Ok(stale.then_some(spec)),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    Ok(None)
-                }
-            }
-        })
+        .rewrite_specs(|spec| Ok(rotated(keyring, &mut failure, |f| spec.try_map_secrets(f))))
         .await?;
     if let Some(e) = failure {
         return Err(StartError::Key(e));
     }
     let services = store
         .rewrite_semantic_services(|service| {
-            let mut stale = false;
-            let rewritten = service.try_map_secrets(|s| {
-                if keyring.is_current(&s) {
-                    return Ok(s);
-                }
-                stale = true;
-                keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
-            });
-            match rewritten {
-                Ok(service) => Ok(stale.then_some(service)),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    Ok(None)
-                }
-            }
+            Ok(rotated(keyring, &mut failure, |f| {
+                service.try_map_secrets(f)
+            }))
         })
         .await?;
     if let Some(e) = failure {

@@ -371,8 +371,22 @@ async fn get_proxy(
     Ok(Json(view(proxy)))
 }
 
+/// The version a PUT replaces: from the body's `version` or the `If-Match` header (both
+/// given must agree), if either is.
+pub(crate) fn expected_version(
+    body: Option<u64>,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    match (body, if_match(headers)?) {
+        (Some(a), Some(b)) if a != b => {
+            Err(ValidationError::rule("version", "differs from the If-Match header").into())
+        }
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 /// `If-Match: "3"` (or `3`) names the version a `PUT` replaces, like `version` in the body.
-pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -403,14 +417,7 @@ async fn update_proxy(
     if input.id.is_some_and(|body_id| body_id != id) {
         return Err(ValidationError::rule("id", "does not match the proxy id in the path").into());
     }
-    let expected = match (input.version, if_match(&headers)?) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(
-                ValidationError::rule("version", "differs from the If-Match header").into(),
-            );
-        }
-        (a, b) => a.or(b),
-    };
+    let expected = expected_version(input.version, &headers)?;
     let stored = state
         .store
         .get_proxy(id)

@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use switchyard_model::{SemanticService, ValidationError, parse_semantic_service_input};
+use switchyard_model::{SemanticService, parse_semantic_service_input};
 
-use super::{ApiError, AppState, if_match};
+use super::{ApiError, AppState, expected_version};
 use crate::store::SemanticServiceRecord;
 
 /// A semantic service as the API shows it: the key redacted (`***`, absent when none).
@@ -85,14 +85,7 @@ pub(super) async fn update(
     body: Bytes,
 ) -> Result<Json<SemanticServiceView>, ApiError> {
     let input = parse_semantic_service_input(&body)?;
-    let expected = match (input.version, if_match(&headers)?) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(
-                ValidationError::rule("version", "differs from the If-Match header").into(),
-            );
-        }
-        (a, b) => a.or(b),
-    };
+    let expected = expected_version(input.version, &headers)?;
     let stored = state
         .store
         .get_semantic_service(&name)

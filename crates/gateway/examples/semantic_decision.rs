@@ -3,13 +3,14 @@
 //! topic), asked through the dry-run endpoint `POST /bank/_switchyard/route`: each call is
 //! one full decision (HTTP, body parse, one embedding shared by the guard and routing,
 //! scoring). Prompts are BANKING77 test sentences (short, well under 128 tokens), each sent
-//! once per phase, so the prompt cache never answers.
+//! once per phase, so the prompt cache never answers; a last phase (MiniLM only) sends long
+//! prompts of about 128 tokens (consecutive test sentences joined), one at a time.
 //!
 //! ```text
 //! scripts/fetch-model
 //! cargo run --release -p switchyard-gateway --example semantic_decision -- \
 //!     [--encoder minilm|static] [--models DIR] [--data DIR] [--sequential 200] \
-//!     [--requests 2000] [--concurrency 16]
+//!     [--requests 2000] [--concurrency 16] [--long 50] [--long-tokens 128]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,8 @@ struct Args {
     sequential: usize,
     requests: usize,
     concurrency: usize,
+    long: usize,
+    long_tokens: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +44,8 @@ fn parse_args() -> Result<Args, String> {
         sequential: 200,
         requests: 2000,
         concurrency: 16,
+        long: 50,
+        long_tokens: 128,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +64,8 @@ fn parse_args() -> Result<Args, String> {
             "--sequential" => a.sequential = num(&v)?,
             "--requests" => a.requests = num(&v)?,
             "--concurrency" => a.concurrency = num(&v)?.max(1),
+            "--long" => a.long = num(&v)?,
+            "--long-tokens" => a.long_tokens = num(&v)?.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -310,6 +317,57 @@ async fn run(args: Args) -> Result<(), String> {
         percentile(&all, 0.5),
         percentile(&all, 0.99)
     );
+    if args.encoder == EncoderKind::MiniLm && args.long > 0 {
+        // Long prompts: consecutive test sentences joined up to `long_tokens` tokens
+        // (counted by the model's own tokenizer, [CLS] and [SEP] included).
+        let tokenizer =
+            switchyard_semantic::MiniLmEncoder::load(&args.models.join("all-MiniLM-L6-v2"))
+                .map_err(|e| e.to_string())?;
+        let mut long = Vec::with_capacity(args.long);
+        let mut next = offset + total;
+        for _ in 0..args.long {
+            let mut text = String::new();
+            loop {
+                let sentence = &prompts[next % prompts.len()];
+                next += 1;
+                let candidate = if text.is_empty() {
+                    sentence.clone()
+                } else {
+                    format!("{text} {sentence}")
+                };
+                let count = tokenizer
+                    .token_count(&candidate)
+                    .map_err(|e| e.to_string())?;
+                if count > args.long_tokens && !text.is_empty() {
+                    break;
+                }
+                text = candidate;
+                if count == args.long_tokens {
+                    break;
+                }
+            }
+            long.push(text);
+        }
+        let tokens: usize = long
+            .iter()
+            .map(|t| tokenizer.token_count(t).unwrap_or(0))
+            .sum::<usize>()
+            / long.len();
+        let mut lat = Vec::with_capacity(long.len());
+        for p in long {
+            let t = Instant::now();
+            decide(client.clone(), url.clone(), p).await?;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "encoder {:?}: sequential {} decisions on ~{tokens}-token prompts: p50 {:.2} ms, p90 {:.2} ms",
+            args.encoder,
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9)
+        );
+    }
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())

@@ -31,6 +31,8 @@ pub enum GatewayError {
     Model(#[from] crate::semantic::ModelLoadError),
     #[error("cannot start the embedding worker: {0}")]
     EmbeddingWorker(std::io::Error),
+    #[error("cannot start the traffic I/O threads: {0}")]
+    Runtime(String),
     #[error("{what} server stopped: {reason}")]
     Server { what: &'static str, reason: String },
 }

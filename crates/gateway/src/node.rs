@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub upstream_header_timeout: Duration,
     /// How long shutdown waits for in-flight requests and streams.
     pub drain_timeout: Duration,
+    /// Threads serving traffic, each with its own single-threaded runtime and upstream
+    /// connection pool; `None`: one per core.
+    pub io_threads: Option<usize>,
     /// The installed Prometheus recorder's handle; `None` answers `/metrics` with 404.
     pub metrics: Option<PrometheusHandle>,
     /// The sentence encoder's directory (semantic routing and the semantic prompt guard).
@@ -78,6 +81,7 @@ impl GatewayConfig {
             upstream_connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             upstream_header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            io_threads: None,
             metrics: None,
             model_dir: None,
             encoder_kind: EncoderKind::default(),
@@ -99,6 +103,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("upstream_connect_timeout", &self.upstream_connect_timeout)
             .field("upstream_header_timeout", &self.upstream_header_timeout)
             .field("drain_timeout", &self.drain_timeout)
+            .field("io_threads", &self.io_threads)
             .field("metrics", &self.metrics.is_some())
             .field("model_dir", &self.model_dir)
             .field("encoder_kind", &self.encoder_kind)
@@ -108,6 +113,12 @@ impl std::fmt::Debug for GatewayConfig {
             )
             .finish()
     }
+}
+
+/// The client for upstream calls. Each traffic I/O thread builds its own, so that its
+/// pooled connections are driven by the thread that uses them.
+fn upstream_client(config: &GatewayConfig) -> Result<http::UpstreamClient, GatewayError> {
+    http::UpstreamClient::new(config.upstream_connect_timeout).map_err(GatewayError::HttpClient)
 }
 
 /// The pacing of the control-plane stream. The defaults are the production ones; tests
@@ -167,10 +178,10 @@ impl Gateway {
             Some(id) => id.clone(),
             None => cache.node_id().map_err(cache_error)?,
         };
-        let client = reqwest::Client::builder()
+        // The semantic engine's client (remote embedding services), shared by every thread.
+        let embeddings_client = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GatewayError::HttpClient(e.to_string()))?;
@@ -192,9 +203,9 @@ impl Gateway {
             (None, None) => None,
         };
         let engine = Arc::new(match encoder {
-            Some(e) => SemanticEngine::with_encoder(e, client.clone())
+            Some(e) => SemanticEngine::with_encoder(e, embeddings_client)
                 .map_err(GatewayError::EmbeddingWorker)?,
-            None => SemanticEngine::without_encoder(client.clone()),
+            None => SemanticEngine::without_encoder(embeddings_client),
         });
 
         let table: SharedTable = Arc::new(ArcSwapOption::empty());
@@ -210,9 +221,9 @@ impl Gateway {
 
         let state = Arc::new(AppState {
             table,
-            client,
+            client: upstream_client(&config)?,
             header_timeout: config.upstream_header_timeout,
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
             metrics: config.metrics.clone(),
             engine,
         });
@@ -236,13 +247,17 @@ impl Gateway {
         };
 
         let shutdown = CancellationToken::new();
-        let main = tokio::spawn(http::serve(
-            listener,
-            http::router(Arc::clone(&state)),
-            shutdown.clone(),
+        let io_threads = http::IoThreads::start(
+            config.io_threads.unwrap_or_else(http::default_io_threads),
+            || {
+                let mut own = AppState::clone(&state);
+                own.client = upstream_client(&config)?;
+                Ok(http::router(Arc::new(own)))
+            },
+            &shutdown,
             config.drain_timeout,
-            "traffic",
-        ));
+        )?;
+        let main = tokio::spawn(io_threads.serve(listener, shutdown.clone()));
         let metrics = metrics_listener.map(|l| {
             tokio::spawn(http::serve(
                 l,

@@ -246,6 +246,10 @@ pub struct GatewayTuning {
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Threads serving LLM traffic, each with its own event loop and upstream connection
+    /// pool (default: one per core).
+    #[arg(long, env = "SWITCHYARD_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub io_threads: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -464,6 +468,7 @@ fn gateway_config(
     base.upstream_connect_timeout = tuning.upstream_connect_timeout;
     base.upstream_header_timeout = tuning.upstream_header_timeout;
     base.drain_timeout = tuning.drain_timeout;
+    base.io_threads = tuning.io_threads.map(usize::from);
     base.metrics = Some(metrics);
     (base.model_dir, base.encoder_kind) = semantic;
     base

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -211,19 +211,65 @@ pub(crate) fn gemini_stream_needs_sse(query: Option<&str>) -> Option<ProxyError>
 
 /// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413.
 async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError> {
-    let too_large = ProxyError::PayloadTooLarge { limit: BODY_LIMIT };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
-        return Err(too_large);
+        return Err(refuse_too_large(body).await);
     }
-    match Limited::new(body, BODY_LIMIT).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
-        Err(e) => Err(ProxyError::BodyRead(e.to_string())),
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut total = 0_usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::BodyRead(e.to_string()))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        total += chunk.len();
+        if total > BODY_LIMIT {
+            return Err(refuse_too_large(body).await);
+        }
+        // One chunk (the usual case) is kept as it is; more are joined.
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(chunk),
+            (Some(_), None) => {
+                let mut buf = bytes::BytesMut::with_capacity(
+                    declared.map_or(2 * total, |len| usize::try_from(len).unwrap_or(total)),
+                );
+                buf.extend_from_slice(&first.take().unwrap_or_default());
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&chunk),
+        }
     }
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
+}
+
+/// How much of an over-limit body is still read (and dropped) before the 413 goes out, and
+/// for how long at most.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The 413 for a body over the limit, after reading on (and dropping) what the client is
+/// still sending, within [`LINGER_BYTES`] and [`LINGER_TIME`]. Answering while the client is
+/// still writing would make the connection close with unread data: the client's write fails
+/// (or its socket is reset) and it never sees the 413. A well-behaved client that sent a
+/// moderately large body gets the answer; one that keeps sending past the bound is cut off.
+async fn refuse_too_large(mut body: Body) -> ProxyError {
+    let drain = async {
+        let mut read = 0_usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    ProxyError::PayloadTooLarge { limit: BODY_LIMIT }
 }
 
 #[cfg(test)]
@@ -249,6 +295,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ok, "{}");
+
+        // Several chunks are joined in order.
+        let chunks = ["{\"a\"", ":", "1}"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c)));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let ok = read_body(body, &HeaderMap::new()).await.unwrap();
+        assert_eq!(ok, "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn an_over_limit_body_is_read_to_its_end_before_the_413() {
+        // The client is still sending when the limit is crossed: the rest is read (and
+        // dropped), so the connection does not close under a writing client.
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&read);
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let chunks = (0..40).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::io::Error>(chunk.clone())
+        });
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(err.status().as_u16(), 413);
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 40);
+
+        // A declared length over the limit: refused without waiting for the whole body,
+        // but what was sent is read.
+        let counter = std::sync::Arc::clone(&read);
+        read.store(0, std::sync::atomic::Ordering::Relaxed);
+        let chunks = (0..3).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from_static(b"xx"))
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let err = read_body(body, &headers).await.unwrap_err();
+        assert_eq!(err.status().as_u16(), 413);
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -1,41 +1,40 @@
 //! The HTTP data plane: the reserved endpoints (`/healthz`, `/readyz`, `/metrics`), the
-//! proxy handler that serves every other path from the routing table, and the accept loop
-//! with graceful, bounded drain.
+//! proxy handler that serves every other path from the routing table, and (in `server`)
+//! the thread-per-core accept loop with graceful, bounded drain.
 
+mod client;
 mod filter;
 mod inbound;
 mod proxy;
 pub(crate) mod relay;
+mod server;
 mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+pub(crate) use client::UpstreamClient;
+pub(crate) use server::{IoThreads, bind, default_io_threads, serve};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
 use crate::table::SharedTable;
 
 /// Everything a request handler reads. Nothing here is locked: the table is an `ArcSwap`.
+/// Each traffic I/O thread has its own copy with its own upstream `client` (whose pooled
+/// connections live on that thread's runtime); the rest is shared.
+#[derive(Clone)]
 pub(crate) struct AppState {
     pub table: SharedTable,
-    pub client: reqwest::Client,
+    pub client: client::UpstreamClient,
     pub header_timeout: Duration,
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     pub metrics: Option<PrometheusHandle>,
     /// The node's sentence encoder and caches (semantic routing, prompt guard).
     pub engine: Arc<crate::semantic::SemanticEngine>,
@@ -89,70 +88,4 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are disabled on this node\n").into_response(),
     }
-}
-
-/// Accepts connections until `shutdown`, then lets open connections (in-flight requests and
-/// streams) finish for at most `drain`, then closes what is left.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    drain: Duration,
-    what: &'static str,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer enables hyper's HTTP/1 header read timeout (slow clients holding sockets).
-    builder.http1().timer(TokioTimer::new());
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let service = TowerToHyperService::new(router.clone());
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let watched = graceful.watch(conn);
-                    connections.spawn(async move {
-                        if let Err(e) = watched.await {
-                            debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => accept_error(e).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let open = connections.len();
-    info!(server = what, open_connections = open, "draining");
-    tokio::select! {
-        _ = graceful.shutdown() => info!(server = what, "drained"),
-        _ = tokio::time::sleep(drain) => {
-            warn!(server = what, remaining = connections.len(), "drain timeout: closing the remaining connections");
-        }
-    }
-    connections.shutdown().await;
-}
-
-async fn accept_error(e: std::io::Error) {
-    // Out of file descriptors and the like: wait a little instead of spinning.
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-/// Binds a listener, naming what it is for on failure.
-pub(crate) async fn bind(
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<TcpListener, crate::GatewayError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| crate::GatewayError::Bind { what, addr, source })
 }

@@ -26,6 +26,7 @@ use switchyard_model::{Format, RoutingStrategy};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::AppState;
+use super::client::UpstreamResponse;
 use super::filter::BodyFilter;
 use super::inbound::{Endpoint, InboundRequest, gemini_stream_needs_sse};
 use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
@@ -254,7 +255,7 @@ async fn finish_failure(
 
 /// An upstream's answer (its status is not yet looked at).
 struct Answer {
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     target: Target,
     translated: bool,
 }
@@ -289,7 +290,7 @@ async fn attempt(
     ctx.served.translated = prepared.translated;
     let target = prepared.target;
     let translated = prepared.translated;
-    match tokio::time::timeout(state.header_timeout, state.client.execute(prepared.request)).await {
+    match tokio::time::timeout(state.header_timeout, state.client.send(prepared.request)).await {
         Err(_) => Attempt::Failed(Failure {
             reason: FallbackReason::Timeout,
             detail: format!(
@@ -301,8 +302,6 @@ async fn attempt(
         Ok(Err(e)) => Attempt::Failed(Failure {
             reason: if e.is_connect() {
                 FallbackReason::Connect
-            } else if e.is_timeout() {
-                FallbackReason::Timeout
             } else {
                 FallbackReason::Connection
             },
@@ -443,8 +442,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Reads an upstream body whole, up to `limit` bytes.
-async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
-    let body = http_body_util::Limited::new(reqwest::Body::from(resp), limit);
+async fn read_capped(resp: UpstreamResponse, limit: usize) -> Result<Bytes, String> {
+    let body = http_body_util::Limited::new(resp.into_body(), limit);
     body.collect()
         .await
         .map(|c| c.to_bytes())
@@ -516,24 +515,27 @@ async fn upstream_models(
     parts: &axum::http::request::Parts,
     request_id: &HeaderValue,
 ) -> Result<Vec<String>, String> {
-    let Some(request) =
-        route
-            .upstream
-            .models_request(&state.client, &parts.headers, parts.uri.query())
+    let Some(request) = route
+        .upstream
+        .models_request(&parts.headers, parts.uri.query())
     else {
         return Ok(vec![]);
     };
-    let request = request
-        .map_err(|e| e.message())?
-        .header("x-request-id", request_id.clone());
+    let mut request = request.map_err(|e| e.message())?;
+    request
+        .headers_mut()
+        .insert("x-request-id", request_id.clone());
     let fetch = async {
-        let resp = request.send().await.map_err(|e| error_chain(&e))?;
+        let resp = state
+            .client
+            .send(request)
+            .await
+            .map_err(|e| error_chain(&e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("upstream answered {status}"));
         }
-        let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
-        Ok::<_, String>(body)
+        read_capped(resp, ANSWER_BODY_LIMIT).await
     };
     let body = tokio::time::timeout(state.header_timeout, fetch)
         .await

@@ -15,9 +15,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
+use http_body_util::BodyDataStream;
 use switchyard_llm::{InboundFormat, Usage};
 use tracing::{Span, warn};
 
+use super::client::{UpstreamResponse, content_length};
 use super::filter::BodyFilter;
 use crate::error::{ProxyError, error_chain};
 use crate::telemetry::{self, Label, NONE};
@@ -139,7 +141,7 @@ impl Ctx {
     /// buffered; the request is accounted for when the body ends or the client goes away.
     pub(crate) fn relay(
         &self,
-        upstream: reqwest::Response,
+        upstream: UpstreamResponse,
         filter: BodyFilter,
         route: &HeaderValue,
         model: &HeaderValue,
@@ -164,7 +166,7 @@ impl Ctx {
         let remaining = if rewrites {
             None
         } else {
-            upstream.content_length()
+            content_length(&upstream)
         };
         let outcome = if status.is_success() {
             Outcome::Completed
@@ -174,7 +176,7 @@ impl Ctx {
         self.stream_response(
             status,
             headers,
-            Box::pin(upstream.bytes_stream()),
+            Box::pin(BodyDataStream::new(upstream.into_body())),
             filter,
             remaining,
             outcome,
@@ -214,7 +216,7 @@ impl Ctx {
     /// A translated stream: the upstream's body through `filter`, as `text/event-stream`.
     pub(crate) fn relay_translated(
         &self,
-        upstream: reqwest::Response,
+        upstream: UpstreamResponse,
         filter: BodyFilter,
         route: &HeaderValue,
         model: &HeaderValue,
@@ -226,7 +228,7 @@ impl Ctx {
         self.stream_response(
             StatusCode::OK,
             headers,
-            Box::pin(upstream.bytes_stream()),
+            Box::pin(BodyDataStream::new(upstream.into_body())),
             filter,
             None,
             Outcome::Completed,
@@ -237,7 +239,7 @@ impl Ctx {
         &self,
         status: StatusCode,
         headers: HeaderMap,
-        inner: BoxStream<'static, reqwest::Result<Bytes>>,
+        inner: BoxStream<'static, Chunk>,
         filter: BodyFilter,
         remaining: Option<u64>,
         outcome: Outcome,
@@ -351,10 +353,13 @@ impl Drop for Finish {
     }
 }
 
+/// A piece of an upstream body as it is read.
+type Chunk = Result<Bytes, hyper::Error>;
+
 /// The upstream body, chunk by chunk through its filter, with the request's accounting
 /// attached.
 struct Relay {
-    inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    inner: BoxStream<'static, Chunk>,
     filter: BodyFilter,
     /// Bytes still expected when the upstream declared a length (and the body is relayed
     /// untouched): hyper stops polling once it wrote that many, so the end is seen here
@@ -368,7 +373,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn send(&mut self, out: Bytes) -> Poll<Option<reqwest::Result<Bytes>>> {
+    fn send(&mut self, out: Bytes) -> Poll<Option<Chunk>> {
         if out.is_empty() {
             return Poll::Ready(None);
         }
@@ -380,7 +385,7 @@ impl Relay {
 }
 
 impl Stream for Relay {
-    type Item = reqwest::Result<Bytes>;
+    type Item = Chunk;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -523,7 +528,7 @@ mod tests {
     }
 
     fn relay(chunks: Vec<&'static [u8]>, remaining: Option<u64>, filter: BodyFilter) -> Relay {
-        let items: Vec<reqwest::Result<Bytes>> = chunks
+        let items: Vec<Chunk> = chunks
             .into_iter()
             .map(|c| Ok(Bytes::from_static(c)))
             .collect();

@@ -8,12 +8,13 @@
 //! the request id and the `Accept` header, and sends it.
 
 use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::Bytes;
 use switchyard_llm::passthrough::request_stream_usage;
 use switchyard_llm::{InboundFormat, Provider, Target};
 
 use super::inbound::InboundRequest;
 use super::relay::APPLICATION_JSON;
-use crate::error::{ProxyError, error_chain};
+use crate::error::ProxyError;
 use crate::providers::Upstream;
 
 /// What an attempt may read of the incoming request.
@@ -29,7 +30,7 @@ pub(crate) struct Prepared {
     pub target: Target,
     /// Translated through the canonical model (as opposed to passed through).
     pub translated: bool,
-    pub request: reqwest::Request,
+    pub request: http::Request<Bytes>,
 }
 
 static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -62,9 +63,7 @@ pub(crate) fn prepare(
     } else {
         target.build_passthrough(&inbound.body, inbound.stream)
     };
-    let built = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
-    let mut request = reqwest::Request::try_from(built)
-        .map_err(|e| ProxyError::UpstreamUnavailable(error_chain(&e)))?;
+    let mut request = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
     let accept = if !translated {
         call.headers
             .get(header::ACCEPT)
@@ -91,7 +90,6 @@ pub(crate) fn prepare(
 mod tests {
     use super::*;
     use crate::http::inbound::Endpoint;
-    use bytes::Bytes;
     use switchyard_model::{Auth, Provider as RouteProvider, Route, Secret};
 
     fn upstream(provider: RouteProvider, url: &str, auth: Auth) -> Upstream {
@@ -142,10 +140,10 @@ mod tests {
         let p = prepare(&up, "gpt-4.1", &call(&inbound, &headers, &rid)).unwrap();
         assert!(!p.translated);
         let req = p.request;
-        assert_eq!(req.url().as_str(), "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(req.uri(), "http://127.0.0.1:1/v1/chat/completions");
         assert_eq!(req.headers()["authorization"], "Bearer sk-up");
         assert_eq!(req.headers()["x-request-id"], "rid-1");
-        let sent = req.body().unwrap().as_bytes().unwrap();
+        let sent = req.body();
         assert_eq!(
             std::str::from_utf8(sent).unwrap(),
             r#"{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}],"future":{"a":1},"stream":true,"stream_options":{"include_usage":true}}"#
@@ -176,7 +174,7 @@ mod tests {
         .unwrap();
         assert!(p.translated);
         assert_eq!(
-            p.request.url().as_str(),
+            p.request.uri(),
             "http://127.0.0.1:1/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream"
         );
         assert!(
@@ -209,9 +207,6 @@ mod tests {
         let up = upstream(RouteProvider::Nvidia, "http://127.0.0.1:1/v1", key());
         let p = prepare(&up, "meta/llama", &call(&inbound, &headers, &rid)).unwrap();
         assert!(p.translated);
-        assert_eq!(
-            p.request.url().as_str(),
-            "http://127.0.0.1:1/v1/chat/completions"
-        );
+        assert_eq!(p.request.uri(), "http://127.0.0.1:1/v1/chat/completions");
     }
 }

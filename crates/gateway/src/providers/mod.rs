@@ -8,6 +8,7 @@
 pub(crate) mod credential;
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use switchyard_llm::{Provider as LlmProvider, Target, UpstreamApi};
 use switchyard_model::{Provider, Route};
 
@@ -103,32 +104,28 @@ impl Upstream {
     /// way; `None` for the others.
     pub(crate) fn models_request(
         &self,
-        client: &reqwest::Client,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Option<Result<reqwest::RequestBuilder, ProxyError>> {
-        let url = self.models_url.clone()?;
-        let mut req = client
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json");
-        match self.credential.resolve(headers, query) {
-            Ok(switchyard_llm::Credentials::ApiKey(key)) => {
-                let mut value =
-                    match reqwest::header::HeaderValue::try_from(format!("Bearer {key}")) {
-                        Ok(v) => v,
-                        Err(_) => {
-                            return Some(Err(ProxyError::InvalidCredential(
-                                "the API key holds characters not allowed in a header".to_owned(),
-                            )));
-                        }
-                    };
+    ) -> Option<Result<http::Request<Bytes>, ProxyError>> {
+        let url = self.models_url.as_ref()?;
+        let mut req = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Bytes::new())
+            .map_err(|e| ProxyError::UpstreamUnavailable(format!("bad models url {url}: {e}")));
+        match (self.credential.resolve(headers, query), &mut req) {
+            (Ok(switchyard_llm::Credentials::ApiKey(key)), Ok(req)) => {
+                let Ok(mut value) = http::HeaderValue::try_from(format!("Bearer {key}")) else {
+                    return Some(Err(ProxyError::InvalidCredential(
+                        "the API key holds characters not allowed in a header".to_owned(),
+                    )));
+                };
                 value.set_sensitive(true);
-                req = req.header(reqwest::header::AUTHORIZATION, value);
+                req.headers_mut().insert(http::header::AUTHORIZATION, value);
             }
-            Ok(_) => {}
-            Err(e) => return Some(Err(e)),
+            (Err(e), _) => return Some(Err(e)),
+            _ => {}
         }
-        Some(Ok(req))
+        Some(req)
     }
 }
 

@@ -1,0 +1,276 @@
+//! Accepting and serving connections, with graceful, bounded drain.
+//!
+//! The traffic listener is served **thread per core**: one acceptor hands each new
+//! connection to the least busy of N I/O threads, and each I/O thread runs its own
+//! single-threaded tokio runtime with its own upstream client. A request is then parsed,
+//! routed, proxied upstream and answered on one thread, with no cross-thread wake-up and
+//! no work stealing in the way (measured in ARCHITECTURE.md, "Performance notes": the
+//! wake-ups of a work-stealing runtime cost this hop more than any other single thing).
+//! Everything the threads share is read-mostly: the routing table (`ArcSwap`), the semantic
+//! engine and the metrics recorder.
+//!
+//! The metrics listener is served by [`serve`] on the caller's runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::GatewayError;
+
+/// Where a server's connections come from.
+enum Source {
+    Listener(TcpListener),
+    /// Handed over by the acceptor; `open` counts this thread's live connections.
+    Handoff {
+        rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        open: Arc<AtomicUsize>,
+    },
+}
+
+impl Source {
+    /// The next connection, or `None` once the acceptor is gone.
+    async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        match self {
+            Source::Listener(listener) => loop {
+                match listener.accept().await {
+                    Ok(accepted) => return Some(accepted),
+                    Err(e) => accept_error(e).await,
+                }
+            },
+            Source::Handoff { rx, open } => loop {
+                let (stream, peer) = rx.recv().await?;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer)),
+                    Err(e) => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        warn!(%peer, error = %e, "cannot register a connection with this I/O thread");
+                    }
+                }
+            },
+        }
+    }
+
+    /// Held by a connection's task while it lives.
+    fn guard(&self) -> Option<OpenGuard> {
+        match self {
+            Source::Listener(_) => None,
+            Source::Handoff { open, .. } => Some(OpenGuard(Arc::clone(open))),
+        }
+    }
+}
+
+/// Decrements its thread's open-connection count when the connection ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `listener` on the current runtime until `shutdown`, then lets open connections
+/// (in-flight requests and streams) finish for at most `drain`, then closes what is left.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+    what: &'static str,
+) {
+    serve_from(Source::Listener(listener), router, shutdown, drain, what).await;
+}
+
+async fn serve_from(
+    mut source: Source,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+    what: &'static str,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The timer enables hyper's HTTP/1 header read timeout (slow clients holding sockets).
+    builder.http1().timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = source.next() => {
+                let Some((stream, peer)) = next else { break };
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
+                let service = TowerToHyperService::new(router.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let watched = graceful.watch(conn);
+                let guard = source.guard();
+                connections.spawn(async move {
+                    if let Err(e) = watched.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(guard);
+                });
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(source);
+    let open = connections.len();
+    info!(server = what, open_connections = open, "draining");
+    tokio::select! {
+        _ = graceful.shutdown() => debug!(server = what, "drained"),
+        _ = tokio::time::sleep(drain) => {
+            warn!(server = what, remaining = connections.len(), "drain timeout: closing the remaining connections");
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn accept_error(e: std::io::Error) {
+    // Out of file descriptors and the like: wait a little instead of spinning.
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Binds a listener, naming what it is for on failure.
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+/// The traffic listener's I/O threads, started and waiting for connections.
+pub(crate) struct IoThreads {
+    threads: Vec<IoThread>,
+}
+
+struct IoThread {
+    tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl IoThreads {
+    /// Starts `count` threads (at least one). `router` is called once per thread, on the
+    /// calling thread, so each gets its own state (its own upstream connection pool).
+    /// Each thread stops taking connections on `shutdown` and drains its own for at most
+    /// `drain`.
+    pub(crate) fn start(
+        count: usize,
+        mut router: impl FnMut() -> Result<Router, GatewayError>,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Result<IoThreads, GatewayError> {
+        let mut threads = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| GatewayError::Runtime(e.to_string()))?;
+            let router = router()?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let source = Source::Handoff {
+                rx,
+                open: Arc::clone(&open),
+            };
+            let shutdown = shutdown.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("switchyard-io-{index}"))
+                .spawn(move || {
+                    runtime.block_on(serve_from(source, router, shutdown, drain, "traffic"));
+                })
+                .map_err(|e| GatewayError::Runtime(e.to_string()))?;
+            threads.push(IoThread { tx, open, handle });
+        }
+        Ok(IoThreads { threads })
+    }
+
+    /// Accepts on `listener` until `shutdown`, handing each connection to the thread with
+    /// the fewest open connections; then waits for every thread to finish draining.
+    pub(crate) async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let mut threads = self.threads;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            };
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot hand a connection over");
+                    continue;
+                }
+            };
+            threads = hand_over(threads, stream, peer);
+            if threads.is_empty() {
+                warn!("every I/O thread is gone: the traffic listener stops");
+                break;
+            }
+        }
+        drop(listener);
+        for IoThread { tx, handle, .. } in threads {
+            drop(tx);
+            match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => warn!("an I/O thread panicked"),
+                Err(e) => warn!(error = %e, "cannot join an I/O thread"),
+            }
+        }
+        info!(server = "traffic", "drained");
+    }
+}
+
+/// Gives `stream` to the thread with the fewest open connections. A thread that can no
+/// longer take connections (it died) is dropped from the list and the next one is tried.
+fn hand_over(
+    mut threads: Vec<IoThread>,
+    mut stream: std::net::TcpStream,
+    peer: SocketAddr,
+) -> Vec<IoThread> {
+    while let Some((index, thread)) = threads
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, t)| t.open.load(Ordering::Relaxed))
+    {
+        thread.open.fetch_add(1, Ordering::Relaxed);
+        match thread.tx.send((stream, peer)) {
+            Ok(()) => break,
+            Err(mpsc::error::SendError((returned, _))) => {
+                warn!(thread = index, "an I/O thread is gone");
+                stream = returned;
+                threads.swap_remove(index);
+            }
+        }
+    }
+    threads
+}
+
+/// The default number of I/O threads: one per core the process may use.
+pub(crate) fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}

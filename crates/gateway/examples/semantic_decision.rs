@@ -318,33 +318,33 @@ async fn run(args: Args) -> Result<(), String> {
         percentile(&all, 0.99)
     );
     if args.encoder == EncoderKind::MiniLm && args.long > 0 {
-        // Long prompts: consecutive test sentences joined up to `long_tokens` tokens
+        // Long prompts: the words of consecutive test sentences, up to `long_tokens` tokens
         // (counted by the model's own tokenizer, [CLS] and [SEP] included).
         let tokenizer =
             switchyard_semantic::MiniLmEncoder::load(&args.models.join("all-MiniLM-L6-v2"))
                 .map_err(|e| e.to_string())?;
         let mut long = Vec::with_capacity(args.long);
-        let mut next = offset + total;
+        let mut words = prompts[offset + total..]
+            .iter()
+            .chain(prompts.iter())
+            .flat_map(|p| p.split_whitespace())
+            .cycle();
         for _ in 0..args.long {
+            // Word by word up to the count, so each prompt is within a token or two of it.
             let mut text = String::new();
-            loop {
-                let sentence = &prompts[next % prompts.len()];
-                next += 1;
+            for word in words.by_ref() {
                 let candidate = if text.is_empty() {
-                    sentence.clone()
+                    word.to_owned()
                 } else {
-                    format!("{text} {sentence}")
+                    format!("{text} {word}")
                 };
                 let count = tokenizer
                     .token_count(&candidate)
                     .map_err(|e| e.to_string())?;
-                if count > args.long_tokens && !text.is_empty() {
+                if count > args.long_tokens {
                     break;
                 }
                 text = candidate;
-                if count == args.long_tokens {
-                    break;
-                }
             }
             long.push(text);
         }

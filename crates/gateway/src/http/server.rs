@@ -274,3 +274,53 @@ fn hand_over(
 pub(crate) fn default_io_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Inbox = mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+
+    fn thread(open: usize) -> (IoThread, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = std::thread::spawn(|| {});
+        let open = Arc::new(AtomicUsize::new(open));
+        (IoThread { tx, open, handle }, rx)
+    }
+
+    fn connection() -> (std::net::TcpStream, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        (stream, addr)
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_least_busy_thread() {
+        let (busy, mut busy_rx) = thread(3);
+        let (idle, mut idle_rx) = thread(1);
+        let (stream, peer) = connection();
+        let threads = hand_over(vec![busy, idle], stream, peer);
+        assert_eq!(threads.len(), 2);
+        assert!(idle_rx.try_recv().is_ok());
+        assert!(busy_rx.try_recv().is_err());
+        assert_eq!(threads[1].open.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_dead_thread_is_skipped_and_dropped() {
+        let (dead, dead_rx) = thread(0);
+        drop(dead_rx);
+        let (alive, mut alive_rx) = thread(5);
+        let (stream, peer) = connection();
+        let threads = hand_over(vec![dead, alive], stream, peer);
+        assert_eq!(threads.len(), 1);
+        assert!(alive_rx.try_recv().is_ok());
+        assert_eq!(threads[0].open.load(Ordering::Relaxed), 6);
+
+        // With none left, the connection is dropped and the list is empty.
+        let (stream, peer) = connection();
+        drop(alive_rx);
+        assert!(hand_over(threads, stream, peer).is_empty());
+    }
+}

@@ -121,29 +121,6 @@ fn upstream_client(config: &GatewayConfig) -> Result<http::UpstreamClient, Gatew
     http::UpstreamClient::new(config.upstream_connect_timeout).map_err(GatewayError::HttpClient)
 }
 
-/// Upstream LLM calls connect directly: the proxy environment variables are not read (an
-/// egress proxy is not supported yet). Say so at start rather than let an operator who set
-/// them wonder where the traffic went.
-fn warn_of_proxy_settings() {
-    let set: Vec<&str> = [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ]
-    .into_iter()
-    .filter(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-    .collect();
-    if !set.is_empty() {
-        warn!(
-            variables = ?set,
-            "upstream LLM calls connect directly: the proxy environment variables are ignored"
-        );
-    }
-}
-
 /// The pacing of the control-plane stream. The defaults are the production ones; tests
 /// shorten them.
 #[derive(Debug, Clone)]
@@ -202,7 +179,6 @@ impl Gateway {
             None => cache.node_id().map_err(cache_error)?,
         };
         // The semantic engine's client (remote embedding services), shared by every thread.
-        warn_of_proxy_settings();
         let embeddings_client = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             .tcp_nodelay(true)

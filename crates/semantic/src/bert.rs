@@ -468,7 +468,7 @@ struct Attend<'a> {
 
 impl Attend<'_> {
     fn run(self) {
-        simd_op(self);
+        simd(self);
     }
 }
 
@@ -494,19 +494,13 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// √(2/π), for the tanh approximation of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
-/// Runs `f` compiled for the best vector instruction set this CPU has (AVX-512 or AVX2 with
-/// FMA on x86-64, picked once at run time): the loops inside are vectorised for it instead
-/// of for the baseline the binary is built for (SSE2). Everything `f` calls must be inlined
-/// into it for that to apply (hence the `#[inline(always)]` on the helpers).
+/// Runs `op` (a closure, or a [`pulp::WithSimd`] for bodies too large for a closure to be
+/// inlined) compiled for the best vector instruction set this CPU has (AVX-512 or AVX2 with
+/// FMA on x86-64, picked once at run time): the loops inside are vectorised for it instead of
+/// for the baseline the binary is built for (SSE2). Everything `op` calls must be inlined into
+/// it for that to apply (hence the `#[inline(always)]` on the helpers).
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    simd_op(f)
-}
-
-/// [`simd`] for an operation written as a [`pulp::WithSimd`] (whose `with_simd` is
-/// `#[inline(always)]`, so a large body is still compiled for the vector instructions).
-#[inline(always)]
-fn simd_op<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+fn simd<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
     ARCH.dispatch(op)
 }

@@ -219,8 +219,7 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError>
     if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
         return Err(refuse_too_large(body).await);
     }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<bytes::BytesMut> = None;
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0_usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::BodyRead(e.to_string()))?;
@@ -231,21 +230,14 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError>
         if total > BODY_LIMIT {
             return Err(refuse_too_large(body).await);
         }
-        // One chunk (the usual case) is kept as it is; more are joined.
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(chunk),
-            (Some(_), None) => {
-                let mut buf = bytes::BytesMut::with_capacity(
-                    declared.map_or(2 * total, |len| usize::try_from(len).unwrap_or(total)),
-                );
-                buf.extend_from_slice(&first.take().unwrap_or_default());
-                buf.extend_from_slice(&chunk);
-                joined = Some(buf);
-            }
-            (_, Some(buf)) => buf.extend_from_slice(&chunk),
-        }
+        chunks.push(chunk);
     }
-    Ok(joined.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
+    // One chunk (the usual case) is kept as it is; more are joined.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 /// How much of an over-limit body is still read (and dropped) before the 413 goes out, and

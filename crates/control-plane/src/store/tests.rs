@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_model::{Limits, ProxySpec, parse_proxy_input};
+use switchyard_model::{Limits, ProxySpec, SemanticService, parse_proxy_input};
 use switchyard_testkit::pg::PgDatabase;
 
 use super::*;

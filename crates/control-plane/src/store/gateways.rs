@@ -1,0 +1,194 @@
+//! Gateways: the named deployment targets proxies belong to, their registration tokens,
+//! and the row lock and version bump every write to a gateway's configuration goes through.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use switchyard_model::ErrorCode;
+use uuid::Uuid;
+
+use super::{Backend, PG_CHANNEL, Store, StoreError, from_ms, is_unique_violation, ms, to_u64};
+
+/// A gateway as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRecord {
+    pub id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub config_version: u64,
+    pub created_at: DateTime<Utc>,
+    pub proxies: u64,
+}
+
+impl Store {
+    pub async fn create_gateway(
+        &self,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<GatewayRecord, StoreError> {
+        let _guard = self.write_guard().await;
+        let now = Utc::now();
+        let id = Uuid::new_v4().to_string();
+        let res = sqlx::query(
+            "INSERT INTO gateways (id, name, token_hash, config_version, created_at) VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(token_hash)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "gateway '{name}' already exists"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(GatewayRecord {
+            id,
+            name: name.to_owned(),
+            token_hash: token_hash.to_owned(),
+            config_version: 0,
+            created_at: from_ms(ms(now)),
+            proxies: 0,
+        })
+    }
+
+    const GATEWAY_COLUMNS: &'static str = "g.id, g.name, g.token_hash, g.config_version, g.created_at, \
+         (SELECT COUNT(*) FROM proxies p WHERE p.gateway_id = g.id) AS proxies";
+
+    fn gateway_from_row(row: &AnyRow) -> Result<GatewayRecord, StoreError> {
+        Ok(GatewayRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            token_hash: row.try_get("token_hash")?,
+            config_version: to_u64(row.try_get("config_version")?),
+            created_at: from_ms(row.try_get("created_at")?),
+            proxies: to_u64(row.try_get("proxies")?),
+        })
+    }
+
+    pub async fn list_gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM gateways g ORDER BY g.name",
+            Self::GATEWAY_COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::gateway_from_row).collect()
+    }
+
+    pub async fn get_gateway(&self, name: &str) -> Result<Option<GatewayRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM gateways g WHERE g.name = $1",
+            Self::GATEWAY_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::gateway_from_row).transpose()
+    }
+
+    pub async fn set_gateway_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        let res = sqlx::query("UPDATE gateways SET token_hash = $1 WHERE name = $2")
+            .bind(token_hash)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound("gateway"));
+        }
+        Ok(())
+    }
+
+    /// Deletes a gateway with no proxies (its node records go with it).
+    pub async fn delete_gateway(&self, name: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT id FROM gateways WHERE name = $1{}",
+            self.for_update()
+        );
+        let id: String = match sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(row) => row.try_get("id")?,
+            None => return Err(StoreError::NotFound("gateway")),
+        };
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM proxies WHERE gateway_id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if count > 0 {
+            return Err(StoreError::Conflict(format!(
+                "gateway '{name}' still has {count} prox{} deployed; delete them first",
+                if count == 1 { "y" } else { "ies" }
+            )));
+        }
+        sqlx::query("DELETE FROM nodes WHERE gateway_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM gateways WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Locks the gateway's row for the rest of the transaction and returns its id.
+    pub(super) async fn lock_gateway(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        name: &str,
+    ) -> Result<String, StoreError> {
+        let sql = format!(
+            "SELECT id FROM gateways WHERE name = $1{}",
+            self.for_update()
+        );
+        match sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+        {
+            Some(row) => Ok(row.try_get("id")?),
+            None => Err(StoreError::Rejected {
+                code: ErrorCode::InvalidValue,
+                field: "gateway",
+                message: format!("gateway '{name}' does not exist"),
+            }),
+        }
+    }
+
+    /// Bumps the gateway's config version; on PostgreSQL also queues a notification that is
+    /// delivered to every replica when (and only if) the transaction commits.
+    pub(super) async fn bump_version(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        gateway_id: &str,
+        gateway_name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE gateways SET config_version = config_version + 1 WHERE id = $1")
+            .bind(gateway_id)
+            .execute(&mut **tx)
+            .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(PG_CHANNEL)
+                .bind(gateway_name)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -28,6 +28,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
 use crate::encoder::l2_normalize;
+use crate::simd::simd;
 
 /// One linear layer: `x · W + b`, with `W` stored transposed as `(in, out)` for the product.
 struct Linear {
@@ -494,16 +495,6 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// √(2/π), for the tanh approximation of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
-/// Runs `op` (a closure, or a [`pulp::WithSimd`] for bodies too large for a closure to be
-/// inlined) compiled for the best vector instruction set this CPU has (AVX-512 or AVX2 with
-/// FMA on x86-64, picked once at run time): the loops inside are vectorised for it instead of
-/// for the baseline the binary is built for (SSE2). Everything `op` calls must be inlined into
-/// it for that to apply (hence the `#[inline(always)]` on the helpers).
-#[inline(always)]
-fn simd<Op: pulp::WithSimd>(op: Op) -> Op::Output {
-    static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
-    ARCH.dispatch(op)
-}
 
 #[inline(always)]
 fn add_in_place(x: &mut [f32], y: &[f32]) {

@@ -37,6 +37,13 @@ pub trait Encoder: Send + Sync {
 /// Eight independent accumulators let the compiler vectorise the loop.
 #[must_use]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_unrolled(a, b)
+}
+
+/// [`dot`], always inlined, so that inside a [`crate::simd::simd`] block it is compiled for
+/// the CPU's widest vectors.
+#[inline(always)]
+pub(crate) fn dot_unrolled(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0_f32; 8];

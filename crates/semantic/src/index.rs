@@ -1,41 +1,112 @@
-//! [`TopicIndex`]: nearest-topic scoring over utterance vectors, and
-//! [`EmbeddingCache`]: utterance vectors kept across index rebuilds.
+//! [`TopicIndex`]: topic scoring over utterance vectors, and [`EmbeddingCache`]:
+//! utterance vectors kept across index rebuilds.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::encoder::{Encoder, dot, l2_normalize};
+use crate::encoder::{Encoder, dot_unrolled, l2_normalize};
 use crate::error::IndexError;
+use crate::scoring::{Scoring, TopN};
+use crate::simd::simd;
 
 /// Utterances encoded per [`Encoder::encode_batch`] call while building.
 const BUILD_BATCH: usize = 64;
 
+/// One topic's utterance vectors: unit-norm rows in one contiguous block.
+///
+/// Held behind an [`Arc`], so one block can serve several indexes: a gateway node encodes a
+/// library topic used by a dozen proxies once and shares the block among their indexes
+/// ([`TopicIndexBuilder::add_shared_topic`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicVectors {
+    dim: usize,
+    data: Vec<f32>,
+}
+
+impl TopicVectors {
+    /// Copies `vectors` (each normalised to unit length) into one block.
+    ///
+    /// # Errors
+    /// [`IndexError::DimensionMismatch`] or [`IndexError::NonFinite`].
+    pub fn new<'v, V>(
+        dim: usize,
+        vectors: impl IntoIterator<Item = &'v V>,
+    ) -> Result<Self, IndexError>
+    where
+        V: AsRef<[f32]> + ?Sized + 'v,
+    {
+        let mut data = Vec::new();
+        for v in vectors {
+            let v = v.as_ref();
+            check_vector(dim, v)?;
+            let start = data.len();
+            data.extend_from_slice(v);
+            l2_normalize(&mut data[start..]);
+        }
+        Ok(TopicVectors { dim, data })
+    }
+
+    /// Number of vectors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim.max(1)
+    }
+
+    /// Whether the block holds no vector.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Vector dimension.
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Bytes held by the vectors.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+
+    /// The `i`-th vector, if there is one.
+    #[must_use]
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        let dim = self.dim.max(1);
+        self.data.get(i * dim..(i + 1) * dim)
+    }
+
+    fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.data.chunks_exact(self.dim.max(1))
+    }
+}
+
 /// A set of topics, each described by example utterances, scored against a
 /// query vector by cosine similarity.
 ///
-/// A topic's score is the maximum similarity between the query and any of its
-/// utterances (nearest example, not centroid: a topic may cover several
-/// phrasings that average badly).
+/// A topic's score combines the query's similarities with the topic's utterances by the
+/// index's [`Scoring`] rule: [`Scoring::Nearest`] (the nearest example) by default, or the
+/// mean of the nearest few ([`Scoring::NearestMean`], semantic routing's default). Either way
+/// adding an utterance never lowers its topic's score.
 ///
 /// # Layout and cost
-/// All utterance vectors live in one row-major `Vec<f32>` (`utterances × dim`),
-/// grouped by topic, so a query is scored in one sequential pass over memory:
-/// `O(utterances × dim)` multiply-adds, no allocation besides the result
-/// (`O(topics)`), plus an `O(topics log topics)` sort in [`TopicIndex::score`].
-/// 10,000 utterances of 384 dimensions are about 4M multiply-adds, roughly a
-/// millisecond on one core: negligible next to encoding the query with MiniLM.
-/// (Beyond ~10⁵ utterances an approximate index would be worth it; routing
-/// configurations are far smaller.)
+/// Each topic's vectors live in one row-major block (`utterances × dim`), so a query is
+/// scored in one sequential pass over memory: `O(utterances × dim)` multiply-adds, compiled
+/// for the widest vector instructions of the CPU, plus an `O(topics log topics)` sort in
+/// [`TopicIndex::score`]. 12,000 utterances of 384 dimensions are about 4.6M multiply-adds,
+/// well under a millisecond here: negligible next to encoding the query with MiniLM.
+/// (Beyond ~10⁵ utterances an approximate index would be worth it; routing configurations
+/// are far smaller.)
 ///
-/// An index is immutable once built; build a new one per configuration
-/// snapshot (cheaply, with an [`EmbeddingCache`]) and swap it in.
+/// An index is immutable once built; build a new one per configuration snapshot (cheaply,
+/// with an [`EmbeddingCache`], sharing [`TopicVectors`] blocks) and swap it in.
 #[derive(Debug, Clone)]
 pub struct TopicIndex {
     dim: usize,
     labels: Vec<String>,
-    /// Topic `t` owns rows `offsets[t]..offsets[t + 1]`.
-    offsets: Vec<usize>,
-    /// Unit-norm utterance vectors, row-major.
-    vectors: Vec<f32>,
+    topics: Vec<Arc<TopicVectors>>,
+    scoring: Scoring,
 }
 
 /// One topic's score for a query.
@@ -45,7 +116,8 @@ pub struct TopicScore<'a> {
     pub topic: usize,
     /// The topic's label.
     pub label: &'a str,
-    /// Cosine similarity with the topic's nearest utterance, in `[-1, 1]`.
+    /// The topic's score by the index's [`Scoring`] rule: a cosine similarity (or a mean
+    /// of some, less a penalty), at most 1.
     pub score: f32,
 }
 
@@ -78,15 +150,16 @@ impl<'a> TopicScores<'a> {
 
 impl TopicIndex {
     /// Starts an index of `dim`-dimensional vectors, to be filled with
-    /// pre-computed vectors.
+    /// pre-computed vectors. It scores with [`Scoring::Nearest`] unless
+    /// [`TopicIndex::with_scoring`] says otherwise.
     #[must_use]
     pub fn builder(dim: usize) -> TopicIndexBuilder {
         TopicIndexBuilder {
             index: TopicIndex {
                 dim,
                 labels: Vec::new(),
-                offsets: vec![0],
-                vectors: Vec::new(),
+                topics: Vec::new(),
+                scoring: Scoring::Nearest,
             },
             seen: HashSet::new(),
         }
@@ -133,40 +206,33 @@ impl TopicIndex {
         I: IntoIterator<Item = U>,
         U: AsRef<str>,
     {
-        cache.check_encoder(encoder)?;
         let topics: Vec<(String, Vec<U>)> = topics
             .into_iter()
             .map(|(label, utterances)| (label.into(), utterances.into_iter().collect()))
             .collect();
-
-        let mut missing: Vec<&str> = Vec::new();
-        let mut queued: HashSet<&str> = HashSet::new();
-        for (_, utterances) in &topics {
-            for u in utterances {
-                let u = u.as_ref();
-                if cache.get(u).is_none() && queued.insert(u) {
-                    missing.push(u);
-                }
-            }
-        }
-        for chunk in missing.chunks(BUILD_BATCH) {
-            let vectors = encoder.encode_batch(chunk)?;
-            for (text, v) in chunk.iter().zip(vectors) {
-                cache.insert((*text).to_owned(), v)?;
-            }
-        }
-
+        cache.encode_missing(
+            encoder,
+            topics.iter().flat_map(|(_, u)| u.iter().map(AsRef::as_ref)),
+        )?;
         let mut builder = Self::builder(encoder.dim());
         for (label, utterances) in &topics {
-            let mut rows = Vec::with_capacity(utterances.len());
-            for u in utterances {
-                // Every utterance was inserted above; a miss would be a bug,
-                // reported as an empty-vector dimension error rather than a panic.
-                rows.push(cache.get(u.as_ref()).unwrap_or(&[]));
-            }
-            builder.add_topic(label.clone(), rows)?;
+            let block = TopicVectors::from_cache(encoder.dim(), utterances, cache)?;
+            builder.add_shared_topic(label.clone(), Arc::new(block))?;
         }
         Ok(builder.build())
+    }
+
+    /// The same index scoring by `scoring`.
+    #[must_use]
+    pub fn with_scoring(mut self, scoring: Scoring) -> Self {
+        self.scoring = scoring;
+        self
+    }
+
+    /// The rule this index scores by.
+    #[must_use]
+    pub fn scoring(&self) -> Scoring {
+        self.scoring
     }
 
     /// Vector dimension.
@@ -184,13 +250,19 @@ impl TopicIndex {
     /// Number of utterance vectors over all topics.
     #[must_use]
     pub fn utterance_count(&self) -> usize {
-        self.offsets.last().copied().unwrap_or(0)
+        self.topics.iter().map(|t| t.len()).sum()
     }
 
     /// Topic labels in index order.
     #[must_use]
     pub fn labels(&self) -> &[String] {
         &self.labels
+    }
+
+    /// The vector blocks of the topics, in index order.
+    #[must_use]
+    pub fn topic_vectors(&self) -> &[Arc<TopicVectors>] {
+        &self.topics
     }
 
     /// Scores every topic against `query` (normalised here, so any non-zero
@@ -222,26 +294,49 @@ impl TopicIndex {
         check_vector(self.dim, query)?;
         let mut q = query.to_vec();
         l2_normalize(&mut q);
-        let dim = self.dim.max(1);
-        let mut rows = self.vectors.chunks_exact(dim);
-        let mut out = Vec::with_capacity(self.labels.len());
-        for (topic, (label, bounds)) in self.labels.iter().zip(self.offsets.windows(2)).enumerate()
-        {
-            let n = bounds[1] - bounds[0];
-            let score = rows
-                .by_ref()
-                .take(n)
-                .map(|row| dot(row, &q))
-                .fold(f32::NEG_INFINITY, f32::max);
-            out.push(TopicScore {
+        let nearest = self.nearest(&q, None);
+        Ok(self
+            .labels
+            .iter()
+            .zip(nearest)
+            .enumerate()
+            .map(|(topic, (label, top))| TopicScore {
                 topic,
                 label,
-                score,
-            });
-        }
-        Ok(out)
+                score: self.scoring.combine(top.as_slice()),
+            })
+            .collect())
+    }
+
+    /// Every topic's nearest similarities to the unit vector `q`, leaving out the row
+    /// `skip` = `(topic, row)` and, in that topic, rows identical to `q` (its duplicates).
+    pub(crate) fn nearest(&self, q: &[f32], skip: Option<(usize, usize)>) -> Vec<TopN> {
+        let depth = self.scoring.depth();
+        simd(|| {
+            self.topics
+                .iter()
+                .enumerate()
+                .map(|(t, block)| {
+                    let mut top = TopN::new(depth);
+                    let skip_row = skip.filter(|(st, _)| *st == t).map(|(_, r)| r);
+                    for (r, row) in block.rows().enumerate() {
+                        let s = dot_unrolled(row, q);
+                        if let Some(own) = skip_row
+                            && (r == own || s >= DUPLICATE_SIMILARITY)
+                        {
+                            continue;
+                        }
+                        top.push(s);
+                    }
+                    top
+                })
+                .collect()
+        })
     }
 }
+
+/// Two unit vectors at least this similar are the same utterance (up to rounding).
+const DUPLICATE_SIMILARITY: f32 = 0.999_99;
 
 /// Fills a [`TopicIndex`] with pre-computed vectors; see [`TopicIndex::builder`].
 #[derive(Debug)]
@@ -265,30 +360,38 @@ impl TopicIndexBuilder {
     where
         V: AsRef<[f32]> + ?Sized + 'v,
     {
+        let block = TopicVectors::new(self.index.dim, vectors)?;
+        self.add_shared_topic(label, Arc::new(block))
+    }
+
+    /// Adds a topic whose vectors are `block`, shared with whoever else holds it (e.g. the
+    /// indexes of other proxies using the same library topic).
+    ///
+    /// # Errors
+    /// [`IndexError::DuplicateTopic`], [`IndexError::EmptyTopic`] or
+    /// [`IndexError::DimensionMismatch`] (the block's dimension is not the index's); the
+    /// builder is unchanged on error.
+    pub fn add_shared_topic(
+        &mut self,
+        label: impl Into<String>,
+        block: Arc<TopicVectors>,
+    ) -> Result<&mut Self, IndexError> {
         let label = label.into();
         if self.seen.contains(&label) {
             return Err(IndexError::DuplicateTopic { label });
         }
-        let index = &mut self.index;
-        let start = index.vectors.len();
-        let mut added = 0;
-        for v in vectors {
-            let v = v.as_ref();
-            if let Err(e) = check_vector(index.dim, v) {
-                index.vectors.truncate(start);
-                return Err(e);
-            }
-            index.vectors.extend_from_slice(v);
-            l2_normalize(&mut index.vectors[start + added * index.dim..]);
-            added += 1;
+        if block.dim != self.index.dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.index.dim,
+                got: block.dim,
+            });
         }
-        if added == 0 {
+        if block.is_empty() {
             return Err(IndexError::EmptyTopic { label });
         }
-        let rows = index.offsets.last().copied().unwrap_or(0) + added;
-        index.offsets.push(rows);
         self.seen.insert(label.clone());
-        index.labels.push(label);
+        self.index.labels.push(label);
+        self.index.topics.push(block);
         Ok(self)
     }
 
@@ -296,6 +399,37 @@ impl TopicIndexBuilder {
     #[must_use]
     pub fn build(self) -> TopicIndex {
         self.index
+    }
+}
+
+impl TopicVectors {
+    /// Encodes `utterances` (those `cache` does not hold yet, in batches) and copies their
+    /// vectors into a block, in order.
+    ///
+    /// # Errors
+    /// An encoder failure, [`IndexError::CacheEncoderMismatch`] if `cache` was made for
+    /// another encoder.
+    pub fn encode_cached<U: AsRef<str>>(
+        encoder: &dyn Encoder,
+        utterances: &[U],
+        cache: &mut EmbeddingCache,
+    ) -> Result<Self, IndexError> {
+        cache.encode_missing(encoder, utterances.iter().map(AsRef::as_ref))?;
+        Self::from_cache(encoder.dim(), utterances, cache)
+    }
+
+    /// The block of `utterances`' vectors, all of which `cache` must hold.
+    fn from_cache<U: AsRef<str>>(
+        dim: usize,
+        utterances: &[U],
+        cache: &EmbeddingCache,
+    ) -> Result<Self, IndexError> {
+        // A miss would be a bug, reported as a dimension error rather than a panic.
+        let rows: Vec<&[f32]> = utterances
+            .iter()
+            .map(|u| cache.get(u.as_ref()).unwrap_or(&[]))
+            .collect();
+        TopicVectors::new(dim, rows)
     }
 }
 
@@ -395,6 +529,34 @@ impl EmbeddingCache {
     pub fn retain_texts<T: AsRef<str>>(&mut self, keep: impl IntoIterator<Item = T>) {
         let keep: HashSet<String> = keep.into_iter().map(|t| t.as_ref().to_owned()).collect();
         self.map.retain(|text, _| keep.contains(text));
+    }
+
+    /// Encodes the `texts` this cache does not hold yet with `encoder` (in batches, each
+    /// distinct text once) and stores their vectors.
+    ///
+    /// # Errors
+    /// An encoder failure, or [`IndexError::CacheEncoderMismatch`] if this cache was made
+    /// for another encoder.
+    pub fn encode_missing<'t>(
+        &mut self,
+        encoder: &dyn Encoder,
+        texts: impl IntoIterator<Item = &'t str>,
+    ) -> Result<usize, IndexError> {
+        self.check_encoder(encoder)?;
+        let mut missing: Vec<&str> = Vec::new();
+        let mut queued: HashSet<&str> = HashSet::new();
+        for t in texts {
+            if self.get(t).is_none() && queued.insert(t) {
+                missing.push(t);
+            }
+        }
+        for chunk in missing.chunks(BUILD_BATCH) {
+            let vectors = encoder.encode_batch(chunk)?;
+            for (text, v) in chunk.iter().zip(vectors) {
+                self.insert((*text).to_owned(), v)?;
+            }
+        }
+        Ok(missing.len())
     }
 
     fn check_encoder(&self, encoder: &dyn Encoder) -> Result<(), IndexError> {

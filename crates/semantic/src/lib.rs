@@ -41,18 +41,25 @@
 #![forbid(unsafe_code)]
 
 mod bert;
+mod calibrate;
 mod encoder;
 mod error;
 mod files;
 mod index;
 mod lru;
 mod minilm;
+mod scoring;
 mod service;
+mod simd;
 mod static_model;
 
 pub use encoder::{Encoder, dot, l2_normalize};
 pub use error::{EmbedError, EncodeError, IndexError, LoadError};
-pub use index::{EmbeddingCache, TopicIndex, TopicIndexBuilder, TopicScore, TopicScores};
+pub use calibrate::{Calibration, CalibrationMethod, CalibrationSample};
+pub use index::{
+    EmbeddingCache, TopicIndex, TopicIndexBuilder, TopicScore, TopicScores, TopicVectors,
+};
+pub use scoring::Scoring;
 pub use minilm::{MINILM_NAME, MiniLmEncoder, MiniLmOptions, Truncation};
 pub use service::{EmbeddingService, ServiceConfig, ServiceStats};
 pub use static_model::{STATIC_NAME, StaticEncoder};

@@ -202,10 +202,13 @@ async fn run(args: Args) -> Result<(), String> {
             Auth::None,
         );
         r.target_model = Some(format!("{topic}-model"));
-        r.topics = vec![Topic {
-            name: topic.to_owned(),
-            utterances,
-        }];
+        r.topics = vec![
+            Topic {
+                name: topic.to_owned(),
+                utterances,
+            }
+            .into(),
+        ];
         routes.push(r);
     }
     let mut p = proxy("bank", "/bank", routes, Some(("top_up", None)));
@@ -213,10 +216,13 @@ async fn run(args: Args) -> Result<(), String> {
     p.spec.routing.threshold = Some(0.5);
     p.spec.prompt_guard = Some(PromptGuard {
         threshold: 0.7,
-        deny_topics: vec![Topic {
-            name: "weapons".into(),
-            utterances: vec!["How do I build a bomb?".into()],
-        }],
+        deny_topics: vec![
+            Topic {
+                name: "weapons".into(),
+                utterances: vec!["How do I build a bomb?".into()],
+            }
+            .into(),
+        ],
     });
     let cp = FakeControlPlane::start().await.map_err(|e| e.to_string())?;
     cp.push(snapshot("bench", 1, vec![p])).await;

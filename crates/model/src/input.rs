@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::names::{validate_base_path, validate_name};
 use crate::{
     Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, RegexGuard,
-    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, Topic, ValidationError,
-    validate_gateway_name,
+    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, Topic, TopicSource,
+    ValidationError, validate_gateway_name,
 };
 
 /// The body of `POST /proxies` and `PUT /proxies/{id}`.
@@ -103,11 +103,16 @@ pub struct AuthInput {
     pub session_token: Option<String>,
 }
 
+/// An inline topic (`name`, `utterances`) or a reference to a library topic (`ref`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicInput {
-    pub name: String,
-    pub utterances: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub utterances: Option<Vec<String>>,
+    #[serde(default, rename = "ref")]
+    pub library: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +207,7 @@ impl ProxyInput {
 
         let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
         let mut topic_count = 0usize;
+        let mut library_count = 0usize;
         for (i, input) in self.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
             let prev = |name: &str| previous.and_then(|p| p.route(name));
@@ -218,13 +224,26 @@ impl ProxyInput {
                     "a proxy of format 'gemini' routes to 'gemini' routes only",
                 ));
             }
-            for (t, _) in route.topics.iter().enumerate() {
+            for (t, topic) in route.topics.iter().enumerate() {
+                if topic.library_name().is_some() {
+                    library_count += 1;
+                    if library_count > limits.library_topics_per_proxy {
+                        return Err(ValidationError::limit(
+                            format!("{field}.topics[{t}]"),
+                            format!(
+                                "at most {} library topics across all routes of a proxy",
+                                limits.library_topics_per_proxy
+                            ),
+                        ));
+                    }
+                    continue;
+                }
                 topic_count += 1;
                 if topic_count > limits.topics_per_proxy {
                     return Err(ValidationError::limit(
                         format!("{field}.topics[{t}]"),
                         format!(
-                            "at most {} prompt topics across all routes of a proxy",
+                            "at most {} inline prompt topics across all routes of a proxy (refer to library topics for more)",
                             limits.topics_per_proxy
                         ),
                     ));
@@ -234,7 +253,7 @@ impl ProxyInput {
         }
         check_unique_topic_names(&routes)?;
 
-        let routing = validate_routing(self.routing, &routes, topic_count)?;
+        let routing = validate_routing(self.routing, &routes, topic_count + library_count)?;
 
         let prompt_guard = match self.prompt_guard {
             None => None,
@@ -268,10 +287,15 @@ fn check_unique_topic_names(routes: &[Route]) -> Result<(), ValidationError> {
     let mut seen = std::collections::HashSet::new();
     for (i, route) in routes.iter().enumerate() {
         for (t, topic) in route.topics.iter().enumerate() {
-            if !seen.insert(topic.name.as_str()) {
+            if !seen.insert(topic.name()) {
+                let leaf = if topic.library_name().is_some() {
+                    "ref"
+                } else {
+                    "name"
+                };
                 return Err(ValidationError::rule(
-                    format!("routes[{i}].topics[{t}].name"),
-                    format!("topic name '{}' is used twice in this proxy", topic.name),
+                    format!("routes[{i}].topics[{t}].{leaf}"),
+                    format!("topic name '{}' is used twice in this proxy", topic.name()),
                 ));
             }
         }
@@ -611,27 +635,53 @@ impl TopicInput {
         field: &str,
         max_utterances: usize,
         max_chars: usize,
-    ) -> Result<Topic, ValidationError> {
-        let name = self.name.trim();
+    ) -> Result<TopicSource, ValidationError> {
+        if let Some(library) = self.library {
+            for (present, name) in [
+                (self.name.is_some(), "name"),
+                (self.utterances.is_some(), "utterances"),
+            ] {
+                if present {
+                    return Err(ValidationError::rule(
+                        format!("{field}.{name}"),
+                        "a reference to a library topic takes only 'ref' (its utterances live in the library)",
+                    ));
+                }
+            }
+            crate::topic::validate_topic_name(&format!("{field}.ref"), &library)?;
+            return Ok(TopicSource::Library { name: library });
+        }
+        let missing = |name: &str| {
+            ValidationError::new(
+                ErrorCode::Malformed,
+                field,
+                format!("missing field `{name}` (or `ref` to a library topic)"),
+            )
+        };
+        let name = self.name.ok_or_else(|| missing("name"))?;
+        let utterances = self.utterances.ok_or_else(|| missing("utterances"))?;
+        let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 {
             return Err(ValidationError::invalid(
                 format!("{field}.name"),
                 "must be 1-64 characters",
             ));
         }
-        if self.utterances.is_empty() {
+        if utterances.is_empty() {
             return Err(ValidationError::rule(
                 format!("{field}.utterances"),
                 "a topic needs at least one utterance",
             ));
         }
-        if self.utterances.len() > max_utterances {
+        if utterances.len() > max_utterances {
             return Err(ValidationError::limit(
                 format!("{field}.utterances"),
-                format!("at most {max_utterances} utterances per topic"),
+                format!(
+                    "at most {max_utterances} utterances per inline topic (a library topic holds more)"
+                ),
             ));
         }
-        for (u, utterance) in self.utterances.iter().enumerate() {
+        for (u, utterance) in utterances.iter().enumerate() {
             let chars = utterance.chars().count();
             if utterance.trim().is_empty() {
                 return Err(ValidationError::invalid(
@@ -646,10 +696,10 @@ impl TopicInput {
                 ));
             }
         }
-        Ok(Topic {
+        Ok(TopicSource::Inline(Topic {
             name: name.to_owned(),
-            utterances: self.utterances,
-        })
+            utterances,
+        }))
     }
 }
 
@@ -667,16 +717,23 @@ impl PromptGuardInput {
                 "a prompt guard needs at least one deny topic",
             ));
         }
-        if self.deny_topics.len() > limits.deny_topics_per_proxy {
-            return Err(ValidationError::limit(
-                format!("prompt_guard.deny_topics[{}]", limits.deny_topics_per_proxy),
-                format!(
-                    "at most {} deny-list topics per proxy",
-                    limits.deny_topics_per_proxy
-                ),
-            ));
+        let (mut inline, mut library) = (0usize, 0usize);
+        for (t, topic) in self.deny_topics.iter().enumerate() {
+            let (count, max, what) = if topic.library.is_some() {
+                library += 1;
+                (library, limits.library_topics_per_proxy, "library")
+            } else {
+                inline += 1;
+                (inline, limits.deny_topics_per_proxy, "inline")
+            };
+            if count > max {
+                return Err(ValidationError::limit(
+                    format!("prompt_guard.deny_topics[{t}]"),
+                    format!("at most {max} {what} deny-list topics per proxy"),
+                ));
+            }
         }
-        let mut topics: Vec<Topic> = Vec::with_capacity(self.deny_topics.len());
+        let mut topics: Vec<TopicSource> = Vec::with_capacity(self.deny_topics.len());
         for (t, topic) in self.deny_topics.into_iter().enumerate() {
             let field = format!("prompt_guard.deny_topics[{t}]");
             let topic = topic.validate(
@@ -684,10 +741,15 @@ impl PromptGuardInput {
                 limits.utterances_per_deny_topic,
                 limits.chars_per_utterance,
             )?;
-            if topics.iter().any(|x| x.name == topic.name) {
+            if topics.iter().any(|x| x.name() == topic.name()) {
+                let leaf = if topic.library_name().is_some() {
+                    "ref"
+                } else {
+                    "name"
+                };
                 return Err(ValidationError::rule(
-                    format!("{field}.name"),
-                    format!("deny topic name '{}' is used twice", topic.name),
+                    format!("{field}.{leaf}"),
+                    format!("deny topic name '{}' is used twice", topic.name()),
                 ));
             }
             topics.push(topic);

@@ -15,6 +15,7 @@ mod selector;
 mod service;
 pub mod snapshot;
 mod spec;
+mod topic;
 
 pub use error::{ErrorCode, ValidationError};
 pub use input::{ProxyInput, REGEX_SIZE_LIMIT, compile_guard_regex, parse_proxy_input};
@@ -24,6 +25,11 @@ pub use secret::{REDACTED, Secret};
 pub use selector::{Selector, SelectorSource};
 pub use service::{SemanticServiceInput, parse_semantic_service_input};
 pub use spec::{
-    Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec,
-    RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, SemanticService, Topic,
+    Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, LibraryTopic, PromptGuard, Provider,
+    Proxy, ProxySpec, RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, SemanticService,
+    Topic, TopicSource,
+};
+pub use topic::{
+    LibraryTopicInput, MAX_DESCRIPTION_CHARS, parse_library_topic_input, parse_utterance_lines,
+    validate_topic_name, validate_utterances,
 };

@@ -17,6 +17,28 @@ pub struct Limits {
     /// Characters per regex pattern (each is also compiled with a bounded program size).
     #[serde(default = "default_regex_chars")]
     pub chars_per_regex_pattern: usize,
+    /// Topics in the prompt topic library.
+    #[serde(default = "default_library_topics")]
+    pub library_topics: usize,
+    /// Utterances per library topic.
+    #[serde(default = "default_library_utterances")]
+    pub utterances_per_library_topic: usize,
+    /// Library topics a proxy's routes refer to (besides its inline topics), and, separately,
+    /// library topics its deny list refers to.
+    #[serde(default = "default_library_refs")]
+    pub library_topics_per_proxy: usize,
+}
+
+fn default_library_topics() -> usize {
+    Limits::default().library_topics
+}
+
+fn default_library_utterances() -> usize {
+    Limits::default().utterances_per_library_topic
+}
+
+fn default_library_refs() -> usize {
+    Limits::default().library_topics_per_proxy
 }
 
 fn default_regex_patterns() -> usize {
@@ -39,6 +61,9 @@ impl Default for Limits {
             chars_per_utterance: 500,
             regex_patterns_per_proxy: 20,
             chars_per_regex_pattern: 1000,
+            library_topics: 1000,
+            utterances_per_library_topic: 2000,
+            library_topics_per_proxy: 16,
         }
     }
 }

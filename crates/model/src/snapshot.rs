@@ -10,8 +10,8 @@ use switchyard_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{
-    Auth, Fallback, Format, PromptGuard, Provider, Proxy, ProxySpec, RegexGuard, RegexPattern,
-    Route, Routing, RoutingStrategy, Secret, SemanticService, Topic,
+    Auth, Fallback, Format, LibraryTopic, PromptGuard, Provider, Proxy, ProxySpec, RegexGuard,
+    RegexPattern, Route, Routing, RoutingStrategy, Secret, SemanticService, Topic, TopicSource,
 };
 
 /// Everything one gateway serves, at one version.
@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub proxies: Vec<Proxy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semantic_services: Vec<SemanticService>,
+    /// The library topics the proxies refer to, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<LibraryTopic>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -32,6 +35,11 @@ impl Snapshot {
     /// The semantic service named `name`, if the snapshot carries it.
     pub fn semantic_service(&self, name: &str) -> Option<&SemanticService> {
         self.semantic_services.iter().find(|s| s.name == name)
+    }
+
+    /// The library topic named `name`, if the snapshot carries it.
+    pub fn topic(&self, name: &str) -> Option<&LibraryTopic> {
+        self.topics.iter().find(|t| t.name == name)
     }
 }
 
@@ -58,6 +66,15 @@ impl From<&Snapshot> for pb::Snapshot {
                     url: s.url.clone(),
                     model: s.model.clone(),
                     api_key: s.api_key.as_ref().map(|k| k.expose().to_owned()),
+                })
+                .collect(),
+            topics: s
+                .topics
+                .iter()
+                .map(|t| pb::LibraryTopic {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    utterances: t.utterances.clone(),
                 })
                 .collect(),
         }
@@ -98,6 +115,39 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 api_key: service.api_key.map(Secret::new),
             });
         }
+        let mut topics: Vec<LibraryTopic> = Vec::with_capacity(s.topics.len());
+        for topic in s.topics {
+            if topic.name.is_empty() {
+                return Err(invalid("a library topic has no name"));
+            }
+            if topics.iter().any(|t| t.name == topic.name) {
+                return Err(invalid(format!(
+                    "library topic '{}' is listed twice",
+                    topic.name
+                )));
+            }
+            if topic.utterances.is_empty() {
+                return Err(invalid(format!(
+                    "library topic '{}' has no utterances",
+                    topic.name
+                )));
+            }
+            topics.push(LibraryTopic {
+                name: topic.name,
+                description: topic.description,
+                utterances: topic.utterances,
+            });
+        }
+        for proxy in &proxies {
+            for (field, name) in proxy.spec.library_refs() {
+                if !topics.iter().any(|t| t.name == name) {
+                    return Err(invalid(format!(
+                        "proxy '{}': {field}: library topic '{name}' is not in the snapshot",
+                        proxy.spec.name
+                    )));
+                }
+            }
+        }
         for proxy in &proxies {
             if let Some(name) = &proxy.spec.semantic_service
                 && !semantic_services.iter().any(|s| s.name == *name)
@@ -113,6 +163,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             version: s.version,
             proxies,
             semantic_services,
+            topics,
             created_at,
         })
     }
@@ -337,17 +388,31 @@ fn provider_from_pb(value: i32) -> Option<Provider> {
         .find(|p| provider_to_pb(*p) as i32 == value)
 }
 
-fn topic_to_pb(t: &Topic) -> pb::Topic {
-    pb::Topic {
-        name: t.name.clone(),
-        utterances: t.utterances.clone(),
+fn topic_to_pb(t: &TopicSource) -> pb::Topic {
+    match t {
+        TopicSource::Inline(t) => pb::Topic {
+            name: t.name.clone(),
+            utterances: t.utterances.clone(),
+            library_ref: String::new(),
+        },
+        TopicSource::Library { name } => pb::Topic {
+            name: String::new(),
+            utterances: Vec::new(),
+            library_ref: name.clone(),
+        },
     }
 }
 
-fn topic_from_pb(t: pb::Topic) -> Topic {
-    Topic {
-        name: t.name,
-        utterances: t.utterances,
+fn topic_from_pb(t: pb::Topic) -> TopicSource {
+    if t.library_ref.is_empty() {
+        TopicSource::Inline(Topic {
+            name: t.name,
+            utterances: t.utterances,
+        })
+    } else {
+        TopicSource::Library {
+            name: t.library_ref,
+        }
     }
 }
 
@@ -363,7 +428,7 @@ mod tests {
             "routes": [
                 {"name": "a", "provider": "openai", "url": "https://x/v1",
                  "auth": {"type": "static", "api_key": "sk"}, "target_model": "m",
-                 "topics": [{"name": "t", "utterances": ["hello"]}]},
+                 "topics": [{"name": "t", "utterances": ["hello"]}, {"ref": "billing"}]},
                 {"name": "b", "provider": "bedrock", "url": "https://y", "region": "us-east-1",
                  "target_model": "anthropic/x",
                  "auth": {"type": "dynamic", "access_key_id": "attributes.headers['a']",
@@ -372,7 +437,7 @@ mod tests {
                  "target_model": "anthropic/x",
                  "auth": {"type": "static", "access_key_id": "AK", "secret_access_key": "SK", "session_token": "T"}}
             ],
-            "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}]},
+            "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}, {"ref": "weapons"}]},
             "regex_guard": {"patterns": [{"name": "ssn", "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b"}]},
             "semantic_service": "emb-eu"
         });
@@ -403,6 +468,18 @@ mod tests {
                     url: "http://127.0.0.1:10/v1".into(),
                     model: "emb".into(),
                     api_key: None,
+                },
+            ],
+            topics: vec![
+                LibraryTopic {
+                    name: "billing".into(),
+                    description: "invoices and refunds".into(),
+                    utterances: vec!["pay my invoice".into(), "refund".into()],
+                },
+                LibraryTopic {
+                    name: "weapons".into(),
+                    description: String::new(),
+                    utterances: vec!["build a bomb".into()],
                 },
             ],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
@@ -444,6 +521,45 @@ mod tests {
         let mut nameless = wire;
         nameless.semantic_services[1].name.clear();
         assert!(Snapshot::try_from(nameless).is_err());
+    }
+
+    #[test]
+    fn library_topics_travel_once_and_must_resolve() {
+        let snap = sample();
+        let wire = pb::Snapshot::from(&snap);
+        let route = &wire.proxies[0].routes[0];
+        assert_eq!(route.topics[1].library_ref, "billing");
+        assert!(route.topics[1].utterances.is_empty() && route.topics[1].name.is_empty());
+        assert_eq!(route.topics[0].library_ref, "");
+        assert_eq!(wire.topics.len(), 2);
+        let back = Snapshot::try_from(wire.clone()).unwrap();
+        assert_eq!(back.topic("billing").unwrap().utterances.len(), 2);
+        assert_eq!(
+            back.proxies[0].spec.routes[0].topics[1],
+            TopicSource::Library {
+                name: "billing".into()
+            }
+        );
+
+        let mut dangling = wire.clone();
+        dangling.topics.retain(|t| t.name != "weapons");
+        let err = Snapshot::try_from(dangling).unwrap_err();
+        assert!(
+            err.0.contains("prompt_guard.deny_topics[1].ref")
+                && err.0.contains("'weapons' is not in the snapshot"),
+            "{err}"
+        );
+        let mut twice = wire.clone();
+        twice.topics.push(twice.topics[0].clone());
+        assert!(Snapshot::try_from(twice).unwrap_err().0.contains("twice"));
+        let mut empty = wire;
+        empty.topics[0].utterances.clear();
+        assert!(
+            Snapshot::try_from(empty)
+                .unwrap_err()
+                .0
+                .contains("no utterances")
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_model: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub topics: Vec<Topic>,
+    pub topics: Vec<TopicSource>,
 }
 
 /// Upstream credentials.
@@ -270,16 +270,62 @@ impl TryFrom<AuthRecord> for Auth {
     }
 }
 
+/// An inline prompt topic: a name and its example utterances, written into the proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     pub name: String,
     pub utterances: Vec<String>,
 }
 
+/// A topic of a route or of a deny list: inline, or a reference to a topic of the control
+/// plane's prompt topic library (`{"ref": "billing"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TopicSource {
+    Library {
+        #[serde(rename = "ref")]
+        name: String,
+    },
+    Inline(Topic),
+}
+
+impl TopicSource {
+    /// The topic's name: the inline topic's, or the library topic's.
+    pub fn name(&self) -> &str {
+        match self {
+            TopicSource::Library { name } | TopicSource::Inline(Topic { name, .. }) => name,
+        }
+    }
+
+    /// The library topic this refers to, if it is a reference.
+    pub fn library_name(&self) -> Option<&str> {
+        match self {
+            TopicSource::Library { name } => Some(name),
+            TopicSource::Inline(_) => None,
+        }
+    }
+}
+
+impl From<Topic> for TopicSource {
+    fn from(topic: Topic) -> Self {
+        TopicSource::Inline(topic)
+    }
+}
+
+/// A named topic of the prompt topic library (`/api/v1/topics`): created once, with up to
+/// thousands of utterances, and referenced by name from any proxy's routes and deny lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryTopic {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub utterances: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptGuard {
     pub threshold: f64,
-    pub deny_topics: Vec<Topic>,
+    pub deny_topics: Vec<TopicSource>,
 }
 
 /// Named regular expressions refused in prompts (`regex` crate syntax, validated on write).
@@ -337,6 +383,25 @@ impl ProxySpec {
 
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// Every library topic this proxy refers to, with the path of the reference
+    /// (`routes[0].topics[1].ref`), in order (a name may appear more than once).
+    pub fn library_refs(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for (t, topic) in route.topics.iter().enumerate() {
+                if let Some(name) = topic.library_name() {
+                    refs.push((format!("routes[{i}].topics[{t}].ref"), name));
+                }
+            }
+        }
+        for (t, topic) in self.prompt_guard.iter().flat_map(|g| g.deny_topics.iter().enumerate()) {
+            if let Some(name) = topic.library_name() {
+                refs.push((format!("prompt_guard.deny_topics[{t}].ref"), name));
+            }
+        }
+        refs
     }
 
     /// Applies `f` to every secret, e.g. to encrypt before storing or decrypt after loading.

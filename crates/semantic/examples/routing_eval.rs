@@ -160,7 +160,7 @@ fn read_csv(path: &Path) -> Result<Vec<(String, String)>, BoxError> {
     let mut field = String::new();
     let mut quoted = false;
     let mut chars = data.chars().peekable();
-    let mut flush = |fields: &mut Vec<String>, rows: &mut Vec<(String, String)>| {
+    let flush = |fields: &mut Vec<String>, rows: &mut Vec<(String, String)>| {
         if let [text, label] = &fields[..] {
             rows.push((text.trim().to_owned(), label.trim().to_owned()));
         }
@@ -382,12 +382,16 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
         let nearest = builder.build();
         let n_utt = nearest.utterance_count();
         let groups: Vec<usize> = (0..nearest.topic_count()).collect();
-        let new_rule = nearest.clone().with_scoring(Scoring::ROUTING_DEFAULT);
+        let nearest = nearest.with_groups(&groups);
+        let new_rule = nearest
+            .clone()
+            .with_scoring(Scoring::ROUTING_DEFAULT)
+            .with_contrast(Scoring::ROUTING_CONTRAST);
 
         let t0 = Instant::now();
-        let calibrated = new_rule.calibrate(&groups);
+        let calibrated = new_rule.calibrate();
         let calibration_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let old_calibrated = nearest.calibrate(&groups);
+        let old_calibrated = nearest.calibrate();
 
         let old = evaluate(&nearest, &vectors, &in_scope, &out_scope)?;
         let new = evaluate(&new_rule, &vectors, &in_scope, &out_scope)?;
@@ -406,10 +410,11 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
         print_row("old rule (nearest utterance), best fixed threshold", old_best);
         print_row("old rule, 0.5 (the old default)", old.at(0.5));
         print_row(
-            "**new default**: mean of 3 nearest, calibrated (no threshold set)",
+            "**new default**: new rule, calibrated (no threshold set)",
             default_row,
         );
         print_row("new rule, its best fixed threshold", new_best);
+        print_row("new rule, 0.5", new.at(0.5));
         print_row(
             "old rule, calibrated threshold",
             old.at(old_calibrated.threshold),
@@ -430,18 +435,35 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
                     rules.push(Scoring::NearestMean { k, step });
                 }
             }
-            for rule in rules {
+            for k in [3, 5, 10, 20, 40] {
+                rules.push(Scoring::Neighbours { k });
+            }
+            let mut combos: Vec<(Scoring, f32)> = rules.into_iter().map(|r| (r, 0.0)).collect();
+            for contrast in [0.25, 0.5, 0.75, 1.0] {
+                combos.push((Scoring::Nearest, contrast));
+                combos.push((Scoring::ROUTING_DEFAULT, contrast));
+                combos.push((Scoring::NearestMean { k: 5, step: 0.02 }, contrast));
+            }
+            for (rule, contrast) in combos {
                 if rule == (Scoring::NearestMean { k: 2, step: 0.0 }) {
                     continue;
                 }
-                let index = nearest.clone().with_scoring(rule);
+                let index = nearest
+                    .clone()
+                    .with_scoring(rule)
+                    .with_contrast(contrast);
                 let r = evaluate(&index, &vectors, &in_scope, &out_scope)?;
-                let c: Calibration = index.calibrate(&groups);
+                let c: Calibration = index.calibrate();
                 let best = r.best();
                 let cal = r.at(c.threshold);
                 println!(
-                    "| {} | {:.2} | {:.1}% | {:.3} | {:.1}% |",
+                    "| {}{} | {:.2} | {:.1}% | {:.3} | {:.1}% |",
                     rule.describe(),
+                    if contrast > 0.0 {
+                        format!(", less {contrast} x the best other topic")
+                    } else {
+                        String::new()
+                    },
                     best.threshold,
                     best.overall,
                     c.threshold,

@@ -60,24 +60,24 @@ pub struct CalibrationSample {
 }
 
 impl TopicIndex {
-    /// Calibrates a routing threshold for this index (see the module docs). `groups[t]` is
-    /// the route of topic `t` (topics of one route never count as out of scope for each
-    /// other); missing entries make a topic its own group.
+    /// Calibrates a routing threshold for this index (see the module docs), by its scoring
+    /// rule and contrast. Topics of one group ([`TopicIndex::with_groups`], e.g. one route)
+    /// never stand for out-of-scope prompts for each other.
     #[must_use]
-    pub fn calibrate(&self, groups: &[usize]) -> Calibration {
-        let samples = self.calibration_samples(groups, MAX_CALIBRATION_SAMPLES);
+    pub fn calibrate(&self) -> Calibration {
+        let samples = self.calibration_samples(MAX_CALIBRATION_SAMPLES);
         Calibration::from_samples(&samples)
     }
 
     /// The utterances [`TopicIndex::calibrate`] scores, at most `max` of them, each scored
     /// as a prompt. Public for evaluation tools.
     #[must_use]
-    pub fn calibration_samples(&self, groups: &[usize], max: usize) -> Vec<CalibrationSample> {
+    pub fn calibration_samples(&self, max: usize) -> Vec<CalibrationSample> {
         let topics = self.topic_vectors();
         if topics.is_empty() || max == 0 {
             return Vec::new();
         }
-        let group = |t: usize| groups.get(t).copied().unwrap_or(usize::MAX - t);
+        let group = |t: usize| self.group(t);
         let several_groups = (1..topics.len()).any(|t| group(t) != group(0));
         let per_topic = (max / topics.len()).max(1);
         let mut out = Vec::new();
@@ -92,32 +92,25 @@ impl TopicIndex {
                 };
                 let mut q = vector.to_vec();
                 l2_normalize(&mut q);
-                let nearest = self.nearest(&q, Some((t, row)));
-                let scores: Vec<Option<f32>> = nearest
-                    .iter()
-                    .map(|top| {
-                        let s = top.as_slice();
-                        (!s.is_empty()).then(|| self.scoring().combine(s))
-                    })
-                    .collect();
+                let raw = self.own_scores(&q, Some((t, row)));
+                let scores = self.contrasted(&raw, |_| false);
+                // As a prompt of a subject the index does not route: its own group (or
+                // topic) removed altogether, from the competition too.
+                let removed = |u: usize| {
+                    if several_groups {
+                        group(u) == group(t)
+                    } else {
+                        u == t
+                    }
+                };
+                let without = self.contrasted(&raw, removed);
                 let in_scope = scores
                     .iter()
                     .enumerate()
                     .filter_map(|(u, s)| s.map(|s| (u, s)))
                     .reduce(|a, b| if b.1 > a.1 { b } else { a })
                     .map(|(u, s)| (s, group(u) == group(t)));
-                let out_of_scope = scores
-                    .iter()
-                    .enumerate()
-                    .filter(|(u, _)| {
-                        if several_groups {
-                            group(*u) != group(t)
-                        } else {
-                            *u != t
-                        }
-                    })
-                    .filter_map(|(_, s)| *s)
-                    .reduce(f32::max);
+                let out_of_scope = without.iter().filter_map(|s| *s).reduce(f32::max);
                 out.push(CalibrationSample {
                     topic: t,
                     in_scope,
@@ -274,13 +267,16 @@ mod tests {
             .unwrap()
             .add_topic("c", &[near(2, 0.1), near(2, 0.12)])
             .unwrap();
-        let index = b.build().with_scoring(Scoring::ROUTING_DEFAULT);
         // Routes: a and b together, c alone.
-        let c = index.calibrate(&[0, 0, 1]);
+        let index = b
+            .build()
+            .with_scoring(Scoring::ROUTING_DEFAULT)
+            .with_groups(&[0, 0, 1]);
+        let c = index.calibrate();
         assert_eq!(c.method, CalibrationMethod::Separation);
         assert_eq!(c.samples, 7);
         assert!(c.threshold > 0.3 && c.threshold < 0.95, "{c:?}");
-        let samples = index.calibration_samples(&[0, 0, 1], 100);
+        let samples = index.calibration_samples(100);
         for s in &samples {
             let (own, right) = s.in_scope.unwrap();
             assert!(right, "{s:?}");
@@ -290,7 +286,16 @@ mod tests {
         assert!(c.describe().contains("calibrated from 7 utterances"));
 
         // At most `max` samples, spread over the topics.
-        assert_eq!(index.calibration_samples(&[0, 0, 1], 3).len(), 3);
+        assert_eq!(index.calibration_samples(3).len(), 3);
+
+        // With contrast, the threshold still separates the two kinds of scores.
+        let contrasted = index.with_contrast(0.5);
+        let c = contrasted.calibrate();
+        assert_eq!(c.method, CalibrationMethod::Separation);
+        for s in contrasted.calibration_samples(100) {
+            assert!(s.in_scope.unwrap().0 >= c.threshold, "{s:?} vs {c:?}");
+            assert!(s.out_of_scope.unwrap() < c.threshold, "{s:?} vs {c:?}");
+        }
     }
 
     #[test]
@@ -298,19 +303,19 @@ mod tests {
         let mut b = TopicIndex::builder(2);
         b.add_topic("only", &[unit(&[1.0, 0.1]), unit(&[1.0, 0.3])])
             .unwrap();
-        let c = b.build().calibrate(&[0]);
+        let c = b.build().calibrate();
         assert_eq!(c.method, CalibrationMethod::InScopeOnly);
         assert!(c.threshold > 0.9 && c.threshold <= 1.0, "{c:?}");
 
         let mut b = TopicIndex::builder(2);
         b.add_topic("lone", &[unit(&[1.0, 0.0])]).unwrap();
-        let c = b.build().calibrate(&[]);
+        let c = b.build().calibrate();
         assert_eq!(c.method, CalibrationMethod::Fallback);
         assert_eq!(c.threshold, FALLBACK_THRESHOLD);
         assert!(c.describe().contains("too few"));
 
         assert_eq!(
-            TopicIndex::builder(2).build().calibrate(&[]).method,
+            TopicIndex::builder(2).build().calibrate().method,
             CalibrationMethod::Fallback
         );
     }
@@ -325,7 +330,7 @@ mod tests {
             .unwrap()
             .add_topic("b", &[unit(&[0.0, 1.0])])
             .unwrap();
-        let samples = b.build().calibration_samples(&[0, 1], 100);
+        let samples = b.build().calibration_samples(100);
         let first = samples[0];
         let (own, _) = first.in_scope.unwrap();
         assert!(own < 0.99, "{first:?}");

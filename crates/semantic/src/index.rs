@@ -107,6 +107,10 @@ pub struct TopicIndex {
     labels: Vec<String>,
     topics: Vec<Arc<TopicVectors>>,
     scoring: Scoring,
+    /// How much of the best competing topic's score is subtracted from each topic's.
+    contrast: f32,
+    /// `groups[t]`: the group (route) of topic `t`; topics of one group do not compete.
+    groups: Vec<usize>,
 }
 
 /// One topic's score for a query.
@@ -160,6 +164,8 @@ impl TopicIndex {
                 labels: Vec::new(),
                 topics: Vec::new(),
                 scoring: Scoring::Nearest,
+                contrast: 0.0,
+                groups: Vec::new(),
             },
             seen: HashSet::new(),
         }
@@ -229,6 +235,36 @@ impl TopicIndex {
         self
     }
 
+    /// The same index with topics grouped: `groups[t]` is the group (e.g. the route) of
+    /// topic `t`; missing entries make a topic its own group. Topics of one group do not
+    /// compete in [`TopicIndex::with_contrast`] and do not stand for out-of-scope prompts
+    /// for each other in [`TopicIndex::calibrate`].
+    #[must_use]
+    pub fn with_groups(mut self, groups: &[usize]) -> Self {
+        self.groups = groups.to_vec();
+        self
+    }
+
+    /// The same index, each topic's score lowered by `contrast` times the best score of the
+    /// topics of other groups. Adding an utterance to a topic still never lowers that topic's
+    /// score (only the others' subtracted part can grow).
+    #[must_use]
+    pub fn with_contrast(mut self, contrast: f32) -> Self {
+        self.contrast = contrast;
+        self
+    }
+
+    /// What [`TopicIndex::with_contrast`] set (0 by default).
+    #[must_use]
+    pub fn contrast(&self) -> f32 {
+        self.contrast
+    }
+
+    /// The group of topic `t` (see [`TopicIndex::with_groups`]).
+    pub(crate) fn group(&self, t: usize) -> usize {
+        self.groups.get(t).copied().unwrap_or(usize::MAX - t)
+    }
+
     /// The rule this index scores by.
     #[must_use]
     pub fn scoring(&self) -> Scoring {
@@ -294,23 +330,104 @@ impl TopicIndex {
         check_vector(self.dim, query)?;
         let mut q = query.to_vec();
         l2_normalize(&mut q);
-        let nearest = self.nearest(&q, None);
+        let scores = self.topic_scores(&q, None);
         Ok(self
             .labels
             .iter()
-            .zip(nearest)
+            .zip(scores)
             .enumerate()
-            .map(|(topic, (label, top))| TopicScore {
+            .map(|(topic, (label, score))| TopicScore {
                 topic,
                 label,
-                score: self.scoring.combine(top.as_slice()),
+                score: score.unwrap_or(f32::NEG_INFINITY),
             })
             .collect())
     }
 
+    /// Every topic's score for the unit vector `q` by the index's rule, leaving out the row
+    /// `skip` = `(topic, row)` and, in that topic, rows identical to `q` (its duplicates);
+    /// `None` for a topic left without rows.
+    pub(crate) fn topic_scores(&self, q: &[f32], skip: Option<(usize, usize)>) -> Vec<Option<f32>> {
+        let raw = self.own_scores(q, skip);
+        self.contrasted(&raw, |_| false)
+    }
+
+    /// `raw` scores with the contrast applied, as if the topics for which `removed` holds
+    /// were not in the index (they get `None`).
+    pub(crate) fn contrasted(
+        &self,
+        raw: &[Option<f32>],
+        removed: impl Fn(usize) -> bool,
+    ) -> Vec<Option<f32>> {
+        (0..raw.len())
+            .map(|t| {
+                if removed(t) {
+                    return None;
+                }
+                let own = raw[t]?;
+                if self.contrast == 0.0 {
+                    return Some(own);
+                }
+                let other = (0..raw.len())
+                    .filter(|u| !removed(*u) && self.group(*u) != self.group(t))
+                    .filter_map(|u| raw[u])
+                    .reduce(f32::max);
+                Some(match other {
+                    Some(o) => own - self.contrast * o,
+                    None => own,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn own_scores(&self, q: &[f32], skip: Option<(usize, usize)>) -> Vec<Option<f32>> {
+        let Scoring::Neighbours { k } = self.scoring else {
+            return self
+                .nearest(q, skip)
+                .iter()
+                .map(|top| {
+                    let s = top.as_slice();
+                    (!s.is_empty()).then(|| self.scoring.combine(s))
+                })
+                .collect();
+        };
+        let k = k.clamp(1, MAX_NEIGHBOURS);
+        // The k nearest rows of the whole index, as (similarity, topic), best first.
+        let mut nearest: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+        let mut rows_left = vec![0usize; self.topics.len()];
+        simd(|| {
+            for (t, block) in self.topics.iter().enumerate() {
+                let skip_row = skip.filter(|(st, _)| *st == t).map(|(_, r)| r);
+                for (r, row) in block.rows().enumerate() {
+                    let s = dot_unrolled(row, q);
+                    if let Some(own) = skip_row
+                        && (r == own || s >= DUPLICATE_SIMILARITY)
+                    {
+                        continue;
+                    }
+                    rows_left[t] += 1;
+                    if nearest.len() == k && nearest.last().is_some_and(|l| s <= l.0) {
+                        continue;
+                    }
+                    let at = nearest.partition_point(|x| x.0 >= s);
+                    nearest.insert(at, (s, t));
+                    nearest.truncate(k);
+                }
+            }
+        });
+        let mut sums = vec![0.0_f32; self.topics.len()];
+        for (s, t) in nearest {
+            sums[t] += s.max(0.0);
+        }
+        sums.into_iter()
+            .zip(rows_left)
+            .map(|(sum, n)| (n > 0).then_some(sum / k as f32))
+            .collect()
+    }
+
     /// Every topic's nearest similarities to the unit vector `q`, leaving out the row
     /// `skip` = `(topic, row)` and, in that topic, rows identical to `q` (its duplicates).
-    pub(crate) fn nearest(&self, q: &[f32], skip: Option<(usize, usize)>) -> Vec<TopN> {
+    fn nearest(&self, q: &[f32], skip: Option<(usize, usize)>) -> Vec<TopN> {
         let depth = self.scoring.depth();
         simd(|| {
             self.topics
@@ -334,6 +451,9 @@ impl TopicIndex {
         })
     }
 }
+
+/// The most neighbours [`Scoring::Neighbours`] takes.
+const MAX_NEIGHBOURS: usize = 64;
 
 /// Two unit vectors at least this similar are the same utterance (up to rounding).
 const DUPLICATE_SIMILARITY: f32 = 0.999_99;

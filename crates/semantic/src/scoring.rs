@@ -28,20 +28,37 @@ pub enum Scoring {
         /// What each of the `k` that a shorter mean leaves out costs.
         step: f32,
     },
+    /// A vote of the query's `k` nearest utterances over the whole index: a topic scores
+    /// the sum of the (non-negative) similarities of its utterances among them, over `k`.
+    /// A prompt whose neighbours all belong to one topic scores their mean; one whose
+    /// neighbours are split between topics (typical of a prompt about none of them) scores
+    /// less for each.
+    ///
+    /// Adding an utterance to a topic either leaves the `k` nearest unchanged or puts the new
+    /// one in place of the farthest of them, which was no nearer: the topic's sum cannot
+    /// drop.
+    Neighbours {
+        /// How many nearest utterances vote (at least 1).
+        k: usize,
+    },
 }
 
 impl Scoring {
     /// Switchyard's routing default, chosen on held-out intent data (see the crate README,
-    /// "Scoring and calibration"): the mean of the 3 nearest utterances, a shorter mean
-    /// costing 0.05 per missing utterance.
-    pub const ROUTING_DEFAULT: Scoring = Scoring::NearestMean { k: 3, step: 0.05 };
+    /// "Scoring and calibration"): the mean of the 5 nearest utterances, a shorter mean
+    /// costing 0.02 per missing utterance; used with [`Scoring::ROUTING_CONTRAST`].
+    pub const ROUTING_DEFAULT: Scoring = Scoring::NearestMean { k: 5, step: 0.02 };
+
+    /// The contrast semantic routing uses with [`Scoring::ROUTING_DEFAULT`]
+    /// ([`crate::TopicIndex::with_contrast`]): half the best other route's score.
+    pub const ROUTING_CONTRAST: f32 = 0.5;
 
     /// How many nearest similarities this rule looks at.
     #[must_use]
     pub fn depth(self) -> usize {
         match self {
             Scoring::Nearest => 1,
-            Scoring::NearestMean { k, .. } => k.max(1),
+            Scoring::NearestMean { k, .. } | Scoring::Neighbours { k } => k.max(1),
         }
     }
 
@@ -53,16 +70,21 @@ impl Scoring {
             Scoring::NearestMean { k, step } => {
                 format!("mean of the {k} nearest utterances (-{step} per missing one)")
             }
+            Scoring::Neighbours { k } => format!("vote of the {k} nearest utterances"),
         }
     }
 
     /// The score of a topic whose nearest similarities are `nearest`, sorted best first
     /// (at most [`Scoring::depth`] of them; fewer when the topic has fewer utterances).
-    /// `NEG_INFINITY` for an empty slice.
+    /// `NEG_INFINITY` for an empty slice. (For [`Scoring::Neighbours`] the slice is the
+    /// topic's share of the index-wide nearest.)
     #[must_use]
     pub fn combine(self, nearest: &[f32]) -> f32 {
         match self {
             Scoring::Nearest => nearest.first().copied().unwrap_or(f32::NEG_INFINITY),
+            Scoring::Neighbours { k } => {
+                nearest.iter().map(|s| s.max(0.0)).sum::<f32>() / k.max(1) as f32
+            }
             Scoring::NearestMean { k, step } => {
                 let k = k.max(1);
                 let mut best = f32::NEG_INFINITY;

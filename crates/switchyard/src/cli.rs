@@ -138,6 +138,15 @@ pub struct LimitArgs {
     /// Characters per regex guard pattern.
     #[arg(long, env = "SWITCHYARD_MAX_CHARS_PER_REGEX_PATTERN", default_value_t = Limits::default().chars_per_regex_pattern)]
     pub max_chars_per_regex_pattern: usize,
+    /// Topics in the prompt topic library (/api/v1/topics).
+    #[arg(long, env = "SWITCHYARD_MAX_LIBRARY_TOPICS", default_value_t = Limits::default().library_topics)]
+    pub max_library_topics: usize,
+    /// Utterances per library topic.
+    #[arg(long, env = "SWITCHYARD_MAX_UTTERANCES_PER_LIBRARY_TOPIC", default_value_t = Limits::default().utterances_per_library_topic)]
+    pub max_utterances_per_library_topic: usize,
+    /// Library topics a proxy's routes may refer to (and, separately, its deny list).
+    #[arg(long, env = "SWITCHYARD_MAX_LIBRARY_TOPICS_PER_PROXY", default_value_t = Limits::default().library_topics_per_proxy)]
+    pub max_library_topics_per_proxy: usize,
 }
 
 impl LimitArgs {
@@ -152,6 +161,9 @@ impl LimitArgs {
             chars_per_utterance: self.max_chars_per_utterance,
             regex_patterns_per_proxy: self.max_regex_patterns_per_proxy,
             chars_per_regex_pattern: self.max_chars_per_regex_pattern,
+            library_topics: self.max_library_topics,
+            utterances_per_library_topic: self.max_utterances_per_library_topic,
+            library_topics_per_proxy: self.max_library_topics_per_proxy,
         }
     }
 }

@@ -100,6 +100,7 @@ pub fn snapshot_with_services(
         version,
         proxies,
         semantic_services,
+        topics: Vec::new(),
         created_at: Utc::now(),
     })
 }

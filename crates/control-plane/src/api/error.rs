@@ -78,6 +78,7 @@ impl From<StoreError> for ApiError {
                 field,
                 message,
             } => ValidationError::new(code, field, message).into(),
+            StoreError::Invalid(e) => e.into(),
             other => ApiError::internal("store error", other),
         }
     }

@@ -121,6 +121,7 @@ impl Snapshots {
             version: source.version,
             proxies,
             semantic_services,
+            topics: source.topics,
             created_at: Utc::now(),
         };
         let built = Arc::new(pb::Snapshot::from(&snapshot));

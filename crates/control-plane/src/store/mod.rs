@@ -28,6 +28,7 @@ mod nodes;
 mod proxies;
 mod semantic_services;
 mod snapshot;
+mod topics;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub use gateways::GatewayRecord;
 pub use nodes::{NodeEvent, NodeRecord};
 pub use semantic_services::SemanticServiceRecord;
 pub use snapshot::SnapshotSource;
+pub use topics::{TopicRecord, TopicSummary};
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -67,6 +69,9 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    /// Like `Rejected`, for a field known only at run time (e.g. `routes[0].topics[1].ref`).
+    #[error("{0}")]
+    Invalid(switchyard_model::ValidationError),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("unsupported database url: {0}")]

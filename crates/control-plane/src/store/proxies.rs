@@ -21,6 +21,7 @@ impl Store {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         self.lock_named_service(&mut tx, spec).await?;
+        self.lock_library_topics(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM proxies WHERE gateway_id = $1")
             .bind(&gateway_id)
@@ -63,6 +64,8 @@ impl Store {
         if let Err(e) = res {
             return Err(map_proxy_unique(e, spec));
         }
+        self.set_proxy_topics(&mut tx, &proxy.id.to_string(), spec)
+            .await?;
         self.bump_version(&mut tx, &gateway_id, &spec.gateway)
             .await?;
         tx.commit().await?;
@@ -79,6 +82,7 @@ impl Store {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         self.lock_named_service(&mut tx, spec).await?;
+        self.lock_library_topics(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
         let row = sqlx::query(
             "SELECT p.version, p.created_at, g.name AS gateway FROM proxies p \
@@ -122,6 +126,8 @@ impl Store {
         if let Err(e) = res {
             return Err(map_proxy_unique(e, spec));
         }
+        self.set_proxy_topics(&mut tx, &id.to_string(), spec)
+            .await?;
         self.bump_version(&mut tx, &gateway_id, &spec.gateway)
             .await?;
         tx.commit().await?;

@@ -2,7 +2,7 @@
 //! gateway's current version.
 
 use sqlx::{AssertSqlSafe, Row};
-use switchyard_model::{Proxy, SemanticService};
+use switchyard_model::{LibraryTopic, Proxy, SemanticService};
 
 use super::{Backend, Store, StoreError, to_u64};
 
@@ -14,6 +14,8 @@ pub struct SnapshotSource {
     pub proxies: Vec<Proxy>,
     /// The semantic services the proxies name, each once, ordered by name (keys encrypted).
     pub semantic_services: Vec<SemanticService>,
+    /// The library topics the proxies name, each once, ordered by name.
+    pub topics: Vec<LibraryTopic>,
 }
 
 impl Store {
@@ -63,11 +65,13 @@ impl Store {
             .iter()
             .map(|r| Self::service_from_row(r).map(|record| record.service))
             .collect::<Result<_, _>>()?;
+        let topics = self.gateway_topics(&mut tx, gateway).await?;
         tx.commit().await?;
         Ok(Some(SnapshotSource {
             version,
             proxies,
             semantic_services,
+            topics,
         }))
     }
 

@@ -397,7 +397,8 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
         SnapshotSource {
             version: 0,
             proxies: vec![],
-            semantic_services: vec![]
+            semantic_services: vec![],
+            topics: vec![]
         }
     );
     let limits = Limits::default();

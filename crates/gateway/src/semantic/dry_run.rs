@@ -120,8 +120,8 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
             Decision::Route { choice, .. } => {
                 let why = match &ev.pick {
                     Pick::Route { topic, score, .. } => format!(
-                        "topic '{topic}' scored {score:.3}, at least the threshold {:.3}",
-                        ev.route_threshold.unwrap_or_default()
+                        "topic '{topic}' scored {score:.3}, at least the {}",
+                        threshold_text(ev)
                     ),
                     _ => String::new(),
                 };
@@ -135,10 +135,10 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
             Decision::Fallback { choice, .. } => {
                 let why = match &ev.pick {
                     Pick::BelowThreshold { best: Some(b) } => format!(
-                        "the best topic '{}' scored {:.3}, below the threshold {:.3}: fallback route",
+                        "the best topic '{}' scored {:.3}, below the {}: fallback route",
                         b.topic,
                         b.score,
-                        ev.route_threshold.unwrap_or_default()
+                        threshold_text(ev)
                     ),
                     _ => "no user text to compare: fallback route".to_owned(),
                 };
@@ -155,6 +155,10 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
     let routing = ev.route_threshold.map(|t| {
         json!({
             "threshold": t,
+            "threshold_source": if ev.route_calibration.is_some() { "calibrated" } else { "configured" },
+            "calibration": ev.route_calibration.map(|c| c.describe()),
+            "scoring": switchyard_semantic::Scoring::ROUTING_DEFAULT.describe()
+                + ", less half the best other route's",
             "scores": scores(&ev.route_scores, proxy, true),
             "route": route,
             "model": model,
@@ -172,6 +176,15 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
         "routing": routing,
         "reason": reason,
     })
+}
+
+/// "threshold 0.412 (calibrated from 60 utterances)" or "configured threshold 0.600".
+fn threshold_text(ev: &Evaluation) -> String {
+    let t = ev.route_threshold.unwrap_or_default();
+    match &ev.route_calibration {
+        Some(c) => c.describe(),
+        None => format!("configured threshold {t:.3}"),
+    }
 }
 
 /// The response header carrying a decision's scores when the request asked with

@@ -18,14 +18,18 @@ pub(crate) mod dry_run;
 pub(crate) mod prompt;
 pub(crate) mod remote;
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
-use switchyard_model::{ProxySpec, RoutingStrategy, SemanticService};
+use switchyard_model::{
+    LibraryTopic, ProxySpec, RoutingStrategy, SemanticService, TopicSource,
+};
 use switchyard_semantic::{
-    EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, ServiceConfig,
-    StaticEncoder, TopicIndex, Truncation,
+    Calibration, EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions,
+    Scoring, ServiceConfig, StaticEncoder, TopicIndex, TopicVectors, Truncation,
 };
 
 use crate::error::ProxyError;
@@ -94,6 +98,49 @@ struct Local {
     encoder: Arc<dyn Encoder>,
     service: Arc<EmbeddingService>,
     cache: Mutex<EmbeddingCache>,
+    /// Library topics' vector blocks by name, with a fingerprint of their utterances: a
+    /// topic named by many proxies is encoded once and its block shared by their indexes.
+    library: Mutex<HashMap<String, (u64, Arc<TopicVectors>)>>,
+}
+
+/// A fingerprint of a library topic's utterances (to tell a changed topic from an unchanged
+/// one across snapshots).
+fn fingerprint(utterances: &[String]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    utterances.hash(&mut h);
+    h.finish()
+}
+
+/// A topic of a proxy with the utterances it stands for.
+struct Resolved<'a> {
+    label: &'a str,
+    utterances: &'a [String],
+    /// Set for a library topic (its blocks are shared between proxies).
+    library: bool,
+}
+
+fn resolve<'a>(
+    topic: &'a TopicSource,
+    library: &'a [LibraryTopic],
+) -> Result<Resolved<'a>, String> {
+    match topic {
+        TopicSource::Inline(t) => Ok(Resolved {
+            label: &t.name,
+            utterances: &t.utterances,
+            library: false,
+        }),
+        TopicSource::Library { name } => {
+            let t = library
+                .iter()
+                .find(|t| t.name == *name)
+                .ok_or_else(|| format!("library topic '{name}' is not in the snapshot"))?;
+            Ok(Resolved {
+                label: &t.name,
+                utterances: &t.utterances,
+                library: true,
+            })
+        }
+    }
 }
 
 impl std::fmt::Debug for SemanticEngine {
@@ -131,6 +178,7 @@ impl SemanticEngine {
         Ok(SemanticEngine {
             local: Some(Local {
                 cache: Mutex::new(EmbeddingCache::for_encoder(encoder.as_ref())),
+                library: Mutex::default(),
                 encoder,
                 service: Arc::new(service),
             }),
@@ -146,12 +194,13 @@ impl SemanticEngine {
     }
 
     /// Compiles a proxy's semantic parts, with `service` the semantic service the proxy
-    /// names (resolved from the snapshot). Blocking (encodes utterances): call it off the
-    /// reactor. `None` when the proxy uses neither semantic routing nor a guard.
+    /// names and `library` the snapshot's library topics. Blocking (encodes utterances): call
+    /// it off the reactor. `None` when the proxy uses neither semantic routing nor a guard.
     pub(crate) fn compile_proxy(
         &self,
         spec: &ProxySpec,
         service: Option<&SemanticService>,
+        library: &[LibraryTopic],
     ) -> Result<Option<Arc<ProxySemantic>>, String> {
         let regex = match &spec.regex_guard {
             None => None,
@@ -161,7 +210,7 @@ impl SemanticEngine {
         if !needs && regex.is_none() {
             return Ok(None);
         }
-        let mut route_topics: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut route_topics: Vec<Resolved<'_>> = Vec::new();
         let mut topic_route: Vec<usize> = Vec::new();
         if spec.routing.strategy == RoutingStrategy::Semantic {
             for (i, route) in spec.routes.iter().enumerate() {
@@ -172,10 +221,7 @@ impl SemanticEngine {
                     ));
                 }
                 for topic in &route.topics {
-                    route_topics.push((
-                        topic.name.clone(),
-                        topic.utterances.iter().map(String::as_str).collect(),
-                    ));
+                    route_topics.push(resolve(topic, library)?);
                     topic_route.push(i);
                 }
             }
@@ -183,17 +229,12 @@ impl SemanticEngine {
                 return Err("semantic routing needs at least one topic".to_owned());
             }
         }
-        let deny_topics: Vec<(String, Vec<&str>)> = spec
+        let deny_topics: Vec<Resolved<'_>> = spec
             .prompt_guard
             .iter()
             .flat_map(|g| &g.deny_topics)
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.utterances.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect();
+            .map(|t| resolve(t, library))
+            .collect::<Result<_, _>>()?;
 
         let (embedder, routes_index, guard_index) = if !needs {
             (None, None, None)
@@ -207,19 +248,22 @@ impl SemanticEngine {
                 .runtime
                 .as_ref()
                 .ok_or("no async runtime to call the semantic service from")?;
-            let build = |topics: &[(String, Vec<&str>)]| -> Result<Option<TopicIndex>, String> {
+            let build = |topics: &[Resolved<'_>]| -> Result<Option<TopicIndex>, String> {
                 if topics.is_empty() {
                     return Ok(None);
                 }
-                let texts: Vec<&str> = topics.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+                let texts: Vec<&str> = topics
+                    .iter()
+                    .flat_map(|t| t.utterances.iter().map(String::as_str))
+                    .collect();
                 let vectors = runtime.block_on(remote.embed_utterances(&texts))?;
                 let dim = vectors.first().map(Vec::len).unwrap_or_default();
                 let mut builder = TopicIndex::builder(dim);
                 let mut at = 0;
-                for (label, utterances) in topics {
-                    let n = utterances.len();
+                for topic in topics {
+                    let n = topic.utterances.len();
                     builder
-                        .add_topic(label.clone(), &vectors[at..at + n])
+                        .add_topic(topic.label, &vectors[at..at + n])
                         .map_err(|e| e.to_string())?;
                     at += n;
                 }
@@ -232,31 +276,38 @@ impl SemanticEngine {
             let local = self.local.as_ref().ok_or(
                 "semantic routing and the semantic prompt guard need a sentence encoder, and this node has none (start it with --model-dir, or give the proxy a semantic_service)",
             )?;
-            let mut cache = local.cache.lock().map_err(|_| "embedding cache poisoned")?;
-            let mut build = |topics: &[(String, Vec<&str>)]| -> Result<Option<TopicIndex>, String> {
-                if topics.is_empty() {
-                    return Ok(None);
-                }
-                TopicIndex::encode_cached(
-                    local.encoder.as_ref(),
-                    topics.iter().map(|(l, u)| (l.as_str(), u.iter().copied())),
-                    &mut cache,
-                )
-                .map(Some)
-                .map_err(|e| format!("cannot encode the topics: {e}"))
-            };
-            let r = build(&route_topics)?;
-            let g = build(&deny_topics)?;
+            let r = local.build(&route_topics)?;
+            let g = local.build(&deny_topics)?;
             (Some(Embedder::Local(Arc::clone(&local.service))), r, g)
         };
 
+        let routes = match routes_index {
+            None => None,
+            Some(index) => {
+                // The semantic crate's routing default (README, "Scoring and calibration"):
+                // the mean of the nearest utterances, less half the best other route's.
+                let index = index
+                    .with_scoring(Scoring::ROUTING_DEFAULT)
+                    .with_groups(&topic_route)
+                    .with_contrast(Scoring::ROUTING_CONTRAST);
+                let (threshold, calibration) = match spec.routing.threshold {
+                    Some(t) => (t as f32, None),
+                    None => {
+                        let c = index.calibrate();
+                        (c.threshold, Some(c))
+                    }
+                };
+                Some(RouteIndex {
+                    index,
+                    topic_route,
+                    threshold,
+                    calibration,
+                })
+            }
+        };
         Ok(Some(Arc::new(ProxySemantic {
             embedder,
-            routes: routes_index.map(|index| RouteIndex {
-                index,
-                topic_route,
-                threshold: spec.routing.semantic_threshold() as f32,
-            }),
+            routes,
             guard: match (guard_index, &spec.prompt_guard) {
                 (Some(index), Some(g)) => Some(GuardIndex {
                     index,
@@ -268,22 +319,111 @@ impl SemanticEngine {
         })))
     }
 
-    /// Drops cached utterance vectors no longer used by any proxy of `specs`.
-    pub(crate) fn retain<'a>(&self, specs: impl Iterator<Item = &'a ProxySpec>) {
+    /// Drops cached utterance vectors, and library topic blocks, no longer used by any proxy
+    /// of `specs` (with `library` the snapshot's library topics).
+    pub(crate) fn retain<'a>(
+        &self,
+        specs: impl Iterator<Item = &'a ProxySpec>,
+        library: &[LibraryTopic],
+    ) {
         let Some(local) = &self.local else { return };
-        let keep: Vec<&str> = specs
-            .filter(|s| s.semantic_service.is_none())
-            .flat_map(|s| {
-                s.routes
-                    .iter()
-                    .flat_map(|r| &r.topics)
-                    .chain(s.prompt_guard.iter().flat_map(|g| &g.deny_topics))
-                    .flat_map(|t| t.utterances.iter().map(String::as_str))
-            })
-            .collect();
+        let mut keep: Vec<&str> = Vec::new();
+        let mut keep_library: HashMap<&str, u64> = HashMap::new();
+        for spec in specs.filter(|s| s.semantic_service.is_none()) {
+            let topics = spec
+                .routes
+                .iter()
+                .flat_map(|r| &r.topics)
+                .chain(spec.prompt_guard.iter().flat_map(|g| &g.deny_topics));
+            for topic in topics {
+                let Ok(resolved) = resolve(topic, library) else {
+                    continue;
+                };
+                if resolved.library {
+                    keep_library
+                        .entry(resolved.label)
+                        .or_insert_with(|| fingerprint(resolved.utterances));
+                }
+                keep.extend(resolved.utterances.iter().map(String::as_str));
+            }
+        }
         if let Ok(mut cache) = local.cache.lock() {
             cache.retain_texts(keep);
         }
+        if let Ok(mut blocks) = local.library.lock() {
+            blocks.retain(|name, (fp, _)| keep_library.get(name.as_str()) == Some(fp));
+        }
+    }
+
+    /// The vector blocks of the library topics this node holds (name, utterances, bytes).
+    #[cfg(test)]
+    pub(crate) fn library_blocks(&self) -> Vec<(String, Arc<TopicVectors>)> {
+        let Some(local) = &self.local else {
+            return Vec::new();
+        };
+        let blocks = local.library.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut out: Vec<_> = blocks.into_iter().map(|(n, (_, b))| (n, b)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl Local {
+    /// An index of `topics`, encoding only utterances this node has not encoded before, and
+    /// sharing library topics' blocks with every other proxy naming them.
+    fn build(&self, topics: &[Resolved<'_>]) -> Result<Option<TopicIndex>, String> {
+        if topics.is_empty() {
+            return Ok(None);
+        }
+        let encode_error = |e: switchyard_semantic::IndexError| format!("cannot encode the topics: {e}");
+        let mut cache = self.cache.lock().map_err(|_| "embedding cache poisoned")?;
+        let mut library = self.library.lock().map_err(|_| "library cache poisoned")?;
+        // Everything missing in one go (batched), then blocks from the cache.
+        let stale = |t: &Resolved<'_>| {
+            !t.library
+                || library
+                    .get(t.label)
+                    .is_none_or(|(fp, _)| *fp != fingerprint(t.utterances))
+        };
+        cache
+            .encode_missing(
+                self.encoder.as_ref(),
+                topics
+                    .iter()
+                    .filter(|t| stale(t))
+                    .flat_map(|t| t.utterances.iter().map(String::as_str)),
+            )
+            .map_err(encode_error)?;
+        let mut builder = TopicIndex::builder(self.encoder.dim());
+        for topic in topics {
+            let block = if topic.library {
+                let fp = fingerprint(topic.utterances);
+                match library.get(topic.label) {
+                    Some((have, block)) if *have == fp => Arc::clone(block),
+                    _ => {
+                        let block = Arc::new(
+                            TopicVectors::encode_cached(
+                                self.encoder.as_ref(),
+                                topic.utterances,
+                                &mut cache,
+                            )
+                            .map_err(encode_error)?,
+                        );
+                        library.insert(topic.label.to_owned(), (fp, Arc::clone(&block)));
+                        block
+                    }
+                }
+            } else {
+                Arc::new(
+                    TopicVectors::encode_cached(self.encoder.as_ref(), topic.utterances, &mut cache)
+                        .map_err(encode_error)?,
+                )
+            };
+            builder
+                .add_shared_topic(topic.label, block)
+                .map_err(|e| format!("cannot index the topics: {e}"))?;
+        }
+        Ok(Some(builder.build()))
     }
 }
 
@@ -320,6 +460,8 @@ struct RouteIndex {
     /// Topic index → route index.
     topic_route: Vec<usize>,
     threshold: f32,
+    /// How the threshold was calibrated, when the proxy sets none.
+    calibration: Option<Calibration>,
 }
 
 #[derive(Debug)]
@@ -394,6 +536,8 @@ pub(crate) struct Evaluation {
     /// Routing topics, best first (empty when not semantic or blocked first).
     pub route_scores: Vec<Scored>,
     pub route_threshold: Option<f32>,
+    /// How the routing threshold was calibrated (`None`: the proxy sets it).
+    pub route_calibration: Option<Calibration>,
     pub pick: Pick,
     /// The encoder or service that embedded the prompt, if one did.
     pub embedded_by: Option<String>,
@@ -457,6 +601,7 @@ impl ProxySemantic {
             guard_threshold: self.guard.as_ref().map(|g| g.threshold),
             route_scores: Vec::new(),
             route_threshold: self.routes.as_ref().map(|r| r.threshold),
+            route_calibration: self.routes.as_ref().and_then(|r| r.calibration),
             pick: if self.routes.is_some() {
                 Pick::NoPrompt
             } else {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use switchyard_model::{
     PromptGuard, Provider, Proxy, RegexGuard as RegexGuardSpec, RegexPattern, RoutingStrategy,
-    Topic,
+    Topic, TopicSource,
 };
 use switchyard_semantic::{EncodeError, Encoder};
 
@@ -54,11 +54,12 @@ impl Encoder for Counting {
     }
 }
 
-fn topic(name: &str, utterances: &[&str]) -> Topic {
+fn topic(name: &str, utterances: &[&str]) -> TopicSource {
     Topic {
         name: name.into(),
         utterances: utterances.iter().map(|u| (*u).to_owned()).collect(),
     }
+    .into()
 }
 
 pub(crate) fn semantic_proxy(base: &str) -> Proxy {
@@ -290,9 +291,10 @@ fn unchanged_utterances_are_not_encoded_again() {
 
     // Same proxy again, plus one new utterance: only that one is encoded.
     let mut changed = semantic_proxy("/s");
-    changed.spec.routes[0].topics[0]
-        .utterances
-        .push("Where can I download my receipts?".into());
+    let TopicSource::Inline(t) = &mut changed.spec.routes[0].topics[0] else {
+        unreachable!("inline topic")
+    };
+    t.utterances.push("Where can I download my receipts?".into());
     RoutingTable::compile_with(&snapshot(2, vec![changed]), &engine).unwrap();
     assert_eq!(counting.encoded.load(Ordering::SeqCst), first + 1);
 }

@@ -106,6 +106,7 @@ mod tests {
             proxies: vec![],
             created_at_unix_ms: 1,
             semantic_services: vec![],
+            topics: vec![],
         };
         cache.store_snapshot(&snap).unwrap();
         assert_eq!(cache.load_snapshot().unwrap(), Some(snap));

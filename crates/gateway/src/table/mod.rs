@@ -101,7 +101,7 @@ impl RoutingTable {
                 )));
             }
         }
-        engine.retain(snapshot.proxies.iter().map(|p| &p.spec));
+        engine.retain(snapshot.proxies.iter().map(|p| &p.spec), &snapshot.topics);
         Ok(RoutingTable {
             version: snapshot.version,
             gateway: snapshot.gateway.clone(),
@@ -189,7 +189,7 @@ fn compile_proxy(
                 .ok_or_else(|| format!("semantic service '{name}' is not in the snapshot"))?,
         ),
     };
-    let semantic = engine.compile_proxy(spec, service)?;
+    let semantic = engine.compile_proxy(spec, service, &snapshot.topics)?;
     Ok(CompiledProxy {
         id: proxy.id,
         name: Arc::from(spec.name.as_str()),
@@ -277,6 +277,7 @@ pub(crate) mod tests {
             version,
             proxies,
             semantic_services: Vec::new(),
+            topics: Vec::new(),
             created_at: DateTime::<Utc>::UNIX_EPOCH,
         }
     }

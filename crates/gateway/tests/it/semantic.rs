@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use switchyard_gateway::{Encoder, EncoderKind, Gateway, load_encoder};
 use switchyard_model::{
     PromptGuard, Proxy, RegexGuard, RegexPattern, RoutingStrategy, SemanticService, Topic,
+    TopicSource,
 };
 use switchyard_testkit::snapshots::{
     openai_route, proxy, snapshot, snapshot_with_services, with_target,
@@ -31,11 +32,12 @@ fn shared_encoder() -> Arc<dyn Encoder> {
     }))
 }
 
-fn topic(name: &str, utterances: &[&str]) -> Topic {
+fn topic(name: &str, utterances: &[&str]) -> TopicSource {
     Topic {
         name: name.into(),
         utterances: utterances.iter().map(|u| (*u).to_owned()).collect(),
     }
+    .into()
 }
 
 fn semantic_proxy(billing_url: &str, code_url: &str) -> Proxy {
@@ -338,9 +340,10 @@ async fn a_remote_semantic_service_replaces_the_encoder() {
     assert_eq!(emb.inputs().len(), utterances + 3);
 
     // A new snapshot with one new utterance: only that one is sent.
-    p.spec.routes[0].topics[0]
-        .utterances
-        .push("Send me my receipts".into());
+    let TopicSource::Inline(t) = &mut p.spec.routes[0].topics[0] else {
+        unreachable!("inline topic")
+    };
+    t.utterances.push("Send me my receipts".into());
     cp.push(snapshot_with_services(
         GW,
         2,

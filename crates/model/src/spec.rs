@@ -396,7 +396,11 @@ impl ProxySpec {
                 }
             }
         }
-        for (t, topic) in self.prompt_guard.iter().flat_map(|g| g.deny_topics.iter().enumerate()) {
+        for (t, topic) in self
+            .prompt_guard
+            .iter()
+            .flat_map(|g| g.deny_topics.iter().enumerate())
+        {
             if let Some(name) = topic.library_name() {
                 refs.push((format!("prompt_guard.deny_topics[{t}].ref"), name));
             }

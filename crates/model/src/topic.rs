@@ -83,9 +83,8 @@ impl LibraryTopicInput {
                 format!("at most {MAX_DESCRIPTION_CHARS} characters (got {chars})"),
             ));
         }
-        let utterances = validate_utterances(self.utterances, limits, |i| {
-            format!("utterances[{i}]")
-        })?;
+        let utterances =
+            validate_utterances(self.utterances, limits, |i| format!("utterances[{i}]"))?;
         Ok(LibraryTopic {
             name,
             description,
@@ -148,7 +147,11 @@ pub fn validate_utterances(
 /// lines kept once. Errors name the 1-based line (`field` is `line 17`).
 pub fn parse_utterance_lines(body: &[u8], limits: &Limits) -> Result<Vec<String>, ValidationError> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        let line = body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        let line = body[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
         ValidationError::new(
             ErrorCode::Malformed,
             format!("line {line}"),
@@ -309,7 +312,11 @@ mod tests {
         .unwrap();
         assert_eq!(input.version, Some(3));
         assert_eq!(
-            fails(input.clone().validate_replacement("billing", &Limits::default())),
+            fails(
+                input
+                    .clone()
+                    .validate_replacement("billing", &Limits::default())
+            ),
             (ErrorCode::RuleViolated, "name".into())
         );
         let t = input
@@ -329,30 +336,44 @@ mod tests {
     #[test]
     fn text_uploads_take_one_utterance_per_line() {
         let limits = Limits::default();
-        let parsed =
-            parse_utterance_lines(b"pay my invoice\r\n\n  refund please  \n\npay my invoice\n", &limits)
-                .unwrap();
+        let parsed = parse_utterance_lines(
+            b"pay my invoice\r\n\n  refund please  \n\npay my invoice\n",
+            &limits,
+        )
+        .unwrap();
         assert_eq!(parsed, vec!["pay my invoice", "refund please"]);
         assert_eq!(parse_utterance_lines(b"one", &limits).unwrap(), vec!["one"]);
 
         let long = format!("ok\n\nfine\n{}\n", "x".repeat(501));
         let e = parse_utterance_lines(long.as_bytes(), &limits).unwrap_err();
-        assert_eq!((e.code, e.field.as_str()), (ErrorCode::LimitExceeded, "line 4"));
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::LimitExceeded, "line 4")
+        );
         assert!(e.message.contains("got 501"), "{}", e.message);
 
         let e = parse_utterance_lines(b"ok\nbad\x07bell\n", &limits).unwrap_err();
-        assert_eq!((e.code, e.field.as_str()), (ErrorCode::InvalidValue, "line 2"));
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::InvalidValue, "line 2")
+        );
         let e = parse_utterance_lines(b"ok\nfine\n\xff\xfe\n", &limits).unwrap_err();
         assert_eq!((e.code, e.field.as_str()), (ErrorCode::Malformed, "line 3"));
         let e = parse_utterance_lines(b"\n \n\n", &limits).unwrap_err();
-        assert_eq!((e.code, e.field.as_str()), (ErrorCode::RuleViolated, "utterances"));
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::RuleViolated, "utterances")
+        );
 
         let small = Limits {
             utterances_per_library_topic: 2,
             ..Limits::default()
         };
         let e = parse_utterance_lines(b"a\nb\nc\n", &small).unwrap_err();
-        assert_eq!((e.code, e.field.as_str()), (ErrorCode::LimitExceeded, "utterances"));
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::LimitExceeded, "utterances")
+        );
         assert!(e.message.contains("got 3"), "{}", e.message);
     }
 }

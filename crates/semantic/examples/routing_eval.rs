@@ -315,9 +315,7 @@ fn evaluate(
         out_scope: Vec::with_capacity(out_scope.len()),
     };
     for (text, topic) in in_scope {
-        let best = index
-            .best(&vectors[*text])?
-            .ok_or("empty index")?;
+        let best = index.best(&vectors[*text])?.ok_or("empty index")?;
         r.in_scope.push(Outcome {
             right: best.topic == *topic,
             score: best.score,
@@ -359,7 +357,11 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
     let largest = training_set(set, max_limit);
     let mut texts: Vec<&str> = in_scope.iter().map(|(t, _)| *t).collect();
     texts.extend(out_scope.iter().copied());
-    texts.extend(largest.iter().flat_map(|(_, u)| u.iter().map(String::as_str)));
+    texts.extend(
+        largest
+            .iter()
+            .flat_map(|(_, u)| u.iter().map(String::as_str)),
+    );
     let start = Instant::now();
     let vectors = encode_all(enc, &texts)?;
     println!(
@@ -377,7 +379,8 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
         let mut builder = TopicIndex::builder(enc.dim());
         for (label, utterances) in &training {
             let rows: Vec<&Vec<f32>> = utterances.iter().map(|u| &vectors[u]).collect();
-            builder.add_shared_topic(label.clone(), Arc::new(TopicVectors::new(enc.dim(), rows)?))?;
+            builder
+                .add_shared_topic(label.clone(), Arc::new(TopicVectors::new(enc.dim(), rows)?))?;
         }
         let nearest = builder.build();
         let n_utt = nearest.utterance_count();
@@ -405,9 +408,14 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
             calibrated.describe(),
             calibration_ms
         );
-        println!("| rule and threshold | threshold | in-scope accuracy | out-of-scope fallback | overall accuracy |");
+        println!(
+            "| rule and threshold | threshold | in-scope accuracy | out-of-scope fallback | overall accuracy |"
+        );
         println!("|---|---|---|---|---|");
-        print_row("old rule (nearest utterance), best fixed threshold", old_best);
+        print_row(
+            "old rule (nearest utterance), best fixed threshold",
+            old_best,
+        );
         print_row("old rule, 0.5 (the old default)", old.at(0.5));
         print_row(
             "**new default**: new rule, calibrated (no threshold set)",
@@ -427,7 +435,9 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
         );
 
         if args.variants {
-            println!("| scoring | best fixed: threshold | overall | calibrated: threshold | overall |");
+            println!(
+                "| scoring | best fixed: threshold | overall | calibrated: threshold | overall |"
+            );
             println!("|---|---|---|---|---|");
             let mut rules = vec![Scoring::Nearest];
             for k in [2, 3, 5, 10] {
@@ -448,10 +458,7 @@ fn run_set(enc: &dyn Encoder, set: &DataSet, args: &Args) -> Result<(), BoxError
                 if rule == (Scoring::NearestMean { k: 2, step: 0.0 }) {
                     continue;
                 }
-                let index = nearest
-                    .clone()
-                    .with_scoring(rule)
-                    .with_contrast(contrast);
+                let index = nearest.clone().with_scoring(rule).with_contrast(contrast);
                 let r = evaluate(&index, &vectors, &in_scope, &out_scope)?;
                 let c: Calibration = index.calibrate();
                 let best = r.best();

@@ -495,7 +495,6 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// √(2/π), for the tanh approximation of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
-
 #[inline(always)]
 fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {

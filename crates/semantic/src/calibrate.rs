@@ -86,7 +86,11 @@ impl TopicIndex {
             let take = n.min(per_topic);
             for i in 0..take {
                 // Evenly spread over the topic's rows, first and last included.
-                let row = if take > 1 { i * (n - 1) / (take - 1) } else { 0 };
+                let row = if take > 1 {
+                    i * (n - 1) / (take - 1)
+                } else {
+                    0
+                };
                 let Some(vector) = block.row(row) else {
                     continue;
                 };

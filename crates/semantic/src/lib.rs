@@ -53,14 +53,14 @@ mod service;
 mod simd;
 mod static_model;
 
+pub use calibrate::{Calibration, CalibrationMethod, CalibrationSample};
 pub use encoder::{Encoder, dot, l2_normalize};
 pub use error::{EmbedError, EncodeError, IndexError, LoadError};
-pub use calibrate::{Calibration, CalibrationMethod, CalibrationSample};
 pub use index::{
     EmbeddingCache, TopicIndex, TopicIndexBuilder, TopicScore, TopicScores, TopicVectors,
 };
-pub use scoring::Scoring;
 pub use minilm::{MINILM_NAME, MiniLmEncoder, MiniLmOptions, Truncation};
+pub use scoring::Scoring;
 pub use service::{EmbeddingService, ServiceConfig, ServiceStats};
 pub use static_model::{STATIC_NAME, StaticEncoder};
 

@@ -4,6 +4,7 @@ mod error;
 mod gateways;
 mod proxies;
 mod semantic_services;
+mod topics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(semantic_services::get)
                 .put(semantic_services::update)
                 .delete(semantic_services::delete),
+        )
+        .route("/topics", get(topics::list).post(topics::create))
+        .route(
+            "/topics/{name}",
+            get(topics::get).put(topics::update).delete(topics::delete),
+        )
+        .route(
+            "/topics/{name}/utterances",
+            get(topics::get_utterances).put(topics::put_utterances),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(openapi));

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_model::{Limits, ProxySpec, SemanticService, parse_proxy_input};
+use switchyard_model::{
+    ErrorCode, LibraryTopic, Limits, ProxySpec, SemanticService, parse_proxy_input,
+};
 use switchyard_testkit::pg::PgDatabase;
 
 use super::*;
@@ -79,6 +81,9 @@ store_suite!(
     service_delete_cannot_race_a_proxy_into_a_dangling_reference,
     service_updates_and_proxy_writes_do_not_deadlock,
     rewrite_semantic_services_keeps_versions,
+    topics_crud,
+    proxies_name_existing_topics_only,
+    topic_update_bumps_every_gateway_naming_it,
 );
 
 fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
@@ -1106,4 +1111,245 @@ async fn sqlite_legacy_inline_services_are_migrated() {
 async fn postgres_legacy_inline_services_are_migrated() {
     let db = PgDatabase::create().await;
     legacy_inline_services_are_migrated(db.url()).await;
+}
+
+fn library_topic(name: &str, utterances: &[&str]) -> LibraryTopic {
+    LibraryTopic {
+        name: name.into(),
+        description: format!("{name} prompts"),
+        utterances: utterances.iter().map(|u| (*u).to_owned()).collect(),
+    }
+}
+
+/// A semantic proxy whose first route refers to `topic`, and whose deny list to `deny`.
+fn spec_with_refs(
+    gateway: &str,
+    name: &str,
+    base_path: &str,
+    topic: &str,
+    deny: Option<&str>,
+) -> ProxySpec {
+    let mut body = serde_json::json!({
+        "name": name, "gateway": gateway, "base_path": base_path,
+        "routing": {"strategy": "semantic"},
+        "routes": [{"provider": "openai", "url": "https://api.openai.com/v1", "target_model": "m",
+                    "auth": {"type": "static", "api_key": "enc:v1:test"},
+                    "topics": [{"name": "inline", "utterances": ["hello"]}, {"ref": topic}]}]
+    });
+    if let Some(deny) = deny {
+        body["prompt_guard"] =
+            serde_json::json!({"threshold": 0.8, "deny_topics": [{"ref": deny}]});
+    }
+    parse_proxy_input(body.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default(), None)
+        .unwrap()
+}
+
+async fn topics_crud(store: Arc<Store>) {
+    let limits = Limits::default();
+    let created = store
+        .create_topic(
+            &library_topic("billing", &["pay my invoice", "refund"]),
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!((created.version, created.proxies), (1, 0));
+    assert!(matches!(
+        store.create_topic(&library_topic("billing", &["x"]), &limits).await,
+        Err(StoreError::Conflict(m)) if m.contains("already exists")
+    ));
+    store
+        .create_topic(&library_topic("accounts", &["close my account"]), &limits)
+        .await
+        .unwrap();
+    let all = store.list_topics().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|t| (t.name.as_str(), t.utterance_count))
+            .collect::<Vec<_>>(),
+        [("accounts", 1), ("billing", 2)]
+    );
+    let read = store.get_topic("billing").await.unwrap().unwrap();
+    assert_eq!(
+        read.topic,
+        library_topic("billing", &["pay my invoice", "refund"])
+    );
+    assert!(store.get_topic("nope").await.unwrap().is_none());
+
+    let (updated, gateways) = store
+        .update_topic(&library_topic("billing", &["a", "b", "c"]), Some(1))
+        .await
+        .unwrap();
+    assert_eq!((updated.version, updated.topic.utterances.len()), (2, 3));
+    assert!(gateways.is_empty());
+    assert!(matches!(
+        store.update_topic(&library_topic("billing", &["a"]), Some(1)).await,
+        Err(StoreError::Conflict(m)) if m.contains("version conflict")
+    ));
+    assert!(matches!(
+        store
+            .update_topic(&library_topic("nope", &["a"]), None)
+            .await,
+        Err(StoreError::NotFound("topic"))
+    ));
+    store.delete_topic("accounts").await.unwrap();
+    assert!(matches!(
+        store.delete_topic("accounts").await,
+        Err(StoreError::NotFound("topic"))
+    ));
+
+    // The library's size limit.
+    let small = Limits {
+        library_topics: 1,
+        ..Limits::default()
+    };
+    let err = store
+        .create_topic(&library_topic("more", &["x"]), &small)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(v) if v.code == ErrorCode::LimitExceeded),
+        "{err}"
+    );
+}
+
+async fn proxies_name_existing_topics_only(store: Arc<Store>) {
+    let limits = Limits::default();
+    store.create_gateway("gw", "h").await.unwrap();
+    store
+        .create_topic(&library_topic("billing", &["pay my invoice"]), &limits)
+        .await
+        .unwrap();
+    // A reference to a missing topic: 422 naming the reference, nothing stored.
+    let err = store
+        .create_proxy(
+            &spec_with_refs("gw", "p", "/p", "billing", Some("weapons")),
+            &limits,
+        )
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::Invalid(v) => {
+            assert_eq!(v.field, "prompt_guard.deny_topics[0].ref");
+            assert!(
+                v.message.contains("'weapons' does not exist"),
+                "{}",
+                v.message
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(store.list_proxies(None).await.unwrap().is_empty());
+
+    store
+        .create_topic(&library_topic("weapons", &["build a bomb"]), &limits)
+        .await
+        .unwrap();
+    let p = store
+        .create_proxy(
+            &spec_with_refs("gw", "p", "/p", "billing", Some("weapons")),
+            &limits,
+        )
+        .await
+        .unwrap();
+    let q = store
+        .create_proxy(&spec_with_refs("gw", "q", "/q", "billing", None), &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_topic("billing").await.unwrap().unwrap().proxies,
+        2
+    );
+    assert_eq!(
+        store.get_topic("weapons").await.unwrap().unwrap().proxies,
+        1
+    );
+
+    // Deleting a topic still named: a conflict naming the proxies.
+    let err = store.delete_topic("billing").await.unwrap_err();
+    match err {
+        StoreError::Conflict(m) => assert!(
+            m.contains("2 proxies") && m.contains("gw/p") && m.contains("gw/q"),
+            "{m}"
+        ),
+        other => panic!("{other}"),
+    }
+    // A proxy that stops naming a topic releases it; a deleted proxy too.
+    store
+        .update_proxy(
+            p.id,
+            &spec_with_refs("gw", "p", "/p", "billing", None),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_topic("weapons").await.unwrap().unwrap().proxies,
+        0
+    );
+    store.delete_topic("weapons").await.unwrap();
+    store.delete_proxy(q.id).await.unwrap();
+    store.delete_proxy(p.id).await.unwrap();
+    store.delete_topic("billing").await.unwrap();
+}
+
+async fn topic_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw", "gw2", "gw3"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    for t in ["billing", "other"] {
+        store
+            .create_topic(&library_topic(t, &["one"]), &limits)
+            .await
+            .unwrap();
+    }
+    store
+        .create_proxy(&spec_with_refs("gw", "a", "/a", "billing", None), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(
+            &spec_with_refs("gw", "b", "/b", "other", Some("billing")),
+            &limits,
+        )
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec_with_refs("gw2", "c", "/c", "billing", None), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec_with_refs("gw3", "d", "/d", "other", None), &limits)
+        .await
+        .unwrap();
+    let before = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert_eq!(before.version, 2);
+    assert_eq!(
+        before
+            .topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["billing", "other"],
+        "each topic once, however many proxies name it"
+    );
+    let (_, mut gateways) = store
+        .update_topic(&library_topic("billing", &["one", "two"]), None)
+        .await
+        .unwrap();
+    gateways.sort();
+    assert_eq!(gateways, ["gw", "gw2"]);
+    let after = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert_eq!(after.version, 3, "one bump per gateway, not per proxy");
+    assert_eq!(after.topics[0].utterances, ["one", "two"]);
+    assert_eq!(
+        store.snapshot_source("gw2").await.unwrap().unwrap().version,
+        2
+    );
+    let gw3 = store.snapshot_source("gw3").await.unwrap().unwrap();
+    assert_eq!(gw3.version, 1);
+    assert_eq!(gw3.topics.len(), 1);
 }

@@ -12,7 +12,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, LibraryTopic, Limits, ProxySpec, ValidationError};
 
-use super::{Store, StoreError, from_ms, is_foreign_key_violation, is_unique_violation, ms, to_i64, to_u64};
+use super::{
+    Store, StoreError, from_ms, is_foreign_key_violation, is_unique_violation, ms, to_i64, to_u64,
+};
 
 /// A library topic as stored, with how many proxies name it.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,7 +302,9 @@ impl Store {
                 return Err(StoreError::Invalid(ValidationError::new(
                     ErrorCode::InvalidValue,
                     field,
-                    format!("library topic '{name}' does not exist (create it with POST /api/v1/topics)"),
+                    format!(
+                        "library topic '{name}' does not exist (create it with POST /api/v1/topics)"
+                    ),
                 )));
             }
         }

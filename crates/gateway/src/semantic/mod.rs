@@ -24,12 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
-use switchyard_model::{
-    LibraryTopic, ProxySpec, RoutingStrategy, SemanticService, TopicSource,
-};
+use switchyard_model::{LibraryTopic, ProxySpec, RoutingStrategy, SemanticService, TopicSource};
 use switchyard_semantic::{
-    Calibration, EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions,
-    Scoring, ServiceConfig, StaticEncoder, TopicIndex, TopicVectors, Truncation,
+    Calibration, EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, Scoring,
+    ServiceConfig, StaticEncoder, TopicIndex, TopicVectors, Truncation,
 };
 
 use crate::error::ProxyError;
@@ -375,7 +373,8 @@ impl Local {
         if topics.is_empty() {
             return Ok(None);
         }
-        let encode_error = |e: switchyard_semantic::IndexError| format!("cannot encode the topics: {e}");
+        let encode_error =
+            |e: switchyard_semantic::IndexError| format!("cannot encode the topics: {e}");
         let mut cache = self.cache.lock().map_err(|_| "embedding cache poisoned")?;
         let mut library = self.library.lock().map_err(|_| "library cache poisoned")?;
         // Everything missing in one go (batched), then blocks from the cache.
@@ -415,8 +414,12 @@ impl Local {
                 }
             } else {
                 Arc::new(
-                    TopicVectors::encode_cached(self.encoder.as_ref(), topic.utterances, &mut cache)
-                        .map_err(encode_error)?,
+                    TopicVectors::encode_cached(
+                        self.encoder.as_ref(),
+                        topic.utterances,
+                        &mut cache,
+                    )
+                    .map_err(encode_error)?,
                 )
             };
             builder

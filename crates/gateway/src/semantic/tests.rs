@@ -294,7 +294,8 @@ fn unchanged_utterances_are_not_encoded_again() {
     let TopicSource::Inline(t) = &mut changed.spec.routes[0].topics[0] else {
         unreachable!("inline topic")
     };
-    t.utterances.push("Where can I download my receipts?".into());
+    t.utterances
+        .push("Where can I download my receipts?".into());
     RoutingTable::compile_with(&snapshot(2, vec![changed]), &engine).unwrap();
     assert_eq!(counting.encoded.load(Ordering::SeqCst), first + 1);
 }

@@ -86,6 +86,24 @@ impl Api {
     async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.call(reqwest::Method::DELETE, path, None).await
     }
+    /// `PUT` with a raw body of the given content type.
+    async fn put_raw(&self, path: &str, content_type: &str, body: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
 }
 
 fn proxy(name: &str, base_path: &str) -> Value {
@@ -535,6 +553,9 @@ fn openapi_documents_every_route() {
         ("/proxies/{id}", &["get", "put", "delete"]),
         ("/semantic-services", &["get", "post"]),
         ("/semantic-services/{name}", &["get", "put", "delete"]),
+        ("/topics", &["get", "post"]),
+        ("/topics/{name}", &["get", "put", "delete"]),
+        ("/topics/{name}/utterances", &["get", "put"]),
         ("/openapi.json", &["get"]),
     ] {
         for m in methods {
@@ -546,7 +567,7 @@ fn openapi_documents_every_route() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        8,
+        11,
         "a documented path the router does not serve"
     );
 }
@@ -975,4 +996,286 @@ async fn proxies_reference_semantic_services_by_name() {
         api.delete("/semantic-services/embed-eu").await.0,
         StatusCode::NO_CONTENT
     );
+}
+
+/// A proxy of gateway `prod-eu` routing with inline topics and library references.
+fn library_proxy(name: &str, base_path: &str, topic: &str) -> Value {
+    json!({
+        "name": name, "gateway": "prod-eu", "base_path": base_path,
+        "routing": {"strategy": "semantic", "fallback": {"route": "openai"}},
+        "routes": [{"name": "openai", "provider": "openai", "url": "https://api.openai.com/v1",
+                    "auth": {"type": "static", "api_key": "sk-x"}, "target_model": "gpt-4.1",
+                    "topics": [{"name": "greetings", "utterances": ["hello"]}, {"ref": topic}]}],
+        "prompt_guard": {"threshold": 0.8, "deny_topics": [{"ref": topic}]}
+    })
+}
+
+#[tokio::test]
+async fn the_topic_library_lifecycle() {
+    let api = Api::start(Limits::default()).await;
+    api.post("/gateways", json!({"name": "prod-eu"})).await;
+    let (s, created) = api
+        .post(
+            "/topics",
+            json!({"name": "billing", "description": "invoices", "utterances": ["pay my invoice", " refund ", "pay my invoice"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["utterances"], json!(["pay my invoice", "refund"]));
+    assert_eq!(
+        (
+            created["version"].as_u64(),
+            created["proxies"].as_u64(),
+            created["utterance_count"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2))
+    );
+    let (s, b) = api
+        .post("/topics", json!({"name": "billing", "utterances": ["x"]}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Proxies mix inline topics and references; a missing reference is a 422 naming it.
+    let (s, b) = api.post("/proxies", library_proxy("p", "/p", "nope")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["field"], "routes[0].topics[1].ref");
+    let (s, p) = api
+        .post("/proxies", library_proxy("p", "/p", "billing"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    assert_eq!(p["routes"][0]["topics"][1], json!({"ref": "billing"}));
+    assert_eq!(
+        p["prompt_guard"]["deny_topics"][0],
+        json!({"ref": "billing"})
+    );
+    let (_, read) = api.get("/topics/billing").await;
+    assert_eq!(read["proxies"], 1);
+
+    // text/plain upload: one per line, blank lines and the trailing newline ignored.
+    let (s, b) = api
+        .put_raw(
+            "/topics/billing/utterances",
+            "text/plain; charset=utf-8",
+            "How do I pay my invoice?\r\n\nI was charged twice\n\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["utterances"],
+        json!(["How do I pay my invoice?", "I was charged twice"])
+    );
+    assert_eq!(
+        (b["version"].as_u64(), b["description"].as_str()),
+        (Some(2), Some("invoices"))
+    );
+    let long = format!("fine\n\nalso fine\n{}\n", "x".repeat(501));
+    let (s, b) = api
+        .put_raw("/topics/billing/utterances", "text/plain", &long)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"]["field"], "line 4");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500 characters"),
+        "{b}"
+    );
+    // JSON array upload, with a stale If-Match refused.
+    let (s, b) = api
+        .put_raw(
+            "/topics/billing/utterances",
+            "application/json",
+            r#"["one", "two", "three"]"#,
+        )
+        .await;
+    assert_eq!(
+        (s, b["utterance_count"].as_u64()),
+        (StatusCode::OK, Some(3)),
+        "{b}"
+    );
+    let (s, b) = api
+        .put_raw(
+            "/topics/billing/utterances",
+            "application/json",
+            r#"["ok", ""]"#,
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("[1]")),
+        "{b}"
+    );
+    let (s, b) = api
+        .put_raw("/topics/billing/utterances", "application/xml", "<x/>")
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+    let resp = api
+        .http
+        .put(format!("{}/topics/billing/utterances", api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .header("if-match", "\"1\"")
+        .body("stale")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let (s, _) = api
+        .put_raw("/topics/nope/utterances", "text/plain", "x")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The utterances back as text.
+    let text = api
+        .http
+        .get(format!("{}/topics/billing/utterances", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "one\ntwo\nthree\n");
+
+    // A GET reply sent back with a change; renaming is refused.
+    let (_, mut edited) = api.get("/topics/billing").await;
+    edited["description"] = json!("billing questions");
+    let (s, b) = api.put("/topics/billing", edited.clone()).await;
+    assert_eq!((s, b["version"].as_u64()), (StatusCode::OK, Some(4)), "{b}");
+    edited["name"] = json!("other");
+    let (s, b) = api.put("/topics/billing", edited).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name"))
+    );
+
+    let (s, list) = api.get("/topics").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["name"], "billing");
+    assert!(
+        list[0].get("utterances").is_none(),
+        "listings leave utterances out"
+    );
+    assert_eq!(list[0]["utterance_count"], 3);
+
+    // Deleting a topic a proxy names: 409 naming the proxy; then it goes.
+    let (s, b) = api.delete("/topics/billing").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("prod-eu/p") && message.contains(p["id"].as_str().unwrap()),
+        "{message}"
+    );
+    api.delete(&format!("/proxies/{}", p["id"].as_str().unwrap()))
+        .await;
+    let (s, _) = api.delete("/topics/billing").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.get("/topics/billing").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn library_limits_are_enforced_and_raisable() {
+    let api = Api::start(Limits::default()).await;
+    let many: Vec<String> = (0..2001).map(|i| format!("utterance {i}")).collect();
+    let (s, b) = api
+        .post("/topics", json!({"name": "big", "utterances": many}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("utterances")),
+        "{b}"
+    );
+    let (s, _) = api
+        .post(
+            "/topics",
+            json!({"name": "big", "utterances": &many[..2000]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let text = many.join("\n");
+    let (s, b) = api
+        .put_raw("/topics/big/utterances", "text/plain", &text)
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("utterances")),
+        "{b}"
+    );
+    let (s, b) = api
+        .post("/topics", json!({"name": "Bad Name", "utterances": ["x"]}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        "{b}"
+    );
+    let (s, b) = api
+        .post(
+            "/topics",
+            json!({"name": "x", "utterances": ["y"], "colour": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("colour")),
+        "{b}"
+    );
+
+    // Library references per proxy have their own limit; inline topics keep theirs.
+    api.post("/gateways", json!({"name": "prod-eu"})).await;
+    for i in 0..17 {
+        api.post(
+            "/topics",
+            json!({"name": format!("t{i}"), "utterances": ["x"]}),
+        )
+        .await;
+    }
+    let mut p = library_proxy("p", "/p", "t0");
+    let refs: Vec<Value> = (0..17).map(|i| json!({"ref": format!("t{i}")})).collect();
+    p["routes"][0]["topics"] = json!(refs);
+    let (s, b) = api.post("/proxies", p.clone()).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("routes[0].topics[16]")
+        ),
+        "{b}"
+    );
+    let mut mixed: Vec<Value> = (0..16).map(|i| json!({"ref": format!("t{i}")})).collect();
+    mixed.extend((0..6).map(|i| json!({"name": format!("inline{i}"), "utterances": ["x"]})));
+    p["routes"][0]["topics"] = json!(mixed);
+    let (s, b) = api.post("/proxies", p.clone()).await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "16 references and 6 inline topics: {b}"
+    );
+    let (s, b) = api
+        .post("/proxies", {
+            let mut q = library_proxy("q", "/q", "t0");
+            q["routes"][0]["topics"] = json!([{"ref": "t1", "name": "x"}]);
+            q
+        })
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("routes[0].topics[0].name")
+        ),
+        "{b}"
+    );
+
+    let raised = Api::start(Limits {
+        utterances_per_library_topic: 5000,
+        ..Limits::default()
+    })
+    .await;
+    let (s, b) = raised
+        .post("/topics", json!({"name": "big", "utterances": many}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
 }

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::names::{validate_base_path, validate_name};
 use crate::{
     Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, RegexGuard,
-    RegexPattern, Route, Routing, RoutingStrategy, Secret, Selector, Topic, TopicSource,
-    ValidationError, validate_gateway_name,
+    RegexPattern, Route, Routing, RoutingScoring, RoutingStrategy, Secret, Selector, Topic,
+    TopicSource, ValidationError, validate_gateway_name,
 };
 
 /// The body of `POST /proxies` and `PUT /proxies/{id}`.
@@ -57,6 +57,9 @@ pub struct RoutingInput {
     pub fallback: Option<FallbackInput>,
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// `nearest` or `contrast`.
+    #[serde(default)]
+    pub scoring: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +315,7 @@ fn validate_routing(
         strategy: None,
         fallback: None,
         threshold: None,
+        scoring: None,
     });
     let strategy = match input.strategy.as_deref() {
         None | Some("model") => RoutingStrategy::Model,
@@ -365,10 +369,20 @@ fn validate_routing(
             ));
         }
     }
+    let scoring = match input.scoring.as_deref() {
+        None => None,
+        Some(s) => Some(RoutingScoring::parse(s).ok_or_else(|| {
+            ValidationError::invalid(
+                "routing.scoring",
+                format!("unknown scoring '{s}'; expected 'nearest' or 'contrast'"),
+            )
+        })?),
+    };
     Ok(Routing {
         strategy,
         fallback,
         threshold: input.threshold,
+        scoring,
     })
 }
 

@@ -26,8 +26,8 @@ pub use selector::{Selector, SelectorSource};
 pub use service::{SemanticServiceInput, parse_semantic_service_input};
 pub use spec::{
     Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, LibraryTopic, PromptGuard, Provider, Proxy,
-    ProxySpec, RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, SemanticService, Topic,
-    TopicSource,
+    ProxySpec, RegexGuard, RegexPattern, Route, Routing, RoutingScoring, RoutingStrategy,
+    SemanticService, Topic, TopicSource,
 };
 pub use topic::{
     LibraryTopicInput, MAX_DESCRIPTION_CHARS, parse_library_topic_input, parse_utterance_lines,

@@ -189,6 +189,11 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
                 target_model: f.target_model.clone(),
             }),
             threshold: spec.routing.threshold,
+            scoring: spec
+                .routing
+                .scoring
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
         }),
         routes: spec.routes.iter().map(route_to_pb).collect(),
         prompt_guard: spec.prompt_guard.as_ref().map(|g| pb::PromptGuard {
@@ -248,6 +253,13 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
                 target_model: f.target_model,
             }),
             threshold: routing.threshold,
+            scoring: match routing.scoring.as_str() {
+                "" => None,
+                s => Some(
+                    crate::RoutingScoring::parse(s)
+                        .ok_or_else(|| invalid(format!("unknown routing scoring '{s}'")))?,
+                ),
+            },
         },
         routes,
         prompt_guard: p.prompt_guard.map(|g| PromptGuard {

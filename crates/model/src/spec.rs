@@ -115,12 +115,54 @@ pub struct Routing {
     pub fallback: Option<Fallback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<RoutingScoring>,
+}
+
+/// How semantic routing scores a route's topics for a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingScoring {
+    /// The similarity of the topic's nearest utterance (the rule before the topic library).
+    Nearest,
+    /// The mean similarity of the topic's 5 nearest utterances, less half the best score of
+    /// another route's topics.
+    Contrast,
+}
+
+impl RoutingScoring {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingScoring::Nearest => "nearest",
+            RoutingScoring::Contrast => "contrast",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RoutingScoring> {
+        match s {
+            "nearest" => Some(RoutingScoring::Nearest),
+            "contrast" => Some(RoutingScoring::Contrast),
+            _ => None,
+        }
+    }
 }
 
 impl Routing {
-    /// The threshold semantic routing compares against.
+    /// The threshold semantic routing compares against, when the proxy sets one (without
+    /// one the gateway calibrates it).
     pub fn semantic_threshold(&self) -> f64 {
         self.threshold.unwrap_or(DEFAULT_SEMANTIC_THRESHOLD)
+    }
+
+    /// The scoring rule in force: the one set, else `contrast` when the threshold is left to
+    /// calibration and `nearest` when a threshold is set (what such thresholds were tuned
+    /// for before `contrast` existed).
+    pub fn effective_scoring(&self) -> RoutingScoring {
+        self.scoring.unwrap_or(if self.threshold.is_some() {
+            RoutingScoring::Nearest
+        } else {
+            RoutingScoring::Contrast
+        })
     }
 }
 

@@ -64,6 +64,7 @@ pub fn proxy(
                     target_model: target.map(str::to_owned),
                 }),
                 threshold: None,
+                scoring: None,
             },
             routes,
             prompt_guard: None,

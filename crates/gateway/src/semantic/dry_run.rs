@@ -157,8 +157,7 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
             "threshold": t,
             "threshold_source": if ev.route_calibration.is_some() { "calibrated" } else { "configured" },
             "calibration": ev.route_calibration.map(|c| c.describe()),
-            "scoring": switchyard_semantic::Scoring::ROUTING_DEFAULT.describe()
-                + ", less half the best other route's",
+            "scoring": ev.route_scoring.map(|s| s.as_str()),
             "scores": scores(&ev.route_scores, proxy, true),
             "route": route,
             "model": model,

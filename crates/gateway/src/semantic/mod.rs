@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
-use switchyard_model::{LibraryTopic, ProxySpec, RoutingStrategy, SemanticService, TopicSource};
+use switchyard_model::{
+    LibraryTopic, ProxySpec, RoutingScoring, RoutingStrategy, SemanticService, TopicSource,
+};
 use switchyard_semantic::{
     Calibration, EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, Scoring,
     ServiceConfig, StaticEncoder, TopicIndex, TopicVectors, Truncation,
@@ -282,12 +284,16 @@ impl SemanticEngine {
         let routes = match routes_index {
             None => None,
             Some(index) => {
-                // The semantic crate's routing default (README, "Scoring and calibration"):
-                // the mean of the nearest utterances, less half the best other route's.
-                let index = index
-                    .with_scoring(Scoring::ROUTING_DEFAULT)
-                    .with_groups(&topic_route)
-                    .with_contrast(Scoring::ROUTING_CONTRAST);
+                let index = index.with_groups(&topic_route);
+                let index = match spec.routing.effective_scoring() {
+                    RoutingScoring::Nearest => index.with_scoring(Scoring::Nearest),
+                    // The semantic crate's routing default (README, "Scoring and
+                    // calibration"): the mean of the nearest utterances, less half the best
+                    // other route's.
+                    RoutingScoring::Contrast => index
+                        .with_scoring(Scoring::ROUTING_DEFAULT)
+                        .with_contrast(Scoring::ROUTING_CONTRAST),
+                };
                 let (threshold, calibration) = match spec.routing.threshold {
                     Some(t) => (t as f32, None),
                     None => {
@@ -300,6 +306,7 @@ impl SemanticEngine {
                     topic_route,
                     threshold,
                     calibration,
+                    scoring: spec.routing.effective_scoring(),
                 })
             }
         };
@@ -465,6 +472,7 @@ struct RouteIndex {
     threshold: f32,
     /// How the threshold was calibrated, when the proxy sets none.
     calibration: Option<Calibration>,
+    scoring: RoutingScoring,
 }
 
 #[derive(Debug)]
@@ -541,6 +549,8 @@ pub(crate) struct Evaluation {
     pub route_threshold: Option<f32>,
     /// How the routing threshold was calibrated (`None`: the proxy sets it).
     pub route_calibration: Option<Calibration>,
+    /// The scoring rule of the routing topics.
+    pub route_scoring: Option<RoutingScoring>,
     pub pick: Pick,
     /// The encoder or service that embedded the prompt, if one did.
     pub embedded_by: Option<String>,
@@ -605,6 +615,7 @@ impl ProxySemantic {
             route_scores: Vec::new(),
             route_threshold: self.routes.as_ref().map(|r| r.threshold),
             route_calibration: self.routes.as_ref().and_then(|r| r.calibration),
+            route_scoring: self.routes.as_ref().map(|r| r.scoring),
             pick: if self.routes.is_some() {
                 Pick::NoPrompt
             } else {

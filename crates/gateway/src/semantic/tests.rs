@@ -310,3 +310,107 @@ async fn the_scores_header_lists_guard_and_route_scores() {
     assert!(text.starts_with("guard=weapons:0."), "{text}");
     assert!(text.contains("; routes=payments:0."), "{text}");
 }
+
+/// Three proxies refer to one library topic: its utterances are encoded once on the node,
+/// and every proxy's index holds the same block. A changed topic is re-encoded for its new
+/// utterances only, and a topic no longer named is dropped.
+#[test]
+fn a_library_topic_is_encoded_once_and_shared_by_its_proxies() {
+    use switchyard_model::LibraryTopic;
+    let counting = Arc::new(Counting {
+        inner: shared_encoder(),
+        encoded: AtomicUsize::new(0),
+    });
+    let engine = SemanticEngine::with_encoder(counting.clone(), reqwest::Client::new()).unwrap();
+    let billing: Vec<String> = [
+        "How do I pay my invoice?",
+        "I was charged twice on my credit card",
+        "Can I get a refund for my subscription?",
+        "Update my billing address and payment method",
+        "Why is my bill higher this month?",
+        "Send me last month's receipt",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let library = |utterances: Vec<String>| LibraryTopic {
+        name: "billing".into(),
+        description: String::new(),
+        utterances,
+    };
+    let using_library = |base: &str| {
+        let mut p = semantic_proxy(base);
+        p.spec.name = base.trim_start_matches('/').to_owned();
+        p.spec.routing.threshold = None; // calibrated
+        p.spec.routes[0].topics = vec![TopicSource::Library {
+            name: "billing".into(),
+        }];
+        p
+    };
+    let mut snap = snapshot(
+        1,
+        vec![
+            using_library("/a"),
+            using_library("/b"),
+            using_library("/c"),
+        ],
+    );
+    snap.topics = vec![library(billing.clone())];
+    let table = RoutingTable::compile_with(&snap, &engine).unwrap();
+    // 6 library + 4 inline (code route) + 2 deny utterances, each once.
+    assert_eq!(counting.encoded.load(Ordering::SeqCst), 12);
+    let blocks = engine.library_blocks();
+    assert_eq!(blocks.len(), 1);
+    let shared = &blocks[0].1;
+    assert_eq!(shared.len(), 6);
+    // One allocation held by the node's library, the three proxies' indexes and `blocks`.
+    assert_eq!(Arc::strong_count(shared), 5);
+    for base in ["/a", "/b", "/c"] {
+        let (p, _) = table.lookup(&format!("{base}/chat/completions")).unwrap();
+        let routes = p.semantic.as_ref().unwrap().routes.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&routes.index.topic_vectors()[0], shared));
+        let c = routes.calibration.expect("no threshold set: calibrated");
+        assert_eq!(c.samples, 10, "6 + 4 utterances scored");
+        assert_eq!(routes.scoring, RoutingScoring::Contrast);
+    }
+    drop(table);
+
+    // One utterance added: only it is encoded; the old block is replaced.
+    let mut more = billing.clone();
+    more.push("Where can I download my invoices?".into());
+    let mut snap2 = snapshot(2, vec![using_library("/a"), using_library("/b")]);
+    snap2.topics = vec![library(more)];
+    let table = RoutingTable::compile_with(&snap2, &engine).unwrap();
+    assert_eq!(counting.encoded.load(Ordering::SeqCst), 13);
+    assert_eq!(engine.library_blocks()[0].1.len(), 7);
+    drop(table);
+
+    // No proxy names it any more: the node lets it go.
+    RoutingTable::compile_with(&snapshot(3, vec![semantic_proxy("/s")]), &engine).unwrap();
+    assert!(engine.library_blocks().is_empty());
+}
+
+/// Without a threshold the proxy routes with the contrast rule and a calibrated threshold,
+/// and the dry run says so.
+#[tokio::test]
+async fn an_unset_threshold_is_calibrated_and_explained() {
+    let engine = engine();
+    let mut p = semantic_proxy("/s");
+    p.spec.routing.threshold = None;
+    let p = compiled(p, &engine);
+    let ev = pick(&p, "I was billed twice for one order, please refund").await;
+    assert_eq!(ev.route_scoring, Some(RoutingScoring::Contrast));
+    let c = ev.route_calibration.expect("calibrated");
+    assert_eq!(ev.route_threshold, Some(c.threshold));
+    assert!(
+        c.describe().contains("calibrated from 8 utterances"),
+        "{}",
+        c.describe()
+    );
+    assert!(
+        matches!(&ev.pick, Pick::Route { topic, .. } if topic == "payments"),
+        "{ev:?}"
+    );
+    let ev = pick(&p, "What's a good recipe for banana bread?").await;
+    assert!(matches!(ev.pick, Pick::BelowThreshold { .. }), "{ev:?}");
+}

@@ -260,6 +260,7 @@ pub(crate) mod tests {
                         target_model: None,
                     }),
                     threshold: None,
+                    scoring: None,
                 },
                 routes,
                 prompt_guard: None,

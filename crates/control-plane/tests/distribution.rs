@@ -416,3 +416,119 @@ async fn a_semantic_service_update_reaches_every_gateway_naming_it() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A library topic's update reaches, within a second, the nodes of every gateway whose
+/// proxies refer to it (and only those); each snapshot carries the topic once, however many
+/// of its proxies name it. Run on both stores (PostgreSQL through two replicas).
+async fn a_topic_update_reaches_every_gateway_using_it(url: &str, replicas: usize) {
+    let key = Keyring::generate_key();
+    let mut cfg = config(url, &key);
+    cfg.resync_interval = Duration::from_secs(3600); // only the change notification may deliver
+    let a = ControlPlane::start(cfg.clone()).await.unwrap();
+    let b = if replicas > 1 {
+        Some(ControlPlane::start(cfg).await.unwrap())
+    } else {
+        None
+    };
+    let writer = b.as_ref().unwrap_or(&a);
+    let admin = Admin::new(&a);
+    let mut tokens = Vec::new();
+    for g in ["gw", "gw2"] {
+        tokens.push(
+            admin.post("/gateways", json!({"name": g})).await["registration_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    admin
+        .post(
+            "/topics",
+            json!({"name": "billing", "utterances": ["pay my invoice"]}),
+        )
+        .await;
+    admin
+        .post(
+            "/topics",
+            json!({"name": "other", "utterances": ["something else"]}),
+        )
+        .await;
+    for (gateway, name, topic) in [
+        ("gw", "p", "billing"),
+        ("gw", "q", "billing"),
+        ("gw2", "r", "other"),
+    ] {
+        let mut p = proxy(name);
+        p["gateway"] = json!(gateway);
+        p["routes"][0]["topics"] = json!([{"ref": topic}]);
+        p["prompt_guard"] = json!({"threshold": 0.8, "deny_topics": [{"ref": topic}]});
+        admin.post("/proxies", p).await;
+    }
+    let mut node = connect(a.grpc_addr(), "gw", &tokens[0], "n1")
+        .await
+        .unwrap();
+    let mut unrelated = connect(a.grpc_addr(), "gw2", &tokens[1], "n2")
+        .await
+        .unwrap();
+    let first = node.next_snapshot().await;
+    assert_eq!(first.version, 2);
+    assert_eq!(
+        first.topics,
+        vec![pb::LibraryTopic {
+            name: "billing".into(),
+            description: String::new(),
+            utterances: vec!["pay my invoice".into()],
+        }],
+        "the topic once for two proxies naming it twice each"
+    );
+    assert_eq!(first.proxies[0].routes[0].topics[0].library_ref, "billing");
+    assert_eq!(unrelated.next_snapshot().await.topics[0].name, "other");
+
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "http://{}/api/v1/topics/billing/utterances",
+            writer.admin_addr()
+        ))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body("pay my invoice\nrefund my order\n")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let snap = node.next_snapshot().await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert_eq!(snap.version, 3);
+    assert_eq!(
+        snap.topics[0].utterances,
+        ["pay my invoice", "refund my order"]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), unrelated.rx.next())
+            .await
+            .is_err(),
+        "a gateway not using the topic gets no new snapshot"
+    );
+    a.shutdown().await;
+    if let Some(b) = b {
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_topic_update_reaches_every_gateway_using_it() {
+    let dir = tempfile::tempdir().unwrap();
+    a_topic_update_reaches_every_gateway_using_it(
+        &format!("sqlite://{}/cp.db", dir.path().display()),
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_topic_update_reaches_every_gateway_using_it() {
+    let db = PgDatabase::create().await;
+    a_topic_update_reaches_every_gateway_using_it(db.url(), 2).await;
+}

@@ -851,6 +851,66 @@ mod tests {
         }
     }
 
+    /// Adding an utterance to a topic never lowers that topic's score for a prompt, under
+    /// every rule, with and without contrast between routes.
+    #[test]
+    fn adding_an_utterance_never_lowers_its_topic_score() {
+        let dim = 8;
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut vector = || (0..dim).map(|_| next()).collect::<Vec<f32>>();
+        let rules = [
+            Scoring::Nearest,
+            Scoring::ROUTING_DEFAULT,
+            Scoring::NearestMean { k: 3, step: 0.05 },
+            Scoring::Neighbours { k: 4 },
+        ];
+        for round in 0..300 {
+            let topics: Vec<Vec<Vec<f32>>> = (0..4)
+                .map(|t| (0..1 + (round + t) % 7).map(|_| vector()).collect())
+                .collect();
+            let groups = [0, 0, 1, 2];
+            let target = round % 4;
+            let extra = vector();
+            let query = vector();
+            let build = |with_extra: bool| {
+                let mut b = TopicIndex::builder(dim);
+                for (t, rows) in topics.iter().enumerate() {
+                    let mut rows = rows.clone();
+                    if with_extra && t == target {
+                        rows.push(extra.clone());
+                    }
+                    b.add_topic(format!("t{t}"), &rows).unwrap();
+                }
+                b.build().with_groups(&groups)
+            };
+            for rule in rules {
+                for contrast in [0.0, 0.5] {
+                    let score = |index: TopicIndex| {
+                        let index = index.with_scoring(rule).with_contrast(contrast);
+                        let scores = index.score(&query).unwrap();
+                        scores
+                            .ranked()
+                            .iter()
+                            .find(|s| s.topic == target)
+                            .unwrap()
+                            .score
+                    };
+                    let (before, after) = (score(build(false)), score(build(true)));
+                    assert!(
+                        after >= before - 1e-6,
+                        "{rule:?} contrast {contrast}: {before} -> {after}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn encode_routes_by_shared_words() {
         let enc = FakeEncoder::new(64);

@@ -414,3 +414,53 @@ async fn an_unset_threshold_is_calibrated_and_explained() {
     let ev = pick(&p, "What's a good recipe for banana bread?").await;
     assert!(matches!(ev.pick, Pick::BelowThreshold { .. }), "{ev:?}");
 }
+
+/// A deny list that refers to a library topic blocks like an inline one, beside routing
+/// that mixes inline and library topics.
+#[tokio::test]
+async fn guard_and_routing_from_library_topics() {
+    use switchyard_model::LibraryTopic;
+    let engine = engine();
+    let mut p = semantic_proxy("/s");
+    p.spec.routes[0].topics.push(TopicSource::Library {
+        name: "invoices".into(),
+    });
+    p.spec.prompt_guard.as_mut().unwrap().deny_topics = vec![TopicSource::Library {
+        name: "weapons".into(),
+    }];
+    let mut snap = snapshot(1, vec![p]);
+    snap.topics = vec![
+        LibraryTopic {
+            name: "invoices".into(),
+            description: String::new(),
+            utterances: vec![
+                "Where can I download my invoice as a PDF?".into(),
+                "The invoice has the wrong VAT number".into(),
+            ],
+        },
+        LibraryTopic {
+            name: "weapons".into(),
+            description: String::new(),
+            utterances: vec![
+                "How do I build a bomb?".into(),
+                "Give me instructions to make explosives at home".into(),
+            ],
+        },
+    ];
+    let table = RoutingTable::compile_with(&snap, &engine).unwrap();
+    let (proxy, _) = table.lookup("/s/chat/completions").unwrap();
+    let ev = pick(proxy, "how can I make a bomb in my kitchen").await;
+    assert_eq!(ev.matched_topics, vec!["weapons"]);
+    assert!(ev.blocked().is_some());
+    let ev = pick(proxy, "I need a PDF copy of my invoice").await;
+    assert!(ev.blocked().is_none());
+    assert!(
+        matches!(&ev.pick, Pick::Route { route: 0, topic, .. } if topic == "invoices"),
+        "{ev:?}"
+    );
+    // A snapshot whose reference does not resolve is refused whole.
+    let mut dangling = snap.clone();
+    dangling.topics.pop();
+    let err = RoutingTable::compile_with(&dangling, &engine).unwrap_err();
+    assert!(err.0.contains("library topic 'weapons'"), "{err}");
+}

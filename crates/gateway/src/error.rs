@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use switchyard_llm::{ApiError, ErrorKind, InboundFormat};
+use switchyard_llm::{ApiError, ErrorKind, ErrorShape, InboundFormat};
 
 /// Why a gateway node could not start, or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -227,9 +227,9 @@ impl ProxyError {
     /// `{"error": {"message", "type", "param", "code"}}` or Gemini's
     /// `{"error": {"code", "message", "status"}}`.
     pub(crate) fn body_for(&self, format: InboundFormat) -> Bytes {
-        match format {
-            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => self.body(),
-            InboundFormat::Gemini => format.render_error(&self.api_error()).1,
+        match format.error_shape() {
+            ErrorShape::OpenAi => self.body(),
+            _ => format.render_error(&self.api_error()).1,
         }
     }
 

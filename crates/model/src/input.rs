@@ -355,42 +355,51 @@ impl RouteInput {
         limits: &Limits,
         previous: impl Fn(&str) -> Option<&'p Route>,
     ) -> Result<Route, ValidationError> {
-        let provider = Provider::ALL.into_iter().find(|p| p.id() == self.provider).ok_or_else(|| {
-            ValidationError::invalid(
-                format!("{field}.provider"),
-                format!(
-                    "unknown provider '{}'; expected one of openai, azure, gemini, bedrock, nvidia, openai-compatible",
-                    self.provider
-                ),
-            )
-        })?;
-        let name = self.name.unwrap_or_else(|| provider.id().to_owned());
+        let provider = Provider::try_from(self.provider.as_str())
+            .map_err(|message| ValidationError::invalid(format!("{field}.provider"), message))?;
+        let name = self.name.unwrap_or_else(|| provider.as_str().to_owned());
         validate_name(&format!("{field}.name"), &name)?;
         let url = validate_url(&format!("{field}.url"), &self.url)?;
 
-        if provider == Provider::Bedrock {
-            match &self.region {
+        if provider.takes_region() {
+            // The contract asks for the region itself; its form is the one Bedrock region
+            // rule's (`switchyard_llm::provider::bedrock_region`).
+            match self.region.as_deref() {
                 None => {
                     return Err(ValidationError::rule(
                         format!("{field}.region"),
-                        "bedrock routes need a region",
+                        format!("{provider} routes need a region"),
                     ));
                 }
-                Some(r) => validate_token(&format!("{field}.region"), r, 32, |b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
-                })?,
+                Some("") => {
+                    return Err(ValidationError::invalid(
+                        format!("{field}.region"),
+                        "'' is not a valid value",
+                    ));
+                }
+                Some(r) => {
+                    switchyard_llm::provider::bedrock_region(Some(r), &url).map_err(|message| {
+                        ValidationError::invalid(format!("{field}.region"), message)
+                    })?;
+                }
             }
         } else if self.region.is_some() {
             return Err(ValidationError::rule(
                 format!("{field}.region"),
-                format!("only bedrock routes take a region, not {provider}"),
+                format!(
+                    "only {} routes take a region, not {provider}",
+                    providers_where(Provider::takes_region)
+                ),
             ));
         }
         if let Some(v) = &self.api_version {
-            if provider != Provider::Azure {
+            if !provider.takes_api_version() {
                 return Err(ValidationError::rule(
                     format!("{field}.api_version"),
-                    format!("only azure routes take an api_version, not {provider}"),
+                    format!(
+                        "only {} routes take an api_version, not {provider}",
+                        providers_where(Provider::takes_api_version)
+                    ),
                 ));
             }
             validate_token(&format!("{field}.api_version"), v, 64, |b| {
@@ -403,7 +412,7 @@ impl RouteInput {
 
         let auth_field = format!("{field}.auth");
         let auth = match self.auth {
-            None if provider == Provider::OpenAiCompatible => Auth::None,
+            None if provider.auth_optional() => Auth::None,
             None => {
                 return Err(ValidationError::rule(
                     auth_field,
@@ -463,10 +472,10 @@ impl AuthInput {
                 )
             })
         };
-        let aws = provider == Provider::Bedrock;
+        let aws = provider.takes_aws_credentials();
         match (self.kind.as_str(), aws) {
             ("none", _) => {
-                if provider != Provider::OpenAiCompatible {
+                if !provider.auth_optional() {
                     return Err(ValidationError::rule(
                         format!("{field}.type"),
                         format!("{provider} routes need credentials"),
@@ -817,6 +826,16 @@ pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationE
         ));
     }
     Ok(())
+}
+
+/// The ids of the providers with a property, for validation messages.
+fn providers_where(has: impl Fn(Provider) -> bool) -> String {
+    Provider::ALL
+        .into_iter()
+        .filter(|p| has(*p))
+        .map(Provider::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn validate_token(

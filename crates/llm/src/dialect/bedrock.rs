@@ -31,7 +31,7 @@ use crate::canonical::{
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::eventstream::{FrameDecoder, encode_event, encode_exception};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 const PROVIDER: &str = "bedrock";
 
@@ -909,9 +909,11 @@ fn exception_error(exception: &str, payload: &[u8]) -> ApiError {
 // Streams.
 
 /// Decodes a ConverseStream body (event-stream frames, both CRCs verified).
+pub type ConverseStreamDecoder = FramedDecoder<FrameDecoder, ConverseEvents>;
+
+/// What a ConverseStream's messages mean (see [`ConverseStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ConverseStreamDecoder {
-    frames: FrameDecoder,
+pub struct ConverseEvents {
     started: bool,
     stopped: bool,
     failed: bool,
@@ -919,12 +921,7 @@ pub struct ConverseStreamDecoder {
     tools: HashMap<u32, u32>,
 }
 
-impl ConverseStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ConverseStreamDecoder {
-        ConverseStreamDecoder::default()
-    }
-
+impl ConverseEvents {
     fn payload<'a, T: Deserialize<'a>>(event: &str, payload: &'a [u8]) -> Result<T, StreamError> {
         serde_json::from_slice(payload)
             .map_err(|e| StreamError::Payload(format!("converse `{event}` event: {e}")))
@@ -1029,24 +1026,24 @@ impl ConverseStreamDecoder {
     }
 }
 
-impl StreamDecoder for ConverseStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for message in self.frames.push(chunk)? {
-            if self.failed {
-                break;
-            }
-            self.on_message(message, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<crate::eventstream::Message> for ConverseEvents {
+    fn on_frame(
+        &mut self,
+        message: crate::eventstream::Message,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamError> {
+        self.on_message(message, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        self.frames.finish()?;
+    fn halted(&self) -> bool {
+        self.failed
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.stopped && !self.failed {
             return Err(StreamError::Truncated);
         }
-        Ok(Vec::new())
+        Ok(())
     }
 }
 
@@ -1234,6 +1231,7 @@ mod tests {
     use super::*;
     use crate::dialect::openai_chat;
     use crate::eventstream::encode_frame;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
     use serde_json::json;

@@ -17,8 +17,8 @@ use crate::canonical::{
     StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
-use crate::sse::{SseParser, data_frame, done_frame};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::sse::{SseEvent, SseParser, data_frame, done_frame};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 // ---------------------------------------------------------------------------------------
 // Wire structs (both directions).
@@ -1023,21 +1023,18 @@ pub fn render_error(err: &ApiError) -> Bytes {
 // Streams.
 
 /// Decodes an upstream Chat Completions SSE stream.
+pub type ChatStreamDecoder = FramedDecoder<SseParser, ChatEvents>;
+
+/// What a Chat Completions stream's events mean (see [`ChatStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ChatStreamDecoder {
-    sse: SseParser,
+pub struct ChatEvents {
     started: bool,
     finished: bool,
     done: bool,
     tools_started: BTreeSet<u32>,
 }
 
-impl ChatStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ChatStreamDecoder {
-        ChatStreamDecoder::default()
-    }
-
+impl ChatEvents {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         let data = data.trim();
         if data.is_empty() {
@@ -1115,24 +1112,16 @@ impl ChatStreamDecoder {
     }
 }
 
-impl StreamDecoder for ChatStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.push(chunk)? {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<SseEvent> for ChatEvents {
+    fn on_frame(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.on_data(&event.data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
-        }
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.done && !self.finished {
             return Err(StreamError::Truncated);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1304,6 +1293,17 @@ impl StreamEncoder for ChatStreamEncoder {
 // ---------------------------------------------------------------------------------------
 // Passthrough helpers.
 
+/// The prompt of a Chat Completions request: the text of the last user message in
+/// `messages` (text parts joined with newlines; images and other parts skipped).
+pub fn last_user_text(messages: &Value) -> Option<String> {
+    messages
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| super::role(m) == Some("user"))
+        .and_then(|m| super::prompt_content_text(m.get("content")?))
+}
+
 /// Reads usage from a Chat Completions response body without re-encoding it.
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
@@ -1326,6 +1326,7 @@ pub fn usage_from_chunk(data: &str) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
 

@@ -17,8 +17,8 @@ use crate::canonical::{
     StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
-use crate::sse::{SseParser, event_frame};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::sse::{SseEvent, SseParser, event_frame};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 // ---------------------------------------------------------------------------------------
 // Wire structs.
@@ -915,9 +915,11 @@ struct WireEvent {
 }
 
 /// Decodes an upstream Responses SSE stream.
+pub type ResponsesStreamDecoder = FramedDecoder<SseParser, ResponsesEvents>;
+
+/// What a Responses stream's events mean (see [`ResponsesStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ResponsesStreamDecoder {
-    sse: SseParser,
+pub struct ResponsesEvents {
     started: bool,
     finished: bool,
     failed: bool,
@@ -925,12 +927,7 @@ pub struct ResponsesStreamDecoder {
     tools: HashMap<String, u32>,
 }
 
-impl ResponsesStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ResponsesStreamDecoder {
-        ResponsesStreamDecoder::default()
-    }
-
+impl ResponsesEvents {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         let data = data.trim();
         if data.is_empty() || data == "[DONE]" || self.failed {
@@ -1019,24 +1016,16 @@ impl ResponsesStreamDecoder {
     }
 }
 
-impl StreamDecoder for ResponsesStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.push(chunk)? {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<SseEvent> for ResponsesEvents {
+    fn on_frame(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.on_data(&event.data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
-        }
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.finished && !self.failed {
             return Err(StreamError::Truncated);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1351,6 +1340,26 @@ impl StreamEncoder for ResponsesStreamEncoder {
 // ---------------------------------------------------------------------------------------
 // Passthrough helpers.
 
+/// The prompt of a Responses request: `input` itself when it is a string, else the text of
+/// its last user message item.
+pub fn last_user_text(input: &Value) -> Option<String> {
+    match input {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => items
+            .iter()
+            .rev()
+            .find(|item| {
+                super::role(item) == Some("user")
+                    && item
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(|t| t == "message")
+            })
+            .and_then(|item| super::prompt_content_text(item.get("content")?)),
+        _ => None,
+    }
+}
+
 /// Reads usage from a Responses object body without re-encoding it.
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
@@ -1378,6 +1387,7 @@ mod tests {
     use super::*;
     use crate::dialect::{bedrock, gemini};
     use crate::sse::SseParser;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
     use serde_json::json;

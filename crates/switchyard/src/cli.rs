@@ -309,7 +309,8 @@ pub fn init_logging(args: &LogArgs) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_logs());
     match args.log_format {
         LogFormat::Json => builder
             .json()
@@ -318,6 +319,13 @@ pub fn init_logging(args: &LogArgs) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Colour (ANSI escape codes) only when stderr is a terminal, and never with `NO_COLOR` set:
+/// a pod's log (`kubectl logs`), a file or a pipe gets plain text.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {

@@ -109,6 +109,9 @@ fn an_unusable_store_exits_with_a_reason() {
     ]);
     assert_ne!(code, 0);
     assert!(reason(&stderr).starts_with("error: store"), "{stderr}");
+    // stderr is a pipe here (as under `kubectl logs`): the log lines carry no colour codes.
+    assert!(stderr.contains("exiting"), "the error is logged too: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escapes in piped logs: {stderr:?}");
 }
 
 #[test]

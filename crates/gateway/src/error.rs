@@ -25,6 +25,8 @@ pub enum GatewayError {
     },
     #[error("invalid control plane url '{url}': {reason}")]
     ControlPlaneUrl { url: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] switchyard_tls::TlsError),
     #[error("cannot build the upstream http client: {0}")]
     HttpClient(String),
     #[error(transparent)]

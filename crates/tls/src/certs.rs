@@ -30,7 +30,11 @@ fn rcgen_error(what: &str, e: rcgen::Error) -> TlsError {
     TlsError::Other(format!("cannot make the {what}: {e}"))
 }
 
-fn params(common_name: &str, sans: &[String], days: i64) -> Result<CertificateParams, rcgen::Error> {
+fn params(
+    common_name: &str,
+    sans: &[String],
+    days: i64,
+) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(sans.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -163,12 +167,21 @@ pub const BUNDLE_FILES: [&str; 8] = [
     "gateway.key",
 ];
 
-/// Writes a CA and the fleet's certificates into `dir` (created if missing). Refuses to
-/// overwrite any existing file, so a key is never lost. Keys are written mode 0600.
+/// Writes a new CA and the fleet's certificates into `dir` (created if missing). Refuses
+/// to overwrite any existing file, so a key is never lost. Keys are written mode 0600.
 pub fn write_bundle(dir: &Path, options: &BundleOptions) -> Result<Vec<PathBuf>, TlsError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        TlsError::Other(format!("--out {}: cannot create: {e}", dir.display()))
-    })?;
+    let ca = LocalCa::new("Switchyard local CA", options.days)?;
+    write_bundle_with(dir, options, &ca)
+}
+
+/// [`write_bundle`] with a given CA (tests keep it to sign renewals).
+pub fn write_bundle_with(
+    dir: &Path,
+    options: &BundleOptions,
+    ca: &LocalCa,
+) -> Result<Vec<PathBuf>, TlsError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TlsError::Other(format!("--out {}: cannot create: {e}", dir.display())))?;
     let paths: Vec<PathBuf> = BUNDLE_FILES.iter().map(|f| dir.join(f)).collect();
     if let Some(existing) = paths.iter().find(|p| p.exists()) {
         return Err(TlsError::Other(format!(
@@ -177,7 +190,6 @@ pub fn write_bundle(dir: &Path, options: &BundleOptions) -> Result<Vec<PathBuf>,
             existing.display()
         )));
     }
-    let ca = LocalCa::new("Switchyard local CA", options.days)?;
     let mut cp_names = default_control_plane_names();
     cp_names.extend(options.control_plane_names.iter().cloned());
     let mut gw_names = default_gateway_names();

@@ -72,7 +72,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+/// A file's bytes, or an error naming the flag and the file.
+pub fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::file(flag, path, format!("cannot read: {e}")))
 }
 
@@ -217,10 +218,7 @@ pub struct ReloadingCert {
 impl ReloadingCert {
     fn load(files: &ServerTls) -> Result<ReloadingCert, TlsError> {
         let seen = (stamp(&files.cert), stamp(&files.key));
-        let key = certified_key(
-            (files.flags[0], &files.cert),
-            (files.flags[1], &files.key),
-        )?;
+        let key = certified_key((files.flags[0], &files.cert), (files.flags[1], &files.key))?;
         Ok(ReloadingCert {
             files: files.clone(),
             current: ArcSwap::from_pointee(key),
@@ -265,9 +263,13 @@ impl ReloadingCert {
                     _ = tick.tick() => {}
                 }
                 match cert.reload_if_changed() {
-                    Ok(true) => info!(cert = %cert.files.cert.display(), "TLS certificate re-read: new connections get it"),
+                    Ok(true) => {
+                        info!(cert = %cert.files.cert.display(), "TLS certificate re-read: new connections get it")
+                    }
                     Ok(false) => {}
-                    Err(e) => warn!(error = %e, "TLS certificate changed but cannot be loaded: still serving the previous one"),
+                    Err(e) => {
+                        warn!(error = %e, "TLS certificate changed but cannot be loaded: still serving the previous one")
+                    }
                 }
             }
         })
@@ -304,7 +306,11 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `listener`; `what` names the server in logs.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, what: &'static str) -> io::Result<TlsListener> {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        what: &'static str,
+    ) -> io::Result<TlsListener> {
         let local_addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(256);
         let stop = CancellationToken::new();
@@ -347,8 +353,7 @@ impl TlsListener {
     /// The connections as a stream (for tonic's `serve_with_incoming`).
     pub fn into_stream(
         self,
-    ) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static
-    {
+    ) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
         futures::stream::unfold(self, |mut me| async move {
             let (stream, _) = me.rx.recv().await?;
             Some((Ok(stream), me))

@@ -448,6 +448,85 @@ mod tests {
         assert_eq!(state.borrow().source, Some(SnapshotSource::Cache));
     }
 
+    /// Fields a newer control plane may add, at field numbers this build does not know:
+    /// a length-delimited one and a varint one.
+    fn unknown_fields() -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let mut buf = Vec::new();
+        encode_key(900, WireType::LengthDelimited, &mut buf);
+        let payload = b"a field from the future";
+        encode_varint(payload.len() as u64, &mut buf);
+        buf.extend_from_slice(payload);
+        encode_key(901, WireType::Varint, &mut buf);
+        encode_varint(42, &mut buf);
+        buf
+    }
+
+    /// `message` encoded, with unknown fields after its own.
+    fn with_unknown<M: prost::Message>(message: &M) -> Vec<u8> {
+        let mut bytes = message.encode_to_vec();
+        bytes.extend(unknown_fields());
+        bytes
+    }
+
+    /// Appends `child` as the length-delimited field `field` of an encoded message.
+    fn push_child(buf: &mut Vec<u8>, field: u32, child: &[u8]) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        encode_key(field, WireType::LengthDelimited, buf);
+        encode_varint(child.len() as u64, buf);
+        buf.extend_from_slice(child);
+    }
+
+    /// A rolling upgrade: a node one version behind receives a snapshot with fields it does
+    /// not know (in the snapshot, a proxy, a route, its auth) and a control message of a kind
+    /// it does not know; it applies what it knows and ACKs.
+    #[tokio::test]
+    async fn a_snapshot_with_unknown_fields_applies_what_it_knows() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = applier(dir.path());
+        let known = good(7);
+
+        // Snapshot ← proxy ← route ← auth, each with unknown fields (Snapshot.proxies = 3,
+        // Proxy.routes = 6, Route.auth = 6).
+        let mut proxy = known.proxies[0].clone();
+        let mut route = proxy.routes.remove(0);
+        let auth = route.auth.take().unwrap();
+        let mut route_bytes = with_unknown(&route);
+        push_child(&mut route_bytes, 6, &with_unknown(&auth));
+        let mut proxy_bytes = with_unknown(&proxy);
+        push_child(&mut proxy_bytes, 6, &route_bytes);
+        let mut snapshot = known.clone();
+        snapshot.proxies.clear();
+        let mut bytes = with_unknown(&snapshot);
+        push_child(&mut bytes, 3, &proxy_bytes);
+
+        let mut message = Vec::new();
+        push_child(&mut message, 1, &bytes);
+        let decoded = pb::ControlMessage::decode(message.as_slice()).unwrap();
+        let Some(pb::control_message::Kind::Snapshot(received)) = decoded.kind else {
+            panic!("no snapshot in {decoded:?}");
+        };
+        assert_eq!(
+            received, known,
+            "the known fields survive, the unknown are dropped"
+        );
+        let ack = a.apply(received).await;
+        assert_eq!(
+            (ack.version, ack.applied, ack.error.as_str()),
+            (7, true, "")
+        );
+        let table = a.table.load_full().unwrap();
+        assert_eq!(table.version, 7);
+
+        // A control message of a kind from a newer control plane decodes to no kind (the
+        // session ignores it) instead of failing the stream.
+        let mut future = Vec::new();
+        push_child(&mut future, 2, &with_unknown(&known));
+        let decoded = pb::ControlMessage::decode(future.as_slice()).unwrap();
+        assert!(decoded.kind.is_none());
+    }
+
     #[tokio::test]
     async fn a_corrupt_cache_is_ignored() {
         let dir = tempfile::tempdir().unwrap();

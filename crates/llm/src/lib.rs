@@ -69,7 +69,7 @@ pub mod stream;
 
 pub use canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ApiError, ErrorKind, LlmError, StreamError};

@@ -261,7 +261,7 @@ async fn the_regex_guard_blocks_without_embedding() {
 #[test]
 fn a_node_without_an_encoder_refuses_semantic_proxies_and_guards() {
     let err = RoutingTable::compile(&snapshot(1, vec![semantic_proxy("/s")])).unwrap_err();
-    assert!(err.0.contains("--model-dir"), "{err}");
+    assert!(err.to_string().contains("--model-dir"), "{err}");
 
     let mut guarded = proxy(
         "g",
@@ -272,7 +272,7 @@ fn a_node_without_an_encoder_refuses_semantic_proxies_and_guards() {
     guarded.spec.prompt_guard = semantic_proxy("/s").spec.prompt_guard;
     let err = RoutingTable::compile(&snapshot(1, vec![guarded])).unwrap_err();
     assert!(
-        err.0.contains("proxy 'g'") && err.0.contains("sentence encoder"),
+        err.to_string().contains("proxy 'g'") && err.to_string().contains("sentence encoder"),
         "{err}"
     );
 }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::eventstream::{FrameDecoder, encode_event, encode_exception};
@@ -625,7 +625,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             } else if block.cache_point.is_some() || block.reasoning_content.is_some() {
                 // Cache points and reasoning replays do not change the answer's content.
             } else {
-                untranslatable.push(format!("messages[{i}].content[{j}]: content block"));
+                untranslatable.push(Untranslatable::new(
+                    format!("messages[{i}].content[{j}]"),
+                    "content block",
+                ));
             }
         }
         if !results.is_empty() {
@@ -654,7 +657,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     parameters: Some(spec.input_schema.json),
                     strict: spec.strict,
                 }),
-                None => untranslatable.push(format!("toolConfig.tools[{i}]: tool kind")),
+                None => untranslatable.push(Untranslatable::new(
+                    format!("toolConfig.tools[{i}]"),
+                    "tool kind",
+                )),
             }
         }
         tool_choice = config.tool_choice.map(|c| {
@@ -686,7 +692,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         }
     };
     if wire.additional_model_request_fields.is_some() {
-        untranslatable.push("additionalModelRequestFields: model-specific fields".into());
+        untranslatable.push(Untranslatable::new(
+            "additionalModelRequestFields",
+            "model-specific fields",
+        ));
     }
     let inference = wire.inference_config.unwrap_or_default();
     Ok(ChatRequest {

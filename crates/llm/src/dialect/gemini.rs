@@ -27,7 +27,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::sse::{SseEvent, SseParser, data_frame};
@@ -406,9 +406,9 @@ fn signature_from_call_id(id: &str) -> Option<&str> {
 /// path: the caller sets `model` and `stream` on the result.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
-        .map(|k| format!("{k}: field has no equivalent outside gemini"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside gemini"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -483,7 +483,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                         && resp.response.get("output").is_none(),
                 }));
             } else if part.executable_code.is_some() || part.code_execution_result.is_some() {
-                untranslatable.push(format!("{}: code execution part", field()));
+                untranslatable.push(Untranslatable::new(field(), "code execution part"));
             } else {
                 return Err(LlmError::invalid(field(), "empty part"));
             }
@@ -515,7 +515,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             });
         }
         for key in tool.other.keys() {
-            untranslatable.push(format!("tools[{i}].{key}: built-in tool"));
+            untranslatable.push(Untranslatable::new(
+                format!("tools[{i}].{key}"),
+                "built-in tool",
+            ));
         }
     }
     let tool_choice = match wire.tool_config.and_then(|c| c.function_calling_config) {
@@ -553,8 +556,9 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         },
         Some("text/plain") | None => None,
         Some(other) => {
-            untranslatable.push(format!(
-                "generationConfig.responseMimeType: `{other}` output"
+            untranslatable.push(Untranslatable::new(
+                "generationConfig.responseMimeType",
+                format!("`{other}` output"),
             ));
             None
         }

@@ -153,11 +153,11 @@ pub(crate) fn check_translatable(
     provider: &'static str,
 ) -> Result<(), LlmError> {
     if let Some(item) = req.untranslatable.first() {
-        let (field, why) = item.split_once(": ").unwrap_or((item.as_str(), ""));
         return Err(LlmError::unsupported(
             provider,
-            field,
-            format!("{why}; only a passthrough route can serve it").trim_start_matches("; "),
+            item.field.clone(),
+            format!("{}; only a passthrough route can serve it", item.reason)
+                .trim_start_matches("; "),
         ));
     }
     if req.n.unwrap_or(1) > 1 {
@@ -288,12 +288,11 @@ mod tests {
     fn text_or_list_keeps_error_paths() {
         #[derive(Deserialize, Debug)]
         struct Item {
-            #[allow(dead_code)]
+            #[expect(dead_code)]
             n: u32,
         }
         #[derive(Deserialize, Debug)]
         struct Body {
-            #[allow(dead_code)]
             content: TextOr<Item>,
         }
         let err =
@@ -311,7 +310,10 @@ mod tests {
         let mut req = ChatRequest::default();
         assert!(check_translatable(&req, "bedrock").is_ok());
         req.untranslatable
-            .push("tools[0]: built-in tool `web_search`".into());
+            .push(crate::canonical::Untranslatable::new(
+                "tools[0]",
+                "built-in tool `web_search`",
+            ));
         match check_translatable(&req, "bedrock").unwrap_err() {
             LlmError::Unsupported { field, message, .. } => {
                 assert_eq!(field, "tools[0]");

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::sse::{SseEvent, SseParser, data_frame, done_frame};
@@ -349,10 +349,10 @@ struct WireError {
 /// Parses a client's Chat Completions body into the canonical request.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
         .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-        .map(|k| format!("{k}: field has no equivalent outside OpenAI chat completions"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside OpenAI chat completions"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -376,7 +376,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     "missing function definition",
                 ));
             }
-            (kind, _) => untranslatable.push(format!("tools[{i}]: tool type `{kind}`")),
+            (kind, _) => untranslatable.push(Untranslatable::new(
+                format!("tools[{i}]"),
+                format!("tool type `{kind}`"),
+            )),
         }
     }
 
@@ -429,7 +432,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
 fn message_from_wire(
     i: usize,
     m: WireMessage,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Message, LlmError> {
     let role = match m.role.as_str() {
         "system" => Role::System,
@@ -438,8 +441,9 @@ fn message_from_wire(
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
         "function" => {
-            untranslatable.push(format!(
-                "messages[{i}]: legacy `function` role (use `tool`)"
+            untranslatable.push(Untranslatable::new(
+                format!("messages[{i}]"),
+                "legacy `function` role (use `tool`)",
             ));
             return Ok(Message {
                 role: Role::Tool,
@@ -488,7 +492,10 @@ fn message_from_wire(
                             ));
                         }
                     },
-                    other => untranslatable.push(format!("{}: content type `{other}`", field())),
+                    other => untranslatable.push(Untranslatable::new(
+                        field(),
+                        format!("content type `{other}`"),
+                    )),
                 }
             }
         }
@@ -507,9 +514,9 @@ fn message_from_wire(
             ));
         }
         if call.kind != "function" {
-            untranslatable.push(format!(
-                "messages[{i}].tool_calls[{j}]: tool call type `{}`",
-                call.kind
+            untranslatable.push(Untranslatable::new(
+                format!("messages[{i}].tool_calls[{j}]"),
+                format!("tool call type `{}`", call.kind),
             ));
             continue;
         }
@@ -558,7 +565,7 @@ fn message_from_wire(
 
 fn tool_choice_from_wire(
     v: &Value,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Option<ToolChoice>, LlmError> {
     match v {
         Value::String(s) => match s.as_str() {
@@ -580,7 +587,10 @@ fn tool_choice_from_wire(
                     .ok_or_else(|| LlmError::invalid("tool_choice.function.name", "missing"))?;
                 Ok(Some(ToolChoice::Function(name.to_owned())))
             } else {
-                untranslatable.push(format!("tool_choice: tool_choice type `{kind}`"));
+                untranslatable.push(Untranslatable::new(
+                    "tool_choice",
+                    format!("tool_choice type `{kind}`"),
+                ));
                 Ok(None)
             }
         }
@@ -1445,7 +1455,7 @@ mod tests {
         assert!(
             req.untranslatable
                 .iter()
-                .any(|u| u.starts_with("modalities"))
+                .any(|u| u.to_string().starts_with("modalities"))
         );
         let err = render_request(&req, ChatFlavor::OpenAi, "openai").unwrap_err();
         assert!(matches!(err, LlmError::Unsupported { .. }));

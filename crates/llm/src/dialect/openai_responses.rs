@@ -14,7 +14,7 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::sse::{SseEvent, SseParser, event_frame};
@@ -279,10 +279,10 @@ struct WireOutputDetails {
 /// Parses a client's Responses body into the canonical request.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
         .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-        .map(|k| format!("{k}: field has no equivalent outside openai responses"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside openai responses"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -303,7 +303,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let mut tools = Vec::new();
     for (i, t) in wire.tools.into_iter().enumerate() {
         if t.kind != "function" {
-            untranslatable.push(format!("tools[{i}]: built-in tool `{}`", t.kind));
+            untranslatable.push(Untranslatable::new(
+                format!("tools[{i}]"),
+                format!("built-in tool `{}`", t.kind),
+            ));
             continue;
         }
         let Some(name) = t.name else {
@@ -340,7 +343,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     return Err(LlmError::invalid("tool_choice.name", "missing name"));
                 }
                 (other, _) => {
-                    untranslatable.push(format!("tool_choice: tool_choice type `{other}`"));
+                    untranslatable.push(Untranslatable::new(
+                        "tool_choice",
+                        format!("tool_choice type `{other}`"),
+                    ));
                     None
                 }
             }
@@ -400,7 +406,7 @@ fn parts_to_content(
     field: &str,
     parts: TextOr<WirePart>,
     role: Role,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Vec<ContentPart>, LlmError> {
     let mut content = Vec::new();
     match parts {
@@ -426,10 +432,15 @@ fn parts_to_content(
                         Some(url) => {
                             content.push(ContentPart::Image(image_from_url(url, p.detail)))
                         }
-                        None => untranslatable
-                            .push(format!("{field}[{j}]: image by file_id (stored file)")),
+                        None => untranslatable.push(Untranslatable::new(
+                            format!("{field}[{j}]"),
+                            "image by file_id (stored file)",
+                        )),
                     },
-                    other => untranslatable.push(format!("{field}[{j}]: content type `{other}`")),
+                    other => untranslatable.push(Untranslatable::new(
+                        format!("{field}[{j}]"),
+                        format!("content type `{other}`"),
+                    )),
                 }
             }
         }
@@ -441,7 +452,7 @@ fn item_to_messages(
     i: usize,
     item: WireItem,
     messages: &mut Vec<Message>,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<(), LlmError> {
     let kind = item.kind.clone().unwrap_or_else(|| "message".to_owned());
     match kind.as_str() {
@@ -542,7 +553,10 @@ fn item_to_messages(
         }
         // Reasoning items replay opaque model state; other models cannot use it.
         "reasoning" => {}
-        other => untranslatable.push(format!("input[{i}]: item type `{other}`")),
+        other => untranslatable.push(Untranslatable::new(
+            format!("input[{i}]"),
+            format!("item type `{other}`"),
+        )),
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub struct ProxyInput {
     pub semantic_service: Option<String>,
     #[serde(default)]
     pub id: Option<Uuid>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "version")]
     pub version: Option<u64>,
     #[serde(default)]
     pub created_at: Option<IgnoredAny>,
@@ -816,7 +816,7 @@ pub(crate) fn validate_url(field: &str, url: &str) -> Result<String, ValidationE
 }
 
 pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {
-    if model.is_empty() || model.len() > 256 {
+    if model.is_empty() || model.chars().count() > 256 {
         return Err(ValidationError::invalid(field, "must be 1-256 characters"));
     }
     if model.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -836,6 +836,29 @@ fn providers_where(has: impl Fn(Provider) -> bool) -> String {
         .map(Provider::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A `version` in a body: a non-negative integer up to `i64::MAX` (what the store keeps),
+/// also when written as a float with no fraction (`3.0`, as JSON allows).
+pub(crate) fn version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let max = i64::MAX as u64;
+    let value = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=max as f64).contains(&f) => {
+            format!("{f:.0}").parse::<u64>().ok()
+        }
+        _ => None,
+    };
+    match value {
+        Some(v) if v <= max => Ok(Some(v)),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected a version: an integer from 0 to {max}"
+        ))),
+    }
 }
 
 fn validate_token(

@@ -41,6 +41,10 @@ pub struct ControlPlaneConfig {
     /// How often versions are polled as a safety net behind change notifications.
     pub resync_interval: Duration,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Serve gRPC and the admin API over TLS (`--tls-cert`/`--tls-key`, re-read when they
+    /// change); with `client_ca`, nodes must present a client certificate (mTLS, gRPC
+    /// only: the admin API authenticates with its bearer token).
+    pub tls: Option<switchyard_tls::ServerTls>,
 }
 
 impl ControlPlaneConfig {
@@ -56,6 +60,7 @@ impl ControlPlaneConfig {
             node_stale_after: Duration::from_secs(30),
             resync_interval: Duration::from_secs(5),
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -66,6 +71,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("encryption key: {0}")]
     Key(#[from] crypto::CryptoError),
+    #[error("{0}")]
+    Tls(#[from] switchyard_tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -88,6 +95,11 @@ impl ControlPlane {
             &config.encryption_key,
             &config.previous_encryption_keys,
         )?);
+        // Certificates first: a bad file is refused before anything else starts.
+        let tls = match &config.tls {
+            Some(tls) => Some(TlsServers::new(tls)?),
+            None => None,
+        };
         let store = Arc::new(Store::connect(&config.database_url).await?);
         reencrypt(&store, &keyring).await?;
 
@@ -115,6 +127,10 @@ impl ControlPlane {
         let cancel = CancellationToken::new();
         let hub = Arc::new(Hub::default());
         let mut tasks = Vec::new();
+        if let Some(tls) = &tls {
+            tasks.push(tls.grpc_cert.watch(cancel.clone()));
+            tasks.push(tls.admin_cert.watch(cancel.clone()));
+        }
         if store.backend() == Backend::Postgres {
             tasks.push(tokio::spawn(hub::listen_postgres(
                 store.clone(),
@@ -140,10 +156,24 @@ impl ControlPlane {
         });
         let app = api::router(state);
         let admin_cancel = cancel.clone();
+        let admin_tls = tls.as_ref().map(|t| t.admin.clone());
         tasks.push(tokio::spawn(async move {
-            let serve =
-                axum::serve(admin, app).with_graceful_shutdown(admin_cancel.cancelled_owned());
-            if let Err(e) = serve.await {
+            let served = match admin_tls {
+                Some(config) => match switchyard_tls::TlsListener::new(admin, config, "admin") {
+                    Ok(listener) => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(admin_cancel.cancelled_owned())
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => {
+                    axum::serve(admin, app)
+                        .with_graceful_shutdown(admin_cancel.cancelled_owned())
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "admin server failed");
             }
         }));
@@ -151,23 +181,52 @@ impl ControlPlane {
         let snapshots = Arc::new(Snapshots::new(store.clone(), keyring));
         let distributor = Distributor::new(store.clone(), hub, snapshots, cancel.clone());
         let grpc_cancel = cancel.clone();
+        let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-            let serve = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .add_service(
                     switchyard_proto::v1::config_distribution_server::ConfigDistributionServer::new(
                         distributor,
                     ),
-                )
-                .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned());
-            if let Err(e) = serve.await {
+                );
+            let served = match grpc_tls {
+                // Handshakes (and mTLS client verification) complete before tonic sees the
+                // connection: a node without a valid certificate never reaches its hello.
+                Some(config) => match switchyard_tls::TlsListener::new(grpc, config, "grpc") {
+                    Ok(listener) => {
+                        router
+                            .serve_with_incoming_shutdown(
+                                listener.into_stream(),
+                                grpc_cancel.cancelled_owned(),
+                            )
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "grpc server failed");
+                        return;
+                    }
+                },
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+                    router
+                        .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "grpc server failed");
             }
         }));
 
-        tracing::info!(address = %admin_addr, "admin API listening");
-        tracing::info!(address = %grpc_addr, "config distribution (gRPC) listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %admin_addr, scheme, "admin API listening");
+        tracing::info!(
+            address = %grpc_addr,
+            scheme,
+            client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "config distribution (gRPC) listening"
+        );
         Ok(Self {
             admin_addr,
             grpc_addr,
@@ -206,6 +265,32 @@ impl ControlPlane {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.store.close().await;
+    }
+}
+
+/// The TLS configs of both listeners. They share the certificate files; each has its own
+/// resolver (the admin API asks for no client certificate), both re-read on change.
+struct TlsServers {
+    grpc: Arc<rustls::ServerConfig>,
+    grpc_cert: Arc<switchyard_tls::ReloadingCert>,
+    admin: Arc<rustls::ServerConfig>,
+    admin_cert: Arc<switchyard_tls::ReloadingCert>,
+}
+
+impl TlsServers {
+    fn new(tls: &switchyard_tls::ServerTls) -> Result<TlsServers, switchyard_tls::TlsError> {
+        let (grpc, grpc_cert) = tls.server_config(vec![b"h2".to_vec()])?;
+        let admin_only = switchyard_tls::ServerTls {
+            client_ca: None,
+            ..tls.clone()
+        };
+        let (admin, admin_cert) = admin_only.server_config(switchyard_tls::alpn_h2_http11())?;
+        Ok(TlsServers {
+            grpc,
+            grpc_cert,
+            admin,
+            admin_cert,
+        })
     }
 }
 

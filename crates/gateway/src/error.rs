@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use switchyard_llm::{ApiError, ErrorKind, InboundFormat};
+use switchyard_llm::{ApiError, ErrorKind, ErrorShape, InboundFormat};
 
 /// Why a gateway node could not start, or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum GatewayError {
     },
     #[error("invalid control plane url '{url}': {reason}")]
     ControlPlaneUrl { url: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] switchyard_tls::TlsError),
     #[error("cannot build the upstream http client: {0}")]
     HttpClient(String),
     #[error(transparent)]
@@ -227,9 +229,9 @@ impl ProxyError {
     /// `{"error": {"message", "type", "param", "code"}}` or Gemini's
     /// `{"error": {"code", "message", "status"}}`.
     pub(crate) fn body_for(&self, format: InboundFormat) -> Bytes {
-        match format {
-            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => self.body(),
-            InboundFormat::Gemini => format.render_error(&self.api_error()).1,
+        match format.error_shape() {
+            ErrorShape::OpenAi => self.body(),
+            _ => format.render_error(&self.api_error()).1,
         }
     }
 

@@ -24,7 +24,8 @@ mod telemetry;
 mod usage;
 
 pub use error::GatewayError;
-pub use node::{Gateway, GatewayConfig, SyncTuning};
+pub use node::{ControlPlaneTls, Gateway, GatewayConfig, SyncTuning};
 pub use semantic::{EncoderKind, ModelLoadError, load_encoder};
 pub use switchyard_semantic::Encoder;
+pub use switchyard_tls::ServerTls;
 pub use sync::{SnapshotSource, SyncState};

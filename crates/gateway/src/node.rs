@@ -54,6 +54,22 @@ pub struct GatewayConfig {
     /// An already loaded encoder, used instead of loading `model_dir` (tests and embedders
     /// share one).
     pub encoder: Option<Arc<dyn Encoder>>,
+    /// TLS towards an `https://` control plane.
+    pub control_plane_tls: ControlPlaneTls,
+    /// Serve the traffic listener over TLS (HTTP/2 and HTTP/1.1 by ALPN); the certificate
+    /// is re-read when its files change.
+    pub listen_tls: Option<switchyard_tls::ServerTls>,
+}
+
+/// How a node verifies an `https://` control plane and proves itself to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlPlaneTls {
+    /// The CA the control plane's certificate must chain to (`--control-plane-ca`);
+    /// without it, the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The node's own certificate and key (`--tls-cert`/`--tls-key`), presented when the
+    /// control plane asks (mTLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl GatewayConfig {
@@ -86,6 +102,8 @@ impl GatewayConfig {
             model_dir: None,
             encoder_kind: EncoderKind::default(),
             encoder: None,
+            control_plane_tls: ControlPlaneTls::default(),
+            listen_tls: None,
         }
     }
 }
@@ -111,6 +129,8 @@ impl std::fmt::Debug for GatewayConfig {
                 "encoder",
                 &self.encoder.as_ref().map(|e| e.name().to_owned()),
             )
+            .field("control_plane_tls", &self.control_plane_tls)
+            .field("listen_tls", &self.listen_tls)
             .finish()
     }
 }
@@ -164,11 +184,15 @@ impl Gateway {
         config: GatewayConfig,
         tuning: SyncTuning,
     ) -> Result<Gateway, GatewayError> {
-        let endpoint = sync::endpoint(&config.control_plane, config.upstream_connect_timeout)
-            .map_err(|reason| GatewayError::ControlPlaneUrl {
-                url: config.control_plane.clone(),
-                reason,
-            })?;
+        let endpoint = sync::endpoint(
+            &config.control_plane,
+            config.upstream_connect_timeout,
+            &config.control_plane_tls,
+        )?;
+        let listen_tls = match &config.listen_tls {
+            Some(tls) => Some(tls.server_config(switchyard_tls::alpn_h2_http11())?),
+            None => None,
+        };
         let cache_error = |source| GatewayError::CacheDir {
             path: config.cache_dir.clone(),
             source,
@@ -256,7 +280,12 @@ impl Gateway {
             },
             &shutdown,
             config.drain_timeout,
+            listen_tls.as_ref().map(|(config, _)| Arc::clone(config)),
         )?;
+        if let Some((_, cert)) = &listen_tls {
+            // Ends with the node (on shutdown).
+            drop(cert.watch(shutdown.clone()));
+        }
         let main = tokio::spawn(io_threads.serve(listener, shutdown.clone()));
         let metrics = metrics_listener.map(|l| {
             tokio::spawn(http::serve(
@@ -284,6 +313,7 @@ impl Gateway {
         }
         info!(
             addr = %local_addr,
+            tls = listen_tls.is_some(),
             gateway = %config.gateway,
             node_id = %node_id,
             control_plane = %config.control_plane,

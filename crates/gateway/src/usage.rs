@@ -45,15 +45,6 @@ pub(crate) struct UsageRecord {
     pub usage: Option<Usage>,
 }
 
-/// A low-cardinality label for an inbound format.
-pub(crate) fn format_label(format: InboundFormat) -> &'static str {
-    match format {
-        InboundFormat::OpenAiChat => "openai_chat",
-        InboundFormat::OpenAiResponses => "openai_responses",
-        InboundFormat::Gemini => "gemini",
-    }
-}
-
 /// Records a finished request: metrics and the `request finished` log line (in `span`).
 pub(crate) fn record(rec: &UsageRecord, span: &Span) {
     telemetry::request_finished(&rec.proxy, &rec.route, rec.status, rec.latency);
@@ -85,7 +76,7 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
         outcome = rec.outcome,
         provider = rec.provider,
         upstream_model = &*rec.model,
-        format = format_label(rec.format),
+        format = rec.format.label(),
         stream = rec.stream,
         translated = rec.translated,
         ttft_ms = rec.time_to_first_byte.map(|d| d.as_secs_f64() * 1000.0),

@@ -55,10 +55,35 @@ pub struct ChatRequest {
     /// Free-form string metadata (forwarded where the upstream has a field).
     pub metadata: BTreeMap<String, String>,
     /// Parts of the request that were understood but have no canonical form (built-in tools,
-    /// audio parts, stored-conversation references, unknown top-level fields…), each as
-    /// `field: reason`. Translation to another API refuses a request that has any; the
-    /// passthrough path can still serve it.
-    pub untranslatable: Vec<String>,
+    /// audio parts, stored-conversation references, unknown top-level fields…). Translation
+    /// to another API refuses a request that has any, naming the first; the passthrough path
+    /// can still serve it.
+    pub untranslatable: Vec<Untranslatable>,
+}
+
+/// A part of a request the canonical form cannot carry: where it is, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untranslatable {
+    /// The JSON path of the part (`tools[0]`, `messages[2].content[1]`, `seed`…).
+    pub field: String,
+    /// What it is, in lowercase (`built-in tool \`web_search\``).
+    pub reason: String,
+}
+
+impl Untranslatable {
+    /// The part at `field`, for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Untranslatable {
+        Untranslatable {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Untranslatable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
 }
 
 impl ChatRequest {

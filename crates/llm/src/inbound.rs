@@ -1,13 +1,18 @@
-//! The formats clients speak to the gateway, each with its parser, response renderer,
-//! stream encoder and error shape.
+//! The formats clients speak to the gateway. Each owns everything the gateway needs to know
+//! about it: its endpoints (path → operation), its envelope (model, stream flag) and where
+//! its prompt lies, its parser, response renderer and stream encoder, its error shape, its
+//! passthrough stream inspector and usage readers, and its metric label. The gateway never
+//! matches on a format.
 
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::canonical::{ChatRequest, ChatResponse};
+use crate::canonical::{ChatRequest, ChatResponse, Usage};
 use crate::dialect::{gemini, openai_chat, openai_responses};
+use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ApiError, LlmError};
-use crate::provider::{Provider, Target, UpstreamApi};
+use crate::passthrough::StreamInspector;
+use crate::provider::{Provider, Target, UpstreamApi, percent_decode};
 use crate::stream::StreamEncoder;
 
 /// A client-facing API format.
@@ -21,7 +26,238 @@ pub enum InboundFormat {
     Gemini,
 }
 
+/// What a request path asks for: a completion in `format`, with the model and the stream
+/// flag when the path names them (Gemini: `/models/{model}:streamGenerateContent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// The client's format.
+    pub format: InboundFormat,
+    /// The model named in the path.
+    pub model: Option<String>,
+    /// Whether the path asks for a stream (`None`: the body says).
+    pub stream: Option<bool>,
+}
+
+impl Operation {
+    /// The error for a query string this operation cannot serve: a Gemini stream asked for
+    /// without `alt=sse` (only server-sent events are served).
+    pub fn query_error(&self, query: Option<&str>) -> Option<ApiError> {
+        if self.format != InboundFormat::Gemini || self.stream != Some(true) {
+            return None;
+        }
+        let sse = query.is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair.eq_ignore_ascii_case("alt=sse"))
+        });
+        (!sse).then(|| {
+            ApiError::new(
+                crate::ErrorKind::InvalidRequest,
+                "streamGenerateContent is served as server-sent events only: add ?alt=sse",
+            )
+            .param("alt")
+        })
+    }
+}
+
+/// How a format shapes its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorShape {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"error": {"code", "message", "status"}}`.
+    Google,
+}
+
 impl InboundFormat {
+    /// Every inbound format.
+    pub const ALL: [InboundFormat; 3] = [
+        InboundFormat::OpenAiChat,
+        InboundFormat::OpenAiResponses,
+        InboundFormat::Gemini,
+    ];
+
+    /// The API surface serving this format: the proxy `format` id (`openai`, `gemini`).
+    pub fn surface(self) -> &'static str {
+        match self {
+            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => "openai",
+            InboundFormat::Gemini => "gemini",
+        }
+    }
+
+    /// The format whose shape errors take on an API surface before its endpoint is known
+    /// (the first format of that surface).
+    pub fn for_surface(surface: &str) -> Option<InboundFormat> {
+        InboundFormat::ALL
+            .into_iter()
+            .find(|f| f.surface() == surface)
+    }
+
+    /// A short, stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            InboundFormat::OpenAiChat => "openai_chat",
+            InboundFormat::OpenAiResponses => "openai_responses",
+            InboundFormat::Gemini => "gemini",
+        }
+    }
+
+    /// This format's endpoint: the operation a path (after a proxy's base path) names, or
+    /// `None`. OpenAI paths may sit under `/v1`, Gemini paths under `/v1beta` or `/v1`.
+    pub fn match_path(self, rest: &str) -> Option<Operation> {
+        let simple = |path: &str| {
+            (rest.strip_prefix("/v1").unwrap_or(rest) == path).then_some(Operation {
+                format: self,
+                model: None,
+                stream: None,
+            })
+        };
+        match self {
+            InboundFormat::OpenAiChat => simple("/chat/completions"),
+            InboundFormat::OpenAiResponses => simple("/responses"),
+            InboundFormat::Gemini => {
+                let rest = rest
+                    .strip_prefix("/v1beta")
+                    .or_else(|| rest.strip_prefix("/v1"))
+                    .unwrap_or(rest);
+                let (model, method) = rest.strip_prefix("/models/")?.rsplit_once(':')?;
+                let stream = match method {
+                    "generateContent" => false,
+                    "streamGenerateContent" => true,
+                    _ => return None,
+                };
+                let model = percent_decode(model, false)?;
+                let model = model.strip_prefix("models/").unwrap_or(&model).to_owned();
+                if model.is_empty() {
+                    return None;
+                }
+                Some(Operation {
+                    format: self,
+                    model: Some(model),
+                    stream: Some(stream),
+                })
+            }
+        }
+    }
+
+    /// Whether the body names the model and the stream flag (else the path does).
+    pub fn model_in_body(self) -> bool {
+        match self {
+            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => true,
+            InboundFormat::Gemini => false,
+        }
+    }
+
+    /// Scans a request body once (see [`crate::envelope`]): valid JSON, the model and stream
+    /// flag (for formats that name them in the body) and where the prompt lies.
+    pub fn envelope(self, body: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let prompt_field = match self {
+            InboundFormat::OpenAiChat => "messages",
+            InboundFormat::OpenAiResponses => "input",
+            InboundFormat::Gemini => "contents",
+        };
+        Envelope::read(body, self.model_in_body(), prompt_field)
+    }
+
+    /// The prompt semantic routing and the prompt guard look at: the last user message's
+    /// text (text parts joined with newlines), or `None` when the body has none.
+    pub fn prompt_text(self, envelope: &Envelope, body: &[u8]) -> Option<String> {
+        let value = envelope.prompt_value(body)?;
+        let text = match self {
+            InboundFormat::OpenAiChat => openai_chat::last_user_text(&value),
+            InboundFormat::OpenAiResponses => openai_responses::last_user_text(&value),
+            InboundFormat::Gemini => gemini::last_user_text(&value),
+        }?;
+        (!text.trim().is_empty()).then_some(text)
+    }
+
+    /// The body to send on the passthrough path, written once from the envelope: the model
+    /// replaced where the format carries it in the body, and, when `ask_usage`, the final
+    /// usage chunk asked for (OpenAI chat streams).
+    pub fn passthrough_body(
+        self,
+        envelope: &Envelope,
+        body: &Bytes,
+        model: &str,
+        ask_usage: bool,
+    ) -> Result<Bytes, LlmError> {
+        match self {
+            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => envelope.scanned.write(
+                body,
+                Some(model),
+                ask_usage && self == InboundFormat::OpenAiChat,
+            ),
+            InboundFormat::Gemini => Ok(body.clone()),
+        }
+    }
+
+    /// Whether the gateway must ask the upstream for usage on this passthrough request (and
+    /// hold the extra chunk back): an OpenAI chat stream whose client did not ask itself.
+    pub fn asks_stream_usage(self, envelope: &Envelope) -> bool {
+        self == InboundFormat::OpenAiChat && envelope.stream && !envelope.include_usage
+    }
+
+    /// How this format shapes its errors.
+    pub fn error_shape(self) -> ErrorShape {
+        match self {
+            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => ErrorShape::OpenAi,
+            InboundFormat::Gemini => ErrorShape::Google,
+        }
+    }
+
+    /// Whether an error body already has this format's error shape: OpenAI's `{"error":
+    /// {"message", "type", …}}` (`type` may be null), Gemini's `{"error": {"code",
+    /// "message", "status"}}`.
+    pub fn has_error_shape(self, body: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return false;
+        };
+        let err = &v["error"];
+        match self.error_shape() {
+            ErrorShape::OpenAi => err["message"].is_string() && err.get("type").is_some(),
+            ErrorShape::Google => {
+                err["code"].is_u64() && err["message"].is_string() && err["status"].is_string()
+            }
+        }
+    }
+
+    /// A fresh inspector for one passthrough stream (see [`StreamInspector`]).
+    /// `hold_usage_chunk`: the gateway asked for the usage chunk the client did not.
+    pub fn stream_inspector(self, hold_usage_chunk: bool) -> StreamInspector {
+        StreamInspector::new(self, hold_usage_chunk)
+    }
+
+    /// Usage from a whole passthrough answer in this format.
+    pub fn usage_from_body(self, body: &[u8]) -> Option<Usage> {
+        match self {
+            InboundFormat::OpenAiChat => openai_chat::usage_from_response(body),
+            InboundFormat::OpenAiResponses => openai_responses::usage_from_response(body),
+            InboundFormat::Gemini => gemini::usage_from_response(body),
+        }
+    }
+
+    /// The event that ends a passthrough stream the upstream broke (cut connection, garbled
+    /// event), in this format's streaming error shape: Chat Completions and Gemini
+    /// `data: {"error": {…}}` (what their SDKs raise on), Responses an `error` event with
+    /// the next `sequence_number`.
+    pub fn stream_error_frame(self, err: &ApiError, sequence_number: u64) -> Bytes {
+        match self {
+            InboundFormat::OpenAiChat | InboundFormat::Gemini => {
+                crate::sse::data_frame(&String::from_utf8_lossy(&self.render_error(err).1))
+            }
+            InboundFormat::OpenAiResponses => {
+                let event = serde_json::json!({
+                    "type": "error",
+                    "code": err.code.clone().unwrap_or_else(|| err.kind.label().to_owned()),
+                    "message": err.message,
+                    "param": err.param,
+                    "sequence_number": sequence_number,
+                });
+                crate::sse::event_frame("error", &event.to_string())
+            }
+        }
+    }
+
     /// Parses a request body. Gemini bodies name neither model nor streaming (both are in
     /// the URL): the caller sets `model` and `stream` on the result.
     pub fn parse_request(self, body: &[u8]) -> Result<ChatRequest, LlmError> {
@@ -74,21 +310,10 @@ impl InboundFormat {
     pub fn passthrough_to(self, target: &Target) -> bool {
         match self {
             InboundFormat::OpenAiChat => {
-                target.api == UpstreamApi::ChatCompletions
-                    && matches!(
-                        target.provider,
-                        Provider::OpenAi
-                            | Provider::Azure
-                            | Provider::Nvidia
-                            | Provider::OpenAiCompatible
-                    )
+                target.api == UpstreamApi::ChatCompletions && target.provider.is_openai_family()
             }
             InboundFormat::OpenAiResponses => {
-                target.api == UpstreamApi::Responses
-                    && matches!(
-                        target.provider,
-                        Provider::OpenAi | Provider::Azure | Provider::OpenAiCompatible
-                    )
+                target.api == UpstreamApi::Responses && target.provider.serves_responses()
             }
             InboundFormat::Gemini => target.provider == Provider::Gemini,
         }
@@ -105,13 +330,12 @@ impl InboundFormat {
             return UpstreamApi::ChatCompletions;
         }
         let native = match provider {
-            Provider::OpenAi | Provider::OpenAiCompatible => true,
             Provider::Azure => match api_version.filter(|v| !v.is_empty()) {
                 None | Some("v1" | "preview" | "latest") => true,
                 // Dated versions compare as text: `YYYY-MM-DD[-preview]`.
                 Some(v) => v >= "2025-03-01",
             },
-            Provider::Gemini | Provider::Bedrock | Provider::Nvidia => false,
+            other => other.serves_responses(),
         };
         if native {
             UpstreamApi::Responses

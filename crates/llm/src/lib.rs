@@ -16,11 +16,12 @@
 //!
 //! # The fast path
 //!
-//! When the client speaks the upstream's API ([`InboundFormat::passthrough_to`]), the gateway
-//! still parses the body (for routing and the prompt guard) but sends the client's own bytes
-//! with [`Target::build_passthrough`], which only rewrites `model`
-//! ([`passthrough::rewrite_model`]); usage is read from the answer with the helpers in
-//! [`passthrough`]. Requests using features the canonical form cannot carry (built-in tools,
+//! When the client speaks the upstream's API ([`InboundFormat::passthrough_to`]), the body is
+//! scanned once ([`InboundFormat::envelope`]: the model, the stream flag and where the
+//! prompt lies, no tree built), written once with the model replaced
+//! ([`InboundFormat::passthrough_body`]) and sent with [`Target::passthrough_request`];
+//! streams are relayed event by event through [`InboundFormat::stream_inspector`], which
+//! reads usage. Requests using features the canonical form cannot carry (built-in tools,
 //! audio, `n > 1`, stored conversations…) are recorded in
 //! [`ChatRequest::untranslatable`] and refused on the translated path only.
 //!
@@ -56,6 +57,7 @@
 
 pub mod canonical;
 pub mod dialect;
+pub mod envelope;
 pub mod error;
 pub mod eventstream;
 mod inbound;
@@ -67,9 +69,11 @@ pub mod stream;
 
 pub use canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
+pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ApiError, ErrorKind, LlmError, StreamError};
-pub use inbound::InboundFormat;
+pub use inbound::{ErrorShape, InboundFormat, Operation};
+pub use passthrough::StreamInspector;
 pub use provider::{Credentials, Provider, ProviderAdapter, Target, UpstreamApi};
 pub use stream::{StreamDecoder, StreamEncoder};

@@ -1,17 +1,18 @@
 //! The fast path: when a client speaks the upstream's own API, its body is forwarded with
 //! only `model` rewritten, byte-for-byte otherwise (unknown fields, key order and number
-//! formatting survive), and usage is read from the answer without re-encoding it.
-
-use std::fmt;
+//! formatting survive), and usage is read from the answer without re-encoding it. Streams
+//! are relayed event by event through a [`StreamInspector`].
 
 use bytes::Bytes;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
+use crate::InboundFormat;
 use crate::canonical::Usage;
 use crate::dialect::{gemini, openai_chat, openai_responses};
-use crate::error::LlmError;
+use crate::error::{ApiError, ErrorKind, LlmError};
+use crate::sse::{EventSplitter, MAX_EVENT_BYTES, event_data};
 
 pub use gemini::usage_from_response as usage_from_gemini_response;
 pub use openai_chat::usage_from_chunk as usage_from_openai_chunk;
@@ -19,70 +20,15 @@ pub use openai_chat::usage_from_response as usage_from_openai_response;
 pub use openai_responses::usage_from_event as usage_from_responses_event;
 pub use openai_responses::usage_from_response as usage_from_responses_response;
 
-/// A JSON object's top-level entries in order, each value kept as its raw text.
-struct Entries(Vec<(String, Box<RawValue>)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Entries, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a json object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                    entries.push(entry);
-                }
-                Ok(Entries(entries))
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
-fn parse(body: &[u8]) -> Result<Entries, LlmError> {
-    serde_json::from_slice(body)
+fn scanned(body: &[u8]) -> Result<crate::envelope::Scanned, LlmError> {
+    crate::envelope::scan(body)
         .map_err(|e| LlmError::invalid("", format!("body is not a json object: {e}")))
-}
-
-fn write(entries: &Entries) -> Bytes {
-    let mut out = Vec::with_capacity(256);
-    out.push(b'{');
-    for (i, (key, value)) in entries.0.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(Value::from(key.as_str()).to_string().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-    out.push(b'}');
-    Bytes::from(out)
-}
-
-fn raw(value: &Value) -> Result<Box<RawValue>, LlmError> {
-    RawValue::from_string(value.to_string())
-        .map_err(|e| LlmError::Internal(format!("raw json value: {e}")))
 }
 
 /// Replaces the top-level `model` (adding it when absent), keeping every other byte of the
 /// values and the order of the keys.
 pub fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, LlmError> {
-    let mut entries = parse(body)?;
-    let value = raw(&Value::from(model))?;
-    let mut found = false;
-    for (key, v) in &mut entries.0 {
-        if key == "model" {
-            *v = value.clone();
-            found = true;
-        }
-    }
-    if !found {
-        entries.0.insert(0, ("model".to_owned(), value));
-    }
-    Ok(write(&entries))
+    scanned(body)?.write(body, Some(model), false)
 }
 
 /// For a streaming Chat Completions body (`"stream": true`), sets
@@ -90,38 +36,19 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, LlmError> {
 /// returned unchanged. Returns whether the client had asked for usage itself, so the
 /// gateway knows whether to drop the extra chunk (see [`is_usage_only_chunk`]).
 pub fn request_stream_usage(body: &[u8]) -> Result<(Bytes, bool), LlmError> {
-    let mut entries = parse(body)?;
-    let streaming = entries
-        .0
-        .iter()
-        .any(|(k, v)| k == "stream" && v.get().trim() == "true");
-    if !streaming {
+    let scanned = scanned(body)?;
+    if scanned.raw(body, "stream").map(str::trim) != Some("true") {
         return Ok((Bytes::copy_from_slice(body), false));
     }
-    let mut asked = false;
-    let mut found = false;
-    for (key, v) in &mut entries.0 {
-        if key != "stream_options" {
-            continue;
+    let asked = match scanned.raw(body, "stream_options") {
+        None => false,
+        Some(raw) => {
+            let options: Value = serde_json::from_str(raw)
+                .map_err(|e| LlmError::invalid("stream_options", format!("not valid json: {e}")))?;
+            options.get("include_usage") == Some(&Value::Bool(true))
         }
-        found = true;
-        let mut options: Value = serde_json::from_str(v.get())
-            .map_err(|e| LlmError::invalid("stream_options", format!("not valid json: {e}")))?;
-        let Some(map) = options.as_object_mut() else {
-            return Err(LlmError::invalid("stream_options", "must be an object"));
-        };
-        asked = map.get("include_usage") == Some(&Value::Bool(true));
-        map.insert("include_usage".into(), Value::Bool(true));
-        *v = raw(&options)?;
-    }
-    if !found {
-        let mut options = serde_json::Map::new();
-        options.insert("include_usage".into(), Value::Bool(true));
-        entries
-            .0
-            .push(("stream_options".to_owned(), raw(&Value::Object(options))?));
-    }
-    Ok((write(&entries), asked))
+    };
+    Ok((scanned.write(body, None, true)?, asked))
 }
 
 /// Whether a chunk's data is the usage-only chunk (`"choices": []` with usage) that
@@ -141,51 +68,245 @@ pub fn is_usage_only_chunk(data: &str) -> bool {
     )
 }
 
-/// The event that ends a passthrough stream the upstream broke (cut connection, garbled
-/// event), in `format`'s streaming error shape: Chat Completions and Gemini
-/// `data: {"error": {…}}` (what their SDKs raise on), Responses an `error` event with the
-/// next `sequence_number`.
-pub fn stream_error_frame(
-    format: crate::InboundFormat,
-    err: &crate::ApiError,
-    sequence_number: u64,
-) -> Bytes {
-    use crate::InboundFormat;
-    match format {
-        InboundFormat::OpenAiChat => {
-            crate::sse::data_frame(&String::from_utf8_lossy(&openai_chat::render_error(err)))
+/// Inspects a passthrough stream event by event on its way to the client, each event's
+/// bytes untouched: checks each event's JSON (a garbled event ends the stream with an error
+/// event in the client's format), reads usage, holds back the usage chunk the gateway asked
+/// for from a client that did not, and closes a stream that stops before its end with an
+/// error event. Made by [`crate::InboundFormat::stream_inspector`].
+#[derive(Debug)]
+pub struct StreamInspector {
+    splitter: EventSplitter,
+    state: Inspection,
+}
+
+#[derive(Debug)]
+struct Inspection {
+    format: InboundFormat,
+    hold_usage_chunk: bool,
+    usage: Option<Usage>,
+    /// The next Responses `sequence_number`, for an error event of our own.
+    next_sequence: u64,
+    /// The upstream said its answer is complete (or ended it with an error event).
+    complete: bool,
+    /// The upstream sent an error event of its own (relayed as is).
+    upstream_error: bool,
+    /// We ended the stream with an error event.
+    failed: bool,
+}
+
+/// The fields of a stream event that tell whether it is well-formed, final, or carries
+/// usage; everything else is skipped (but still checked to be valid JSON).
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceProbe>>,
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    #[serde(default)]
+    candidates: Option<Vec<CandidateProbe>>,
+    #[serde(default, rename = "usageMetadata")]
+    usage_metadata: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceProbe {
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CandidateProbe {
+    #[serde(default, rename = "finishReason")]
+    finish_reason: Option<IgnoredAny>,
+}
+
+enum Verdict {
+    Send,
+    Hold,
+    Garbled(String),
+}
+
+fn garbled(why: &str) -> ApiError {
+    ApiError::invalid_response(format!("the upstream sent a malformed stream: {why}"))
+        .code("upstream_stream_error")
+}
+
+impl StreamInspector {
+    pub(crate) fn new(format: InboundFormat, hold_usage_chunk: bool) -> StreamInspector {
+        StreamInspector {
+            splitter: EventSplitter::default(),
+            state: Inspection {
+                format,
+                hold_usage_chunk,
+                usage: None,
+                next_sequence: 0,
+                complete: false,
+                upstream_error: false,
+                failed: false,
+            },
         }
-        InboundFormat::Gemini => {
-            crate::sse::data_frame(&String::from_utf8_lossy(&gemini::render_error(err)))
+    }
+
+    /// The bytes to send for one upstream chunk (possibly empty).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        if self.state.failed {
+            return Bytes::new();
         }
-        InboundFormat::OpenAiResponses => {
-            let event = serde_json::json!({
-                "type": "error",
-                "code": err.code.clone().unwrap_or_else(|| err.kind.label().to_owned()),
-                "message": err.message,
-                "param": err.param,
-                "sequence_number": sequence_number,
-            });
-            crate::sse::event_frame("error", &event.to_string())
+        self.splitter.push(chunk);
+        let mut out = Vec::with_capacity(chunk.len());
+        while let Some(event) = self.splitter.next_event() {
+            if !self.state.relay(event, &mut out) {
+                return Bytes::from(out);
+            }
         }
+        if self.splitter.pending() > MAX_EVENT_BYTES {
+            out.extend_from_slice(&self.state.fail(&garbled("an event larger than the limit")));
+        }
+        Bytes::from(out)
+    }
+
+    /// The closing bytes when the upstream body ended: the last event if it lacked its
+    /// blank line, and an error event if the answer was not complete.
+    pub fn end(&mut self) -> Bytes {
+        if self.state.failed {
+            return Bytes::new();
+        }
+        let mut out = Vec::new();
+        if let Some(rest) = self.splitter.take_rest()
+            && !self.state.relay(&rest, &mut out)
+        {
+            return Bytes::from(out);
+        }
+        if !self.state.complete {
+            let err = ApiError::new(
+                ErrorKind::InvalidResponse,
+                "the upstream stream ended before the answer was complete",
+            )
+            .code("upstream_stream_error");
+            out.extend_from_slice(&self.state.fail(&err));
+        }
+        Bytes::from(out)
+    }
+
+    /// Ends the stream with `err` as an error event in the client's format (nothing once
+    /// ended).
+    pub fn fail(&mut self, err: &ApiError) -> Bytes {
+        self.state.fail(err)
+    }
+
+    /// Whether the inspector ended the stream with an error event of its own.
+    pub fn is_failed(&self) -> bool {
+        self.state.failed
+    }
+
+    /// Whether the upstream's stream turned out unusable (garbled, cut, or an error event).
+    pub fn stream_failed(&self) -> bool {
+        self.state.failed || self.state.upstream_error
+    }
+
+    /// The usage the upstream reported, as far as it was seen.
+    pub fn usage(&self) -> Option<Usage> {
+        self.state.usage
     }
 }
 
-/// Usage from a whole passthrough answer in `format`.
-pub fn usage_from_body(format: crate::InboundFormat, body: &[u8]) -> Option<Usage> {
-    match format {
-        crate::InboundFormat::OpenAiChat => openai_chat::usage_from_response(body),
-        crate::InboundFormat::OpenAiResponses => openai_responses::usage_from_response(body),
-        crate::InboundFormat::Gemini => gemini::usage_from_response(body),
+impl Inspection {
+    /// Inspects one event and appends it to `out` if it is to be sent; false once failed.
+    fn relay(&mut self, event: &[u8], out: &mut Vec<u8>) -> bool {
+        match self.inspect(event) {
+            Verdict::Send => out.extend_from_slice(event),
+            Verdict::Hold => {}
+            Verdict::Garbled(why) => {
+                out.extend_from_slice(&self.fail(&garbled(&why)));
+                return false;
+            }
+        }
+        true
     }
-}
 
-/// Usage from one passthrough stream event's `data:` (the last one seen is final).
-pub fn usage_from_stream_data(format: crate::InboundFormat, data: &str) -> Option<Usage> {
-    match format {
-        crate::InboundFormat::OpenAiChat => openai_chat::usage_from_chunk(data),
-        crate::InboundFormat::OpenAiResponses => openai_responses::usage_from_event(data),
-        crate::InboundFormat::Gemini => gemini::usage_from_response(data.as_bytes()),
+    fn inspect(&mut self, event: &[u8]) -> Verdict {
+        if std::str::from_utf8(event).is_err() {
+            return Verdict::Garbled("an event that is not UTF-8".to_owned());
+        }
+        let Some((data, name)) = event_data(event) else {
+            return Verdict::Send;
+        };
+        let data = data.trim();
+        if data.is_empty() {
+            return Verdict::Send;
+        }
+        let name = name.map(str::trim);
+        if data == "[DONE]" {
+            self.complete = true;
+            return Verdict::Send;
+        }
+        let probe: Probe = match serde_json::from_str(data) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Garbled(format!("an event that is not valid JSON ({e})")),
+        };
+        if probe.error.is_some() || name == Some("error") {
+            // The upstream's own error event, already in the client's format.
+            self.complete = true;
+            self.upstream_error = true;
+            return Verdict::Send;
+        }
+        match self.format {
+            InboundFormat::OpenAiChat => {
+                let choices = probe.choices.as_deref().unwrap_or_default();
+                if choices.iter().any(|c| c.finish_reason.is_some()) {
+                    self.complete = true;
+                }
+                if probe.usage.is_some() {
+                    if let Some(u) = openai_chat::usage_from_chunk(data) {
+                        self.usage = Some(u);
+                    }
+                    if self.hold_usage_chunk && is_usage_only_chunk(data) {
+                        return Verdict::Hold;
+                    }
+                }
+            }
+            InboundFormat::OpenAiResponses => {
+                if let Some(seq) = probe.sequence_number {
+                    self.next_sequence = seq.saturating_add(1);
+                }
+                let kind = probe.kind.as_deref().or(name).unwrap_or_default();
+                if matches!(
+                    kind,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                ) {
+                    self.complete = true;
+                    if let Some(u) = openai_responses::usage_from_event(data) {
+                        self.usage = Some(u);
+                    }
+                }
+            }
+            InboundFormat::Gemini => {
+                let candidates = probe.candidates.as_deref().unwrap_or_default();
+                if candidates.iter().any(|c| c.finish_reason.is_some()) {
+                    self.complete = true;
+                }
+                if probe.usage_metadata.is_some()
+                    && let Some(u) = gemini::usage_from_response(data.as_bytes())
+                {
+                    self.usage = Some(u);
+                }
+            }
+        }
+        Verdict::Send
+    }
+
+    fn fail(&mut self, err: &ApiError) -> Bytes {
+        if self.failed {
+            return Bytes::new();
+        }
+        self.failed = true;
+        self.format.stream_error_frame(err, self.next_sequence)
     }
 }
 
@@ -245,22 +366,19 @@ mod tests {
     fn stream_error_frames() {
         use crate::{ApiError, ErrorKind, InboundFormat};
         let err = ApiError::invalid_response("the upstream stream broke off");
-        let chat = stream_error_frame(InboundFormat::OpenAiChat, &err, 0);
+        let chat = InboundFormat::OpenAiChat.stream_error_frame(&err, 0);
         let chat = std::str::from_utf8(&chat).unwrap();
         let data: Value =
             serde_json::from_str(chat.strip_prefix("data: ").unwrap().trim()).unwrap();
         assert_eq!(data["error"]["message"], "the upstream stream broke off");
         assert_eq!(data["error"]["type"], "server_error");
-        let gem = stream_error_frame(InboundFormat::Gemini, &err, 0);
+        let gem = InboundFormat::Gemini.stream_error_frame(&err, 0);
         let gem = std::str::from_utf8(&gem).unwrap();
         let data: Value = serde_json::from_str(gem.strip_prefix("data: ").unwrap().trim()).unwrap();
         assert_eq!(data["error"]["status"], "INTERNAL");
         assert_eq!(data["error"]["code"], 502);
-        let resp = stream_error_frame(
-            InboundFormat::OpenAiResponses,
-            &ApiError::new(ErrorKind::Unavailable, "busy"),
-            7,
-        );
+        let resp = InboundFormat::OpenAiResponses
+            .stream_error_frame(&ApiError::new(ErrorKind::Unavailable, "busy"), 7);
         let resp = std::str::from_utf8(&resp).unwrap();
         assert!(resp.starts_with("event: error\ndata: "), "{resp}");
         let data: Value =

@@ -25,15 +25,178 @@ pub struct SseEvent {
     pub id: Option<String>,
 }
 
-/// An incremental SSE parser.
+/// Splits a byte stream into raw events, each with its closing blank line, however the bytes
+/// are chunked; lines may end with `\r\n`, `\n` or `\r`. The one line splitter of the
+/// crate: [`SseParser`] reads fields from its events, and the passthrough stream inspector
+/// ([`crate::passthrough::StreamInspector`]) relays them byte for byte.
+#[derive(Debug)]
+pub struct EventSplitter {
+    buf: Vec<u8>,
+    /// Where the next event starts (bytes before it were handed out).
+    start: usize,
+    /// Where scanning resumes, and whether that position starts a line.
+    scanned: usize,
+    at_line_start: bool,
+}
+
+impl Default for EventSplitter {
+    fn default() -> Self {
+        EventSplitter {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            at_line_start: true,
+        }
+    }
+}
+
+impl EventSplitter {
+    /// Appends bytes (events handed out before are dropped from the buffer first).
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The bytes of the event being received (not yet complete).
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete event (with its line endings and closing blank line), if the
+    /// buffer holds one.
+    pub fn next_event(&mut self) -> Option<&[u8]> {
+        let mut i = self.scanned;
+        let mut at_line_start = self.at_line_start;
+        while i < self.buf.len() {
+            let b = self.buf[i];
+            if b != b'\n' && b != b'\r' {
+                at_line_start = false;
+                i += 1;
+                continue;
+            }
+            let len = if b == b'\r' {
+                match self.buf.get(i + 1) {
+                    None => break, // a `\n` may follow in the next chunk
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                }
+            } else {
+                1
+            };
+            i += len;
+            if at_line_start {
+                let start = self.start;
+                self.start = i;
+                self.scanned = i;
+                self.at_line_start = true;
+                return Some(&self.buf[start..i]);
+            }
+            at_line_start = true;
+        }
+        self.scanned = i;
+        self.at_line_start = at_line_start;
+        None
+    }
+
+    /// Whatever is left at the end of the stream (an event without its blank line), unless
+    /// it is only whitespace.
+    pub fn take_rest(&mut self) -> Option<Vec<u8>> {
+        let rest = &self.buf[self.start..];
+        if rest.iter().all(u8::is_ascii_whitespace) {
+            self.buf.clear();
+            self.start = 0;
+            self.scanned = 0;
+            return None;
+        }
+        let rest = rest.to_vec();
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        self.at_line_start = true;
+        Some(rest)
+    }
+}
+
+/// The lines of one raw event, without their endings.
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
+        let line = &rest[..end];
+        let mut next = end;
+        if rest.get(next) == Some(&b'\r') {
+            next += 1;
+            if rest.get(next) == Some(&b'\n') {
+                next += 1;
+            }
+        } else if next < rest.len() {
+            next += 1;
+        }
+        rest = &rest[next..];
+        Some(line)
+    })
+}
+
+/// One field line: its name and value (one leading space after the colon dropped); `None`
+/// for a comment.
+fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    if line.first() == Some(&b':') {
+        return None;
+    }
+    Some(match line.iter().position(|&b| b == b':') {
+        Some(i) => {
+            let value = &line[i + 1..];
+            (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &[][..]),
+    })
+}
+
+/// The `data:` of one raw event (lines joined with `\n`) and its `event:` name; `None` when
+/// it has no `data:` line. Borrows when the event has one data line of valid UTF-8.
+pub fn event_data(event: &[u8]) -> Option<(std::borrow::Cow<'_, str>, Option<&str>)> {
+    let mut name = None;
+    let mut data: Option<std::borrow::Cow<'_, str>> = None;
+    for line in lines(event) {
+        let Some((key, value)) = field(line) else {
+            continue;
+        };
+        match key {
+            b"event" => name = std::str::from_utf8(value).ok(),
+            b"data" => {
+                let value = String::from_utf8_lossy(value);
+                data = Some(match data {
+                    None => value,
+                    Some(prev) => {
+                        let mut joined = prev.into_owned();
+                        joined.push('\n');
+                        joined.push_str(&value);
+                        std::borrow::Cow::Owned(joined)
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+    data.map(|d| (d, name))
+}
+
+/// An incremental SSE parser: [`EventSplitter`] for the framing, then each event's fields.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    line: Vec<u8>,
-    skip_lf: bool,
-    event: Option<String>,
-    data: Option<String>,
+    splitter: EventSplitter,
+    /// The last event id seen (it carries over to later events).
     id: Option<String>,
-    pending_bytes: usize,
     failed: bool,
 }
 
@@ -48,31 +211,18 @@ impl SseParser {
         if self.failed {
             return Err(StreamError::Sse("parser already failed".into()));
         }
+        self.splitter.push(chunk);
         let mut events = Vec::new();
-        for &byte in chunk {
-            if self.skip_lf {
-                self.skip_lf = false;
-                if byte == b'\n' {
-                    continue;
-                }
+        while let Some(raw) = self.splitter.next_event() {
+            if let Some(event) = parse(raw, &mut self.id) {
+                events.push(event);
             }
-            match byte {
-                b'\r' => {
-                    self.skip_lf = true;
-                    self.end_line(&mut events);
-                }
-                b'\n' => self.end_line(&mut events),
-                _ => {
-                    self.line.push(byte);
-                    self.pending_bytes += 1;
-                    if self.pending_bytes > MAX_EVENT_BYTES {
-                        self.failed = true;
-                        return Err(StreamError::Sse(format!(
-                            "event larger than {MAX_EVENT_BYTES} bytes"
-                        )));
-                    }
-                }
-            }
+        }
+        if self.splitter.pending() > MAX_EVENT_BYTES {
+            self.failed = true;
+            return Err(StreamError::Sse(format!(
+                "event larger than {MAX_EVENT_BYTES} bytes"
+            )));
         }
         Ok(events)
     }
@@ -83,57 +233,42 @@ impl SseParser {
         if self.failed {
             return Err(StreamError::Sse("parser already failed".into()));
         }
-        let mut events = Vec::new();
-        if !self.line.is_empty() {
-            self.end_line(&mut events);
-        }
-        self.dispatch(&mut events);
-        Ok(events)
+        Ok(self
+            .splitter
+            .take_rest()
+            .and_then(|rest| parse(&rest, &mut self.id))
+            .into_iter()
+            .collect())
     }
+}
 
-    fn end_line(&mut self, events: &mut Vec<SseEvent>) {
-        let line = std::mem::take(&mut self.line);
-        if line.is_empty() {
-            self.dispatch(events);
-            return;
-        }
-        if line[0] == b':' {
-            return;
-        }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let value = &line[i + 1..];
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                (&line[..i], value)
-            }
-            None => (&line[..], &[][..]),
+/// The fields of one raw event; `None` when it has no `data:` line.
+fn parse(raw: &[u8], last_id: &mut Option<String>) -> Option<SseEvent> {
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in lines(raw) {
+        let Some((name, value)) = field(line) else {
+            continue;
         };
         let value = String::from_utf8_lossy(value);
         match name {
-            b"event" => self.event = Some(value.into_owned()),
-            b"data" => match &mut self.data {
+            b"event" => event = Some(value.into_owned()),
+            b"data" => match &mut data {
                 Some(data) => {
                     data.push('\n');
                     data.push_str(&value);
                 }
-                None => self.data = Some(value.into_owned()),
+                None => data = Some(value.into_owned()),
             },
-            b"id" if !value.contains('\0') => self.id = Some(value.into_owned()),
+            b"id" if !value.contains('\0') => *last_id = Some(value.into_owned()),
             _ => {}
         }
     }
-
-    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
-        self.pending_bytes = 0;
-        let event = self.event.take();
-        if let Some(data) = self.data.take() {
-            events.push(SseEvent {
-                event,
-                data,
-                id: self.id.clone(),
-            });
-        }
-    }
+    Some(SseEvent {
+        event,
+        data: data?,
+        id: last_id.clone(),
+    })
 }
 
 /// Writes one `data:` event (multi-line data becomes several `data:` lines).
@@ -177,6 +312,32 @@ mod tests {
         let mut events = p.push(input).unwrap();
         events.extend(p.finish().unwrap());
         events
+    }
+
+    #[test]
+    fn splits_events_however_chunked() {
+        let text = "data: a\r\n\r\n: comment\n\ndata: b\rdata: c\r\rdata: d\n\n";
+        for split in 0..text.len() {
+            let mut s = EventSplitter::default();
+            let mut events = Vec::new();
+            for part in [&text.as_bytes()[..split], &text.as_bytes()[split..]] {
+                s.push(part);
+                while let Some(e) = s.next_event() {
+                    events.push(String::from_utf8(e.to_vec()).unwrap());
+                }
+            }
+            assert_eq!(
+                events,
+                vec![
+                    "data: a\r\n\r\n",
+                    ": comment\n\n",
+                    "data: b\rdata: c\r\r",
+                    "data: d\n\n"
+                ],
+                "split at {split}"
+            );
+            assert!(s.take_rest().is_none());
+        }
     }
 
     #[test]

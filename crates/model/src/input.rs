@@ -40,7 +40,7 @@ pub struct ProxyInput {
     pub semantic_service: Option<String>,
     #[serde(default)]
     pub id: Option<Uuid>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "version")]
     pub version: Option<u64>,
     #[serde(default)]
     pub created_at: Option<IgnoredAny>,
@@ -393,42 +393,51 @@ impl RouteInput {
         limits: &Limits,
         previous: impl Fn(&str) -> Option<&'p Route>,
     ) -> Result<Route, ValidationError> {
-        let provider = Provider::ALL.into_iter().find(|p| p.id() == self.provider).ok_or_else(|| {
-            ValidationError::invalid(
-                format!("{field}.provider"),
-                format!(
-                    "unknown provider '{}'; expected one of openai, azure, gemini, bedrock, nvidia, openai-compatible",
-                    self.provider
-                ),
-            )
-        })?;
-        let name = self.name.unwrap_or_else(|| provider.id().to_owned());
+        let provider = Provider::try_from(self.provider.as_str())
+            .map_err(|message| ValidationError::invalid(format!("{field}.provider"), message))?;
+        let name = self.name.unwrap_or_else(|| provider.as_str().to_owned());
         validate_name(&format!("{field}.name"), &name)?;
         let url = validate_url(&format!("{field}.url"), &self.url)?;
 
-        if provider == Provider::Bedrock {
-            match &self.region {
+        if provider.takes_region() {
+            // The contract asks for the region itself; its form is the one Bedrock region
+            // rule's (`switchyard_llm::provider::bedrock_region`).
+            match self.region.as_deref() {
                 None => {
                     return Err(ValidationError::rule(
                         format!("{field}.region"),
-                        "bedrock routes need a region",
+                        format!("{provider} routes need a region"),
                     ));
                 }
-                Some(r) => validate_token(&format!("{field}.region"), r, 32, |b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
-                })?,
+                Some("") => {
+                    return Err(ValidationError::invalid(
+                        format!("{field}.region"),
+                        "'' is not a valid value",
+                    ));
+                }
+                Some(r) => {
+                    switchyard_llm::provider::bedrock_region(Some(r), &url).map_err(|message| {
+                        ValidationError::invalid(format!("{field}.region"), message)
+                    })?;
+                }
             }
         } else if self.region.is_some() {
             return Err(ValidationError::rule(
                 format!("{field}.region"),
-                format!("only bedrock routes take a region, not {provider}"),
+                format!(
+                    "only {} routes take a region, not {provider}",
+                    providers_where(Provider::takes_region)
+                ),
             ));
         }
         if let Some(v) = &self.api_version {
-            if provider != Provider::Azure {
+            if !provider.takes_api_version() {
                 return Err(ValidationError::rule(
                     format!("{field}.api_version"),
-                    format!("only azure routes take an api_version, not {provider}"),
+                    format!(
+                        "only {} routes take an api_version, not {provider}",
+                        providers_where(Provider::takes_api_version)
+                    ),
                 ));
             }
             validate_token(&format!("{field}.api_version"), v, 64, |b| {
@@ -441,7 +450,7 @@ impl RouteInput {
 
         let auth_field = format!("{field}.auth");
         let auth = match self.auth {
-            None if provider == Provider::OpenAiCompatible => Auth::None,
+            None if provider.auth_optional() => Auth::None,
             None => {
                 return Err(ValidationError::rule(
                     auth_field,
@@ -501,10 +510,10 @@ impl AuthInput {
                 )
             })
         };
-        let aws = provider == Provider::Bedrock;
+        let aws = provider.takes_aws_credentials();
         match (self.kind.as_str(), aws) {
             ("none", _) => {
-                if provider != Provider::OpenAiCompatible {
+                if !provider.auth_optional() {
                     return Err(ValidationError::rule(
                         format!("{field}.type"),
                         format!("{provider} routes need credentials"),
@@ -883,7 +892,7 @@ pub(crate) fn validate_url(field: &str, url: &str) -> Result<String, ValidationE
 }
 
 pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {
-    if model.is_empty() || model.len() > 256 {
+    if model.is_empty() || model.chars().count() > 256 {
         return Err(ValidationError::invalid(field, "must be 1-256 characters"));
     }
     if model.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -893,6 +902,39 @@ pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationE
         ));
     }
     Ok(())
+}
+
+/// The ids of the providers with a property, for validation messages.
+fn providers_where(has: impl Fn(Provider) -> bool) -> String {
+    Provider::ALL
+        .into_iter()
+        .filter(|p| has(*p))
+        .map(Provider::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `version` in a body: a non-negative integer up to `i64::MAX` (what the store keeps),
+/// also when written as a float with no fraction (`3.0`, as JSON allows).
+pub(crate) fn version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let max = i64::MAX as u64;
+    let value = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=max as f64).contains(&f) => {
+            format!("{f:.0}").parse::<u64>().ok()
+        }
+        _ => None,
+    };
+    match value {
+        Some(v) if v <= max => Ok(Some(v)),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected a version: an integer from 0 to {max}"
+        ))),
+    }
 }
 
 fn validate_token(

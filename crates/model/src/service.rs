@@ -22,7 +22,7 @@ pub struct SemanticServiceInput {
     pub model: String,
     #[serde(default)]
     pub api_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::input::version")]
     pub version: Option<u64>,
     #[serde(default)]
     pub proxies: Option<IgnoredAny>,

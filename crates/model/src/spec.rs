@@ -17,59 +17,20 @@ pub enum Format {
     Gemini,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Provider {
-    #[serde(rename = "openai")]
-    OpenAi,
-    #[serde(rename = "azure")]
-    Azure,
-    #[serde(rename = "gemini")]
-    Gemini,
-    #[serde(rename = "bedrock")]
-    Bedrock,
-    #[serde(rename = "nvidia")]
-    Nvidia,
-    #[serde(rename = "openai-compatible")]
-    OpenAiCompatible,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 6] = [
-        Provider::OpenAi,
-        Provider::Azure,
-        Provider::Gemini,
-        Provider::Bedrock,
-        Provider::Nvidia,
-        Provider::OpenAiCompatible,
-    ];
-
-    /// The provider id of the contract (`openai`, `openai-compatible`, …), also the default
-    /// route name.
+impl Format {
+    /// The format id of the contract (`openai`, `gemini`): also the API surface id of the
+    /// inbound formats a proxy of this format serves.
     pub fn id(self) -> &'static str {
         match self {
-            Provider::OpenAi => "openai",
-            Provider::Azure => "azure",
-            Provider::Gemini => "gemini",
-            Provider::Bedrock => "bedrock",
-            Provider::Nvidia => "nvidia",
-            Provider::OpenAiCompatible => "openai-compatible",
+            Format::Openai => "openai",
+            Format::Gemini => "gemini",
         }
     }
-
-    /// Whether the upstream speaks the OpenAI Chat Completions API natively.
-    pub fn speaks_openai_chat(self) -> bool {
-        matches!(
-            self,
-            Provider::OpenAi | Provider::Nvidia | Provider::OpenAiCompatible | Provider::Azure
-        )
-    }
 }
 
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.id())
-    }
-}
+/// A route's provider: the one provider list, owned by the translation library (its ids,
+/// what each provider's routes take, and its adapter).
+pub use switchyard_llm::Provider;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

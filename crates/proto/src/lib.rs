@@ -3,8 +3,9 @@
 //! Generated code only: conversions to and from the domain live in `switchyard-model`.
 #![forbid(unsafe_code)]
 
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod config {
+    // Generated code: not ours to lint.
+    #![allow(clippy::all, clippy::pedantic, clippy::allow_attributes, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("switchyard.config.v1");
     }

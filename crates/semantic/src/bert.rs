@@ -92,7 +92,7 @@ impl LayerNorm {
         Ok(Self {
             gamma: vb.get(dim, "weight")?.to_vec1::<f32>()?,
             beta: vb.get(dim, "bias")?.to_vec1::<f32>()?,
-            #[allow(clippy::cast_possible_truncation)]
+            #[expect(clippy::cast_possible_truncation)]
             eps: eps as f32,
         })
     }
@@ -100,7 +100,7 @@ impl LayerNorm {
     /// Normalises every row of `x` in place.
     fn apply(&self, x: &mut [f32]) {
         let dim = self.gamma.len();
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(clippy::cast_precision_loss)]
         let n = dim as f32;
         x.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| {
             simd(|| {
@@ -281,7 +281,7 @@ impl Bert {
                 for row in x[start * h..(start + len) * h].chunks_exact(h) {
                     add_in_place(&mut v, row);
                 }
-                #[allow(clippy::cast_precision_loss)]
+                #[expect(clippy::cast_precision_loss)]
                 let n = len as f32;
                 for c in &mut v {
                     *c /= n;
@@ -378,7 +378,7 @@ impl Bert {
     ) {
         let h = self.hidden;
         let d = h / self.heads;
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f32).sqrt();
         let stride = 3 * h;
         let padded = len.div_ceil(LANES) * LANES;
@@ -506,7 +506,7 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 /// ±1 in f32): an odd degree-13 numerator over an even degree-8 denominator, within a few
 /// f32 ulps (absolute error below 4e-7). Branch-free, so the GELU loop vectorises. Plain
 /// multiply-adds: `mul_add` would be a libm call on targets built without FMA.
-#[allow(clippy::excessive_precision, clippy::unreadable_literal)]
+#[expect(clippy::excessive_precision, clippy::unreadable_literal)]
 #[inline(always)]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
@@ -555,7 +555,7 @@ mod tests {
         }
         let mut worst = 0.0_f64;
         for i in -6000..=6000 {
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(clippy::cast_precision_loss)]
             let x = i as f32 / 1000.0;
             worst = worst.max((f64::from(erf(x)) - reference(f64::from(x))).abs());
         }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_control_plane::crypto::Keyring;
 use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
-use switchyard_gateway::{EncoderKind, Gateway, GatewayConfig};
+use switchyard_gateway::{ControlPlaneTls, EncoderKind, Gateway, GatewayConfig};
 use switchyard_model::Limits;
 
 /// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
@@ -46,6 +46,95 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run a control plane (embedded SQLite) and one gateway in one process, for a first run.
     Dev(DevArgs),
+    /// Make a local CA and the fleet's certificates (control plane, node, gateway) for
+    /// trying TLS and mTLS.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt/.key, control-plane.crt/.key, node.crt/.key and
+    /// gateway.crt/.key into (created if missing; existing files are never overwritten).
+    #[arg(long, default_value = "certs")]
+    pub out: PathBuf,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub days: i64,
+    /// More DNS names or IP addresses for the control plane's certificate (repeatable;
+    /// localhost, 127.0.0.1 and the in-cluster Service names are always there).
+    #[arg(long = "control-plane-name")]
+    pub control_plane_names: Vec<String>,
+    /// More DNS names or IP addresses for the gateway's traffic certificate (repeatable).
+    #[arg(long = "gateway-name")]
+    pub gateway_names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerTlsArgs {
+    /// Serve gRPC and the admin API over TLS with this certificate (PEM, chain first);
+    /// re-read when the file changes, without dropping connected nodes.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require gateway nodes to present a client certificate signed by this CA (PEM):
+    /// mutual TLS on the gRPC listener. Needs --tls-cert.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "SWITCHYARD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+impl ServerTlsArgs {
+    fn config(&self) -> Option<switchyard_tls::ServerTls> {
+        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
+        let mut tls = switchyard_tls::ServerTls::new(cert, key);
+        tls.client_ca = self.client_ca.clone();
+        tls.reload_interval = self.tls_reload_interval;
+        Some(tls)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NodeTlsArgs {
+    /// CA certificate (PEM) an https:// control plane must chain to; default: the system's
+    /// trusted roots.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM), presented to the control plane (mTLS).
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the traffic listener over TLS with this certificate (PEM; HTTP/2 and HTTP/1.1
+    /// by ALPN); re-read when the file changes.
+    #[arg(long, env = "SWITCHYARD_LISTEN_TLS_CERT", requires = "listen_tls_key")]
+    pub listen_tls_cert: Option<PathBuf>,
+    /// The traffic certificate's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_LISTEN_TLS_KEY", requires = "listen_tls_cert")]
+    pub listen_tls_key: Option<PathBuf>,
+}
+
+impl NodeTlsArgs {
+    fn control_plane(&self) -> ControlPlaneTls {
+        ControlPlaneTls {
+            ca: self.control_plane_ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        }
+    }
+
+    fn listen(&self) -> Option<switchyard_tls::ServerTls> {
+        let (cert, key) = (
+            self.listen_tls_cert.as_ref()?,
+            self.listen_tls_key.as_ref()?,
+        );
+        let mut tls = switchyard_tls::ServerTls::new(cert, key);
+        tls.flags = ["--listen-tls-cert", "--listen-tls-key", "--client-ca"];
+        Some(tls)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +168,8 @@ pub struct ControlPlaneArgs {
     pub insecure_no_auth: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -195,6 +286,8 @@ pub struct GatewayArgs {
     /// This node's id (default: generated once and kept in the cache dir).
     #[arg(long, env = "SWITCHYARD_NODE_ID")]
     pub node_id: Option<String>,
+    #[command(flatten)]
+    pub tls: NodeTlsArgs,
     #[command(flatten)]
     pub semantic: SemanticArgs,
     #[command(flatten)]
@@ -321,7 +414,8 @@ pub fn init_logging(args: &LogArgs) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_logs());
     match args.log_format {
         LogFormat::Json => builder
             .json()
@@ -330,6 +424,13 @@ pub fn init_logging(args: &LogArgs) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Colour (ANSI escape codes) only when stderr is a terminal, and never with `NO_COLOR` set:
+/// a pod's log (`kubectl logs`), a file or a pipe gets plain text.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -436,6 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Gateway(args) => run_gateway(args).await,
         Command::Dev(args) => run_dev(args).await,
+        Command::Certs(args) => run_certs(&args),
     }
 }
 
@@ -459,6 +561,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         previous_encryption_keys: args.keys.previous_encryption_keys,
         limits: args.limits.limits(),
         metrics: Some(install_metrics()?),
+        tls: args.tls.config(),
         ..ControlPlaneConfig::new(args.database_url, key)
     };
     let cp = ControlPlane::start(config).await?;
@@ -501,8 +604,34 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     );
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
+    config.control_plane_tls = args.tls.control_plane();
+    config.listen_tls = args.tls.listen();
     let gateway = Gateway::start(config).await?;
     gateway.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn run_certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let options = switchyard_tls::certs::BundleOptions {
+        days: args.days,
+        control_plane_names: args.control_plane_names.clone(),
+        gateway_names: args.gateway_names.clone(),
+    };
+    let written = switchyard_tls::certs::write_bundle(&args.out, &options)?;
+    println!(
+        "wrote a local CA and certificates (valid {} days):",
+        args.days
+    );
+    for path in written {
+        println!("  {}", path.display());
+    }
+    let d = args.out.display();
+    println!(
+        "\ncontrol plane:  --tls-cert {d}/control-plane.crt --tls-key {d}/control-plane.key --client-ca {d}/ca.crt\n\
+         gateway node:   --control-plane https://127.0.0.1:50051 --control-plane-ca {d}/ca.crt --tls-cert {d}/node.crt --tls-key {d}/node.key\n\
+         \x20               --listen-tls-cert {d}/gateway.crt --listen-tls-key {d}/gateway.key\n\
+         Keep ca.key offline; it signs every certificate of the fleet."
+    );
     Ok(())
 }
 

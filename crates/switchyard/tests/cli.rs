@@ -109,6 +109,15 @@ fn an_unusable_store_exits_with_a_reason() {
     ]);
     assert_ne!(code, 0);
     assert!(reason(&stderr).starts_with("error: store"), "{stderr}");
+    // stderr is a pipe here (as under `kubectl logs`): the log lines carry no colour codes.
+    assert!(
+        stderr.contains("exiting"),
+        "the error is logged too: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {stderr:?}"
+    );
 }
 
 #[test]
@@ -328,4 +337,91 @@ fn gateway_with_an_unusable_model_dir_exits_with_a_reason() {
     let (_, stdout, _) = run(&["gateway", "--help"]);
     assert!(stdout.contains("--model-dir") && stdout.contains("SWITCHYARD_MODEL_DIR"));
     assert!(stdout.contains("--encoder"));
+}
+
+/// `switchyard certs` makes a CA and the fleet's certificates, refuses to overwrite them,
+/// and a certificate problem at start is one line naming the flag and the file.
+#[test]
+fn certs_then_tls_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let out_s = out.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["certs", "--out", out_s, "--days", "30"]);
+    assert_eq!(code, 0, "{stderr}");
+    for file in [
+        "ca.crt",
+        "ca.key",
+        "control-plane.crt",
+        "control-plane.key",
+        "node.crt",
+        "node.key",
+        "gateway.crt",
+        "gateway.key",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing; {stdout}");
+    }
+    assert!(stdout.contains("--client-ca"), "{stdout}");
+    let key_before = std::fs::read(out.join("ca.key")).unwrap();
+    let (code, _, stderr) = run(&["certs", "--out", out_s]);
+    assert_ne!(code, 0);
+    assert!(reason(&stderr).contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("ca.key")).unwrap(), key_before);
+
+    let db = format!("sqlite://{}/cp.db", dir.path().display());
+    let cert = out.join("control-plane.crt");
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--admin-token",
+        "t",
+        "--database-url",
+        &db,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        out.join("gateway.key").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(
+        line.starts_with("error: --tls-key ")
+            && line.contains("gateway.key")
+            && line.contains("does not match"),
+        "{stderr}"
+    );
+    // --tls-cert without --tls-key is a usage error.
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--admin-token",
+        "t",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+
+    let (code, _, stderr) = run(&[
+        "gateway",
+        "--control-plane",
+        "https://127.0.0.1:1",
+        "--gateway",
+        "g",
+        "--registration-token",
+        "t",
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+        "--control-plane-ca",
+        out.join("nope.crt").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(
+        line.starts_with("error: --control-plane-ca ") && line.contains("nope.crt: cannot read"),
+        "{stderr}"
+    );
 }

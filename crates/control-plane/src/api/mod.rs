@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -129,7 +129,16 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    let has_body = has_body(req.headers());
+    let mut response = next.run(req).await;
+    if has_body && refused_unread(response.status()) {
+        // The body was not read (refused before the handler, or too large): the server
+        // will close the connection after this answer, so say so, or a client reusing the
+        // connection loses its next request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!("switchyard_control_plane_http_requests_total",
         "method" => method.clone(), "route" => route.clone(), "status" => status)
@@ -138,6 +147,27 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         "method" => method, "route" => route)
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether a request carries a body (a non-zero length, or chunked).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// The answers given without reading the request's body: no or a bad token, no such
+/// endpoint or method, a body over the limit.
+fn refused_unread(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::PAYLOAD_TOO_LARGE
+    )
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -1279,3 +1279,52 @@ async fn library_limits_are_enforced_and_raisable() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
 }
+
+/// A body refused before it is read (no token, no such endpoint) ends the connection, and
+/// the answer says so: a client reusing the connection does not lose its next request.
+#[tokio::test]
+async fn refusals_of_unread_bodies_close_the_connection_cleanly() {
+    let api = Api::start(Limits::default()).await;
+    let addr = api
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api/v1");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let pad = "a".repeat(200_000);
+    let body = format!(r#"{{"name":"x","url":"https://x","model":"m","pad":"{pad}"}}"#);
+    let request = format!(
+        "POST /api/v1/semantic-services HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The server may answer (and close) before the whole body is written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+
+    // Through a pooled client: the refused request, then another on the same pool.
+    let refused = api
+        .http
+        .post(format!("{}/semantic-services", api.base))
+        .body(body.clone())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = api.get("/gateways").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A request without a body keeps its connection.
+    let resp = api
+        .http
+        .get(format!("{}/gateways", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get("connection").is_none());
+}

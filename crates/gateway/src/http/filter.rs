@@ -14,14 +14,9 @@
 //! client's stream with a clear error event; never a hang, never a panic.
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use switchyard_llm::passthrough::{
-    is_usage_only_chunk, stream_error_frame, usage_from_body, usage_from_stream_data,
-};
-use switchyard_llm::sse::MAX_EVENT_BYTES;
 use switchyard_llm::{
-    ApiError, ErrorKind, InboundFormat, StreamDecoder, StreamEncoder, StreamEvent, Usage,
+    ApiError, ErrorKind, InboundFormat, StreamDecoder, StreamEncoder, StreamEvent, StreamInspector,
+    Usage,
 };
 
 /// The most of a passthrough JSON answer kept to read its usage.
@@ -30,7 +25,7 @@ const TEE_LIMIT: usize = 8 * 1024 * 1024;
 /// What happens to an answer's body between the upstream and the client.
 pub(crate) enum BodyFilter {
     Tee(Tee),
-    Sse(Box<PassthroughSse>),
+    Sse(Box<StreamInspector>),
     Translate(Box<Translator>),
 }
 
@@ -43,8 +38,10 @@ impl BodyFilter {
         })
     }
 
-    pub(crate) fn sse(format: InboundFormat, hold_usage_chunk: bool) -> BodyFilter {
-        BodyFilter::Sse(Box::new(PassthroughSse::new(format, hold_usage_chunk)))
+    /// A passthrough stream, through the client format's inspector
+    /// ([`InboundFormat::stream_inspector`]).
+    pub(crate) fn sse(inspector: StreamInspector) -> BodyFilter {
+        BodyFilter::Sse(Box::new(inspector))
     }
 
     pub(crate) fn translate(
@@ -114,7 +111,7 @@ impl BodyFilter {
     pub(crate) fn is_done(&self) -> bool {
         match self {
             BodyFilter::Tee(_) => false,
-            BodyFilter::Sse(s) => s.failed,
+            BodyFilter::Sse(s) => s.is_failed(),
             BodyFilter::Translate(t) => t.done,
         }
     }
@@ -123,7 +120,7 @@ impl BodyFilter {
     pub(crate) fn stream_failed(&self) -> bool {
         match self {
             BodyFilter::Tee(_) => false,
-            BodyFilter::Sse(s) => s.failed || s.upstream_error,
+            BodyFilter::Sse(s) => s.stream_failed(),
             BodyFilter::Translate(t) => t.failed,
         }
     }
@@ -132,8 +129,8 @@ impl BodyFilter {
     pub(crate) fn usage(&self) -> Option<Usage> {
         match self {
             BodyFilter::Tee(t) if t.overflow => None,
-            BodyFilter::Tee(t) => usage_from_body(t.format, &t.buf),
-            BodyFilter::Sse(s) => s.usage,
+            BodyFilter::Tee(t) => t.format.usage_from_body(&t.buf),
+            BodyFilter::Sse(s) => s.usage(),
             BodyFilter::Translate(t) => t.usage,
         }
     }
@@ -214,288 +211,6 @@ impl Translator {
     }
 }
 
-/// A passthrough stream, relayed event by event (each event's bytes untouched).
-pub(crate) struct PassthroughSse {
-    format: InboundFormat,
-    hold_usage_chunk: bool,
-    splitter: EventSplitter,
-    usage: Option<Usage>,
-    /// The next Responses `sequence_number`, for an error event of our own.
-    next_sequence: u64,
-    /// The upstream said its answer is complete (or ended it with an error event).
-    complete: bool,
-    /// The upstream sent an error event of its own (relayed as is).
-    upstream_error: bool,
-    /// We ended the stream with an error event.
-    failed: bool,
-}
-
-/// The fields of a stream event that tell whether it is well-formed, final, or carries
-/// usage; everything else is skipped (but still checked to be valid JSON).
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(default)]
-    choices: Option<Vec<ChoiceProbe>>,
-    #[serde(default)]
-    usage: Option<IgnoredAny>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    sequence_number: Option<u64>,
-    #[serde(default)]
-    candidates: Option<Vec<CandidateProbe>>,
-    #[serde(default, rename = "usageMetadata")]
-    usage_metadata: Option<IgnoredAny>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceProbe {
-    #[serde(default)]
-    finish_reason: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct CandidateProbe {
-    #[serde(default, rename = "finishReason")]
-    finish_reason: Option<IgnoredAny>,
-}
-
-enum Verdict {
-    Send,
-    Hold,
-    Garbled(String),
-}
-
-impl PassthroughSse {
-    fn new(format: InboundFormat, hold_usage_chunk: bool) -> PassthroughSse {
-        PassthroughSse {
-            format,
-            hold_usage_chunk,
-            splitter: EventSplitter::default(),
-            usage: None,
-            next_sequence: 0,
-            complete: false,
-            upstream_error: false,
-            failed: false,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) -> Bytes {
-        if self.failed {
-            return Bytes::new();
-        }
-        self.splitter.push(chunk);
-        if self.splitter.len() > MAX_EVENT_BYTES {
-            return self.fail(&garbled("an event larger than the limit"));
-        }
-        let mut out = Vec::with_capacity(chunk.len());
-        while let Some(event) = self.splitter.next_event() {
-            if !self.relay(&event, &mut out) {
-                break;
-            }
-        }
-        Bytes::from(out)
-    }
-
-    /// Inspects one event and appends it to `out` if it is to be sent; false once failed.
-    fn relay(&mut self, event: &[u8], out: &mut Vec<u8>) -> bool {
-        match self.inspect(event) {
-            Verdict::Send => out.extend_from_slice(event),
-            Verdict::Hold => {}
-            Verdict::Garbled(why) => {
-                out.extend_from_slice(&self.fail(&garbled(&why)));
-                return false;
-            }
-        }
-        true
-    }
-
-    fn inspect(&mut self, event: &[u8]) -> Verdict {
-        let Ok(text) = std::str::from_utf8(event) else {
-            return Verdict::Garbled("an event that is not UTF-8".to_owned());
-        };
-        let mut name = None;
-        let mut data = String::new();
-        let mut data_lines = 0;
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix("data:") {
-                if data_lines > 0 {
-                    data.push('\n');
-                }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                data_lines += 1;
-            } else if let Some(v) = line.strip_prefix("event:") {
-                name = Some(v.trim());
-            }
-        }
-        let data = data.trim();
-        if data.is_empty() {
-            return Verdict::Send;
-        }
-        if data == "[DONE]" {
-            self.complete = true;
-            return Verdict::Send;
-        }
-        let probe: Probe = match serde_json::from_str(data) {
-            Ok(p) => p,
-            Err(e) => return Verdict::Garbled(format!("an event that is not valid JSON ({e})")),
-        };
-        if probe.error.is_some() || name == Some("error") {
-            // The upstream's own error event, already in the client's format.
-            self.complete = true;
-            self.upstream_error = true;
-            return Verdict::Send;
-        }
-        match self.format {
-            InboundFormat::OpenAiChat => {
-                let choices = probe.choices.as_deref().unwrap_or_default();
-                if choices.iter().any(|c| c.finish_reason.is_some()) {
-                    self.complete = true;
-                }
-                if probe.usage.is_some() {
-                    if let Some(u) = usage_from_stream_data(self.format, data) {
-                        self.usage = Some(u);
-                    }
-                    if self.hold_usage_chunk && is_usage_only_chunk(data) {
-                        return Verdict::Hold;
-                    }
-                }
-            }
-            InboundFormat::OpenAiResponses => {
-                if let Some(seq) = probe.sequence_number {
-                    self.next_sequence = seq.saturating_add(1);
-                }
-                let kind = probe.kind.as_deref().or(name).unwrap_or_default();
-                if matches!(
-                    kind,
-                    "response.completed" | "response.incomplete" | "response.failed"
-                ) {
-                    self.complete = true;
-                    if let Some(u) = usage_from_stream_data(self.format, data) {
-                        self.usage = Some(u);
-                    }
-                }
-            }
-            InboundFormat::Gemini => {
-                let candidates = probe.candidates.as_deref().unwrap_or_default();
-                if candidates.iter().any(|c| c.finish_reason.is_some()) {
-                    self.complete = true;
-                }
-                if probe.usage_metadata.is_some()
-                    && let Some(u) = usage_from_stream_data(self.format, data)
-                {
-                    self.usage = Some(u);
-                }
-            }
-        }
-        Verdict::Send
-    }
-
-    fn end(&mut self) -> Bytes {
-        if self.failed {
-            return Bytes::new();
-        }
-        let mut out = Vec::new();
-        if let Some(rest) = self.splitter.take_rest()
-            && !self.relay(&rest, &mut out)
-        {
-            return Bytes::from(out);
-        }
-        if !self.complete {
-            let err = ApiError::new(
-                ErrorKind::InvalidResponse,
-                "the upstream stream ended before the answer was complete",
-            )
-            .code("upstream_stream_error");
-            out.extend_from_slice(&self.fail(&err));
-        }
-        Bytes::from(out)
-    }
-
-    fn fail(&mut self, err: &ApiError) -> Bytes {
-        if self.failed {
-            return Bytes::new();
-        }
-        self.failed = true;
-        stream_error_frame(self.format, err, self.next_sequence)
-    }
-}
-
-fn garbled(why: &str) -> ApiError {
-    ApiError::invalid_response(format!("the upstream sent a malformed stream: {why}"))
-        .code("upstream_stream_error")
-}
-
-/// Splits a byte stream into raw server-sent events (each with its closing blank line),
-/// however the bytes are chunked; lines may end with `\n`, `\r\n` or `\r`.
-#[derive(Default)]
-struct EventSplitter {
-    buf: Vec<u8>,
-    /// Where scanning resumes, and whether that position starts a line.
-    scanned: usize,
-    at_line_start: bool,
-    started: bool,
-}
-
-impl EventSplitter {
-    fn push(&mut self, chunk: &[u8]) {
-        if !self.started {
-            self.started = true;
-            self.at_line_start = true;
-        }
-        self.buf.extend_from_slice(chunk);
-    }
-
-    fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The next complete event, if the buffer holds one.
-    fn next_event(&mut self) -> Option<Vec<u8>> {
-        let mut i = self.scanned;
-        let mut at_line_start = self.at_line_start;
-        while i < self.buf.len() {
-            let b = self.buf[i];
-            if b != b'\n' && b != b'\r' {
-                at_line_start = false;
-                i += 1;
-                continue;
-            }
-            let len = if b == b'\r' {
-                match self.buf.get(i + 1) {
-                    None => break, // a `\n` may follow in the next chunk
-                    Some(b'\n') => 2,
-                    Some(_) => 1,
-                }
-            } else {
-                1
-            };
-            i += len;
-            if at_line_start {
-                let event: Vec<u8> = self.buf.drain(..i).collect();
-                self.scanned = 0;
-                self.at_line_start = true;
-                return Some(event);
-            }
-            at_line_start = true;
-        }
-        self.scanned = i;
-        self.at_line_start = at_line_start;
-        None
-    }
-
-    /// Whatever is left at the end of the stream (an event without its blank line).
-    fn take_rest(&mut self) -> Option<Vec<u8>> {
-        if self.buf.iter().all(|b| b.is_ascii_whitespace()) {
-            return None;
-        }
-        self.scanned = 0;
-        Some(std::mem::take(&mut self.buf))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +230,7 @@ mod tests {
     fn every_filter() -> Vec<BodyFilter> {
         let mut filters = Vec::new();
         for format in formats() {
-            filters.push(BodyFilter::sse(format, true));
+            filters.push(BodyFilter::sse(format.stream_inspector(true)));
             filters.push(BodyFilter::tee(format));
             for provider in Provider::ALL {
                 let target = Target::new(provider, "http://x", "m");
@@ -584,43 +299,17 @@ mod tests {
     );
 
     #[test]
-    fn splits_events_however_chunked() {
-        let text = "data: a\r\n\r\n: comment\n\ndata: b\rdata: c\r\rdata: d\n\n";
-        for split in 0..text.len() {
-            let mut s = EventSplitter::default();
-            let mut events = Vec::new();
-            for part in [&text.as_bytes()[..split], &text.as_bytes()[split..]] {
-                s.push(part);
-                while let Some(e) = s.next_event() {
-                    events.push(String::from_utf8(e).unwrap());
-                }
-            }
-            assert_eq!(
-                events,
-                vec![
-                    "data: a\r\n\r\n",
-                    ": comment\n\n",
-                    "data: b\rdata: c\r\r",
-                    "data: d\n\n"
-                ],
-                "split at {split}"
-            );
-            assert!(s.take_rest().is_none());
-        }
-    }
-
-    #[test]
     fn passthrough_streams_hold_the_usage_chunk_only_when_asked() {
         for split in [1, 7, 50, CHAT.len()] {
             let chunks: Vec<&[u8]> = CHAT.as_bytes().chunks(split).collect();
-            let mut f = BodyFilter::sse(InboundFormat::OpenAiChat, true);
+            let mut f = BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(true));
             let out = run(&mut f, &chunks);
             assert!(!out.contains("prompt_tokens"), "{out}");
             assert!(out.ends_with("data: [DONE]\n\n"));
             assert_eq!(f.usage().unwrap().total_tokens(), 4);
             assert!(!f.stream_failed());
 
-            let mut f = BodyFilter::sse(InboundFormat::OpenAiChat, false);
+            let mut f = BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(false));
             assert_eq!(run(&mut f, &chunks), CHAT);
         }
     }
@@ -628,7 +317,7 @@ mod tests {
     #[test]
     fn garbled_and_cut_passthrough_streams_end_with_an_error_event() {
         let garbled = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\": [{\n\ndata: [DONE]\n\n";
-        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat, false);
+        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(false));
         let out = run(&mut f, &[garbled.as_bytes()]);
         assert!(out.contains("\"content\":\"Hi\""), "{out}");
         assert!(out.contains("malformed stream"), "{out}");
@@ -636,7 +325,7 @@ mod tests {
         assert!(f.is_done() && f.stream_failed());
 
         // Cut before the end.
-        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat, false);
+        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(false));
         let first_event = CHAT.find("\n\n").unwrap() + 2;
         let out = run(&mut f, &[&CHAT.as_bytes()[..first_event]]);
         assert!(
@@ -644,12 +333,12 @@ mod tests {
             "{out}"
         );
         // Cut inside an event: what is left is not JSON.
-        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat, false);
+        let mut f = BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(false));
         let out = run(&mut f, &[&CHAT.as_bytes()[..first_event + 30]]);
         assert!(out.contains("malformed stream"), "{out}");
 
         // Broken connection: an error event in the Responses shape, numbered in sequence.
-        let mut f = BodyFilter::sse(InboundFormat::OpenAiResponses, false);
+        let mut f = BodyFilter::sse(InboundFormat::OpenAiResponses.stream_inspector(false));
         let first = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{}}\n\n";
         let mut out = String::from_utf8(f.push(Bytes::from(first)).to_vec()).unwrap();
         out.push_str(std::str::from_utf8(&f.broken("reset by peer").unwrap()).unwrap());
@@ -658,7 +347,7 @@ mod tests {
         assert!(out.contains("reset by peer"), "{out}");
 
         // The upstream's own error event is relayed as it is and ends the answer.
-        let mut f = BodyFilter::sse(InboundFormat::Gemini, false);
+        let mut f = BodyFilter::sse(InboundFormat::Gemini.stream_inspector(false));
         let err =
             "data: {\"error\":{\"code\":500,\"message\":\"boom\",\"status\":\"INTERNAL\"}}\n\n";
         assert_eq!(run(&mut f, &[err.as_bytes()]), err);
@@ -675,7 +364,7 @@ mod tests {
     #[test]
     fn gemini_and_responses_usage() {
         let gem = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":2,\"totalTokenCount\":7}}\n\n";
-        let mut f = BodyFilter::sse(InboundFormat::Gemini, false);
+        let mut f = BodyFilter::sse(InboundFormat::Gemini.stream_inspector(false));
         assert_eq!(run(&mut f, &[gem.as_bytes()]), gem);
         assert_eq!(f.usage().unwrap().total_tokens(), 7);
 

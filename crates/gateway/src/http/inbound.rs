@@ -12,14 +12,12 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, header};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::Value;
-use switchyard_llm::{ApiError, ChatRequest, ErrorKind, InboundFormat};
+use switchyard_llm::{
+    ApiError, ChatRequest, Envelope, EnvelopeError, InboundFormat, LlmError, Operation,
+};
 use switchyard_model::Format;
 
 use crate::error::ProxyError;
-use crate::providers::credential::percent_decode_path;
 
 /// The largest request body the gateway accepts.
 pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -29,147 +27,111 @@ pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;
 pub(crate) enum Endpoint {
     /// `GET /models` (OpenAI format).
     Models,
-    /// `POST /chat/completions`.
-    Chat,
-    /// `POST /responses`.
-    Responses,
-    /// `POST /models/{model}:generateContent` or `:streamGenerateContent?alt=sse`.
-    Gemini { model: String, stream: bool },
+    /// A completion in one of the proxy format's inbound formats.
+    Complete(Operation),
 }
 
 impl Endpoint {
     /// The endpoint a path names for a proxy of `format`; `None` for a path it does not serve.
-    /// OpenAI paths may sit under `/v1`; Gemini paths under `/v1beta` or `/v1`.
+    /// Each inbound format of the proxy's API surface knows its own paths
+    /// ([`InboundFormat::match_path`]); OpenAI-format proxies also list models.
     pub(crate) fn parse(format: Format, rest: &str) -> Option<Endpoint> {
-        match format {
-            Format::Openai => {
-                let rest = rest.strip_prefix("/v1").unwrap_or(rest);
-                match rest {
-                    "/chat/completions" => Some(Endpoint::Chat),
-                    "/responses" => Some(Endpoint::Responses),
-                    "/models" => Some(Endpoint::Models),
-                    _ => None,
-                }
-            }
-            Format::Gemini => {
-                let rest = rest
-                    .strip_prefix("/v1beta")
-                    .or_else(|| rest.strip_prefix("/v1"))
-                    .unwrap_or(rest);
-                let (model, method) = rest.strip_prefix("/models/")?.rsplit_once(':')?;
-                let stream = match method {
-                    "generateContent" => false,
-                    "streamGenerateContent" => true,
-                    _ => return None,
-                };
-                let model = percent_decode_path(model)?;
-                let model = model.strip_prefix("models/").unwrap_or(&model).to_owned();
-                if model.is_empty() {
-                    return None;
-                }
-                Some(Endpoint::Gemini { model, stream })
-            }
+        let surface = format.id();
+        if surface == "openai" && rest.strip_prefix("/v1").unwrap_or(rest) == "/models" {
+            return Some(Endpoint::Models);
         }
+        InboundFormat::ALL
+            .into_iter()
+            .filter(|f| f.surface() == surface)
+            .find_map(|f| f.match_path(rest))
+            .map(Endpoint::Complete)
+    }
+
+    /// A completion endpoint whose path names neither model nor stream.
+    #[cfg(test)]
+    pub(crate) fn complete(format: InboundFormat) -> Endpoint {
+        Endpoint::Complete(Operation {
+            format,
+            model: None,
+            stream: None,
+        })
     }
 
     pub(crate) fn method(&self) -> (Method, &'static str) {
         match self {
             Endpoint::Models => (Method::GET, "GET"),
-            _ => (Method::POST, "POST"),
+            Endpoint::Complete(_) => (Method::POST, "POST"),
         }
     }
 
     /// The client's format (the format its errors are rendered in).
     pub(crate) fn format(&self) -> InboundFormat {
         match self {
-            Endpoint::Models | Endpoint::Chat => InboundFormat::OpenAiChat,
-            Endpoint::Responses => InboundFormat::OpenAiResponses,
-            Endpoint::Gemini { .. } => InboundFormat::Gemini,
+            Endpoint::Models => InboundFormat::OpenAiChat,
+            Endpoint::Complete(op) => op.format,
         }
     }
 }
 
-/// A completion request as received: its bytes, what routing needs, and its canonical form
-/// on demand.
+/// A completion request as received: its bytes, scanned once into what routing needs, and
+/// its canonical form on demand.
 #[derive(Debug)]
 pub(crate) struct InboundRequest {
     pub format: InboundFormat,
-    /// The client's body, untouched (sent as is on the passthrough path).
+    /// The client's body, untouched (the passthrough body is written from it).
     pub body: Bytes,
-    /// The model the client named (`<route>/<model>`), if any.
+    /// The model the client named (`<route>/<model>`), in the body or the path, if any.
     pub model: Option<String>,
     pub stream: bool,
-    /// Whether an OpenAI chat client asked for the final usage chunk itself.
-    pub include_usage: bool,
+    /// The body's top-level entries located, and where its prompt lies.
+    envelope: Envelope,
     canonical: OnceLock<Result<ChatRequest, ApiError>>,
 }
 
-/// The few fields of an OpenAI body that routing reads; everything else is skipped unparsed.
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    model: Option<Value>,
-    #[serde(default)]
-    stream: Option<Value>,
-    #[serde(default)]
-    stream_options: Option<Value>,
-}
-
 impl InboundRequest {
-    /// Reads the body of a completion request for `endpoint` and takes what routing needs.
+    /// Reads the body of a completion request for `op` and takes what routing needs.
     pub(crate) async fn read(
-        endpoint: &Endpoint,
+        op: &Operation,
         body: Body,
         headers: &HeaderMap,
     ) -> Result<InboundRequest, ProxyError> {
         let bytes = read_body(body, headers).await?;
-        Self::from_bytes(endpoint, bytes)
+        Self::from_bytes(op, bytes)
     }
 
-    pub(crate) fn from_bytes(
-        endpoint: &Endpoint,
-        body: Bytes,
-    ) -> Result<InboundRequest, ProxyError> {
-        let not_object = || ProxyError::InvalidJson("the body must be a JSON object".to_owned());
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(not_object());
-        }
-        let format = endpoint.format();
-        let (model, stream, include_usage) = match endpoint {
-            Endpoint::Gemini { model, stream } => {
-                serde_json::from_slice::<IgnoredAny>(&body)
-                    .map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
-                (Some(model.clone()), *stream, false)
+    pub(crate) fn from_bytes(op: &Operation, body: Bytes) -> Result<InboundRequest, ProxyError> {
+        let envelope = op.format.envelope(&body).map_err(|e| match e {
+            EnvelopeError::ModelNotString => ProxyError::MissingModel(e.to_string()),
+            EnvelopeError::NotObject | EnvelopeError::Json(_) => {
+                ProxyError::InvalidJson(e.to_string())
             }
-            _ => {
-                let envelope: Envelope = serde_json::from_slice(&body)
-                    .map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
-                let model = match envelope.model {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s),
-                    Some(_) => {
-                        return Err(ProxyError::MissingModel(
-                            "'model' must be a string such as \"<route>/<model>\"".to_owned(),
-                        ));
-                    }
-                };
-                let stream = envelope.stream == Some(Value::Bool(true));
-                let include_usage = envelope
-                    .stream_options
-                    .as_ref()
-                    .and_then(|o| o.get("include_usage"))
-                    == Some(&Value::Bool(true));
-                (model, stream, include_usage)
-            }
-        };
+        })?;
         Ok(InboundRequest {
-            format,
+            format: op.format,
+            model: op.model.clone().or_else(|| envelope.model.clone()),
+            stream: op.stream.unwrap_or(envelope.stream),
             body,
-            model,
-            stream,
-            include_usage,
+            envelope,
             canonical: OnceLock::new(),
         })
+    }
+
+    /// The prompt semantic routing and the prompt guard look at (the last user message).
+    pub(crate) fn prompt(&self) -> Option<String> {
+        self.format.prompt_text(&self.envelope, &self.body)
+    }
+
+    /// Whether this passthrough request asks the upstream for a usage chunk its client did
+    /// not ask for (held back from the client).
+    pub(crate) fn asks_stream_usage(&self) -> bool {
+        self.format.asks_stream_usage(&self.envelope)
+    }
+
+    /// The body to send on the passthrough path, written once: `model` replaced, and the
+    /// usage chunk asked for when [`Self::asks_stream_usage`].
+    pub(crate) fn passthrough_body(&self, model: &str) -> Result<Bytes, LlmError> {
+        self.format
+            .passthrough_body(&self.envelope, &self.body, model, self.asks_stream_usage())
     }
 
     /// The canonical request, parsed on first use (a malformed body is the client's 400,
@@ -181,7 +143,7 @@ impl InboundRequest {
                     .format
                     .parse_request(&self.body)
                     .map_err(|e| e.to_api_error())?;
-                if self.format == InboundFormat::Gemini {
+                if !self.format.model_in_body() {
                     req.model = self.model.clone().unwrap_or_default();
                     req.stream = self.stream;
                 }
@@ -190,23 +152,6 @@ impl InboundRequest {
             .as_ref()
             .map_err(|e| ProxyError::Untranslatable(e.clone()))
     }
-}
-
-/// The error for a Gemini stream asked for without `alt=sse` (only SSE is served).
-pub(crate) fn gemini_stream_needs_sse(query: Option<&str>) -> Option<ProxyError> {
-    let sse = query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.eq_ignore_ascii_case("alt=sse"))
-    });
-    (!sse).then(|| {
-        ProxyError::Untranslatable(
-            ApiError::new(
-                ErrorKind::InvalidRequest,
-                "streamGenerateContent is served as server-sent events only: add ?alt=sse",
-            )
-            .param("alt"),
-        )
-    })
 }
 
 /// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413.
@@ -269,6 +214,29 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    fn chat() -> Endpoint {
+        Endpoint::complete(InboundFormat::OpenAiChat)
+    }
+
+    fn responses() -> Endpoint {
+        Endpoint::complete(InboundFormat::OpenAiResponses)
+    }
+
+    fn gemini(model: &str, stream: bool) -> Operation {
+        Operation {
+            format: InboundFormat::Gemini,
+            model: Some(model.into()),
+            stream: Some(stream),
+        }
+    }
+
+    fn op(e: &Endpoint) -> &Operation {
+        match e {
+            Endpoint::Complete(op) => op,
+            Endpoint::Models => unreachable!("a completion endpoint"),
+        }
+    }
+
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused_with_or_without_a_length() {
         let mut headers = HeaderMap::new();
@@ -330,9 +298,9 @@ mod tests {
     #[test]
     fn openai_endpoints_with_and_without_v1() {
         let p = |s| Endpoint::parse(Format::Openai, s);
-        assert_eq!(p("/chat/completions"), Some(Endpoint::Chat));
-        assert_eq!(p("/v1/chat/completions"), Some(Endpoint::Chat));
-        assert_eq!(p("/responses"), Some(Endpoint::Responses));
+        assert_eq!(p("/chat/completions"), Some(chat()));
+        assert_eq!(p("/v1/chat/completions"), Some(chat()));
+        assert_eq!(p("/responses"), Some(responses()));
         assert_eq!(p("/v1/models"), Some(Endpoint::Models));
         for bad in [
             "",
@@ -352,12 +320,7 @@ mod tests {
     #[test]
     fn gemini_endpoints() {
         let p = |s| Endpoint::parse(Format::Gemini, s);
-        let g = |model: &str, stream| {
-            Some(Endpoint::Gemini {
-                model: model.into(),
-                stream,
-            })
-        };
+        let g = |model: &str, stream| Some(Endpoint::Complete(gemini(model, stream)));
         assert_eq!(
             p("/models/gemini/gemini-2.5-flash:generateContent"),
             g("gemini/gemini-2.5-flash", false)
@@ -378,42 +341,39 @@ mod tests {
         ] {
             assert_eq!(p(bad), None, "{bad}");
         }
-        assert!(gemini_stream_needs_sse(None).is_some());
-        assert!(gemini_stream_needs_sse(Some("key=x")).is_some());
-        assert!(gemini_stream_needs_sse(Some("key=x&alt=sse")).is_none());
+        let stream = gemini("g", true);
+        assert!(stream.query_error(None).is_some());
+        assert!(stream.query_error(Some("key=x")).is_some());
+        assert!(stream.query_error(Some("key=x&alt=sse")).is_none());
     }
 
     #[test]
     fn envelopes() {
         let r = InboundRequest::from_bytes(
-            &Endpoint::Chat,
+            op(&chat()),
             Bytes::from_static(
                 br#"{"model":"a/b","stream":true,"stream_options":{"include_usage":true},"x":[1,{"y":2}]}"#,
             ),
         )
         .unwrap();
         assert_eq!(r.model.as_deref(), Some("a/b"));
-        assert!(r.stream && r.include_usage);
-        let r = InboundRequest::from_bytes(
-            &Endpoint::Responses,
-            Bytes::from_static(b" {\"stream\":1}"),
-        )
-        .unwrap();
+        // The client asked for the usage chunk itself: none is asked for on its behalf.
+        assert!(r.stream && !r.asks_stream_usage());
+        let r =
+            InboundRequest::from_bytes(op(&responses()), Bytes::from_static(b" {\"stream\":1}"))
+                .unwrap();
         assert_eq!(r.model, None);
         assert!(!r.stream);
         for bad in [&b"[1]"[..], b"\"x\"", b"{", b""] {
-            let err = InboundRequest::from_bytes(&Endpoint::Chat, Bytes::copy_from_slice(bad))
-                .unwrap_err();
+            let err =
+                InboundRequest::from_bytes(op(&chat()), Bytes::copy_from_slice(bad)).unwrap_err();
             assert_eq!(err.code(), "invalid_json");
         }
-        let err = InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(b"{\"model\":3}"))
+        let err = InboundRequest::from_bytes(op(&chat()), Bytes::from_static(b"{\"model\":3}"))
             .unwrap_err();
         assert_eq!(err.code(), "model_required");
 
-        let gem = Endpoint::Gemini {
-            model: "g/m".into(),
-            stream: true,
-        };
+        let gem = gemini("g/m", true);
         let r = InboundRequest::from_bytes(
             &gem,
             Bytes::from_static(br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#),
@@ -426,7 +386,7 @@ mod tests {
         assert_eq!(canonical.last_user_text().as_deref(), Some("hi"));
 
         let bad = InboundRequest::from_bytes(
-            &Endpoint::Chat,
+            op(&chat()),
             Bytes::from_static(br#"{"model":"a/b","messages":"nope"}"#),
         )
         .unwrap();

@@ -20,20 +20,19 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use switchyard_llm::{ChatRequest, InboundFormat, Target};
-use switchyard_model::{Format, RoutingStrategy};
+use switchyard_model::RoutingStrategy;
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::AppState;
 use super::client::UpstreamResponse;
 use super::filter::BodyFilter;
-use super::inbound::{Endpoint, InboundRequest, gemini_stream_needs_sse};
+use super::inbound::{Endpoint, InboundRequest};
 use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
 use super::upstream::{Call, prepare};
 use crate::error::{ProxyError, error_chain};
 use crate::routing::{self, Choice, Decision, FallbackReason};
-use crate::semantic::prompt::{BodyKind, last_user_text};
 use crate::semantic::{self, dry_run};
 use crate::table::{CompiledProxy, CompiledRoute};
 use crate::telemetry::{self, Label, NONE};
@@ -79,8 +78,8 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     let proxy = Arc::clone(proxy);
     ctx.span.record("proxy", &*proxy.name);
     ctx.proxy = Label::Shared(Arc::clone(&proxy.name));
-    if proxy.format == Format::Gemini {
-        ctx.format = InboundFormat::Gemini;
+    if let Some(format) = InboundFormat::for_surface(proxy.format.id()) {
+        ctx.format = format;
     }
     if rest == dry_run::DRY_RUN_PATH {
         if req.method() != Method::POST {
@@ -98,9 +97,9 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     }
     match endpoint {
         Endpoint::Models => list_models(state, &proxy, req, ctx).await,
-        endpoint => {
+        Endpoint::Complete(op) => {
             let mut scores = None;
-            let mut response = complete(state, &proxy, endpoint, req, ctx, &mut scores).await;
+            let mut response = complete(state, &proxy, op, req, ctx, &mut scores).await;
             dry_run::stamp_scores(&mut response, scores);
             response
         }
@@ -110,20 +109,18 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
 async fn complete(
     state: &AppState,
     proxy: &CompiledProxy,
-    endpoint: Endpoint,
+    op: switchyard_llm::Operation,
     req: Request,
     mut ctx: Ctx,
     scores: &mut Option<HeaderValue>,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    if matches!(endpoint, Endpoint::Gemini { stream: true, .. })
-        && let Some(e) = gemini_stream_needs_sse(parts.uri.query())
-    {
-        return ctx.reject_unrouted(&e);
+    if let Some(e) = op.query_error(parts.uri.query()) {
+        return ctx.reject_unrouted(&ProxyError::Untranslatable(e));
     }
 
     // Stage 1: what the client asked for.
-    let inbound = match InboundRequest::read(&endpoint, body, &parts.headers).await {
+    let inbound = match InboundRequest::read(&op, body, &parts.headers).await {
         Ok(r) => r,
         Err(e) => return ctx.reject_unrouted(&e),
     };
@@ -133,16 +130,7 @@ async fn complete(
     let evaluation = match &proxy.semantic {
         None => None,
         Some(semantic) => {
-            let kind = match inbound.format {
-                InboundFormat::OpenAiChat => BodyKind::Chat,
-                InboundFormat::OpenAiResponses => BodyKind::Responses,
-                InboundFormat::Gemini => BodyKind::Gemini,
-            };
-            let json: Map<String, Value> = match serde_json::from_slice(&inbound.body) {
-                Ok(m) => m,
-                Err(e) => return ctx.reject_unrouted(&ProxyError::InvalidJson(e.to_string())),
-            };
-            let prompt = last_user_text(kind, &json);
+            let prompt = inbound.prompt();
             match semantic.evaluate(prompt.as_deref()).await {
                 Ok(ev) => {
                     if dry_run::wants_scores(&parts.headers) {
@@ -223,7 +211,7 @@ impl Ctx {
         self.span.record("route", &*route.name);
         self.span.record("model", &*choice.model);
         self.served = Served {
-            provider: route.provider.id(),
+            provider: route.provider.as_str(),
             model: Arc::clone(&choice.model),
             stream: false,
             translated: false,
@@ -359,7 +347,7 @@ async fn respond(
         let body = read_capped(resp, ERROR_BODY_LIMIT)
             .await
             .unwrap_or_default();
-        if has_error_shape(inbound.format, &body) {
+        if inbound.format.has_error_shape(&body) {
             return ctx.relay_error(status, &headers, body, route, model);
         }
         let err = target.parse_error(status, &headers, &body);
@@ -367,10 +355,7 @@ async fn respond(
     }
     if !translated {
         let filter = if inbound.stream && is_event_stream(resp.headers()) {
-            BodyFilter::sse(
-                inbound.format,
-                inbound.format == InboundFormat::OpenAiChat && !inbound.include_usage,
-            )
+            BodyFilter::sse(inbound.format.stream_inspector(inbound.asks_stream_usage()))
         } else {
             BodyFilter::tee(inbound.format)
         };
@@ -414,23 +399,6 @@ async fn respond(
             ctx.respond_json(out, Some(&headers), chat.usage, route, model)
         }
         Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
-    }
-}
-
-/// Whether an error body already has `format`'s error shape: OpenAI's `{"error": {"message",
-/// "type", …}}` (`type` may be null), Gemini's `{"error": {"code", "message", "status"}}`.
-fn has_error_shape(format: InboundFormat, body: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    let err = &v["error"];
-    match format {
-        InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => {
-            err["message"].is_string() && err.get("type").is_some()
-        }
-        InboundFormat::Gemini => {
-            err["code"].is_u64() && err["message"].is_string() && err["status"].is_string()
-        }
     }
 }
 
@@ -481,7 +449,7 @@ async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx:
                         "id": format!("{}/{id}", route.name),
                         "object": "model",
                         "created": 0,
-                        "owned_by": route.provider.id(),
+                        "owned_by": route.provider.as_str(),
                     })
                 }));
             }
@@ -524,7 +492,7 @@ async fn upstream_models(
     let mut request = request.map_err(|e| e.message())?;
     request
         .headers_mut()
-        .insert("x-request-id", request_id.clone());
+        .insert(route.upstream.request_id_header(), request_id.clone());
     let fetch = async {
         let resp = state
             .client

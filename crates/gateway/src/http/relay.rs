@@ -585,7 +585,7 @@ mod tests {
                 b"data: [DONE]\n\n",
             ],
             None,
-            BodyFilter::sse(InboundFormat::OpenAiChat, false),
+            BodyFilter::sse(InboundFormat::OpenAiChat.stream_inspector(false)),
         );
         assert_eq!(
             r.next().await.unwrap().unwrap(),

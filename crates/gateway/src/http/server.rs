@@ -19,11 +19,13 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -89,7 +91,15 @@ pub(crate) async fn serve(
     drain: Duration,
     what: &'static str,
 ) {
-    serve_from(Source::Listener(listener), router, shutdown, drain, what).await;
+    serve_from(
+        Source::Listener(listener),
+        router,
+        shutdown,
+        drain,
+        what,
+        None,
+    )
+    .await;
 }
 
 async fn serve_from(
@@ -98,6 +108,7 @@ async fn serve_from(
     shutdown: CancellationToken,
     drain: Duration,
     what: &'static str,
+    tls: Option<TlsAcceptor>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -112,18 +123,28 @@ async fn serve_from(
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                 }
-                let service = TowerToHyperService::new(router.clone());
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(conn);
                 let guard = source.guard();
-                connections.spawn(async move {
-                    if let Err(e) = watched.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
+                let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+                match &tls {
+                    // The handshake runs in the connection's own task on this thread, so a
+                    // slow client holds up no one.
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        connections.spawn(async move {
+                            match switchyard_tls::handshake(&acceptor, stream).await {
+                                Ok(stream) => serve_connection(builder, stream, router, watcher, peer).await,
+                                Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            }
+                            drop(guard);
+                        });
                     }
-                    drop(guard);
-                });
+                    None => {
+                        connections.spawn(async move {
+                            serve_connection(builder, stream, router, watcher, peer).await;
+                            drop(guard);
+                        });
+                    }
+                }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -138,6 +159,25 @@ async fn serve_from(
         }
     }
     connections.shutdown().await;
+}
+
+/// Serves one connection (plain or TLS) until it ends or, on shutdown, drains.
+async fn serve_connection<I>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    router: Router,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 async fn accept_error(e: std::io::Error) {
@@ -177,7 +217,9 @@ impl IoThreads {
         mut router: impl FnMut() -> Result<Router, GatewayError>,
         shutdown: &CancellationToken,
         drain: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<IoThreads, GatewayError> {
+        let acceptor = tls.map(TlsAcceptor::from);
         let mut threads = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -192,10 +234,13 @@ impl IoThreads {
                 open: Arc::clone(&open),
             };
             let shutdown = shutdown.clone();
+            let acceptor = acceptor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("switchyard-io-{index}"))
                 .spawn(move || {
-                    runtime.block_on(serve_from(source, router, shutdown, drain, "traffic"));
+                    runtime.block_on(serve_from(
+                        source, router, shutdown, drain, "traffic", acceptor,
+                    ));
                 })
                 .map_err(|e| GatewayError::Runtime(e.to_string()))?;
             threads.push(IoThread { tx, open, handle });

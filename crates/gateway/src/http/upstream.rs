@@ -9,8 +9,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
-use switchyard_llm::passthrough::request_stream_usage;
-use switchyard_llm::{InboundFormat, Provider, Target};
+use switchyard_llm::Target;
 
 use super::inbound::InboundRequest;
 use super::relay::APPLICATION_JSON;
@@ -33,10 +32,6 @@ pub(crate) struct Prepared {
     pub request: http::Request<Bytes>,
 }
 
-static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
-static AWS_EVENT_STREAM: HeaderValue =
-    HeaderValue::from_static("application/vnd.amazon.eventstream");
-
 /// Builds the request asking `upstream` for `model`. Fails before anything is sent when the
 /// request cannot be served there (a dynamic key missing: 401; a parameter the provider
 /// cannot honour, or a malformed body on the translated path: 400 naming the field).
@@ -53,15 +48,13 @@ pub(crate) fn prepare(
     let translated = !inbound.format.passthrough_to(&target);
     let built = if translated {
         target.build_request(inbound.canonical()?)
-    } else if inbound.format == InboundFormat::OpenAiChat
-        && inbound.stream
-        && !inbound.include_usage
-    {
-        // Ask for the final usage chunk (held back from this client, which did not).
-        request_stream_usage(&inbound.body)
-            .and_then(|(body, _)| target.build_passthrough(&body, true))
     } else {
-        target.build_passthrough(&inbound.body, inbound.stream)
+        // The client's body, written once with the model replaced (and, for an OpenAI chat
+        // stream whose client did not ask for it, the usage chunk asked for; it is held
+        // back from the client).
+        inbound
+            .passthrough_body(&target.model)
+            .and_then(|body| target.passthrough_request(body, inbound.stream))
     };
     let mut request = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
     let accept = if !translated {
@@ -71,14 +64,15 @@ pub(crate) fn prepare(
             .unwrap_or_else(|| APPLICATION_JSON.clone())
     } else if !inbound.stream {
         APPLICATION_JSON.clone()
-    } else if target.provider == Provider::Bedrock {
-        AWS_EVENT_STREAM.clone()
     } else {
-        EVENT_STREAM.clone()
+        HeaderValue::from_static(target.adapter().stream_accept())
     };
     let headers = request.headers_mut();
     headers.insert(header::ACCEPT, accept);
-    headers.insert("x-request-id", call.request_id.clone());
+    headers.insert(
+        target.adapter().request_id_header(),
+        call.request_id.clone(),
+    );
     Ok(Prepared {
         target,
         translated,
@@ -90,6 +84,14 @@ pub(crate) fn prepare(
 mod tests {
     use super::*;
     use crate::http::inbound::Endpoint;
+    use switchyard_llm::{InboundFormat, Operation};
+
+    fn op(format: InboundFormat) -> Operation {
+        match Endpoint::complete(format) {
+            Endpoint::Complete(op) => op,
+            Endpoint::Models => unreachable!("a completion endpoint"),
+        }
+    }
     use switchyard_model::{Auth, Provider as RouteProvider, Route, Secret};
 
     fn upstream(provider: RouteProvider, url: &str, auth: Auth) -> Upstream {
@@ -129,7 +131,8 @@ mod tests {
     fn passthrough_sends_the_clients_body_with_the_model_rewritten() {
         let body = br#"{"model":"openai/x","messages":[{"role":"user","content":"hi"}],"future":{"a":1},"stream":true}"#;
         let inbound =
-            InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(body)).unwrap();
+            InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
+                .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(
             header::AUTHORIZATION,
@@ -154,7 +157,8 @@ mod tests {
     fn translation_goes_through_the_provider_adapter() {
         let body = br#"{"model":"claude/m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true}"#;
         let inbound =
-            InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(body)).unwrap();
+            InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
+                .unwrap();
         let headers = HeaderMap::new();
         let rid = HeaderValue::from_static("rid-1");
         let up = upstream(
@@ -191,7 +195,8 @@ mod tests {
         // A parameter Bedrock cannot honour: refused before anything is sent, naming it.
         let body = br#"{"model":"claude/m","messages":[{"role":"user","content":"hi"}],"seed":7}"#;
         let inbound =
-            InboundRequest::from_bytes(&Endpoint::Chat, Bytes::from_static(body)).unwrap();
+            InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
+                .unwrap();
         let Err(ProxyError::Untranslatable(err)) =
             prepare(&up, "m", &call(&inbound, &headers, &rid))
         else {
@@ -202,8 +207,11 @@ mod tests {
 
         // Responses to NVIDIA: translated to chat completions.
         let body = br#"{"model":"nim/m","input":"hi"}"#;
-        let inbound =
-            InboundRequest::from_bytes(&Endpoint::Responses, Bytes::from_static(body)).unwrap();
+        let inbound = InboundRequest::from_bytes(
+            &op(InboundFormat::OpenAiResponses),
+            Bytes::from_static(body),
+        )
+        .unwrap();
         let up = upstream(RouteProvider::Nvidia, "http://127.0.0.1:1/v1", key());
         let p = prepare(&up, "meta/llama", &call(&inbound, &headers, &rid)).unwrap();
         assert!(p.translated);

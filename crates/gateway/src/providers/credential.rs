@@ -209,31 +209,7 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
 
 /// Decodes `%XX` escapes and `+` (form encoding) of a query component.
 fn percent_decode(s: &str) -> Option<String> {
-    decode(s, true)
-}
-
-/// Decodes `%XX` escapes of a path segment (`+` stays).
-pub(crate) fn percent_decode_path(s: &str) -> Option<String> {
-    decode(s, false)
-}
-
-fn decode(s: &str, plus_is_space: bool) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    switchyard_llm::provider::percent_decode(s, true)
 }
 
 #[cfg(test)]
@@ -404,7 +380,7 @@ mod tests {
         assert_eq!(query_param("a=%zz", "a"), None);
         assert_eq!(query_param("", "a"), None);
         assert_eq!(
-            percent_decode_path("gemini%2Fgemini-2.5+flash").as_deref(),
+            switchyard_llm::provider::percent_decode("gemini%2Fgemini-2.5+flash", false).as_deref(),
             Some("gemini/gemini-2.5+flash")
         );
     }

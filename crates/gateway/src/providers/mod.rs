@@ -9,7 +9,8 @@ pub(crate) mod credential;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use switchyard_llm::{Provider as LlmProvider, Target, UpstreamApi};
+use switchyard_llm::provider::bedrock_region;
+use switchyard_llm::{Target, UpstreamApi};
 use switchyard_model::{Provider, Route};
 
 pub(crate) use credential::Credential;
@@ -19,63 +20,31 @@ use crate::error::ProxyError;
 /// A route's upstream, compiled.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    pub provider: LlmProvider,
+    pub provider: Provider,
     /// The route's `url`, validated, without a trailing slash.
     base_url: String,
     api_version: Option<String>,
     region: Option<String>,
     pub credential: Credential,
-    /// `{url}/models` for providers that list their models the OpenAI way.
-    models_url: Option<reqwest::Url>,
-}
-
-/// The provider of a route, as the translation library names it.
-pub(crate) fn llm_provider(provider: Provider) -> LlmProvider {
-    match provider {
-        Provider::OpenAi => LlmProvider::OpenAi,
-        Provider::Azure => LlmProvider::Azure,
-        Provider::Gemini => LlmProvider::Gemini,
-        Provider::Bedrock => LlmProvider::Bedrock,
-        Provider::Nvidia => LlmProvider::Nvidia,
-        Provider::OpenAiCompatible => LlmProvider::OpenAiCompatible,
-    }
 }
 
 impl Upstream {
     /// Compiles a route's provider settings; fails on anything the node could not serve.
     pub(crate) fn compile(route: &Route) -> Result<Upstream, String> {
-        let provider = llm_provider(route.provider);
+        let provider = route.provider;
         let base = parse_base_url(&route.url)?;
-        let credential = Credential::compile(&route.auth, provider == LlmProvider::Bedrock)?;
+        let credential = Credential::compile(&route.auth, provider.takes_aws_credentials())?;
         let region = route.region.clone().filter(|r| !r.is_empty());
-        if provider == LlmProvider::Bedrock && region.is_none() {
-            // Without a region in the route, the endpoint host must name one.
-            let host = base.host_str().unwrap_or_default();
-            let mut labels = host.split('.');
-            let named = matches!(
-                (labels.next(), labels.next()),
-                (Some(service), Some(r)) if service.starts_with("bedrock") && !r.is_empty()
-            );
-            if !named {
-                return Err(format!(
-                    "bedrock route needs a region (none given and none in the host of '{}')",
-                    route.url
-                ));
-            }
+        if provider.takes_region() {
+            // The one Bedrock region rule: the route's, else the one its host names.
+            bedrock_region(region.as_deref(), &route.url)?;
         }
-        let models_url = match provider {
-            LlmProvider::OpenAi | LlmProvider::Nvidia | LlmProvider::OpenAiCompatible => {
-                Some(join_url(&base, "models")?)
-            }
-            _ => None,
-        };
         Ok(Upstream {
             provider,
             base_url: base.as_str().trim_end_matches('/').to_owned(),
             api_version: route.api_version.clone().filter(|v| !v.is_empty()),
             region,
             credential,
-            models_url,
         })
     }
 
@@ -100,32 +69,39 @@ impl Upstream {
         Ok(target)
     }
 
-    /// `GET {url}/models` with this route's key, for providers that list models the OpenAI
-    /// way; `None` for the others.
+    /// The request listing the upstream's models (`GET {url}/models` with this route's key,
+    /// for providers that list them the OpenAI way; see
+    /// [`switchyard_llm::ProviderAdapter::models_request`]); `None` for the others.
     pub(crate) fn models_request(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Option<Result<http::Request<Bytes>, ProxyError>> {
-        let url = self.models_url.as_ref()?;
-        let mut req = http::Request::get(url.as_str())
-            .header(http::header::ACCEPT, "application/json")
-            .body(Bytes::new())
-            .map_err(|e| ProxyError::UpstreamUnavailable(format!("bad models url {url}: {e}")));
-        match (self.credential.resolve(headers, query), &mut req) {
-            (Ok(switchyard_llm::Credentials::ApiKey(key)), Ok(req)) => {
-                let Ok(mut value) = http::HeaderValue::try_from(format!("Bearer {key}")) else {
-                    return Some(Err(ProxyError::InvalidCredential(
+        let lists = self.provider.adapter().models_request(&Target::new(
+            self.provider,
+            self.base_url.clone(),
+            "",
+        ));
+        lists.as_ref()?;
+        let target = match self.target("", UpstreamApi::ChatCompletions, headers, query) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        target.models_request().map(|r| {
+            r.map_err(|e| match e {
+                switchyard_llm::LlmError::Target(why) if why.contains("header value") => {
+                    ProxyError::InvalidCredential(
                         "the API key holds characters not allowed in a header".to_owned(),
-                    )));
-                };
-                value.set_sensitive(true);
-                req.headers_mut().insert(http::header::AUTHORIZATION, value);
-            }
-            (Err(e), _) => return Some(Err(e)),
-            _ => {}
-        }
-        Some(req)
+                    )
+                }
+                other => ProxyError::UpstreamUnavailable(other.to_string()),
+            })
+        })
+    }
+
+    /// The header carrying the request id to this upstream.
+    pub(crate) fn request_id_header(&self) -> &'static str {
+        self.provider.adapter().request_id_header()
     }
 }
 
@@ -145,12 +121,6 @@ pub(crate) fn parse_base_url(url: &str) -> Result<reqwest::Url, String> {
     Ok(parsed)
 }
 
-/// `{base}/{suffix}` for a base URL without a trailing slash.
-pub(crate) fn join_url(base: &reqwest::Url, suffix: &str) -> Result<reqwest::Url, String> {
-    let joined = format!("{}/{suffix}", base.as_str().trim_end_matches('/'));
-    reqwest::Url::parse(&joined).map_err(|e| format!("cannot build '{joined}': {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,15 +129,9 @@ mod tests {
     #[test]
     fn base_urls() {
         let u = parse_base_url("https://api.openai.com/v1/").unwrap();
-        assert_eq!(
-            join_url(&u, "chat/completions").unwrap().as_str(),
-            "https://api.openai.com/v1/chat/completions"
-        );
+        assert_eq!(u.as_str(), "https://api.openai.com/v1");
         let u = parse_base_url("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            join_url(&u, "models").unwrap().as_str(),
-            "http://127.0.0.1:9000/models"
-        );
+        assert_eq!(u.as_str(), "http://127.0.0.1:9000/");
         for bad in [
             "",
             "api.openai.com",
@@ -212,7 +176,7 @@ mod tests {
         );
         azure.api_version = Some("2024-10-21".into());
         let up = Upstream::compile(&azure).unwrap();
-        assert!(up.models_url.is_none());
+        assert!(up.models_request(&HeaderMap::new(), None).is_none());
         let t = up
             .target(
                 "gpt-4o",
@@ -223,11 +187,14 @@ mod tests {
             .unwrap();
         assert_eq!(t.base_url, "https://res.openai.azure.com");
         assert_eq!(t.api_version.as_deref(), Some("2024-10-21"));
-        assert_eq!(t.provider, LlmProvider::Azure);
+        assert_eq!(t.provider, Provider::Azure);
 
         let up = Upstream::compile(&route(Provider::Nvidia, "https://x/v1", key)).unwrap();
         assert_eq!(
-            up.models_url.as_ref().unwrap().as_str(),
+            up.models_request(&HeaderMap::new(), None)
+                .unwrap()
+                .unwrap()
+                .uri(),
             "https://x/v1/models"
         );
     }

@@ -15,7 +15,6 @@
 //! NACKed whole.
 
 pub(crate) mod dry_run;
-pub(crate) mod prompt;
 pub(crate) mod remote;
 
 use std::collections::HashMap;

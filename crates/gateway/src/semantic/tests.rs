@@ -262,7 +262,7 @@ async fn the_regex_guard_blocks_without_embedding() {
 #[test]
 fn a_node_without_an_encoder_refuses_semantic_proxies_and_guards() {
     let err = RoutingTable::compile(&snapshot(1, vec![semantic_proxy("/s")])).unwrap_err();
-    assert!(err.0.contains("--model-dir"), "{err}");
+    assert!(err.to_string().contains("--model-dir"), "{err}");
 
     let mut guarded = proxy(
         "g",
@@ -273,7 +273,7 @@ fn a_node_without_an_encoder_refuses_semantic_proxies_and_guards() {
     guarded.spec.prompt_guard = semantic_proxy("/s").spec.prompt_guard;
     let err = RoutingTable::compile(&snapshot(1, vec![guarded])).unwrap_err();
     assert!(
-        err.0.contains("proxy 'g'") && err.0.contains("sentence encoder"),
+        err.to_string().contains("proxy 'g'") && err.to_string().contains("sentence encoder"),
         "{err}"
     );
 }
@@ -462,5 +462,5 @@ async fn guard_and_routing_from_library_topics() {
     let mut dangling = snap.clone();
     dangling.topics.pop();
     let err = RoutingTable::compile_with(&dangling, &engine).unwrap_err();
-    assert!(err.0.contains("library topic 'weapons'"), "{err}");
+    assert!(err.to_string().contains("library topic 'weapons'"), "{err}");
 }

@@ -20,10 +20,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, error, info, warn};
 
+use crate::GatewayError;
 use crate::error::error_chain;
+use crate::node::ControlPlaneTls;
 use crate::semantic::SemanticEngine;
 use crate::table::{RoutingTable, SharedTable};
 use crate::telemetry;
@@ -41,6 +43,8 @@ pub struct SyncState {
     pub source: Option<SnapshotSource>,
     /// The last sync problem (connection failure, refused token, rejected snapshot).
     pub last_error: Option<String>,
+    /// Streams opened to the control plane since start (a reconnect adds one).
+    pub sessions: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,21 +193,60 @@ pub(crate) struct SyncSettings {
     pub backoff_cap: Duration,
 }
 
-/// Parses the control plane URL into a gRPC endpoint.
-pub(crate) fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, String> {
-    if !url.starts_with("http://") {
-        return Err(
-            "only http:// control plane URLs are supported (run the gRPC listener on a private network)"
-                .to_owned(),
-        );
+/// Parses the control plane URL into a gRPC endpoint: `http://`, or `https://` verified
+/// against `tls.ca` (else the system roots), presenting `tls.identity` when given. Every
+/// certificate file is read and checked here, so a problem stops the node at start with
+/// one line naming the file.
+pub(crate) fn endpoint(
+    url: &str,
+    connect_timeout: Duration,
+    tls: &ControlPlaneTls,
+) -> Result<Endpoint, GatewayError> {
+    let invalid = |reason: &str| GatewayError::ControlPlaneUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let secure = if url.starts_with("https://") {
+        true
+    } else if url.starts_with("http://") {
+        false
+    } else {
+        return Err(invalid("expected http://host:port or https://host:port"));
+    };
+    if !secure && (tls.ca.is_some() || tls.identity.is_some()) {
+        return Err(invalid(
+            "--control-plane-ca, --tls-cert and --tls-key need an https:// control plane URL",
+        ));
     }
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
-    Ok(endpoint
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| invalid(&e.to_string()))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if secure {
+        let mut config = ClientTlsConfig::new().timeout(switchyard_tls::HANDSHAKE_TIMEOUT);
+        config = match &tls.ca {
+            Some(ca) => {
+                switchyard_tls::read_roots("--control-plane-ca", ca)?;
+                let pem = switchyard_tls::read("--control-plane-ca", ca)?;
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &tls.identity {
+            switchyard_tls::certified_key(("--tls-cert", cert), ("--tls-key", key))?;
+            config = config.identity(Identity::from_pem(
+                switchyard_tls::read("--tls-cert", cert)?,
+                switchyard_tls::read("--tls-key", key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| invalid(&format!("TLS: {e}")))?;
+    }
+    Ok(endpoint)
 }
 
 /// How long a control plane that accepted the connection may take to answer `Hello`.
@@ -301,7 +344,10 @@ async fn session(
             .map_err(SessionError::Refused)?
             .into_inner();
     telemetry::control_plane_connected(true);
-    applier.state.send_modify(|s| s.connected = true);
+    applier.state.send_modify(|s| {
+        s.connected = true;
+        s.sessions += 1;
+    });
     info!(control_plane = %settings.endpoint.uri(), "connected to the control plane");
 
     let start = tokio::time::Instant::now() + settings.heartbeat;
@@ -402,6 +448,85 @@ mod tests {
         assert_eq!(state.borrow().source, Some(SnapshotSource::Cache));
     }
 
+    /// Fields a newer control plane may add, at field numbers this build does not know:
+    /// a length-delimited one and a varint one.
+    fn unknown_fields() -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let mut buf = Vec::new();
+        encode_key(900, WireType::LengthDelimited, &mut buf);
+        let payload = b"a field from the future";
+        encode_varint(payload.len() as u64, &mut buf);
+        buf.extend_from_slice(payload);
+        encode_key(901, WireType::Varint, &mut buf);
+        encode_varint(42, &mut buf);
+        buf
+    }
+
+    /// `message` encoded, with unknown fields after its own.
+    fn with_unknown<M: prost::Message>(message: &M) -> Vec<u8> {
+        let mut bytes = message.encode_to_vec();
+        bytes.extend(unknown_fields());
+        bytes
+    }
+
+    /// Appends `child` as the length-delimited field `field` of an encoded message.
+    fn push_child(buf: &mut Vec<u8>, field: u32, child: &[u8]) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        encode_key(field, WireType::LengthDelimited, buf);
+        encode_varint(child.len() as u64, buf);
+        buf.extend_from_slice(child);
+    }
+
+    /// A rolling upgrade: a node one version behind receives a snapshot with fields it does
+    /// not know (in the snapshot, a proxy, a route, its auth) and a control message of a kind
+    /// it does not know; it applies what it knows and ACKs.
+    #[tokio::test]
+    async fn a_snapshot_with_unknown_fields_applies_what_it_knows() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = applier(dir.path());
+        let known = good(7);
+
+        // Snapshot ← proxy ← route ← auth, each with unknown fields (Snapshot.proxies = 3,
+        // Proxy.routes = 6, Route.auth = 6).
+        let mut proxy = known.proxies[0].clone();
+        let mut route = proxy.routes.remove(0);
+        let auth = route.auth.take().unwrap();
+        let mut route_bytes = with_unknown(&route);
+        push_child(&mut route_bytes, 6, &with_unknown(&auth));
+        let mut proxy_bytes = with_unknown(&proxy);
+        push_child(&mut proxy_bytes, 6, &route_bytes);
+        let mut snapshot = known.clone();
+        snapshot.proxies.clear();
+        let mut bytes = with_unknown(&snapshot);
+        push_child(&mut bytes, 3, &proxy_bytes);
+
+        let mut message = Vec::new();
+        push_child(&mut message, 1, &bytes);
+        let decoded = pb::ControlMessage::decode(message.as_slice()).unwrap();
+        let Some(pb::control_message::Kind::Snapshot(received)) = decoded.kind else {
+            panic!("no snapshot in {decoded:?}");
+        };
+        assert_eq!(
+            received, known,
+            "the known fields survive, the unknown are dropped"
+        );
+        let ack = a.apply(received).await;
+        assert_eq!(
+            (ack.version, ack.applied, ack.error.as_str()),
+            (7, true, "")
+        );
+        let table = a.table.load_full().unwrap();
+        assert_eq!(table.version, 7);
+
+        // A control message of a kind from a newer control plane decodes to no kind (the
+        // session ignores it) instead of failing the stream.
+        let mut future = Vec::new();
+        push_child(&mut future, 2, &with_unknown(&known));
+        let decoded = pb::ControlMessage::decode(future.as_slice()).unwrap();
+        assert!(decoded.kind.is_none());
+    }
+
     #[tokio::test]
     async fn a_corrupt_cache_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -413,8 +538,28 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert!(endpoint("http://127.0.0.1:50051", Duration::from_secs(1)).is_ok());
-        assert!(endpoint("https://cp:50051", Duration::from_secs(1)).is_err());
-        assert!(endpoint("127.0.0.1:50051", Duration::from_secs(1)).is_err());
+        let plain = ControlPlaneTls::default();
+        let second = Duration::from_secs(1);
+        assert!(endpoint("http://127.0.0.1:50051", second, &plain).is_ok());
+        assert!(endpoint("https://cp:50051", second, &plain).is_ok());
+        let err = endpoint("127.0.0.1:50051", second, &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://"), "{err}");
+        let with_ca = ControlPlaneTls {
+            ca: Some("/nonexistent/ca.crt".into()),
+            identity: None,
+        };
+        let err = endpoint("http://cp:50051", second, &with_ca)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("need an https://"), "{err}");
+        let err = endpoint("https://cp:50051", second, &with_ca)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--control-plane-ca /nonexistent/ca.crt: cannot read"),
+            "{err}"
+        );
     }
 }

@@ -19,10 +19,33 @@ use crate::semantic::{ProxySemantic, SemanticEngine};
 /// The table a node serves; `None` until the first snapshot is applied.
 pub type SharedTable = Arc<ArcSwapOption<RoutingTable>>;
 
-/// Why a snapshot could not be compiled (the node NACKs it and keeps its table).
+/// Why a snapshot could not be compiled (the node NACKs it with this message and keeps its
+/// table).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CompileError(pub String);
+pub enum CompileError {
+    /// A proxy cannot be served (its base path, routes, fallback, semantic setup).
+    #[error("proxy '{proxy}': {reason}")]
+    Proxy { proxy: String, reason: String },
+    /// One route of a proxy cannot be served (its URL, credentials, region).
+    #[error("proxy '{proxy}': route '{route}': {reason}")]
+    Route {
+        proxy: String,
+        route: String,
+        reason: String,
+    },
+    /// Two proxies of the snapshot share a base path.
+    #[error("proxy '{proxy}': base path '{base_path}' is used by another proxy")]
+    BasePathTaken { proxy: String, base_path: String },
+}
+
+impl CompileError {
+    fn proxy(proxy: &str, reason: impl Into<String>) -> CompileError {
+        CompileError::Proxy {
+            proxy: proxy.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
 
 /// One version of everything this node serves.
 #[derive(Debug)]
@@ -84,8 +107,7 @@ impl RoutingTable {
         let mut root = None;
         for proxy in &snapshot.proxies {
             let spec = &proxy.spec;
-            let compiled = compile_proxy(proxy, snapshot, engine)
-                .map_err(|e| CompileError(format!("proxy '{}': {e}", spec.name)))?;
+            let compiled = compile_proxy(proxy, snapshot, engine)?;
             let base = compiled.base_path.clone();
             let taken = if base == "/" {
                 root.replace(Arc::new(compiled)).is_some()
@@ -95,10 +117,10 @@ impl RoutingTable {
                     .is_some()
             };
             if taken {
-                return Err(CompileError(format!(
-                    "proxy '{}': base path '{base}' is used by another proxy",
-                    spec.name
-                )));
+                return Err(CompileError::BasePathTaken {
+                    proxy: spec.name.clone(),
+                    base_path: base,
+                });
             }
         }
         engine.retain(snapshot.proxies.iter().map(|p| &p.spec), &snapshot.topics);
@@ -142,24 +164,32 @@ fn compile_proxy(
     proxy: &switchyard_model::Proxy,
     snapshot: &Snapshot,
     engine: &SemanticEngine,
-) -> Result<CompiledProxy, String> {
+) -> Result<CompiledProxy, CompileError> {
     let spec = &proxy.spec;
-    check_base_path(&spec.base_path)?;
+    let fail = |reason: String| CompileError::proxy(&spec.name, reason);
+    check_base_path(&spec.base_path).map_err(fail)?;
     if spec.routes.is_empty() {
-        return Err("no routes".to_owned());
+        return Err(fail("no routes".to_owned()));
     }
     let mut routes: Vec<Arc<CompiledRoute>> = Vec::with_capacity(spec.routes.len());
     for route in &spec.routes {
         if route.name.is_empty() || route.name.contains('/') {
-            return Err(format!("route name '{}' is not valid", route.name));
+            return Err(fail(format!("route name '{}' is not valid", route.name)));
         }
         if routes.iter().any(|r| *r.name == *route.name) {
-            return Err(format!("route name '{}' is used twice", route.name));
+            return Err(fail(format!("route name '{}' is used twice", route.name)));
         }
-        let upstream =
-            Upstream::compile(route).map_err(|e| format!("route '{}': {e}", route.name))?;
-        let name_header = HeaderValue::from_str(&route.name)
-            .map_err(|_| format!("route name '{}' is not a valid header value", route.name))?;
+        let upstream = Upstream::compile(route).map_err(|reason| CompileError::Route {
+            proxy: spec.name.clone(),
+            route: route.name.clone(),
+            reason,
+        })?;
+        let name_header = HeaderValue::from_str(&route.name).map_err(|_| {
+            fail(format!(
+                "route name '{}' is not a valid header value",
+                route.name
+            ))
+        })?;
         routes.push(Arc::new(CompiledRoute {
             name: Arc::from(route.name.as_str()),
             provider: route.provider,
@@ -174,22 +204,25 @@ fn compile_proxy(
             let route = routes
                 .iter()
                 .position(|r| *r.name == *f.route)
-                .ok_or_else(|| format!("the fallback names an unknown route '{}'", f.route))?;
+                .ok_or_else(|| {
+                    fail(format!("the fallback names an unknown route '{}'", f.route))
+                })?;
             Some(CompiledFallback {
                 route,
                 target_model: f.target_model.as_deref().map(Arc::from),
             })
         }
     };
-    let service = match &spec.semantic_service {
-        None => None,
-        Some(name) => Some(
-            snapshot
-                .semantic_service(name)
-                .ok_or_else(|| format!("semantic service '{name}' is not in the snapshot"))?,
-        ),
-    };
-    let semantic = engine.compile_proxy(spec, service, &snapshot.topics)?;
+    let service =
+        match &spec.semantic_service {
+            None => None,
+            Some(name) => Some(snapshot.semantic_service(name).ok_or_else(|| {
+                fail(format!("semantic service '{name}' is not in the snapshot"))
+            })?),
+        };
+    let semantic = engine
+        .compile_proxy(spec, service, &snapshot.topics)
+        .map_err(fail)?;
     Ok(CompiledProxy {
         id: proxy.id,
         name: Arc::from(spec.name.as_str()),
@@ -353,14 +386,17 @@ pub(crate) mod tests {
         ];
         for (proxies, expected) in cases {
             let err = RoutingTable::compile(&snapshot(1, proxies)).unwrap_err();
-            assert!(err.0.contains(expected), "{err} should contain {expected}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should contain {expected}"
+            );
         }
 
         let mut bad_url = route("a", Provider::OpenAi, None);
         bad_url.url = "not a url".into();
         let err = RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![bad_url], None)]))
             .unwrap_err();
-        assert!(err.0.contains("route 'a'"), "{err}");
+        assert!(err.to_string().contains("route 'a'"), "{err}");
 
         let mut bad_selector = route("a", Provider::OpenAi, None);
         bad_selector.auth = Auth::Dynamic {
@@ -421,6 +457,6 @@ pub(crate) mod tests {
         keyed.region = Some("us-east-1".into());
         let err = RoutingTable::compile(&snapshot(1, vec![proxy("p", "/p", vec![keyed], None)]))
             .unwrap_err();
-        assert!(err.0.contains("AWS keys"), "{err}");
+        assert!(err.to_string().contains("AWS keys"), "{err}");
     }
 }

@@ -27,11 +27,11 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
 use crate::eventstream::{FrameDecoder, encode_event, encode_exception};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 const PROVIDER: &str = "bedrock";
 
@@ -625,7 +625,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             } else if block.cache_point.is_some() || block.reasoning_content.is_some() {
                 // Cache points and reasoning replays do not change the answer's content.
             } else {
-                untranslatable.push(format!("messages[{i}].content[{j}]: content block"));
+                untranslatable.push(Untranslatable::new(
+                    format!("messages[{i}].content[{j}]"),
+                    "content block",
+                ));
             }
         }
         if !results.is_empty() {
@@ -654,7 +657,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     parameters: Some(spec.input_schema.json),
                     strict: spec.strict,
                 }),
-                None => untranslatable.push(format!("toolConfig.tools[{i}]: tool kind")),
+                None => untranslatable.push(Untranslatable::new(
+                    format!("toolConfig.tools[{i}]"),
+                    "tool kind",
+                )),
             }
         }
         tool_choice = config.tool_choice.map(|c| {
@@ -686,7 +692,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         }
     };
     if wire.additional_model_request_fields.is_some() {
-        untranslatable.push("additionalModelRequestFields: model-specific fields".into());
+        untranslatable.push(Untranslatable::new(
+            "additionalModelRequestFields",
+            "model-specific fields",
+        ));
     }
     let inference = wire.inference_config.unwrap_or_default();
     Ok(ChatRequest {
@@ -909,9 +918,11 @@ fn exception_error(exception: &str, payload: &[u8]) -> ApiError {
 // Streams.
 
 /// Decodes a ConverseStream body (event-stream frames, both CRCs verified).
+pub type ConverseStreamDecoder = FramedDecoder<FrameDecoder, ConverseEvents>;
+
+/// What a ConverseStream's messages mean (see [`ConverseStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ConverseStreamDecoder {
-    frames: FrameDecoder,
+pub struct ConverseEvents {
     started: bool,
     stopped: bool,
     failed: bool,
@@ -919,12 +930,7 @@ pub struct ConverseStreamDecoder {
     tools: HashMap<u32, u32>,
 }
 
-impl ConverseStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ConverseStreamDecoder {
-        ConverseStreamDecoder::default()
-    }
-
+impl ConverseEvents {
     fn payload<'a, T: Deserialize<'a>>(event: &str, payload: &'a [u8]) -> Result<T, StreamError> {
         serde_json::from_slice(payload)
             .map_err(|e| StreamError::Payload(format!("converse `{event}` event: {e}")))
@@ -1029,24 +1035,24 @@ impl ConverseStreamDecoder {
     }
 }
 
-impl StreamDecoder for ConverseStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for message in self.frames.push(chunk)? {
-            if self.failed {
-                break;
-            }
-            self.on_message(message, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<crate::eventstream::Message> for ConverseEvents {
+    fn on_frame(
+        &mut self,
+        message: crate::eventstream::Message,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamError> {
+        self.on_message(message, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        self.frames.finish()?;
+    fn halted(&self) -> bool {
+        self.failed
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.stopped && !self.failed {
             return Err(StreamError::Truncated);
         }
-        Ok(Vec::new())
+        Ok(())
     }
 }
 
@@ -1234,6 +1240,7 @@ mod tests {
     use super::*;
     use crate::dialect::openai_chat;
     use crate::eventstream::encode_frame;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
     use serde_json::json;

@@ -27,11 +27,11 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
-use crate::sse::{SseParser, data_frame};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::sse::{SseEvent, SseParser, data_frame};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 const PROVIDER: &str = "gemini";
 const SIGNATURE_MARK: &str = "~ts~";
@@ -406,9 +406,9 @@ fn signature_from_call_id(id: &str) -> Option<&str> {
 /// path: the caller sets `model` and `stream` on the result.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
-        .map(|k| format!("{k}: field has no equivalent outside gemini"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside gemini"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -483,7 +483,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                         && resp.response.get("output").is_none(),
                 }));
             } else if part.executable_code.is_some() || part.code_execution_result.is_some() {
-                untranslatable.push(format!("{}: code execution part", field()));
+                untranslatable.push(Untranslatable::new(field(), "code execution part"));
             } else {
                 return Err(LlmError::invalid(field(), "empty part"));
             }
@@ -515,7 +515,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             });
         }
         for key in tool.other.keys() {
-            untranslatable.push(format!("tools[{i}].{key}: built-in tool"));
+            untranslatable.push(Untranslatable::new(
+                format!("tools[{i}].{key}"),
+                "built-in tool",
+            ));
         }
     }
     let tool_choice = match wire.tool_config.and_then(|c| c.function_calling_config) {
@@ -553,8 +556,9 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         },
         Some("text/plain") | None => None,
         Some(other) => {
-            untranslatable.push(format!(
-                "generationConfig.responseMimeType: `{other}` output"
+            untranslatable.push(Untranslatable::new(
+                "generationConfig.responseMimeType",
+                format!("`{other}` output"),
             ));
             None
         }
@@ -1038,9 +1042,11 @@ pub fn render_error(err: &ApiError) -> Bytes {
 // Streams.
 
 /// Decodes a `streamGenerateContent?alt=sse` stream.
+pub type GeminiStreamDecoder = FramedDecoder<SseParser, GeminiEvents>;
+
+/// What a Gemini stream's chunks mean (see [`GeminiStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct GeminiStreamDecoder {
-    sse: SseParser,
+pub struct GeminiEvents {
     started: bool,
     finished: bool,
     failed: bool,
@@ -1048,12 +1054,7 @@ pub struct GeminiStreamDecoder {
     usage: Option<Usage>,
 }
 
-impl GeminiStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> GeminiStreamDecoder {
-        GeminiStreamDecoder::default()
-    }
-
+impl GeminiEvents {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         let data = data.trim();
         if data.is_empty() || self.failed {
@@ -1113,22 +1114,14 @@ impl GeminiStreamDecoder {
     }
 }
 
-impl StreamDecoder for GeminiStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.push(chunk)? {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<SseEvent> for GeminiEvents {
+    fn on_frame(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.on_data(&event.data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
-        }
+    fn on_end(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if self.failed {
-            return Ok(out);
+            return Ok(());
         }
         if !self.finished {
             return Err(StreamError::Truncated);
@@ -1136,7 +1129,7 @@ impl StreamDecoder for GeminiStreamDecoder {
         if let Some(usage) = self.usage.take() {
             out.push(StreamEvent::Usage(usage));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1262,6 +1255,24 @@ impl StreamEncoder for GeminiStreamEncoder {
 // ---------------------------------------------------------------------------------------
 // Passthrough helpers.
 
+/// The prompt of a Gemini request: the text parts of the last user (or role-less) entry of
+/// `contents`, joined with newlines.
+pub fn last_user_text(contents: &Value) -> Option<String> {
+    contents
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|c| matches!(super::role(c), None | Some("user")))
+        .and_then(|c| {
+            super::join_texts(
+                c.get("parts")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str)),
+            )
+        })
+}
+
 /// Reads usage from a `generateContent` body or one stream chunk's data, without
 /// re-encoding it (for the passthrough path; in a stream, the last chunk's usage is final).
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
@@ -1281,6 +1292,7 @@ pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
 mod tests {
     use super::*;
     use crate::dialect::openai_chat;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
     use serde_json::json;

@@ -108,17 +108,56 @@ pub(crate) fn status_error(status: http::StatusCode, body: &[u8]) -> ApiError {
     ApiError::with_status(status, ErrorKind::from_status(status), body_snippet(body))
 }
 
+/// The `role` of a message or item.
+pub(crate) fn role(message: &serde_json::Value) -> Option<&str> {
+    message.get("role").and_then(serde_json::Value::as_str)
+}
+
+/// The text of a `content` that is a string, or an array of parts (`{"type": "text" |
+/// "input_text", "text": …}` or bare strings); other parts (images…) are skipped.
+pub(crate) fn prompt_content_text(content: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => join_texts(parts.iter().filter_map(|p| match p {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(o) => {
+                let kind = o.get("type").and_then(Value::as_str);
+                if matches!(kind, None | Some("text" | "input_text")) {
+                    o.get("text").and_then(Value::as_str)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        })),
+        _ => None,
+    }
+}
+
+/// Texts joined with newlines; `None` when there are none.
+pub(crate) fn join_texts<'a>(texts: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut out = String::new();
+    for t in texts {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(t);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Refuses what no translation can carry: untranslatable parts, `n > 1`, log-probabilities.
 pub(crate) fn check_translatable(
     req: &ChatRequest,
     provider: &'static str,
 ) -> Result<(), LlmError> {
     if let Some(item) = req.untranslatable.first() {
-        let (field, why) = item.split_once(": ").unwrap_or((item.as_str(), ""));
         return Err(LlmError::unsupported(
             provider,
-            field,
-            format!("{why}; only a passthrough route can serve it").trim_start_matches("; "),
+            item.field.clone(),
+            format!("{}; only a passthrough route can serve it", item.reason)
+                .trim_start_matches("; "),
         ));
     }
     if req.n.unwrap_or(1) > 1 {
@@ -249,12 +288,11 @@ mod tests {
     fn text_or_list_keeps_error_paths() {
         #[derive(Deserialize, Debug)]
         struct Item {
-            #[allow(dead_code)]
+            #[expect(dead_code)]
             n: u32,
         }
         #[derive(Deserialize, Debug)]
         struct Body {
-            #[allow(dead_code)]
             content: TextOr<Item>,
         }
         let err =
@@ -272,7 +310,10 @@ mod tests {
         let mut req = ChatRequest::default();
         assert!(check_translatable(&req, "bedrock").is_ok());
         req.untranslatable
-            .push("tools[0]: built-in tool `web_search`".into());
+            .push(crate::canonical::Untranslatable::new(
+                "tools[0]",
+                "built-in tool `web_search`",
+            ));
         match check_translatable(&req, "bedrock").unwrap_err() {
             LlmError::Unsupported { field, message, .. } => {
                 assert_eq!(field, "tools[0]");

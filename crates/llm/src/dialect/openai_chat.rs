@@ -14,11 +14,11 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
-use crate::sse::{SseParser, data_frame, done_frame};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::sse::{SseEvent, SseParser, data_frame, done_frame};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 // ---------------------------------------------------------------------------------------
 // Wire structs (both directions).
@@ -349,10 +349,10 @@ struct WireError {
 /// Parses a client's Chat Completions body into the canonical request.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
         .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-        .map(|k| format!("{k}: field has no equivalent outside OpenAI chat completions"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside OpenAI chat completions"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -376,7 +376,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     "missing function definition",
                 ));
             }
-            (kind, _) => untranslatable.push(format!("tools[{i}]: tool type `{kind}`")),
+            (kind, _) => untranslatable.push(Untranslatable::new(
+                format!("tools[{i}]"),
+                format!("tool type `{kind}`"),
+            )),
         }
     }
 
@@ -429,7 +432,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
 fn message_from_wire(
     i: usize,
     m: WireMessage,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Message, LlmError> {
     let role = match m.role.as_str() {
         "system" => Role::System,
@@ -438,8 +441,9 @@ fn message_from_wire(
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
         "function" => {
-            untranslatable.push(format!(
-                "messages[{i}]: legacy `function` role (use `tool`)"
+            untranslatable.push(Untranslatable::new(
+                format!("messages[{i}]"),
+                "legacy `function` role (use `tool`)",
             ));
             return Ok(Message {
                 role: Role::Tool,
@@ -488,7 +492,10 @@ fn message_from_wire(
                             ));
                         }
                     },
-                    other => untranslatable.push(format!("{}: content type `{other}`", field())),
+                    other => untranslatable.push(Untranslatable::new(
+                        field(),
+                        format!("content type `{other}`"),
+                    )),
                 }
             }
         }
@@ -507,9 +514,9 @@ fn message_from_wire(
             ));
         }
         if call.kind != "function" {
-            untranslatable.push(format!(
-                "messages[{i}].tool_calls[{j}]: tool call type `{}`",
-                call.kind
+            untranslatable.push(Untranslatable::new(
+                format!("messages[{i}].tool_calls[{j}]"),
+                format!("tool call type `{}`", call.kind),
             ));
             continue;
         }
@@ -558,7 +565,7 @@ fn message_from_wire(
 
 fn tool_choice_from_wire(
     v: &Value,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Option<ToolChoice>, LlmError> {
     match v {
         Value::String(s) => match s.as_str() {
@@ -580,7 +587,10 @@ fn tool_choice_from_wire(
                     .ok_or_else(|| LlmError::invalid("tool_choice.function.name", "missing"))?;
                 Ok(Some(ToolChoice::Function(name.to_owned())))
             } else {
-                untranslatable.push(format!("tool_choice: tool_choice type `{kind}`"));
+                untranslatable.push(Untranslatable::new(
+                    "tool_choice",
+                    format!("tool_choice type `{kind}`"),
+                ));
                 Ok(None)
             }
         }
@@ -1023,21 +1033,18 @@ pub fn render_error(err: &ApiError) -> Bytes {
 // Streams.
 
 /// Decodes an upstream Chat Completions SSE stream.
+pub type ChatStreamDecoder = FramedDecoder<SseParser, ChatEvents>;
+
+/// What a Chat Completions stream's events mean (see [`ChatStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ChatStreamDecoder {
-    sse: SseParser,
+pub struct ChatEvents {
     started: bool,
     finished: bool,
     done: bool,
     tools_started: BTreeSet<u32>,
 }
 
-impl ChatStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ChatStreamDecoder {
-        ChatStreamDecoder::default()
-    }
-
+impl ChatEvents {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         let data = data.trim();
         if data.is_empty() {
@@ -1115,24 +1122,16 @@ impl ChatStreamDecoder {
     }
 }
 
-impl StreamDecoder for ChatStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.push(chunk)? {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<SseEvent> for ChatEvents {
+    fn on_frame(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.on_data(&event.data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
-        }
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.done && !self.finished {
             return Err(StreamError::Truncated);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1304,6 +1303,17 @@ impl StreamEncoder for ChatStreamEncoder {
 // ---------------------------------------------------------------------------------------
 // Passthrough helpers.
 
+/// The prompt of a Chat Completions request: the text of the last user message in
+/// `messages` (text parts joined with newlines; images and other parts skipped).
+pub fn last_user_text(messages: &Value) -> Option<String> {
+    messages
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| super::role(m) == Some("user"))
+        .and_then(|m| super::prompt_content_text(m.get("content")?))
+}
+
 /// Reads usage from a Chat Completions response body without re-encoding it.
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
@@ -1326,6 +1336,7 @@ pub fn usage_from_chunk(data: &str) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
 
@@ -1444,7 +1455,7 @@ mod tests {
         assert!(
             req.untranslatable
                 .iter()
-                .any(|u| u.starts_with("modalities"))
+                .any(|u| u.to_string().starts_with("modalities"))
         );
         let err = render_request(&req, ChatFlavor::OpenAi, "openai").unwrap_err();
         assert!(matches!(err, LlmError::Unsupported { .. }));

@@ -14,11 +14,11 @@ use super::{
 };
 use crate::canonical::{
     ChatRequest, ChatResponse, ContentPart, FinishReason, Image, Message, ResponseFormat, Role,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, Untranslatable, Usage,
 };
 use crate::error::{ApiError, ErrorKind, LlmError, StreamError};
-use crate::sse::{SseParser, event_frame};
-use crate::stream::{StreamDecoder, StreamEncoder};
+use crate::sse::{SseEvent, SseParser, event_frame};
+use crate::stream::{FrameHandler, FramedDecoder, StreamEncoder};
 
 // ---------------------------------------------------------------------------------------
 // Wire structs.
@@ -279,10 +279,10 @@ struct WireOutputDetails {
 /// Parses a client's Responses body into the canonical request.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let value = parse_object(body)?;
-    let mut untranslatable: Vec<String> = unknown_keys(&value, KNOWN_FIELDS)
+    let mut untranslatable: Vec<Untranslatable> = unknown_keys(&value, KNOWN_FIELDS)
         .into_iter()
         .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-        .map(|k| format!("{k}: field has no equivalent outside openai responses"))
+        .map(|k| Untranslatable::new(k, "field has no equivalent outside openai responses"))
         .collect();
     let wire: WireRequest = parse_body(value)?;
 
@@ -303,7 +303,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
     let mut tools = Vec::new();
     for (i, t) in wire.tools.into_iter().enumerate() {
         if t.kind != "function" {
-            untranslatable.push(format!("tools[{i}]: built-in tool `{}`", t.kind));
+            untranslatable.push(Untranslatable::new(
+                format!("tools[{i}]"),
+                format!("built-in tool `{}`", t.kind),
+            ));
             continue;
         }
         let Some(name) = t.name else {
@@ -340,7 +343,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     return Err(LlmError::invalid("tool_choice.name", "missing name"));
                 }
                 (other, _) => {
-                    untranslatable.push(format!("tool_choice: tool_choice type `{other}`"));
+                    untranslatable.push(Untranslatable::new(
+                        "tool_choice",
+                        format!("tool_choice type `{other}`"),
+                    ));
                     None
                 }
             }
@@ -400,7 +406,7 @@ fn parts_to_content(
     field: &str,
     parts: TextOr<WirePart>,
     role: Role,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<Vec<ContentPart>, LlmError> {
     let mut content = Vec::new();
     match parts {
@@ -426,10 +432,15 @@ fn parts_to_content(
                         Some(url) => {
                             content.push(ContentPart::Image(image_from_url(url, p.detail)))
                         }
-                        None => untranslatable
-                            .push(format!("{field}[{j}]: image by file_id (stored file)")),
+                        None => untranslatable.push(Untranslatable::new(
+                            format!("{field}[{j}]"),
+                            "image by file_id (stored file)",
+                        )),
                     },
-                    other => untranslatable.push(format!("{field}[{j}]: content type `{other}`")),
+                    other => untranslatable.push(Untranslatable::new(
+                        format!("{field}[{j}]"),
+                        format!("content type `{other}`"),
+                    )),
                 }
             }
         }
@@ -441,7 +452,7 @@ fn item_to_messages(
     i: usize,
     item: WireItem,
     messages: &mut Vec<Message>,
-    untranslatable: &mut Vec<String>,
+    untranslatable: &mut Vec<Untranslatable>,
 ) -> Result<(), LlmError> {
     let kind = item.kind.clone().unwrap_or_else(|| "message".to_owned());
     match kind.as_str() {
@@ -542,7 +553,10 @@ fn item_to_messages(
         }
         // Reasoning items replay opaque model state; other models cannot use it.
         "reasoning" => {}
-        other => untranslatable.push(format!("input[{i}]: item type `{other}`")),
+        other => untranslatable.push(Untranslatable::new(
+            format!("input[{i}]"),
+            format!("item type `{other}`"),
+        )),
     }
     Ok(())
 }
@@ -915,9 +929,11 @@ struct WireEvent {
 }
 
 /// Decodes an upstream Responses SSE stream.
+pub type ResponsesStreamDecoder = FramedDecoder<SseParser, ResponsesEvents>;
+
+/// What a Responses stream's events mean (see [`ResponsesStreamDecoder`]).
 #[derive(Debug, Default)]
-pub struct ResponsesStreamDecoder {
-    sse: SseParser,
+pub struct ResponsesEvents {
     started: bool,
     finished: bool,
     failed: bool,
@@ -925,12 +941,7 @@ pub struct ResponsesStreamDecoder {
     tools: HashMap<String, u32>,
 }
 
-impl ResponsesStreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> ResponsesStreamDecoder {
-        ResponsesStreamDecoder::default()
-    }
-
+impl ResponsesEvents {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         let data = data.trim();
         if data.is_empty() || data == "[DONE]" || self.failed {
@@ -1019,24 +1030,16 @@ impl ResponsesStreamDecoder {
     }
 }
 
-impl StreamDecoder for ResponsesStreamDecoder {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.push(chunk)? {
-            self.on_data(&event.data, &mut out)?;
-        }
-        Ok(out)
+impl FrameHandler<SseEvent> for ResponsesEvents {
+    fn on_frame(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.on_data(&event.data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, StreamError> {
-        let mut out = Vec::new();
-        for event in self.sse.finish()? {
-            self.on_data(&event.data, &mut out)?;
-        }
+    fn on_end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if !self.finished && !self.failed {
             return Err(StreamError::Truncated);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1351,6 +1354,26 @@ impl StreamEncoder for ResponsesStreamEncoder {
 // ---------------------------------------------------------------------------------------
 // Passthrough helpers.
 
+/// The prompt of a Responses request: `input` itself when it is a string, else the text of
+/// its last user message item.
+pub fn last_user_text(input: &Value) -> Option<String> {
+    match input {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => items
+            .iter()
+            .rev()
+            .find(|item| {
+                super::role(item) == Some("user")
+                    && item
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(|t| t == "message")
+            })
+            .and_then(|item| super::prompt_content_text(item.get("content")?)),
+        _ => None,
+    }
+}
+
 /// Reads usage from a Responses object body without re-encoding it.
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
@@ -1378,6 +1401,7 @@ mod tests {
     use super::*;
     use crate::dialect::{bedrock, gemini};
     use crate::sse::SseParser;
+    use crate::stream::StreamDecoder;
     use crate::stream::{decode_all, encode_all};
     use proptest::prelude::*;
     use serde_json::json;

@@ -30,16 +30,29 @@ pub fn bedrock_model_id(model: &str) -> &str {
     }
 }
 
-fn region(target: &Target) -> Result<String, LlmError> {
-    if let Some(region) = target.region.as_deref().filter(|r| !r.is_empty()) {
+/// The AWS region a Bedrock route signs for: the route's `region` (lowercase letters,
+/// digits and `-`, at most 32 characters), else the one its runtime endpoint's host names
+/// (`bedrock-runtime.us-east-1.amazonaws.com`). The one Bedrock region rule: admin
+/// validation (which requires `region` itself), the node's route compilation and request
+/// signing all call it.
+pub fn bedrock_region(region: Option<&str>, base_url: &str) -> Result<String, String> {
+    if let Some(region) = region.filter(|r| !r.is_empty()) {
+        if region.len() > 32
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "region '{region}' must be at most 32 lowercase letters, digits and '-'"
+            ));
+        }
         return Ok(region.to_owned());
     }
     // bedrock-runtime.us-east-1.amazonaws.com
-    let host = target
-        .base_url
+    let host = base_url
         .split("://")
         .nth(1)
-        .unwrap_or(&target.base_url)
+        .unwrap_or(base_url)
         .split(['/', ':'])
         .next()
         .unwrap_or("");
@@ -48,10 +61,14 @@ fn region(target: &Target) -> Result<String, LlmError> {
         (Some(service), Some(region)) if service.starts_with("bedrock") && !region.is_empty() => {
             Ok(region.to_owned())
         }
-        _ => Err(LlmError::Target(
-            "bedrock routes need a region (none given and none in the endpoint host)".into(),
+        _ => Err(format!(
+            "bedrock routes need a region (none given and none in the host of '{base_url}')"
         )),
     }
+}
+
+fn region(target: &Target) -> Result<String, LlmError> {
+    bedrock_region(target.region.as_deref(), &target.base_url).map_err(LlmError::Target)
 }
 
 /// Builds and signs a Converse request at `time` (tests pass a fixed time).
@@ -108,6 +125,15 @@ impl ProviderAdapter for BedrockAdapter {
         ))
     }
 
+    fn passthrough_request(
+        &self,
+        target: &Target,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<http::Request<Bytes>, LlmError> {
+        self.build_passthrough(target, &body, stream)
+    }
+
     fn parse_response(
         &self,
         target: &Target,
@@ -130,6 +156,10 @@ impl ProviderAdapter for BedrockAdapter {
 
     fn stream_decoder(&self, _target: &Target) -> Box<dyn StreamDecoder> {
         Box::new(bedrock::ConverseStreamDecoder::new())
+    }
+
+    fn stream_accept(&self) -> &'static str {
+        "application/vnd.amazon.eventstream"
     }
 }
 
@@ -180,6 +210,32 @@ mod tests {
             http.headers()["authorization"],
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20240101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=d43fa81695ae0928794ea51e80793b827f3819d51869b46a1b822efe1122666c"
         );
+    }
+
+    #[test]
+    fn the_one_region_rule() {
+        assert_eq!(
+            bedrock_region(Some("eu-west-3"), "http://localhost:9000").as_deref(),
+            Ok("eu-west-3")
+        );
+        assert_eq!(
+            bedrock_region(None, "https://bedrock-runtime.us-east-1.amazonaws.com/").as_deref(),
+            Ok("us-east-1")
+        );
+        assert_eq!(
+            bedrock_region(
+                Some(""),
+                "https://bedrock-runtime.ap-south-1.amazonaws.com:443"
+            )
+            .as_deref(),
+            Ok("ap-south-1")
+        );
+        for bad in ["US-EAST-1", "us_east_1", "us-east-1 ", &"a".repeat(33)] {
+            let err = bedrock_region(Some(bad), "https://x").unwrap_err();
+            assert!(err.contains("lowercase"), "{bad}: {err}");
+        }
+        let err = bedrock_region(None, "http://localhost:9000").unwrap_err();
+        assert!(err.contains("need a region"), "{err}");
     }
 
     #[test]

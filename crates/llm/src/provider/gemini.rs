@@ -65,11 +65,16 @@ impl ProviderAdapter for GeminiAdapter {
         body: &[u8],
         stream: bool,
     ) -> Result<http::Request<Bytes>, LlmError> {
-        json_post(
-            &url(target, stream)?,
-            &headers(target)?,
-            Bytes::copy_from_slice(body),
-        )
+        self.passthrough_request(target, Bytes::copy_from_slice(body), stream)
+    }
+
+    fn passthrough_request(
+        &self,
+        target: &Target,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<http::Request<Bytes>, LlmError> {
+        json_post(&url(target, stream)?, &headers(target)?, body)
     }
 
     fn parse_response(

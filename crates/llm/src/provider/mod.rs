@@ -2,11 +2,9 @@
 //! it speaks. One module per provider, each one [`ProviderAdapter`] implementation; the
 //! body translation itself lives in [`crate::dialect`].
 
-mod azure;
 mod bedrock;
-mod compatible;
 mod gemini;
-mod openai;
+mod openai_family;
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,15 +12,19 @@ use std::str::FromStr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-pub use bedrock::bedrock_model_id;
+pub use bedrock::{bedrock_model_id, bedrock_region};
 
 use crate::canonical::{ChatRequest, ChatResponse};
+use crate::dialect::openai_chat::ChatFlavor;
 use crate::error::{ApiError, LlmError};
 use crate::sigv4::AwsCredentials;
 use crate::stream::StreamDecoder;
 
-/// An upstream provider (the gateway maps its own route type to this).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An upstream provider: the one list of provider identities. The domain model's routes,
+/// the gRPC contract's enum and the admin API's OpenAPI document are checked against it
+/// (`tests/provider_identity.rs`); validation messages are built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Provider {
     /// OpenAI (`https://api.openai.com/v1`).
     OpenAi,
@@ -62,20 +64,124 @@ impl Provider {
         }
     }
 
+    /// Every provider id, comma-separated (for validation messages).
+    pub fn ids() -> String {
+        Provider::ALL.map(Provider::as_str).join(", ")
+    }
+
     /// The adapter for this provider.
     pub fn adapter(self) -> &'static dyn ProviderAdapter {
         match self {
-            Provider::OpenAi => &openai::OpenAiAdapter,
-            Provider::Azure => &azure::AzureAdapter,
+            Provider::OpenAi => &OPENAI,
+            Provider::Azure => &AZURE,
             Provider::Gemini => &gemini::GeminiAdapter,
             Provider::Bedrock => &bedrock::BedrockAdapter,
-            Provider::Nvidia => &compatible::CompatibleAdapter {
-                provider: Provider::Nvidia,
-            },
-            Provider::OpenAiCompatible => &compatible::CompatibleAdapter {
-                provider: Provider::OpenAiCompatible,
-            },
+            Provider::Nvidia => &NVIDIA,
+            Provider::OpenAiCompatible => &OPENAI_COMPATIBLE,
         }
+    }
+
+    /// Whether routes of this provider take AWS credentials (else an API key).
+    pub fn takes_aws_credentials(self) -> bool {
+        self == Provider::Bedrock
+    }
+
+    /// Whether routes of this provider take a `region`.
+    pub fn takes_region(self) -> bool {
+        self == Provider::Bedrock
+    }
+
+    /// Whether routes of this provider take an `api_version`.
+    pub fn takes_api_version(self) -> bool {
+        self == Provider::Azure
+    }
+
+    /// Whether routes of this provider may have no credentials at all (local servers).
+    pub fn auth_optional(self) -> bool {
+        self == Provider::OpenAiCompatible
+    }
+
+    /// Whether the upstream speaks the OpenAI APIs (Chat Completions, and Responses where
+    /// [`ProviderAdapter`] serves it).
+    pub fn is_openai_family(self) -> bool {
+        matches!(
+            self,
+            Provider::OpenAi | Provider::Azure | Provider::Nvidia | Provider::OpenAiCompatible
+        )
+    }
+
+    /// Whether the upstream serves OpenAI's Responses API.
+    pub fn serves_responses(self) -> bool {
+        matches!(
+            self,
+            Provider::OpenAi | Provider::Azure | Provider::OpenAiCompatible
+        )
+    }
+}
+
+const OPENAI: openai_family::OpenAiFamily = openai_family::OpenAiFamily {
+    provider: Provider::OpenAi,
+    urls: openai_family::Urls::ApiBase,
+    key: openai_family::KeyHeader::Bearer,
+    flavor: ChatFlavor::OpenAi,
+    responses: true,
+    lists_models: true,
+};
+
+const AZURE: openai_family::OpenAiFamily = openai_family::OpenAiFamily {
+    provider: Provider::Azure,
+    urls: openai_family::Urls::Azure,
+    key: openai_family::KeyHeader::Plain("api-key"),
+    flavor: ChatFlavor::OpenAi,
+    responses: true,
+    lists_models: false,
+};
+
+const NVIDIA: openai_family::OpenAiFamily = openai_family::OpenAiFamily {
+    provider: Provider::Nvidia,
+    urls: openai_family::Urls::ApiBase,
+    key: openai_family::KeyHeader::Bearer,
+    flavor: ChatFlavor::Compatible,
+    responses: false,
+    lists_models: true,
+};
+
+const OPENAI_COMPATIBLE: openai_family::OpenAiFamily = openai_family::OpenAiFamily {
+    provider: Provider::OpenAiCompatible,
+    urls: openai_family::Urls::ApiBase,
+    key: openai_family::KeyHeader::Bearer,
+    flavor: ChatFlavor::Compatible,
+    responses: true,
+    lists_models: true,
+};
+
+impl From<Provider> for &'static str {
+    fn from(p: Provider) -> &'static str {
+        p.as_str()
+    }
+}
+
+impl TryFrom<String> for Provider {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Provider, String> {
+        Provider::try_from(s.as_str())
+    }
+}
+
+impl TryFrom<&str> for Provider {
+    type Error = String;
+
+    fn try_from(s: &str) -> Result<Provider, String> {
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown provider '{s}'; expected one of {}",
+                    Provider::ids()
+                )
+            })
     }
 }
 
@@ -206,6 +312,22 @@ impl Target {
         self.adapter().build_passthrough(self, body, stream)
     }
 
+    /// Builds a passthrough request around a body already rewritten for the upstream (see
+    /// [`ProviderAdapter::passthrough_request`]).
+    pub fn passthrough_request(
+        &self,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<http::Request<Bytes>, LlmError> {
+        self.adapter().passthrough_request(self, body, stream)
+    }
+
+    /// The request listing the upstream's models, if the provider lists them (see
+    /// [`ProviderAdapter::models_request`]).
+    pub fn models_request(&self) -> Option<Result<http::Request<Bytes>, LlmError>> {
+        self.adapter().models_request(self)
+    }
+
     /// Parses the upstream's answer (see [`ProviderAdapter::parse_response`]).
     pub fn parse_response(
         &self,
@@ -253,6 +375,15 @@ pub trait ProviderAdapter: Send + Sync {
         stream: bool,
     ) -> Result<http::Request<Bytes>, LlmError>;
 
+    /// Builds a passthrough request around a body already in the upstream's API (the model
+    /// already rewritten where the API carries it): URL and authentication only.
+    fn passthrough_request(
+        &self,
+        target: &Target,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<http::Request<Bytes>, LlmError>;
+
     /// Parses the upstream's answer: a 2xx body into the canonical response (the target's
     /// model filled in when the upstream names none), anything else into its error.
     fn parse_response(
@@ -274,6 +405,22 @@ pub trait ProviderAdapter: Send + Sync {
 
     /// A fresh decoder for one streamed answer.
     fn stream_decoder(&self, target: &Target) -> Box<dyn StreamDecoder>;
+
+    /// The `Accept` header of a translated streaming request (the upstream's stream framing).
+    fn stream_accept(&self) -> &'static str {
+        "text/event-stream"
+    }
+
+    /// The request listing the upstream's models (`GET {url}/models` with the route's key),
+    /// for providers that list them the OpenAI way; `None` for the others.
+    fn models_request(&self, _target: &Target) -> Option<Result<http::Request<Bytes>, LlmError>> {
+        None
+    }
+
+    /// The header carrying the gateway's request id to the upstream (and in its logs).
+    fn request_id_header(&self) -> &'static str {
+        "x-request-id"
+    }
 }
 
 /// `base` + `/` + `path`, with one slash between them.
@@ -331,6 +478,27 @@ pub(crate) fn encode_path_segment(segment: &str) -> String {
     out
 }
 
+/// Percent-decodes a path segment or query value (`+` is a space when `plus_is_space`);
+/// `None` for a bad escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The request with its model replaced by the target's.
 pub(crate) fn with_model(req: &ChatRequest, model: &str) -> ChatRequest {
     let mut req = req.clone();
@@ -355,35 +523,6 @@ pub(crate) fn split_status(
         resp.model = target.model.clone();
     }
     Ok(resp)
-}
-
-/// A 2xx body of an OpenAI-family API (`openai`, `azure`, `nvidia`, `openai-compatible`):
-/// Chat Completions or Responses, as `target.api` says.
-pub(crate) fn parse_openai_family(
-    adapter: &dyn ProviderAdapter,
-    target: &Target,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<ChatResponse, ApiError> {
-    split_status(adapter, target, status, headers, body, |b| {
-        match target.api {
-            UpstreamApi::ChatCompletions => crate::dialect::openai_chat::parse_response(b),
-            UpstreamApi::Responses => crate::dialect::openai_responses::parse_response(b),
-        }
-    })
-}
-
-/// The stream decoder of an OpenAI-family API for `target.api`.
-pub(crate) fn openai_family_decoder(target: &Target) -> Box<dyn StreamDecoder> {
-    match target.api {
-        UpstreamApi::ChatCompletions => {
-            Box::new(crate::dialect::openai_chat::ChatStreamDecoder::new())
-        }
-        UpstreamApi::Responses => {
-            Box::new(crate::dialect::openai_responses::ResponsesStreamDecoder::new())
-        }
-    }
 }
 
 #[cfg(test)]

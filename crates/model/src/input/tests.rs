@@ -466,3 +466,31 @@ fn semantic_service_is_a_reference_by_name() {
         (ErrorCode::InvalidValue, "semantic_service")
     );
 }
+
+#[test]
+fn versions_are_integers_from_zero_to_i64_max_also_as_integral_floats() {
+    let with = |version: &str| {
+        let mut v = contract_example().to_string();
+        v.pop();
+        v.push_str(&format!(",\"version\":{version}}}"));
+        parse_proxy_input(v.as_bytes()).map(|input| input.version)
+    };
+    assert_eq!(with("3").unwrap(), Some(3));
+    assert_eq!(with("3.0").unwrap(), Some(3));
+    assert_eq!(with("null").unwrap(), None);
+    assert_eq!(with("9223372036854775807").unwrap(), Some(i64::MAX as u64));
+    for bad in ["-1", "1.5", "9223372036854775808", "1e30", "\"3\""] {
+        let err = with(bad).unwrap_err();
+        assert_eq!(err.field, "version", "{bad}");
+        assert_eq!(err.code, ErrorCode::Malformed, "{bad}");
+    }
+}
+
+#[test]
+fn models_are_measured_in_characters() {
+    let mut v = contract_example();
+    v["routes"][0]["target_model"] = json!("é".repeat(256));
+    assert!(validate(&v).is_ok());
+    v["routes"][0]["target_model"] = json!("é".repeat(257));
+    assert_eq!(err(&v).field, "routes[0].target_model");
+}

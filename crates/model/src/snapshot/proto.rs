@@ -1,51 +1,14 @@
-//! The snapshot a gateway's nodes serve, and its conversions to and from the gRPC messages.
-//!
-//! Domain → proto cannot fail; proto → domain fails with a typed [`InvalidSnapshot`] on
-//! anything the node could not serve (unknown enum values, missing messages), which the node
-//! reports back as a NACK while it keeps its previous snapshot.
+//! Snapshot ⇄ gRPC message conversions (feature `proto`).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 use uuid::Uuid;
 
+use super::{InvalidSnapshot, Snapshot};
 use crate::{
     Auth, Fallback, Format, LibraryTopic, PromptGuard, Provider, Proxy, ProxySpec, RegexGuard,
     RegexPattern, Route, Routing, RoutingStrategy, Secret, SemanticService, Topic, TopicSource,
 };
-
-/// Everything one gateway serves, at one version.
-///
-/// `semantic_services` are the services the proxies name (`ProxySpec::semantic_service`),
-/// each once; a snapshot converted from the wire is checked to resolve every such name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub gateway: String,
-    pub version: u64,
-    pub proxies: Vec<Proxy>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub semantic_services: Vec<SemanticService>,
-    /// The library topics the proxies refer to, each once.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub topics: Vec<LibraryTopic>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl Snapshot {
-    /// The semantic service named `name`, if the snapshot carries it.
-    pub fn semantic_service(&self, name: &str) -> Option<&SemanticService> {
-        self.semantic_services.iter().find(|s| s.name == name)
-    }
-
-    /// The library topic named `name`, if the snapshot carries it.
-    pub fn topic(&self, name: &str) -> Option<&LibraryTopic> {
-        self.topics.iter().find(|t| t.name == name)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid snapshot: {0}")]
-pub struct InvalidSnapshot(pub String);
 
 fn invalid(msg: impl Into<String>) -> InvalidSnapshot {
     InvalidSnapshot(msg.into())
@@ -383,18 +346,19 @@ fn route_from_pb(r: pb::Route) -> Result<Route, InvalidSnapshot> {
     })
 }
 
-fn provider_to_pb(p: Provider) -> pb::Provider {
-    match p {
-        Provider::OpenAi => pb::Provider::Openai,
-        Provider::Azure => pb::Provider::Azure,
-        Provider::Gemini => pb::Provider::Gemini,
-        Provider::Bedrock => pb::Provider::Bedrock,
-        Provider::Nvidia => pb::Provider::Nvidia,
-        Provider::OpenAiCompatible => pb::Provider::OpenaiCompatible,
-    }
+/// A provider's value in the gRPC contract, named after its id (`openai-compatible` →
+/// `PROVIDER_OPENAI_COMPATIBLE`); `PROVIDER_UNSPECIFIED` for an id the contract lacks (the
+/// provider identity test keeps the two lists equal).
+pub fn provider_to_pb(p: Provider) -> pb::Provider {
+    let name = format!(
+        "PROVIDER_{}",
+        p.as_str().to_ascii_uppercase().replace('-', "_")
+    );
+    pb::Provider::from_str_name(&name).unwrap_or(pb::Provider::Unspecified)
 }
 
-fn provider_from_pb(value: i32) -> Option<Provider> {
+/// The provider a gRPC contract value names, if any.
+pub fn provider_from_pb(value: i32) -> Option<Provider> {
     Provider::ALL
         .into_iter()
         .find(|p| provider_to_pb(*p) as i32 == value)

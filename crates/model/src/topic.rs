@@ -24,7 +24,7 @@ pub struct LibraryTopicInput {
     #[serde(default)]
     pub description: Option<String>,
     pub utterances: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::input::version")]
     pub version: Option<u64>,
     #[serde(default)]
     pub proxies: Option<IgnoredAny>,

@@ -7,6 +7,7 @@ pub mod bedrock;
 pub mod control_plane;
 pub mod embeddings;
 pub mod gemini;
+pub mod node_sim;
 pub mod openai;
 pub mod pg;
 pub mod script;
@@ -17,6 +18,7 @@ pub use bedrock::{BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, MockBe
 pub use control_plane::{FakeControlPlane, NodeEvent};
 pub use embeddings::MockEmbeddings;
 pub use gemini::{GEMINI_API_KEY, MockGemini};
+pub use node_sim::{NodeSimulator, SimConfig};
 pub use openai::{AZURE_API_KEY, MOCK_API_KEY, MockAzure, MockConfig, MockOpenAi};
 pub use script::{CACHED_TOKENS, TOOL_ARGUMENTS, reply_text, tool_reply_text};
 pub use server::{Behavior, MockServer, RecordedRequest, ReportedUsage};

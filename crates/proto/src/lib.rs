@@ -21,8 +21,9 @@ pub mod encoded {
     use bytes::{Buf, BufMut, Bytes};
     use prost::encoding::{DecodeContext, WireType, skip_field};
 
-    #[allow(clippy::all, clippy::pedantic, missing_docs)]
     mod generated {
+        // Generated code: not ours to lint.
+        #![allow(clippy::all, clippy::pedantic, clippy::allow_attributes, missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/encoded/switchyard.config.v1.rs"));
     }
     pub use generated::config_distribution_server;

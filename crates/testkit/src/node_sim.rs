@@ -103,14 +103,13 @@ impl NodeSimulator {
             let permits = permits.clone();
             tasks.spawn(async move {
                 let permit = permits.acquire_owned().await;
-                let result = run_node(index, &config, &shared, &cancel, move |r| {
+                // A failure before the first snapshot is reported through `ready`; a stream
+                // ending later shows in `connected()`.
+                let _ended = run_node(index, &config, &shared, &cancel, move |r| {
                     drop(permit);
                     let _ = ready.send((index, r));
                 })
                 .await;
-                if let Err(reason) = result {
-                    tracing::debug!(node = index, %reason, "simulated node ended");
-                }
             });
         }
         drop(ready_tx);

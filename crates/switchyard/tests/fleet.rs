@@ -9,139 +9,15 @@
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+#[expect(dead_code, reason = "each test binary uses part of it")]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{ControlPlaneProcess, call, metric};
 use switchyard_testkit::pg::PgDatabase;
 use switchyard_testkit::{NodeSimulator, SimConfig};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-const TOKEN: &str = "fleet-admin-token";
-
-struct ControlPlaneProcess {
-    child: Child,
-    admin: SocketAddr,
-    grpc: SocketAddr,
-}
-
-impl ControlPlaneProcess {
-    fn start(database_url: &str) -> ControlPlaneProcess {
-        let mut child = Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "--log",
-                "warn,switchyard_control_plane=info",
-                "control-plane",
-                "--database-url",
-                database_url,
-                "--admin-token",
-                TOKEN,
-                "--encryption-key",
-                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("SWITCHYARD_ADMIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                let address = v["address"]
-                    .as_str()
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
-                match (v["message"].as_str(), address) {
-                    (Some("admin API listening"), Some(a)) => tx.send(("admin", a)).ok(),
-                    (Some("config distribution (gRPC) listening"), Some(a)) => {
-                        tx.send(("grpc", a)).ok()
-                    }
-                    _ => None,
-                };
-            }
-        });
-        let (mut admin, mut grpc) = (None, None);
-        while admin.is_none() || grpc.is_none() {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(("admin", a)) => admin = Some(a),
-                Ok((_, a)) => grpc = Some(a),
-                Err(e) => panic!("the control plane did not start: {e}"),
-            }
-        }
-        ControlPlaneProcess {
-            child,
-            admin: admin.unwrap(),
-            grpc: grpc.unwrap(),
-        }
-    }
-
-    /// Resident memory (VmRSS) in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb * 1024
-    }
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    cp: &ControlPlaneProcess,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut req = http
-        .request(method, format!("http://{}/api/v1{path}", cp.admin))
-        .bearer_auth(TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
-}
-
-async fn metric(http: &reqwest::Client, cp: &ControlPlaneProcess, name: &str) -> f64 {
-    let text = http
-        .get(format!("http://{}/metrics", cp.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 fn proxy(model: &str) -> Value {
     json!({

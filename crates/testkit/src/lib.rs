@@ -6,6 +6,7 @@
 pub mod bedrock;
 pub mod control_plane;
 pub mod embeddings;
+pub mod fault_proxy;
 pub mod gemini;
 pub mod node_sim;
 pub mod openai;
@@ -17,6 +18,7 @@ pub mod snapshots;
 pub use bedrock::{BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, MockBedrock};
 pub use control_plane::{FakeControlPlane, NodeEvent};
 pub use embeddings::MockEmbeddings;
+pub use fault_proxy::{Fault, FaultProxy};
 pub use gemini::{GEMINI_API_KEY, MockGemini};
 pub use node_sim::{NodeSimulator, SimConfig};
 pub use openai::{AZURE_API_KEY, MOCK_API_KEY, MockAzure, MockConfig, MockOpenAi};

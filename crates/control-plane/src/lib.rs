@@ -186,7 +186,7 @@ impl ControlPlane {
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .add_service(
-                    switchyard_proto::v1::config_distribution_server::ConfigDistributionServer::new(
+                    switchyard_proto::encoded::config_distribution_server::ConfigDistributionServer::new(
                         distributor,
                     ),
                 );

@@ -13,8 +13,9 @@ use futures::Stream;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use switchyard_model::snapshot::Snapshot;
+use switchyard_proto::encoded;
+use switchyard_proto::encoded::config_distribution_server::ConfigDistribution;
 use switchyard_proto::v1 as pb;
-use switchyard_proto::v1::config_distribution_server::ConfigDistribution;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -33,12 +34,28 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// Builds snapshots from the store (the gateway's proxies and the semantic services they
-/// name), decrypting secrets, and caches the newest per gateway so that many nodes of one
-/// gateway share one build.
+/// name), decrypting secrets, and caches the newest per gateway, encoded: the many nodes of
+/// one gateway share one build and one encoding per version.
 pub struct Snapshots {
     store: Arc<Store>,
     keyring: Arc<Keyring>,
-    cache: Mutex<HashMap<String, Arc<pb::Snapshot>>>,
+    cache: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Cached>>>>,
+}
+
+/// One gateway's snapshot at one version, ready to send.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub version: u64,
+    /// The `ControlMessage` carrying it, encoded once (clones share the bytes).
+    pub message: encoded::ControlMessage,
+}
+
+/// A gateway's cache entry: the newest build, and the hub's change count it was checked
+/// against the store at (so the sessions woken by one change ask the store once).
+#[derive(Debug, Default)]
+struct Cached {
+    built: Option<Built>,
+    checked_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,24 +85,52 @@ impl Snapshots {
         }
     }
 
-    /// The current snapshot of `gateway`.
-    pub async fn current(&self, gateway: &str) -> Result<Arc<pb::Snapshot>, SnapshotError> {
+    /// The current snapshot of `gateway`, checked against the store.
+    pub async fn current(&self, gateway: &str) -> Result<Built, SnapshotError> {
+        self.current_as_of(gateway, None).await
+    }
+
+    /// The current snapshot of `gateway` as of the hub's change count `change`: the first
+    /// caller for a count asks the store (and builds and encodes a new version once); the
+    /// others, woken by the same change, share its answer. `None` always asks the store.
+    pub async fn current_as_of(
+        &self,
+        gateway: &str,
+        change: Option<u64>,
+    ) -> Result<Built, SnapshotError> {
+        let entry = Arc::clone(
+            self.cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(gateway.to_owned())
+                .or_default(),
+        );
+        let mut entry = entry.lock().await;
+        if let (Some(change), Some(checked), Some(built)) = (change, entry.checked_at, &entry.built)
+            && checked >= change
+        {
+            return Ok(built.clone());
+        }
         let record = self
             .store
             .get_gateway(gateway)
             .await?
             .ok_or(SnapshotError::GatewayGone)?;
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(gateway)
-            .cloned();
-        if let Some(s) = cached
-            && s.version == record.config_version
+        if let Some(built) = &entry.built
+            && built.version == record.config_version
         {
-            return Ok(s);
+            let built = built.clone();
+            entry.checked_at = change.max(entry.checked_at);
+            return Ok(built);
         }
+        let built = self.build(gateway).await?;
+        entry.checked_at = change.max(entry.checked_at);
+        entry.built = Some(built.clone());
+        Ok(built)
+    }
+
+    /// Reads, decrypts and encodes `gateway`'s snapshot.
+    async fn build(&self, gateway: &str) -> Result<Built, SnapshotError> {
         let source = self
             .store
             .snapshot_source(gateway)
@@ -124,15 +169,15 @@ impl Snapshots {
             topics: source.topics,
             created_at: Utc::now(),
         };
-        let built = Arc::new(pb::Snapshot::from(&snapshot));
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        match cache.get(gateway) {
-            Some(newer) if newer.version > built.version => Ok(newer.clone()),
-            _ => {
-                cache.insert(gateway.to_owned(), built.clone());
-                Ok(built)
-            }
-        }
+        let message = encoded::ControlMessage::snapshot(&pb::Snapshot::from(&snapshot));
+        metrics::counter!("switchyard_control_plane_snapshot_encodings_total").increment(1);
+        metrics::histogram!("switchyard_control_plane_snapshot_bytes")
+            .record(message.snapshot_len() as f64);
+        let built = Built {
+            version: snapshot.version,
+            message,
+        };
+        Ok(built)
     }
 }
 
@@ -181,7 +226,7 @@ impl Distributor {
     }
 }
 
-type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+type ControlStream = Pin<Box<dyn Stream<Item = Result<encoded::ControlMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ConfigDistribution for Distributor {
@@ -248,7 +293,7 @@ impl Session {
         mut self,
         hello: pb::Hello,
         mut inbound: Streaming<pb::NodeMessage>,
-        tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+        tx: mpsc::Sender<Result<encoded::ControlMessage, Status>>,
     ) {
         let gauge = metrics::gauge!("switchyard_control_plane_connected_nodes", "gateway" => self.gateway.clone());
         gauge.increment(1.0);
@@ -277,13 +322,14 @@ impl Session {
                     if changed.is_err() {
                         break "hub closed";
                     }
-                    match self.snapshots.current(&self.gateway).await {
+                    let change = *self.changes.borrow_and_update();
+                    // A new stream checks the store itself; streams woken by one change
+                    // share one check.
+                    let as_of = sent.is_some().then_some(change);
+                    match self.snapshots.current_as_of(&self.gateway, as_of).await {
                         Ok(snapshot) if sent != Some(snapshot.version) => {
                             let version = snapshot.version;
-                            let msg = pb::ControlMessage {
-                                kind: Some(pb::control_message::Kind::Snapshot((*snapshot).clone())),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
+                            if tx.send(Ok(snapshot.message)).await.is_err() {
                                 break "stream closed";
                             }
                             metrics::counter!("switchyard_control_plane_snapshots_sent_total").increment(1);

@@ -2,7 +2,8 @@
 //! PostgreSQL database, two in-process gateway nodes reaching them through the testkit's
 //! `FaultProxy` (which also spreads connections over the replicas like a Service), and
 //! steady client load through both nodes while the test kills replicas (SIGKILL),
-//! black-holes a node's link, and hangs a replica (SIGSTOP/SIGCONT) right after a change.
+//! black-holes a node's link, hangs a replica (SIGSTOP/SIGCONT) right after a change, cuts a
+//! link, and stops its private PostgreSQL server and starts it again.
 //!
 //! Every run checks: zero failed client requests; every node on the newest version within
 //! 1 s of the link healing (or of the surviving path being there); no acknowledged admin
@@ -24,7 +25,7 @@ use support::{ControlPlaneProcess, call};
 use switchyard_gateway::{Gateway, GatewayConfig, SyncTuning};
 use switchyard_testkit::FaultProxy;
 use switchyard_testkit::openai::{MOCK_API_KEY, MockOpenAi};
-use switchyard_testkit::pg::PgDatabase;
+use switchyard_testkit::pg::{PgDatabase, PgServer};
 
 fn fault_secs() -> u64 {
     std::env::var("SWITCHYARD_CHAOS_SECS")
@@ -144,7 +145,9 @@ async fn all_on(nodes: &[Gateway], version: u64, within: Duration, what: &str) -
 async fn the_fleet_survives_kills_black_holes_and_hangs() {
     let secs = fault_secs();
     let mock = MockOpenAi::start().await.unwrap();
-    let db = PgDatabase::create().await;
+    // A private server: this test stops and starts it.
+    let pg = PgServer::start();
+    let db = PgDatabase::create_on(&pg.url()).await;
     let a = ControlPlaneProcess::start(db.url());
     let b = ControlPlaneProcess::start_at(db.url(), "127.0.0.1:0", "127.0.0.1:0");
     let addrs = [
@@ -270,6 +273,41 @@ async fn the_fleet_survives_kills_black_holes_and_hangs() {
     report.push((
         "link cut",
         all_on(&nodes, v, Duration::from_secs(1), "after a cut").await,
+    ));
+
+    // 6. Stop PostgreSQL (as a crash) and start it again: nodes serve throughout; a write
+    //    during the outage is refused (never acknowledged); the first write after reaches
+    //    every node within a second.
+    pg.stop();
+    let refused = fleet
+        .http
+        .put(format!(
+            "http://{}/api/v1/proxies/{}",
+            fleet.admin().admin,
+            fleet.proxy_id
+        ))
+        .bearer_auth(support::TOKEN)
+        .json(&proxy(&fleet.upstream, "never-stored"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        refused.status().is_server_error(),
+        "a write without a database: {}",
+        refused.status()
+    );
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    pg.start_again();
+    let v = fleet.change(0).await;
+    report.push((
+        "PostgreSQL restarted",
+        all_on(
+            &nodes,
+            v,
+            Duration::from_secs(1),
+            "after PostgreSQL came back",
+        )
+        .await,
     ));
 
     load.stop.store(true, Ordering::Relaxed);

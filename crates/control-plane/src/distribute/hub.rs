@@ -61,7 +61,9 @@ pub async fn listen_postgres(store: Arc<Store>, hub: Arc<Hub>, cancel: Cancellat
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    // At most 250 ms between attempts: when the database comes back, the nodes of
+                    // this replica must hear of changes made elsewhere within a second.
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
                     continue;
                 }
             },

@@ -255,7 +255,11 @@ impl ConfigDistribution for Distributor {
         }
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
-            store: self.store.clone(),
+            recorder: spawn_recorder(
+                self.store.clone(),
+                hello.gateway.clone(),
+                hello.node_id.clone(),
+            ),
             snapshots: self.snapshots.clone(),
             changes: self.hub.subscribe(&hello.gateway),
             cancel: self.cancel.child_token(),
@@ -268,9 +272,57 @@ impl ConfigDistribution for Distributor {
     }
 }
 
+/// What a session records of its node, owned so it can wait in the recorder's queue.
+#[derive(Debug)]
+enum Record {
+    Connected {
+        address: String,
+        software_version: String,
+    },
+    Applied(u64),
+    Rejected(u64, String),
+    Heartbeat,
+    Disconnected,
+}
+
+/// How many node events may wait for the store before new ones are dropped (a heartbeat or
+/// ACK that cannot be written is logged; the node's next one corrects the record).
+const RECORD_QUEUE: usize = 256;
+
+/// Writes one node's events to the store in order, in a task of its own: a slow or
+/// unreachable database never holds up the node's stream, so snapshots keep flowing while
+/// PostgreSQL is away. Ends when the session drops its sender (after `Disconnected`).
+fn spawn_recorder(store: Arc<Store>, gateway: String, node_id: String) -> mpsc::Sender<Record> {
+    let (tx, mut rx) = mpsc::channel::<Record>(RECORD_QUEUE);
+    tokio::spawn(async move {
+        while let Some(record) = rx.recv().await {
+            let event = match &record {
+                Record::Connected {
+                    address,
+                    software_version,
+                } => NodeEvent::Connected {
+                    address,
+                    software_version,
+                },
+                Record::Applied(version) => NodeEvent::Applied { version: *version },
+                Record::Rejected(version, error) => NodeEvent::Rejected {
+                    version: *version,
+                    error,
+                },
+                Record::Heartbeat => NodeEvent::Heartbeat,
+                Record::Disconnected => NodeEvent::Disconnected,
+            };
+            if let Err(e) = store.record_node(&gateway, &node_id, event).await {
+                tracing::warn!(gateway = %gateway, node = %node_id, error = %e, "cannot record node state");
+            }
+        }
+    });
+    tx
+}
+
 /// One node's stream: sends snapshots, records ACKs/NACKs and heartbeats.
 struct Session {
-    store: Arc<Store>,
+    recorder: mpsc::Sender<Record>,
     snapshots: Arc<Snapshots>,
     changes: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
@@ -279,13 +331,9 @@ struct Session {
 }
 
 impl Session {
-    async fn record(&self, event: NodeEvent<'_>) {
-        if let Err(e) = self
-            .store
-            .record_node(&self.gateway, &self.node_id, event)
-            .await
-        {
-            tracing::warn!(gateway = %self.gateway, node = %self.node_id, error = %e, "cannot record node state");
+    fn record(&self, record: Record) {
+        if let Err(e) = self.recorder.try_send(record) {
+            tracing::warn!(gateway = %self.gateway, node = %self.node_id, record = ?e.into_inner(), "the store is behind: a node event was not recorded");
         }
     }
 
@@ -301,16 +349,12 @@ impl Session {
             gateway = %self.gateway, node = %self.node_id, address = %hello.address,
             version = hello.current_version, "node connected"
         );
-        self.record(NodeEvent::Connected {
-            address: &hello.address,
-            software_version: &hello.software_version,
-        })
-        .await;
+        self.record(Record::Connected {
+            address: hello.address.clone(),
+            software_version: hello.software_version.clone(),
+        });
         if hello.current_version > 0 {
-            self.record(NodeEvent::Applied {
-                version: hello.current_version,
-            })
-            .await;
+            self.record(Record::Applied(hello.current_version));
         }
         let mut sent: Option<u64> = None;
         self.changes.mark_changed();
@@ -347,7 +391,7 @@ impl Session {
                     }
                 }
                 msg = inbound.next() => match msg {
-                    Some(Ok(pb::NodeMessage { kind: Some(kind) })) => self.on_message(kind).await,
+                    Some(Ok(pb::NodeMessage { kind: Some(kind) })) => self.on_message(kind),
                     Some(Ok(_)) => {}
                     Some(Err(status)) => {
                         tracing::debug!(gateway = %self.gateway, node = %self.node_id, error = %status, "node stream error");
@@ -359,20 +403,17 @@ impl Session {
         };
         gauge.decrement(1.0);
         tracing::info!(gateway = %self.gateway, node = %self.node_id, reason, "node disconnected");
-        self.record(NodeEvent::Disconnected).await;
+        self.record(Record::Disconnected);
     }
 
-    async fn on_message(&self, kind: pb::node_message::Kind) {
+    fn on_message(&self, kind: pb::node_message::Kind) {
         use pb::node_message::Kind;
         match kind {
             Kind::Ack(ack) if ack.applied => {
                 metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "ack")
                     .increment(1);
                 tracing::info!(gateway = %self.gateway, node = %self.node_id, version = ack.version, "node applied snapshot");
-                self.record(NodeEvent::Applied {
-                    version: ack.version,
-                })
-                .await;
+                self.record(Record::Applied(ack.version));
             }
             Kind::Ack(ack) => {
                 metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "nack")
@@ -381,13 +422,9 @@ impl Session {
                     gateway = %self.gateway, node = %self.node_id, version = ack.version,
                     error = %ack.error, "node rejected snapshot"
                 );
-                self.record(NodeEvent::Rejected {
-                    version: ack.version,
-                    error: &ack.error,
-                })
-                .await;
+                self.record(Record::Rejected(ack.version, ack.error));
             }
-            Kind::Heartbeat(_) => self.record(NodeEvent::Heartbeat).await,
+            Kind::Heartbeat(_) => self.record(Record::Heartbeat),
             Kind::Hello(_) => {
                 tracing::warn!(gateway = %self.gateway, node = %self.node_id, "unexpected second hello ignored");
             }

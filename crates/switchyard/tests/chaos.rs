@@ -2,7 +2,8 @@
 //! PostgreSQL database, two in-process gateway nodes reaching them through the testkit's
 //! `FaultProxy` (which also spreads connections over the replicas like a Service), and
 //! steady client load through both nodes while the test kills replicas (SIGKILL),
-//! black-holes a node's link, hangs a replica (SIGSTOP/SIGCONT) right after a change, cuts a
+//! black-holes a node's link, hangs the replica a node streams from (SIGSTOP) while a change
+//! is made through the other and resumes it (SIGCONT), cuts a
 //! link, and stops its private PostgreSQL server and starts it again.
 //!
 //! Every run checks: zero failed client requests; every node on the newest version within
@@ -256,14 +257,32 @@ async fn the_fleet_survives_kills_black_holes_and_hangs() {
         .await,
     ));
 
-    // 4. Hang replica A (SIGSTOP) right after it acknowledged a change, mid-fan-out; then
-    //    let it go on.
-    let v = fleet.change(0).await;
+    // 4. Hang replica A (SIGSTOP) with node 0 streaming from it, make a change through B
+    //    while A hangs, then let A go on (SIGCONT): node 0 serves throughout, and is on the
+    //    newest version within 1 s of A resuming.
+    let sessions = nodes[0].sync_state().borrow().sessions;
+    links[0].cut(); // node 0 reconnects to its first choice, A
+    let reconnected = Instant::now();
+    while nodes[0].sync_state().borrow().sessions == sessions
+        || !nodes[0].sync_state().borrow().connected
+    {
+        assert!(
+            reconnected.elapsed() < Duration::from_secs(5),
+            "node 0 did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fleet.a.as_ref().unwrap().signal("STOP");
+    let v = fleet.change(1).await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let behind = nodes[0].applied_version() < Some(v);
     fleet.a.as_ref().unwrap().signal("CONT");
     report.push((
-        "hung replica resumed",
+        if behind {
+            "hung replica resumed (node 0 was behind)"
+        } else {
+            "hung replica resumed"
+        },
         all_on(&nodes, v, Duration::from_secs(1), "after SIGCONT").await,
     ));
 

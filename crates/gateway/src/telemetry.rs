@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{SharedString, counter, gauge, histogram};
+use metrics::{Counter, Histogram, SharedString, counter, gauge, histogram};
 
 pub(crate) const REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
 pub(crate) const REQUEST_DURATION: &str = "switchyard_gateway_request_duration_seconds";
@@ -38,6 +38,58 @@ impl Label {
             Label::Static(s) => SharedString::const_str(s),
             Label::Shared(s) => SharedString::from(Arc::clone(s)),
         }
+    }
+}
+
+/// A route's metric handles for the common case (a `200`, its input and output tokens),
+/// looked up once per route and table rather than once per request.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    ok: Counter,
+    duration: Histogram,
+    input_tokens: Counter,
+    output_tokens: Counter,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(proxy: &Label, route: &Label) -> RouteMetrics {
+        RouteMetrics {
+            ok: counter!(
+                REQUESTS_TOTAL,
+                "proxy" => proxy.shared(),
+                "route" => route.shared(),
+                "status" => status_label(200),
+            ),
+            duration: histogram!(
+                REQUEST_DURATION,
+                "proxy" => proxy.shared(),
+                "route" => route.shared(),
+            ),
+            input_tokens: counter!(
+                TOKENS_TOTAL,
+                "proxy" => proxy.shared(),
+                "route" => route.shared(),
+                "type" => "input",
+            ),
+            output_tokens: counter!(
+                TOKENS_TOTAL,
+                "proxy" => proxy.shared(),
+                "route" => route.shared(),
+                "type" => "output",
+            ),
+        }
+    }
+
+    /// [`request_finished`] for a `200`.
+    pub(crate) fn ok(&self, elapsed: Duration) {
+        self.ok.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    /// [`tokens`] of type `input` and `output`.
+    pub(crate) fn tokens(&self, input: u64, output: u64) {
+        self.input_tokens.increment(input);
+        self.output_tokens.increment(output);
     }
 }
 

@@ -43,14 +43,24 @@ pub(crate) struct UsageRecord {
     pub time_to_first_byte: Option<Duration>,
     /// What the upstream reported; `None` when it reported nothing (or no upstream answered).
     pub usage: Option<Usage>,
+    /// The serving route's metric handles, when a route was chosen.
+    pub route_metrics: Option<Arc<telemetry::RouteMetrics>>,
 }
 
 /// Records a finished request: metrics and the `request finished` log line (in `span`).
 pub(crate) fn record(rec: &UsageRecord, span: &Span) {
-    telemetry::request_finished(&rec.proxy, &rec.route, rec.status, rec.latency);
+    match &rec.route_metrics {
+        Some(m) if rec.status == 200 => m.ok(rec.latency),
+        _ => telemetry::request_finished(&rec.proxy, &rec.route, rec.status, rec.latency),
+    }
     if let Some(usage) = &rec.usage {
-        telemetry::tokens(&rec.proxy, &rec.route, "input", usage.input_tokens);
-        telemetry::tokens(&rec.proxy, &rec.route, "output", usage.output_tokens);
+        match &rec.route_metrics {
+            Some(m) => m.tokens(usage.input_tokens, usage.output_tokens),
+            None => {
+                telemetry::tokens(&rec.proxy, &rec.route, "input", usage.input_tokens);
+                telemetry::tokens(&rec.proxy, &rec.route, "output", usage.output_tokens);
+            }
+        }
         if let Some(cached) = usage.cached_input_tokens.filter(|n| *n > 0) {
             telemetry::tokens(&rec.proxy, &rec.route, "cached_input", cached);
         }
@@ -115,6 +125,7 @@ mod tests {
                 cache_write_input_tokens: None,
                 reasoning_tokens: None,
             }),
+            route_metrics: None,
         };
         metrics::with_local_recorder(&recorder, || {
             record(&rec, &Span::none());

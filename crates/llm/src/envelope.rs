@@ -52,20 +52,23 @@ pub struct Scanned {
     entries: Vec<Entry>,
 }
 
-impl Scanned {
-    fn key<'a>(&'a self, body: &'a [u8], entry: &'a Entry) -> &'a str {
-        match &entry.key {
-            Key::Span(r) => std::str::from_utf8(&body[r.clone()]).unwrap_or_default(),
-            Key::Owned(k) => k,
+impl Entry {
+    /// Whether this entry's key is `key` (a key without escapes is its bytes in the body).
+    fn is(&self, body: &[u8], key: &str) -> bool {
+        match &self.key {
+            Key::Span(r) => &body[r.clone()] == key.as_bytes(),
+            Key::Owned(k) => &**k == key,
         }
     }
+}
 
+impl Scanned {
     /// The raw text of the value of `key` (the last one, if repeated).
     pub fn raw<'a>(&self, body: &'a [u8], key: &str) -> Option<&'a str> {
         self.entries
             .iter()
             .rev()
-            .find(|e| self.key(body, e) == key)
+            .find(|e| e.is(body, key))
             .and_then(|e| std::str::from_utf8(&body[e.value.clone()]).ok())
     }
 
@@ -73,15 +76,12 @@ impl Scanned {
         self.entries
             .iter()
             .rev()
-            .find(|e| self.key(body, e) == key)
+            .find(|e| e.is(body, key))
             .map(|e| e.value.clone())
     }
 
     fn count(&self, body: &[u8], key: &str) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| self.key(body, e) == key)
-            .count()
+        self.entries.iter().filter(|e| e.is(body, key)).count()
     }
 
     /// The body with every top-level `model` set to `model` (added first when absent) and,
@@ -122,9 +122,9 @@ impl Scanned {
             }
             out.push(b':');
             let value = &body[entry.value.clone()];
-            match (self.key(body, entry), model) {
-                ("model", Some(model)) => write_json_str(&mut out, model),
-                ("stream_options", _) if ask_usage => {
+            match model {
+                Some(model) if entry.is(body, "model") => write_json_str(&mut out, model),
+                _ if ask_usage && entry.is(body, "stream_options") => {
                     has_options = true;
                     out.extend_from_slice(&with_include_usage(value)?);
                 }

@@ -64,6 +64,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         route: Label::Static(NONE),
         format: InboundFormat::OpenAiChat,
         served: Served::default(),
+        route_metrics: None,
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -208,6 +209,11 @@ impl Ctx {
     /// Records the route about to be tried; returns its `x-switchyard-model` value.
     fn choose(&mut self, route: &CompiledRoute, choice: &Choice) -> HeaderValue {
         self.route = Label::Shared(Arc::clone(&route.name));
+        let (proxy, label) = (&self.proxy, &self.route);
+        self.route_metrics =
+            Some(Arc::clone(route.metrics.get_or_init(|| {
+                Arc::new(crate::telemetry::RouteMetrics::new(proxy, label))
+            })));
         self.span.record("route", &*route.name);
         self.span.record("model", &*choice.model);
         self.served = Served {

@@ -44,6 +44,8 @@ pub(crate) struct Ctx {
     /// The client's format: errors are rendered in it.
     pub format: InboundFormat,
     pub served: Served,
+    /// The chosen route's metric handles.
+    pub route_metrics: Option<Arc<telemetry::RouteMetrics>>,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -305,6 +307,7 @@ impl Ctx {
                 latency: std::time::Duration::ZERO,
                 time_to_first_byte: None,
                 usage: None,
+                route_metrics: self.route_metrics.clone(),
             },
         }
     }
@@ -524,6 +527,7 @@ mod tests {
             route: Label::Static("r"),
             format: InboundFormat::OpenAiChat,
             served: Served::default(),
+            route_metrics: None,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct CompiledRoute {
     /// The `x-switchyard-route` value.
     pub(crate) name_header: HeaderValue,
     pub(crate) upstream: Upstream,
+    /// Its metric handles, made on first use.
+    pub(crate) metrics: std::sync::OnceLock<Arc<crate::telemetry::RouteMetrics>>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +198,7 @@ fn compile_proxy(
             target_model: route.target_model.as_deref().map(Arc::from),
             name_header,
             upstream,
+            metrics: std::sync::OnceLock::new(),
         }));
     }
     let fallback = match &spec.routing.fallback {

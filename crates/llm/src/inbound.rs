@@ -510,4 +510,138 @@ mod tests {
         let gem = String::from_utf8(gem.to_vec()).unwrap();
         assert!(gem.contains("\"args\":{\"x\":2}"));
     }
+
+    /// The prompt text (moved from the gateway's `semantic::prompt`, same cases).
+    fn prompt(format: InboundFormat, body: serde_json::Value) -> Option<String> {
+        let bytes = body.to_string();
+        let envelope = format.envelope(bytes.as_bytes()).unwrap();
+        format.prompt_text(&envelope, bytes.as_bytes())
+    }
+
+    #[test]
+    fn chat_takes_the_last_user_message() {
+        use serde_json::json;
+        let b = json!({"messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "second"},
+                {"type": "image_url", "image_url": {"url": "data:…"}},
+                {"type": "text", "text": "question"}
+            ]},
+            {"role": "tool", "content": "tool output"}
+        ]});
+        assert_eq!(
+            prompt(InboundFormat::OpenAiChat, b).as_deref(),
+            Some("second\nquestion")
+        );
+        let none = json!({"messages": [{"role": "system", "content": "x"}]});
+        assert_eq!(prompt(InboundFormat::OpenAiChat, none), None);
+        let blank = json!({"messages": [{"role": "user", "content": "  "}]});
+        assert_eq!(prompt(InboundFormat::OpenAiChat, blank), None);
+        assert_eq!(prompt(InboundFormat::OpenAiChat, json!({})), None);
+    }
+
+    #[test]
+    fn responses_input_string_or_items() {
+        use serde_json::json;
+        let s = json!({"input": "hello there"});
+        assert_eq!(
+            prompt(InboundFormat::OpenAiResponses, s).as_deref(),
+            Some("hello there")
+        );
+        let items = json!({"input": [
+            {"role": "user", "content": "old"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "new"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "x"}
+        ]});
+        assert_eq!(
+            prompt(InboundFormat::OpenAiResponses, items).as_deref(),
+            Some("new")
+        );
+    }
+
+    #[test]
+    fn gemini_contents() {
+        use serde_json::json;
+        let b = json!({"contents": [
+            {"role": "user", "parts": [{"text": "one"}]},
+            {"role": "model", "parts": [{"text": "two"}]},
+            {"parts": [{"text": "three"}, {"text": "four"}]}
+        ]});
+        assert_eq!(
+            prompt(InboundFormat::Gemini, b).as_deref(),
+            Some("three\nfour")
+        );
+    }
+
+    #[test]
+    fn endpoints_labels_and_error_shapes() {
+        assert_eq!(
+            InboundFormat::OpenAiChat.match_path("/v1/chat/completions"),
+            Some(Operation {
+                format: InboundFormat::OpenAiChat,
+                model: None,
+                stream: None
+            })
+        );
+        assert_eq!(
+            InboundFormat::OpenAiResponses.match_path("/chat/completions"),
+            None
+        );
+        let op = InboundFormat::Gemini
+            .match_path("/v1beta/models/g%2Fm:streamGenerateContent")
+            .unwrap();
+        assert_eq!((op.model.as_deref(), op.stream), (Some("g/m"), Some(true)));
+        let labels: Vec<_> = InboundFormat::ALL.iter().map(|f| f.label()).collect();
+        assert_eq!(labels, ["openai_chat", "openai_responses", "gemini"]);
+        assert_eq!(
+            InboundFormat::for_surface("gemini"),
+            Some(InboundFormat::Gemini)
+        );
+        assert_eq!(
+            InboundFormat::for_surface("openai"),
+            Some(InboundFormat::OpenAiChat)
+        );
+        assert!(
+            InboundFormat::OpenAiChat.has_error_shape(br#"{"error":{"message":"m","type":null}}"#)
+        );
+        assert!(
+            !InboundFormat::Gemini.has_error_shape(br#"{"error":{"message":"m","type":null}}"#)
+        );
+        assert!(InboundFormat::Gemini.has_error_shape(
+            br#"{"error":{"code":400,"message":"m","status":"INVALID_ARGUMENT"}}"#
+        ));
+        assert!(!InboundFormat::OpenAiChat.has_error_shape(b"<html>"));
+    }
+
+    #[test]
+    fn passthrough_bodies_are_written_once() {
+        let body = Bytes::from_static(br#"{"model":"r/m","stream":true,"messages":[]}"#);
+        let env = InboundFormat::OpenAiChat.envelope(&body).unwrap();
+        assert!(InboundFormat::OpenAiChat.asks_stream_usage(&env));
+        let out = InboundFormat::OpenAiChat
+            .passthrough_body(&env, &body, "m", true)
+            .unwrap();
+        assert_eq!(
+            out.as_ref(),
+            br#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#
+        );
+        // Responses bodies never get stream_options; Gemini bodies go as they are.
+        let env = InboundFormat::OpenAiResponses.envelope(&body).unwrap();
+        assert!(!InboundFormat::OpenAiResponses.asks_stream_usage(&env));
+        let out = InboundFormat::OpenAiResponses
+            .passthrough_body(&env, &body, "m", true)
+            .unwrap();
+        assert_eq!(
+            out.as_ref(),
+            br#"{"model":"m","stream":true,"messages":[]}"#
+        );
+        let env = InboundFormat::Gemini.envelope(&body).unwrap();
+        let out = InboundFormat::Gemini
+            .passthrough_body(&env, &body, "m", true)
+            .unwrap();
+        assert_eq!(out, body);
+    }
 }

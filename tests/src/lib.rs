@@ -48,6 +48,7 @@ pub struct Plane {
     pub admin_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     running: Option<ControlPlane>,
+    tweak: Box<dyn Fn(&mut ControlPlaneConfig) + Send + Sync>,
 }
 
 /// Port 0: the control plane binds a free port itself (and holds it), so parallel tests
@@ -56,7 +57,17 @@ const ANY_PORT: &str = "127.0.0.1:0";
 
 impl Plane {
     pub async fn start(store: &Store) -> Plane {
+        Self::start_with(store, |_| {}).await
+    }
+
+    /// [`Plane::start`] with the configuration adjusted by `tweak` (metrics, limits…); the
+    /// same adjustment applies on every [`Plane::restart`].
+    pub async fn start_with(
+        store: &Store,
+        tweak: impl Fn(&mut ControlPlaneConfig) + Send + Sync + 'static,
+    ) -> Plane {
         let mut plane = Plane {
+            tweak: Box::new(tweak),
             url: store.url(),
             key: Keyring::generate_key(),
             admin_addr: ANY_PORT.parse().unwrap(),
@@ -71,13 +82,14 @@ impl Plane {
     /// ports it had (the first start picks free ones).
     pub async fn restart(&mut self) {
         assert!(self.running.is_none(), "already running");
-        let config = ControlPlaneConfig {
+        let mut config = ControlPlaneConfig {
             admin_listen: self.admin_addr,
             grpc_listen: self.grpc_addr,
             admin_token: Some(ADMIN_TOKEN.into()),
             resync_interval: Duration::from_millis(500),
             ..ControlPlaneConfig::new(self.url.clone(), self.key.clone())
         };
+        (self.tweak)(&mut config);
         let running = ControlPlane::start(config).await.unwrap();
         self.admin_addr = running.admin_addr();
         self.grpc_addr = running.grpc_addr();
@@ -179,12 +191,24 @@ pub async fn start_node_at(
     cache_dir: &Path,
     listen: SocketAddr,
 ) -> Gateway {
-    let mut config = GatewayConfig::new(control_plane, gateway, token, cache_dir);
+    let mut config = node_config(control_plane, gateway, token, cache_dir);
     config.listen = listen;
+    Gateway::start_with(config, fast_sync()).await.unwrap()
+}
+
+/// The configuration [`start_node`] uses, to adjust before starting a node.
+pub fn node_config(
+    control_plane: &str,
+    gateway: &str,
+    token: &str,
+    cache_dir: &Path,
+) -> GatewayConfig {
+    let mut config = GatewayConfig::new(control_plane, gateway, token, cache_dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
     config.upstream_connect_timeout = Duration::from_secs(2);
     config.upstream_header_timeout = Duration::from_secs(5);
     config.drain_timeout = Duration::from_secs(5);
-    Gateway::start_with(config, fast_sync()).await.unwrap()
+    config
 }
 
 /// Polls `check` every 20 ms until it holds, failing after `within`.

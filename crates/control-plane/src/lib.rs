@@ -294,23 +294,26 @@ impl TlsServers {
     }
 }
 
-/// `map` (a value's `try_map_secrets`) with every secret moved under the current key: `None`
-/// when nothing was stale, or when a secret cannot be decrypted (the first such error is kept
-/// in `failure`).
+/// `map` (a value's `try_map_secrets_at`) with every secret of `owner` moved to the current
+/// form and key: `None` when nothing was stale, or when a secret cannot be decrypted (the
+/// first such error is kept in `failure`).
 fn rotated<T>(
     keyring: &Keyring,
+    owner: &str,
     failure: &mut Option<crypto::CryptoError>,
     map: impl FnOnce(
-        &mut dyn FnMut(Secret) -> Result<Secret, crypto::CryptoError>,
+        &mut dyn FnMut(&str, Secret) -> Result<Secret, crypto::CryptoError>,
     ) -> Result<T, crypto::CryptoError>,
 ) -> Option<T> {
     let mut stale = false;
-    let rewritten = map(&mut |s: Secret| {
-        if keyring.is_current(&s) {
-            return Ok(s);
-        }
-        stale = true;
-        keyring.decrypt(&s).map(|plain| keyring.encrypt(&plain))
+    let rewritten = map(&mut |field: &str, s: Secret| {
+        Ok(match keyring.rotate(&s, owner, field)? {
+            Some(fresh) => {
+                stale = true;
+                fresh
+            }
+            None => s,
+        })
     });
     match rewritten {
         Ok(value) => stale.then_some(value),
@@ -325,15 +328,21 @@ fn rotated<T>(
 async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<(), StartError> {
     let mut failure: Option<crypto::CryptoError> = None;
     let changed = store
-        .rewrite_specs(|spec| Ok(rotated(keyring, &mut failure, |f| spec.try_map_secrets(f))))
+        .rewrite_specs(|spec| {
+            let owner = spec.secret_owner();
+            Ok(rotated(keyring, &owner, &mut failure, |f| {
+                spec.try_map_secrets_at(f)
+            }))
+        })
         .await?;
     if let Some(e) = failure {
         return Err(StartError::Key(e));
     }
     let services = store
         .rewrite_semantic_services(|service| {
-            Ok(rotated(keyring, &mut failure, |f| {
-                service.try_map_secrets(f)
+            let owner = service.secret_owner();
+            Ok(rotated(keyring, &owner, &mut failure, |f| {
+                service.try_map_secrets_at(f)
             }))
         })
         .await?;

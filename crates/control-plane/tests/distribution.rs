@@ -95,6 +95,7 @@ async fn connect(
             current_version: 0,
             address: "127.0.0.1:8000".into(),
             software_version: "test".into(),
+            has_encoder: None,
         })),
     })
     .await
@@ -125,6 +126,7 @@ impl Node {
                     version,
                     applied,
                     error: error.into(),
+                    proxy_failures: vec![],
                 })),
             })
             .await
@@ -157,11 +159,14 @@ async fn snapshots_acks_and_node_status(url: &str) {
         .err()
         .unwrap();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let wrong_token = err.message().to_owned();
+    // An unknown gateway is answered exactly like a wrong token: names cannot be probed.
     let err = connect(cp.grpc_addr(), "nope", &token, "n1")
         .await
         .err()
         .unwrap();
-    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(err.message(), wrong_token);
 
     let mut node = connect(cp.grpc_addr(), "gw", &token, "n1").await.unwrap();
     let first = node.next_snapshot().await;

@@ -181,6 +181,7 @@ fn bank_proxy(name: &str, topics: &[Vec<String>], library: bool) -> switchyard_m
             }
             .into(),
         ],
+        scope: switchyard_model::GuardScope::LastUser,
     });
     p
 }

@@ -223,6 +223,7 @@ async fn run(args: Args) -> Result<(), String> {
             }
             .into(),
         ],
+        scope: switchyard_model::GuardScope::LastUser,
     });
     let cp = FakeControlPlane::start().await.map_err(|e| e.to_string())?;
     cp.push(snapshot("bench", 1, vec![p])).await;

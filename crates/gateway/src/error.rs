@@ -62,6 +62,8 @@ pub(crate) enum ProxyError {
         limit: usize,
     },
     BodyRead(String),
+    /// The client paused longer than the body timeout while sending its body (408).
+    BodyTimeout,
     InvalidJson(String),
     MissingModel(String),
     UnknownRoute(String),
@@ -85,6 +87,14 @@ pub(crate) enum ProxyError {
     NoSemanticRoute(String),
     /// The prompt could not be embedded (encoder saturated or remote service down).
     SemanticUnavailable(String),
+    /// The request breaks one of the node's request limits (messages, parts, nesting, the
+    /// text a prompt guard scans): 400 naming the limit and the field.
+    LimitExceeded {
+        param: &'static str,
+        message: String,
+    },
+    /// The node holds as many request bytes in flight as it allows: 503, retry later.
+    Overloaded,
 }
 
 impl ProxyError {
@@ -96,6 +106,7 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -107,7 +118,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PromptBlocked { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoSemanticRoute(_) => StatusCode::BAD_REQUEST,
-            ProxyError::SemanticUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::SemanticUnavailable(_) | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -121,7 +135,7 @@ impl ProxyError {
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
-            ProxyError::SemanticUnavailable(_) => "service_unavailable",
+            ProxyError::SemanticUnavailable(_) | ProxyError::Overloaded => "service_unavailable",
             _ => "invalid_request_error",
         }
     }
@@ -134,6 +148,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::PayloadTooLarge { .. } => "request_too_large",
             ProxyError::BodyRead(_) => "invalid_body",
+            ProxyError::BodyTimeout => "request_timeout",
             ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::MissingModel(_) => "model_required",
             ProxyError::UnknownRoute(_) => "model_not_found",
@@ -146,9 +161,24 @@ impl ProxyError {
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
             ProxyError::NoSemanticRoute(_) => "no_route_matched",
             ProxyError::SemanticUnavailable(_) => "semantic_unavailable",
+            ProxyError::LimitExceeded { .. } => "request_limit_exceeded",
+            ProxyError::Overloaded => "overloaded",
         }
     }
 
+    /// What went wrong in full, for the log line of the request (never for the client:
+    /// upstream error chains name internal hosts and addresses).
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
+            ProxyError::SemanticUnavailable(why) => {
+                format!("the prompt could not be embedded: {why}")
+            }
+            other => other.message(),
+        }
+    }
+
+    /// The message the client sees.
     pub(crate) fn message(&self) -> String {
         match self {
             ProxyError::NotReady => {
@@ -163,6 +193,9 @@ impl ProxyError {
                 format!("the request body is larger than {limit} bytes")
             }
             ProxyError::BodyRead(why) => format!("could not read the request body: {why}"),
+            ProxyError::BodyTimeout => {
+                "the request body was not received in time (client body timeout)".to_owned()
+            }
             ProxyError::InvalidJson(why) => format!("the request body is not valid JSON: {why}"),
             ProxyError::MissingModel(why) => why.clone(),
             ProxyError::UnknownRoute(model) => format!(
@@ -176,7 +209,9 @@ impl ProxyError {
             }
             ProxyError::InvalidCredential(why) => why.clone(),
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.message.clone(),
-            ProxyError::UpstreamUnavailable(why) => format!("the upstream is unavailable: {why}"),
+            ProxyError::UpstreamUnavailable(_) => {
+                "the upstream is unavailable (the gateway's log has the details under this request's x-request-id)".to_owned()
+            }
             ProxyError::UpstreamTimeout => {
                 "the upstream did not answer in time (response headers timeout)".to_owned()
             }
@@ -194,10 +229,13 @@ impl ProxyError {
                 )
             }
             ProxyError::NoSemanticRoute(why) => why.clone(),
-            ProxyError::SemanticUnavailable(why) => {
-                format!(
-                    "the prompt could not be embedded for semantic routing or the prompt guard: {why}"
-                )
+            ProxyError::SemanticUnavailable(_) => {
+                "the prompt could not be embedded for semantic routing or the prompt guard; retry later (the gateway's log has the details under this request's x-request-id)".to_owned()
+            }
+            ProxyError::LimitExceeded { message, .. } => message.clone(),
+            ProxyError::Overloaded => {
+                "this gateway node is holding as many request bytes as it allows; retry shortly"
+                    .to_owned()
             }
         }
     }
@@ -220,6 +258,13 @@ impl ProxyError {
         match self {
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => {
                 InboundFormat::OpenAiChat.render_error(e).1
+            }
+            ProxyError::LimitExceeded { param, message } => {
+                let body = serde_json::json!({"error": {
+                    "message": message, "type": self.error_type(), "code": self.code(),
+                    "param": param,
+                }});
+                Bytes::from(body.to_string())
             }
             _ => openai_error_body(&self.message(), self.error_type(), self.code()),
         }
@@ -304,6 +349,15 @@ mod tests {
             ),
             (ProxyError::NoSemanticRoute("none".into()), 400),
             (ProxyError::SemanticUnavailable("full".into()), 503),
+            (
+                ProxyError::LimitExceeded {
+                    param: "messages",
+                    message: "at most 2 messages".into(),
+                },
+                400,
+            ),
+            (ProxyError::Overloaded, 503),
+            (ProxyError::BodyTimeout, 408),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -337,6 +391,23 @@ mod tests {
         );
         let m = ProxyError::MissingCredential(CredentialPlace::Header("x-key".into())).message();
         assert!(m.contains("x-key"));
+    }
+
+    #[test]
+    fn clients_never_see_upstream_error_chains() {
+        let chain = "cannot connect to the upstream: tcp connect error: 10.1.2.3:443: refused";
+        for err in [
+            ProxyError::UpstreamUnavailable(chain.into()),
+            ProxyError::SemanticUnavailable(format!("http://embed.internal:9000: {chain}")),
+        ] {
+            for format in [InboundFormat::OpenAiChat, InboundFormat::Gemini] {
+                let body = String::from_utf8(err.body_for(format).to_vec()).unwrap();
+                assert!(!body.contains("10.1.2.3"), "{body}");
+                assert!(!body.contains("internal"), "{body}");
+            }
+            // The log line keeps it.
+            assert!(err.detail().contains("10.1.2.3"));
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@
 
 mod error;
 mod http;
+pub mod limits;
 mod node;
+mod offload;
 mod providers;
 mod routing;
 mod semantic;
@@ -24,6 +26,7 @@ mod telemetry;
 mod usage;
 
 pub use error::GatewayError;
+pub use limits::NodeLimits;
 pub use node::{ControlPlaneTls, Gateway, GatewayConfig, SyncTuning};
 pub use semantic::{EncoderKind, ModelLoadError, load_encoder};
 pub use switchyard_semantic::Encoder;

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::GatewayError;
 use crate::http::{self, AppState};
+use crate::limits::NodeLimits;
 use crate::semantic::{EncoderKind, SemanticEngine, load_encoder};
 use crate::sync::cache::Cache;
 use crate::sync::{self, Applier, SyncSettings, SyncState};
@@ -59,6 +60,8 @@ pub struct GatewayConfig {
     /// Serve the traffic listener over TLS (HTTP/2 and HTTP/1.1 by ALPN); the certificate
     /// is re-read when its files change.
     pub listen_tls: Option<switchyard_tls::ServerTls>,
+    /// Timeouts, connection cap, request limits, CPU pool, egress policy.
+    pub limits: NodeLimits,
 }
 
 /// How a node verifies an `https://` control plane and proves itself to it.
@@ -104,6 +107,7 @@ impl GatewayConfig {
             encoder: None,
             control_plane_tls: ControlPlaneTls::default(),
             listen_tls: None,
+            limits: NodeLimits::default(),
         }
     }
 }
@@ -131,6 +135,7 @@ impl std::fmt::Debug for GatewayConfig {
             )
             .field("control_plane_tls", &self.control_plane_tls)
             .field("listen_tls", &self.listen_tls)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -138,7 +143,9 @@ impl std::fmt::Debug for GatewayConfig {
 /// The client for upstream calls. Each traffic I/O thread builds its own, so that its
 /// pooled connections are driven by the thread that uses them.
 fn upstream_client(config: &GatewayConfig) -> Result<http::UpstreamClient, GatewayError> {
-    http::UpstreamClient::new(config.upstream_connect_timeout).map_err(GatewayError::HttpClient)
+    let egress = http::egress::Policy::new(&config.limits.upstream_deny_cidrs);
+    http::UpstreamClient::new(config.upstream_connect_timeout, egress)
+        .map_err(GatewayError::HttpClient)
 }
 
 /// The pacing of the control-plane stream. The defaults are the production ones; tests
@@ -250,6 +257,16 @@ impl Gateway {
             draining: Arc::new(AtomicBool::new(false)),
             metrics: config.metrics.clone(),
             engine,
+            limits: Arc::new(config.limits.clone()),
+            reading: http::Reading {
+                body_timeout: config.limits.client_body_timeout,
+                budget: http::budget::Budget::new(config.limits.max_inflight_request_bytes),
+                shape: http::shape::ShapeLimits::from(&config.limits),
+                offload: crate::offload::Offload::new(
+                    config.limits.offload_threshold,
+                    config.limits.offload_threads,
+                ),
+            },
         });
         let listener = http::bind(config.listen, "traffic").await?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
@@ -271,6 +288,10 @@ impl Gateway {
         };
 
         let shutdown = CancellationToken::new();
+        let timing = http::Timing {
+            drain: config.drain_timeout,
+            header: config.limits.client_header_timeout,
+        };
         let io_threads = http::IoThreads::start(
             config.io_threads.unwrap_or_else(http::default_io_threads),
             || {
@@ -279,7 +300,8 @@ impl Gateway {
                 Ok(http::router(Arc::new(own)))
             },
             &shutdown,
-            config.drain_timeout,
+            timing,
+            config.limits.max_connections,
             listen_tls.as_ref().map(|(config, _)| Arc::clone(config)),
         )?;
         if let Some((_, cert)) = &listen_tls {
@@ -292,7 +314,7 @@ impl Gateway {
                 l,
                 http::metrics_router(Arc::clone(&state)),
                 shutdown.clone(),
-                config.drain_timeout,
+                timing,
                 "metrics",
             ))
         });

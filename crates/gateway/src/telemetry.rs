@@ -162,6 +162,11 @@ pub(crate) fn snapshot_applied(version: u64) {
     gauge!(SNAPSHOT_VERSION).set(version as f64);
 }
 
+/// How many proxies of the served snapshot this node could not compile.
+pub(crate) fn proxy_failures(count: usize) {
+    gauge!("switchyard_gateway_proxy_failures").set(count as f64);
+}
+
 pub(crate) fn snapshot_apply(result: &'static str) {
     counter!(SNAPSHOT_APPLIES_TOTAL, "result" => result).increment(1);
 }

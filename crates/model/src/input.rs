@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use crate::names::{validate_base_path, validate_name};
 use crate::{
-    Auth, ErrorCode, Fallback, Format, Limits, PromptGuard, Provider, ProxySpec, RegexGuard,
-    RegexPattern, Route, Routing, RoutingScoring, RoutingStrategy, Secret, Selector, Topic,
-    TopicSource, ValidationError, validate_gateway_name,
+    Auth, ErrorCode, Fallback, Format, GuardScope, Limits, PromptGuard, Provider, ProxySpec,
+    RegexGuard, RegexPattern, Route, Routing, RoutingScoring, RoutingStrategy, Secret, Selector,
+    Topic, TopicSource, ValidationError, validate_gateway_name,
 };
 
 /// The body of `POST /proxies` and `PUT /proxies/{id}`.
@@ -46,6 +46,12 @@ pub struct ProxyInput {
     pub created_at: Option<IgnoredAny>,
     #[serde(default)]
     pub updated_at: Option<IgnoredAny>,
+    /// What `GET` shows about nodes' failures; ignored on input.
+    #[serde(default)]
+    pub status: Option<IgnoredAny>,
+    /// A write's warnings; ignored on input.
+    #[serde(default)]
+    pub warnings: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,12 +129,18 @@ pub struct TopicInput {
 pub struct PromptGuardInput {
     pub threshold: f64,
     pub deny_topics: Vec<TopicInput>,
+    /// `last_user` (default) or `all`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegexGuardInput {
     pub patterns: Vec<RegexPatternInput>,
+    /// `all` (default) or `last_user`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,7 +469,18 @@ impl RouteInput {
                     format!("{provider} routes need auth (static or dynamic)"),
                 ));
             }
-            Some(a) => a.validate(&auth_field, provider, previous(&name).map(|r| &r.auth))?,
+            Some(a) => {
+                // A stored secret may only be kept (`***`) for the destination it was given
+                // for: a changed URL, provider or region would send it somewhere new.
+                let kept = previous(&name).map(|r| {
+                    let same = r.provider == provider && r.url == url && r.region == self.region;
+                    (
+                        &r.auth,
+                        (!same).then(|| format!("{field}.url, provider or region")),
+                    )
+                });
+                a.validate(&auth_field, provider, kept)?
+            }
         };
 
         let mut topics = Vec::with_capacity(self.topics.len());
@@ -483,12 +506,32 @@ impl RouteInput {
 }
 
 impl AuthInput {
+    /// `previous` is the stored auth of the route this one replaces, with what changed in
+    /// the route's destination if anything did (then `***` cannot keep its secrets).
     fn validate(
         self,
         field: &str,
         provider: Provider,
-        previous: Option<&Auth>,
+        previous: Option<(&Auth, Option<String>)>,
     ) -> Result<Auth, ValidationError> {
+        let (previous, moved) = match previous {
+            Some((auth, moved)) => (Some(auth), moved),
+            None => (None, None),
+        };
+        let keep = |name: &str, value: String, stored: &dyn Fn() -> Option<Secret>| {
+            let field = format!("{field}.{name}");
+            if value == crate::REDACTED
+                && let Some(what) = &moved
+            {
+                return Err(ValidationError::rule(
+                    field,
+                    format!(
+                        "'***' cannot keep the stored secret because the route's destination changed ({what}); send the secret again"
+                    ),
+                ));
+            }
+            keep_or_check_secret(&field, value, stored)
+        };
         let reject = |name: &str, v: &Option<String>| match v {
             Some(_) => Err(ValidationError::rule(
                 format!("{field}.{name}"),
@@ -536,11 +579,10 @@ impl AuthInput {
                 reject("secret_access_key", &self.secret_access_key)?;
                 reject("session_token", &self.session_token)?;
                 let key = required("api_key", self.api_key.clone())?;
-                let key =
-                    keep_or_check_secret(&format!("{field}.api_key"), key, || match previous {
-                        Some(Auth::Static { api_key }) => Some(api_key.clone()),
-                        _ => None,
-                    })?;
+                let key = keep("api_key", key, &|| match previous {
+                    Some(Auth::Static { api_key }) => Some(api_key.clone()),
+                    _ => None,
+                })?;
                 Ok(Auth::Static { api_key: key })
             }
             ("static", true) => {
@@ -554,23 +596,21 @@ impl AuthInput {
                     }) => Some((access_key_id, secret_access_key, session_token)),
                     _ => None,
                 };
-                let id = keep_or_check_secret(
-                    &format!("{field}.access_key_id"),
+                let id = keep(
+                    "access_key_id",
                     required("access_key_id", self.access_key_id.clone())?,
-                    || prev.map(|p| p.0.clone()),
+                    &|| prev.map(|p| p.0.clone()),
                 )?;
-                let secret = keep_or_check_secret(
-                    &format!("{field}.secret_access_key"),
+                let secret = keep(
+                    "secret_access_key",
                     required("secret_access_key", self.secret_access_key.clone())?,
-                    || prev.map(|p| p.1.clone()),
+                    &|| prev.map(|p| p.1.clone()),
                 )?;
                 let token = match self.session_token.clone() {
                     None => None,
-                    Some(t) => Some(keep_or_check_secret(
-                        &format!("{field}.session_token"),
-                        t,
-                        || prev.and_then(|p| p.2.clone()),
-                    )?),
+                    Some(t) => Some(keep("session_token", t, &|| {
+                        prev.and_then(|p| p.2.clone())
+                    })?),
                 };
                 Ok(Auth::StaticAws {
                     access_key_id: id,
@@ -777,15 +817,24 @@ impl PromptGuardInput {
             }
             topics.push(topic);
         }
+        let scope = match &self.scope {
+            None => GuardScope::LastUser,
+            Some(s) => GuardScope::parse("prompt_guard.scope", s)?,
+        };
         Ok(PromptGuard {
             threshold: self.threshold,
             deny_topics: topics,
+            scope,
         })
     }
 }
 
 impl RegexGuardInput {
     fn validate(self, limits: &Limits) -> Result<RegexGuard, ValidationError> {
+        let scope = match &self.scope {
+            None => GuardScope::All,
+            Some(s) => GuardScope::parse("regex_guard.scope", s)?,
+        };
         if self.patterns.is_empty() {
             return Err(ValidationError::rule(
                 "regex_guard.patterns",
@@ -856,7 +905,7 @@ impl RegexGuardInput {
                 pattern: p.pattern,
             });
         }
-        Ok(RegexGuard { patterns })
+        Ok(RegexGuard { patterns, scope })
     }
 }
 
@@ -875,6 +924,14 @@ pub(crate) fn validate_url(field: &str, url: &str) -> Result<String, ValidationE
     }
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(ValidationError::invalid(field, "must name a host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Credentials in a URL end up in logs, caches and the admin API's answers: they
+        // belong in `auth` (or a semantic service's `api_key`).
+        return Err(ValidationError::invalid(
+            field,
+            "must not contain credentials (userinfo before '@'); put them in auth",
+        ));
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(ValidationError::invalid(

@@ -25,9 +25,9 @@ pub use secret::{REDACTED, Secret};
 pub use selector::{Selector, SelectorSource};
 pub use service::{SemanticServiceInput, parse_semantic_service_input};
 pub use spec::{
-    Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, LibraryTopic, PromptGuard, Provider, Proxy,
-    ProxySpec, RegexGuard, RegexPattern, Route, Routing, RoutingScoring, RoutingStrategy,
-    SemanticService, Topic, TopicSource,
+    Auth, DEFAULT_SEMANTIC_THRESHOLD, Fallback, Format, GuardScope, LibraryTopic, PromptGuard,
+    Provider, Proxy, ProxySpec, RegexGuard, RegexPattern, Route, Routing, RoutingScoring,
+    RoutingStrategy, SemanticService, Topic, TopicSource,
 };
 pub use topic::{
     LibraryTopicInput, MAX_DESCRIPTION_CHARS, parse_library_topic_input, parse_utterance_lines,

@@ -89,4 +89,54 @@ mod tests {
             assert_eq!(err.field, "routes[0].auth.expression", "{bad}");
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any input: a selector or an error naming the field, never a panic.
+            #[test]
+            fn any_input_parses_or_names_the_field(expr in "\\PC{0,80}") {
+                match Selector::parse("auth.expression", &expr) {
+                    Ok(s) => match s.source {
+                        SelectorSource::Header(h) => {
+                            prop_assert!(http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+                            prop_assert_eq!(h.clone(), h.to_ascii_lowercase());
+                        }
+                        SelectorSource::Query(q) => prop_assert!(!q.is_empty() && q.len() <= 128),
+                    },
+                    Err(e) => prop_assert_eq!(e.field, "auth.expression"),
+                }
+            }
+
+            /// Inputs shaped like selectors, with random names, quotes and wrappers.
+            #[test]
+            fn selector_shaped_inputs(
+                wrap in any::<bool>(),
+                header in any::<bool>(),
+                quote in prop::sample::select(vec!["'", "\"", "", "`"]),
+                name in "[ -~]{0,140}",
+                pad in "[ \t]{0,3}",
+            ) {
+                let kind = if header { "headers" } else { "queryParams" };
+                let inner = format!("attributes.{kind}[{quote}{name}{quote}]");
+                let expr = if wrap { format!("{pad}#[{pad}{inner}{pad}]{pad}") } else { format!("{pad}{inner}") };
+                let parsed = Selector::parse("f", &expr);
+                let valid_name = !quote.is_empty() && quote != "`" && !name.is_empty() && name.len() <= 128
+                    && (!header || http::HeaderName::from_bytes(name.as_bytes()).is_ok());
+                prop_assert_eq!(parsed.is_ok(), valid_name, "{}", expr);
+                if let Ok(s) = parsed {
+                    let want = if header {
+                        SelectorSource::Header(name.to_ascii_lowercase())
+                    } else {
+                        SelectorSource::Query(name.clone())
+                    };
+                    prop_assert_eq!(s.source, want);
+                }
+            }
+        }
+    }
 }

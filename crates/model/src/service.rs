@@ -78,6 +78,14 @@ impl SemanticServiceInput {
         validate_gateway_name("name", &name)?;
         let url = validate_url("url", &self.url)?;
         validate_model("model", &self.model)?;
+        if self.api_key.as_deref() == Some(crate::REDACTED)
+            && previous.is_some_and(|p| p.url != url)
+        {
+            return Err(ValidationError::rule(
+                "api_key",
+                "'***' cannot keep the stored key because the url changed; send the key again",
+            ));
+        }
         let api_key = match self.api_key {
             None => None,
             Some(key) => Some(keep_or_check_secret("api_key", key, || {
@@ -204,9 +212,20 @@ mod tests {
     #[test]
     fn a_replacement_keeps_the_key_on_request_and_cannot_rename() {
         let stored = new(&body()).unwrap();
-        // What a GET shows, sent back with a new URL.
+        // What a GET shows, sent back with a new model; the same URL.
         let mut v = serde_json::to_value(stored.clone().redacted()).unwrap();
-        v["url"] = json!("http://127.0.0.1:9/v1");
+        // A new URL with '***' would send the stored key somewhere new: refused.
+        let mut moved = v.clone();
+        moved["url"] = json!("http://127.0.0.1:9/v1");
+        let e = parse_semantic_service_input(moved.to_string().as_bytes())
+            .unwrap()
+            .validate_replacement(&stored)
+            .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.code),
+            ("api_key", ErrorCode::RuleViolated)
+        );
+        v["model"] = json!("text-embedding-3-large");
         v["version"] = json!(3);
         v["proxies"] = json!(2);
         v["created_at"] = json!("2025-01-01T00:00:00Z");
@@ -214,7 +233,7 @@ mod tests {
         let input = parse_semantic_service_input(v.to_string().as_bytes()).unwrap();
         assert_eq!(input.version, Some(3));
         let s = input.validate_replacement(&stored).unwrap();
-        assert_eq!(s.url, "http://127.0.0.1:9/v1");
+        assert_eq!(s.model, "text-embedding-3-large");
         assert_eq!(
             s.api_key,
             Some(Secret::new("sk-emb")),

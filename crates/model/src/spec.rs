@@ -329,12 +329,59 @@ pub struct LibraryTopic {
 pub struct PromptGuard {
     pub threshold: f64,
     pub deny_topics: Vec<TopicSource>,
+    /// Which text the guard reads; stored guards written before scopes existed read the
+    /// last user message, as they did.
+    #[serde(default = "GuardScope::last_user")]
+    pub scope: GuardScope,
 }
 
 /// Named regular expressions refused in prompts (`regex` crate syntax, validated on write).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegexGuard {
     pub patterns: Vec<RegexPattern>,
+    /// Which text the guard reads (default: all of it).
+    #[serde(default = "GuardScope::all")]
+    pub scope: GuardScope,
+}
+
+/// Which text of a request a prompt guard reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardScope {
+    /// The last user message only.
+    LastUser,
+    /// Every text of the request: system and developer messages, earlier turns, tool calls
+    /// and results, Responses `instructions`, Gemini `systemInstruction`.
+    All,
+}
+
+impl GuardScope {
+    pub fn last_user() -> Self {
+        GuardScope::LastUser
+    }
+
+    pub fn all() -> Self {
+        GuardScope::All
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            GuardScope::LastUser => "last_user",
+            GuardScope::All => "all",
+        }
+    }
+
+    /// Parses a scope as written in admin input (`field` names it in the error).
+    pub fn parse(field: &str, value: &str) -> Result<Self, crate::ValidationError> {
+        match value {
+            "last_user" => Ok(GuardScope::LastUser),
+            "all" => Ok(GuardScope::All),
+            other => Err(crate::ValidationError::invalid(
+                field,
+                format!("unknown scope '{other}'; expected 'last_user' or 'all'"),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,13 +406,26 @@ pub struct SemanticService {
 impl SemanticService {
     /// Applies `f` to the key, e.g. to encrypt before storing or decrypt after loading.
     pub fn try_map_secrets<E>(
-        mut self,
+        self,
         f: impl FnOnce(Secret) -> Result<Secret, E>,
     ) -> Result<Self, E> {
+        self.try_map_secrets_at(|_, s| f(s))
+    }
+
+    /// [`SemanticService::try_map_secrets`], telling `f` each secret's field (`api_key`).
+    pub fn try_map_secrets_at<E>(
+        mut self,
+        f: impl FnOnce(&str, Secret) -> Result<Secret, E>,
+    ) -> Result<Self, E> {
         if let Some(key) = self.api_key.take() {
-            self.api_key = Some(f(key)?);
+            self.api_key = Some(f("api_key", key)?);
         }
         Ok(self)
+    }
+
+    /// Who owns this service's secrets (what an encrypted secret is bound to).
+    pub fn secret_owner(&self) -> String {
+        format!("semantic_service:{}", self.name)
     }
 
     /// The same service with its key (if any) replaced by [`crate::REDACTED`].
@@ -413,27 +473,43 @@ impl ProxySpec {
 
     /// Applies `f` to every secret, e.g. to encrypt before storing or decrypt after loading.
     pub fn try_map_secrets<E>(
-        mut self,
+        self,
         mut f: impl FnMut(Secret) -> Result<Secret, E>,
     ) -> Result<Self, E> {
+        self.try_map_secrets_at(|_, s| f(s))
+    }
+
+    /// [`ProxySpec::try_map_secrets`], telling `f` each secret's field, e.g.
+    /// `routes[openai].auth.api_key` (routes by name: a secret stays bound to its route when
+    /// routes are reordered).
+    pub fn try_map_secrets_at<E>(
+        mut self,
+        mut f: impl FnMut(&str, Secret) -> Result<Secret, E>,
+    ) -> Result<Self, E> {
         for route in &mut self.routes {
+            let at = |field: &str| format!("routes[{}].auth.{field}", route.name);
             match &mut route.auth {
-                Auth::Static { api_key } => *api_key = f(api_key.clone())?,
+                Auth::Static { api_key } => *api_key = f(&at("api_key"), api_key.clone())?,
                 Auth::StaticAws {
                     access_key_id,
                     secret_access_key,
                     session_token,
                 } => {
-                    *access_key_id = f(access_key_id.clone())?;
-                    *secret_access_key = f(secret_access_key.clone())?;
+                    *access_key_id = f(&at("access_key_id"), access_key_id.clone())?;
+                    *secret_access_key = f(&at("secret_access_key"), secret_access_key.clone())?;
                     if let Some(token) = session_token {
-                        *token = f(token.clone())?;
+                        *token = f(&at("session_token"), token.clone())?;
                     }
                 }
                 Auth::None | Auth::Dynamic { .. } | Auth::DynamicAws { .. } => {}
             }
         }
         Ok(self)
+    }
+
+    /// Who owns this proxy's secrets (what an encrypted secret is bound to).
+    pub fn secret_owner(&self) -> String {
+        format!("proxy:{}/{}", self.gateway, self.name)
     }
 
     /// The same spec with every secret replaced by [`crate::REDACTED`].

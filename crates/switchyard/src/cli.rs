@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_control_plane::crypto::Keyring;
 use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
-use switchyard_gateway::{ControlPlaneTls, EncoderKind, Gateway, GatewayConfig};
+use switchyard_gateway::limits::IpNet;
+use switchyard_gateway::{ControlPlaneTls, EncoderKind, Gateway, GatewayConfig, NodeLimits};
 use switchyard_model::Limits;
 
 /// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
@@ -143,9 +144,14 @@ pub struct ControlPlaneArgs {
     #[arg(
         long,
         env = "SWITCHYARD_DATABASE_URL",
-        default_value = "sqlite://data/switchyard.db"
+        default_value = "sqlite://data/switchyard.db",
+        hide_env_values = true
     )]
     pub database_url: String,
+    /// A file holding the database URL (when it carries a password), instead of
+    /// --database-url.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Address of the admin REST API.
     #[arg(
         long,
@@ -160,9 +166,19 @@ pub struct ControlPlaneArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_listen: SocketAddr,
-    /// Bearer token of the admin API (required unless --insecure-no-auth).
-    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token of the admin API (required unless --insecure-no-auth): at least 32
+    /// bytes, no surrounding whitespace (e.g. `openssl rand -base64 32`). Prefer
+    /// --admin-token-file: a flag's value is visible to every user in /proc.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (one trailing newline is ignored).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Serve the admin API without authentication (never in production).
     #[arg(long, env = "SWITCHYARD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -195,9 +211,27 @@ pub struct KeyArgs {
         long,
         env = "SWITCHYARD_PREVIOUS_ENCRYPTION_KEYS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "previous_encryption_keys_file"
     )]
     pub previous_encryption_keys: Vec<String>,
+    /// A file holding the earlier keys, one per line.
+    #[arg(long, env = "SWITCHYARD_PREVIOUS_ENCRYPTION_KEYS_FILE")]
+    pub previous_encryption_keys_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn previous(&self) -> anyhow::Result<Vec<String>> {
+        match &self.previous_encryption_keys_file {
+            None => Ok(self.previous_encryption_keys.clone()),
+            Some(path) => Ok(read_secret_file(path, "--previous-encryption-keys-file")?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -267,9 +301,19 @@ pub struct GatewayArgs {
     /// Name of the gateway this node serves.
     #[arg(long, env = "SWITCHYARD_GATEWAY")]
     pub gateway: String,
-    /// The gateway's registration token.
-    #[arg(long, env = "SWITCHYARD_REGISTRATION_TOKEN", hide_env_values = true)]
-    pub registration_token: String,
+    /// The gateway's registration token (as `POST /api/v1/gateways` showed it). Prefer
+    /// --registration-token-file: a flag's value is visible to every user in /proc.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REGISTRATION_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "registration_token_file",
+        conflicts_with = "registration_token_file"
+    )]
+    pub registration_token: Option<String>,
+    /// A file holding the registration token (one trailing newline is ignored).
+    #[arg(long, env = "SWITCHYARD_REGISTRATION_TOKEN_FILE")]
+    pub registration_token_file: Option<PathBuf>,
     /// Address serving LLM traffic.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -280,7 +324,8 @@ pub struct GatewayArgs {
         default_value = "./data/gateway-cache"
     )]
     pub cache_dir: PathBuf,
-    /// Optional separate address for /metrics (it is also served on --listen).
+    /// Address serving /metrics (and /healthz); without it the node serves no metrics.
+    /// Never on the traffic port: clients must not read the node's internals.
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// This node's id (default: generated once and kept in the cache dir).
@@ -355,6 +400,77 @@ pub struct GatewayTuning {
     /// pool (default: one per core).
     #[arg(long, env = "SWITCHYARD_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub io_threads: Option<u16>,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+}
+
+/// The node's protective limits (see `switchyard_gateway::NodeLimits`).
+#[derive(Debug, Args)]
+pub struct ProtectionArgs {
+    /// Time a client has to send a request's headers, from connect or from the end of the
+    /// previous response (so an idle keep-alive connection is closed after it too).
+    #[arg(long, env = "SWITCHYARD_CLIENT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
+    /// Longest pause while a client sends a request body (then 408 and the connection closes).
+    #[arg(long, env = "SWITCHYARD_CLIENT_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_body_timeout: Duration,
+    /// Open client connections at once, over all I/O threads; more are closed on accept.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = NodeLimits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    pub max_connections: usize,
+    /// Longest pause in an upstream's answer once its headers arrived (a stream then ends
+    /// with an error event).
+    #[arg(long, env = "SWITCHYARD_UPSTREAM_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
+    /// Messages per request (`messages`, `input`, `contents`); more is a 400 naming the limit.
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGES", default_value_t = NodeLimits::DEFAULT_MAX_MESSAGES)]
+    pub max_messages: usize,
+    /// Content parts per message.
+    #[arg(long, env = "SWITCHYARD_MAX_PARTS_PER_MESSAGE", default_value_t = NodeLimits::DEFAULT_MAX_PARTS_PER_MESSAGE)]
+    pub max_parts_per_message: usize,
+    /// Elements of any other JSON array of a request body.
+    #[arg(long, env = "SWITCHYARD_MAX_ARRAY_ITEMS", default_value_t = NodeLimits::DEFAULT_MAX_ARRAY_ITEMS)]
+    pub max_array_items: usize,
+    /// Nesting depth of a request body's JSON (at most 128).
+    #[arg(long, env = "SWITCHYARD_MAX_JSON_DEPTH", default_value_t = NodeLimits::DEFAULT_MAX_JSON_DEPTH, value_parser = parse_depth)]
+    pub max_json_depth: usize,
+    /// Request body bytes held at once over all requests (e.g. 512MiB); past it, 503.
+    #[arg(long, env = "SWITCHYARD_MAX_INFLIGHT_REQUEST_BYTES", default_value = "512MiB", value_parser = parse_size)]
+    pub max_inflight_request_bytes: usize,
+    /// Bodies at least this large are parsed, guarded and translated on the CPU pool.
+    #[arg(long, env = "SWITCHYARD_OFFLOAD_THRESHOLD", default_value = "256KiB", value_parser = parse_size)]
+    pub offload_threshold: usize,
+    /// Threads of the CPU pool for large bodies (default: half the cores, at least one).
+    #[arg(long, env = "SWITCHYARD_OFFLOAD_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub offload_threads: Option<u16>,
+    /// Text a prompt guard scans per request; a request with more guarded text is a 400.
+    #[arg(long, env = "SWITCHYARD_GUARD_MAX_SCAN_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub guard_max_scan_bytes: usize,
+    /// Upstream address ranges never connected to (comma-separated CIDRs), e.g.
+    /// `169.254.0.0/16,fd00:ec2::/32` for cloud metadata services. Default: none.
+    #[arg(long, env = "SWITCHYARD_UPSTREAM_DENY_CIDRS", value_delimiter = ',')]
+    pub upstream_deny_cidrs: Vec<IpNet>,
+}
+
+impl ProtectionArgs {
+    fn limits(&self) -> NodeLimits {
+        NodeLimits {
+            client_header_timeout: self.client_header_timeout,
+            client_body_timeout: self.client_body_timeout,
+            max_connections: self.max_connections,
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            max_messages: self.max_messages,
+            max_parts_per_message: self.max_parts_per_message,
+            max_array_items: self.max_array_items,
+            max_json_depth: self.max_json_depth,
+            max_inflight_request_bytes: self.max_inflight_request_bytes,
+            offload_threshold: self.offload_threshold,
+            offload_threads: self
+                .offload_threads
+                .map_or_else(NodeLimits::default_offload_threads, usize::from),
+            guard_max_scan_bytes: self.guard_max_scan_bytes,
+            upstream_deny_cidrs: self.upstream_deny_cidrs.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -379,10 +495,85 @@ pub struct DevArgs {
     /// Directory for the SQLite store, keys, admin token and the gateway's cache.
     #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Address serving the gateway's /metrics; without it the node serves none (the admin
+    /// API's /metrics, behind the admin token, shows the same process's metrics).
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub semantic: SemanticArgs,
     #[command(flatten)]
     pub tuning: GatewayTuning,
+}
+
+/// `1048576`, `64KiB`, `512MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4MiB, 262144)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(factor)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// A count of at least 1.
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
+    }
+}
+
+/// A JSON nesting depth: 2-128 (the JSON parser's own bound is 128).
+fn parse_depth(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (2..=128).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a depth between 2 and 128")),
+    }
+}
+
+/// Reads a secret from a file: its content without one trailing newline.
+fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    Ok(text.to_owned())
+}
+
+/// A bearer token from its flag or its file, checked: at least 32 bytes, no surrounding
+/// whitespace (clients' tokens are compared as sent, so a token with a stray space could
+/// never be presented).
+fn token(value: Option<&str>, file: Option<&Path>, flag: &str) -> anyhow::Result<Option<String>> {
+    let token = match (value, file) {
+        (Some(v), _) => v.to_owned(),
+        (None, Some(path)) => read_secret_file(path, &format!("{flag}-file"))?,
+        (None, None) => return Ok(None),
+    };
+    if token.trim() != token {
+        bail!("{flag} has leading or trailing whitespace; remove it");
+    }
+    if token.len() < 32 {
+        bail!(
+            "{flag} must be at least 32 bytes (it has {}); make one with `openssl rand -base64 32`",
+            token.len()
+        );
+    }
+    Ok(Some(token))
 }
 
 /// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
@@ -542,27 +733,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let admin_token = match (args.admin_token, args.insecure_no_auth) {
-        (Some(t), false) if !t.trim().is_empty() => Some(t),
+    let admin_token = token(
+        args.admin_token.as_deref(),
+        args.admin_token_file.as_deref(),
+        "--admin-token",
+    )?;
+    let admin_token = match (admin_token, args.insecure_no_auth) {
+        (Some(t), false) => Some(t),
         (None, true) => {
             tracing::warn!("the admin API runs WITHOUT authentication (--insecure-no-auth)");
             None
         }
         (Some(_), true) => bail!("--admin-token and --insecure-no-auth are mutually exclusive"),
-        _ => {
-            bail!("--admin-token (or SWITCHYARD_ADMIN_TOKEN) is required unless --insecure-no-auth")
-        }
+        (None, false) => bail!(
+            "--admin-token or --admin-token-file (or SWITCHYARD_ADMIN_TOKEN[_FILE]) is required unless --insecure-no-auth"
+        ),
     };
-    let key = encryption_key(&args.keys, &args.database_url)?;
+    let database_url = match &args.database_url_file {
+        Some(path) => read_secret_file(path, "--database-url-file")?,
+        None => args.database_url.clone(),
+    };
+    let key = encryption_key(&args.keys, &database_url)?;
     let config = ControlPlaneConfig {
         admin_listen: args.admin_listen,
         grpc_listen: args.grpc_listen,
         admin_token,
-        previous_encryption_keys: args.keys.previous_encryption_keys,
+        previous_encryption_keys: args.keys.previous()?,
         limits: args.limits.limits(),
         metrics: Some(install_metrics()?),
         tls: args.tls.config(),
-        ..ControlPlaneConfig::new(args.database_url, key)
+        ..ControlPlaneConfig::new(database_url, key)
     };
     let cp = ControlPlane::start(config).await?;
     shutdown_signal().await;
@@ -584,17 +784,24 @@ fn gateway_config(
     base.upstream_header_timeout = tuning.upstream_header_timeout;
     base.drain_timeout = tuning.drain_timeout;
     base.io_threads = tuning.io_threads.map(usize::from);
+    base.limits = tuning.protection.limits();
     base.metrics = Some(metrics);
     (base.model_dir, base.encoder_kind) = semantic;
     base
 }
 
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let registration_token = token(
+        args.registration_token.as_deref(),
+        args.registration_token_file.as_deref(),
+        "--registration-token",
+    )?
+    .context("--registration-token or --registration-token-file is required")?;
     let mut config = gateway_config(
         GatewayConfig::new(
             args.control_plane,
             args.gateway,
-            args.registration_token,
+            registration_token,
             args.cache_dir,
         ),
         args.listen,
@@ -666,7 +873,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .bootstrap_gateway("dev")
         .await
         .context("cannot create the dev gateway")?;
-    let gateway = Gateway::start(gateway_config(
+    let mut config = gateway_config(
         GatewayConfig::new(
             format!("http://{}", cp.grpc_addr()),
             "dev",
@@ -677,8 +884,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         &args.tuning,
         metrics,
         (args.semantic.dir(true), args.semantic.kind()),
-    ))
-    .await?;
+    );
+    config.metrics_listen = args.metrics_listen;
+    let gateway = Gateway::start(config).await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());
     println!(
         "\nSwitchyard dev is running (data in {data}).\n\
@@ -706,6 +914,52 @@ mod tests {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("262144").unwrap(), 262_144);
+        assert_eq!(parse_size("256KiB").unwrap(), 262_144);
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn tokens_are_checked_from_flags_and_files() {
+        let long = "a".repeat(32);
+        assert_eq!(token(Some(&long), None, "--t").unwrap(), Some(long.clone()));
+        assert_eq!(token(None, None, "--t").unwrap(), None);
+        let e = token(Some(" abc "), None, "--admin-token")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--admin-token") && e.contains("whitespace"),
+            "{e}"
+        );
+        let e = token(Some("abc"), None, "--admin-token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 32 bytes"), "{e}");
+        let padded = format!(" {long}");
+        assert!(token(Some(&padded), None, "--t").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{long}\n")).unwrap();
+        assert_eq!(token(None, Some(&file), "--t").unwrap(), Some(long.clone()));
+        std::fs::write(&file, format!("{long}\n\n")).unwrap();
+        assert!(
+            token(None, Some(&file), "--t").is_err(),
+            "only one newline is ignored"
+        );
+        let e = token(None, Some(&dir.path().join("missing")), "--admin-token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--admin-token-file"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ fn banner_url<'a>(banner: &'a str, label: &str) -> &'a str {
 }
 
 /// The last non-empty line of stderr: where the one-line reason is.
+/// A token the binary accepts (at least 32 bytes).
+const LONG_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 fn reason(stderr: &str) -> &str {
     stderr
         .lines()
@@ -84,7 +87,7 @@ fn an_unusable_store_exits_with_a_reason() {
     let (code, _, stderr) = run(&[
         "control-plane",
         "--admin-token",
-        "t",
+        LONG_TOKEN,
         "--database-url",
         "mysql://localhost/x",
         "--encryption-key-file",
@@ -97,7 +100,7 @@ fn an_unusable_store_exits_with_a_reason() {
     let (code, _, stderr) = run(&[
         "control-plane",
         "--admin-token",
-        "t",
+        LONG_TOKEN,
         "--database-url",
         "postgres://127.0.0.1:1/nothing",
         "--encryption-key",
@@ -121,6 +124,92 @@ fn an_unusable_store_exits_with_a_reason() {
 }
 
 #[test]
+fn weak_or_padded_tokens_are_refused_and_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cp.db", dir.path().display());
+    // Untrimmed: clients' tokens could never match it.
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--database-url",
+        &url,
+        "--admin-token",
+        " abc ",
+    ]);
+    assert_ne!(code, 0);
+    let line = reason(&stderr);
+    assert!(
+        line.starts_with("error: --admin-token") && line.contains("whitespace"),
+        "{stderr}"
+    );
+    // Too short.
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--database-url",
+        &url,
+        "--admin-token",
+        "abc",
+    ]);
+    assert_ne!(code, 0);
+    assert!(reason(&stderr).contains("at least 32 bytes"), "{stderr}");
+    // From a file (one trailing newline ignored), so it never shows in /proc.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "short\n").unwrap();
+    let (code, _, stderr) = run(&[
+        "control-plane",
+        "--database-url",
+        &url,
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        reason(&stderr).contains("--admin-token must be at least 32 bytes"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&[
+        "gateway",
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--gateway",
+        "g",
+        "--registration-token-file",
+        dir.path().join("missing").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        reason(&stderr).contains("--registration-token-file"),
+        "{stderr}"
+    );
+    let (_, stdout, _) = run(&["control-plane", "--help"]);
+    for flag in [
+        "--admin-token-file",
+        "--database-url-file",
+        "--previous-encryption-keys-file",
+        "--encryption-key-file",
+    ] {
+        assert!(
+            stdout.contains(flag),
+            "{flag} missing from control-plane --help"
+        );
+    }
+    let (_, stdout, _) = run(&["gateway", "--help"]);
+    for flag in [
+        "--registration-token-file",
+        "--client-header-timeout",
+        "--client-body-timeout",
+        "--max-connections",
+        "--upstream-idle-timeout",
+        "--max-messages",
+        "--max-inflight-request-bytes",
+        "--offload-threshold",
+        "--guard-max-scan-bytes",
+        "--upstream-deny-cidrs",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing from gateway --help");
+    }
+}
+
+#[test]
 fn bad_flags_are_refused() {
     let (code, _, stderr) = run(&[
         "gateway",
@@ -131,7 +220,7 @@ fn bad_flags_are_refused() {
         "--gateway",
         "g",
         "--registration-token",
-        "t",
+        LONG_TOKEN,
     ]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--listen"), "{stderr}");
@@ -140,7 +229,7 @@ fn bad_flags_are_refused() {
     let (code, _, stderr) = run(&[
         "control-plane",
         "--admin-token",
-        "t",
+        LONG_TOKEN,
         "--encryption-key",
         "short",
     ]);
@@ -233,28 +322,28 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         reply_text("gpt-4.1")
     );
 
-    let metrics = http
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("switchyard_gateway_requests_total"),
-        "{metrics}"
-    );
-    let metrics = http
+    // Metrics are never on the traffic port; the admin API's /metrics needs the token and
+    // shows the whole process (gateway and control plane).
+    let resp = http.get(format!("{gateway}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = http
         .get(format!("{admin_root}/metrics"))
         .send()
         .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let metrics = http
+        .get(format!("{admin_root}/metrics"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
         .unwrap()
         .text()
         .await
         .unwrap();
     assert!(
-        metrics.contains("switchyard_control_plane_connected_nodes"),
+        metrics.contains("switchyard_control_plane_connected_nodes")
+            && metrics.contains("switchyard_gateway_requests_total"),
         "{metrics}"
     );
 
@@ -300,7 +389,7 @@ fn gateway_with_an_unusable_model_dir_exits_with_a_reason() {
             "--gateway",
             "g",
             "--registration-token",
-            "t",
+            LONG_TOKEN,
             "--listen",
             "127.0.0.1:0",
             "--cache-dir",
@@ -372,7 +461,7 @@ fn certs_then_tls_flags() {
     let (code, _, stderr) = run(&[
         "control-plane",
         "--admin-token",
-        "t",
+        LONG_TOKEN,
         "--database-url",
         &db,
         "--admin-listen",
@@ -396,7 +485,7 @@ fn certs_then_tls_flags() {
     let (code, _, stderr) = run(&[
         "control-plane",
         "--admin-token",
-        "t",
+        LONG_TOKEN,
         "--tls-cert",
         cert.to_str().unwrap(),
     ]);
@@ -410,7 +499,7 @@ fn certs_then_tls_flags() {
         "--gateway",
         "g",
         "--registration-token",
-        "t",
+        LONG_TOKEN,
         "--listen",
         "127.0.0.1:0",
         "--cache-dir",

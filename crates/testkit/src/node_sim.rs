@@ -242,6 +242,7 @@ async fn run_node(
                 address: format!("simulated:{index}"),
                 software_version: "node-simulator".to_owned(),
                 current_version: 0,
+                has_encoder: None,
             })),
         };
         tx.send(hello)
@@ -286,6 +287,7 @@ async fn run_node(
                             version: snapshot.version,
                             applied: true,
                             error: String::new(),
+                            proxy_failures: Vec::new(),
                         })),
                     };
                     if tx.send(ack).await.is_err() {

@@ -264,6 +264,7 @@ async fn the_fake_control_plane_speaks_the_protocol() {
             current_version: 0,
             address: "127.0.0.1:1".into(),
             software_version: "test".into(),
+            has_encoder: None,
         })),
     };
     let mut client = ConfigDistributionClient::connect(cp.url()).await.unwrap();
@@ -290,6 +291,7 @@ async fn the_fake_control_plane_speaks_the_protocol() {
             version: 3,
             applied: true,
             error: String::new(),
+            proxy_failures: vec![],
         })),
     })
     .await

@@ -16,7 +16,7 @@ use switchyard_model::validate_gateway_name;
 
 use super::{ApiError, AppState, parse_strict};
 use crate::distribute::hash_token;
-use crate::store::GatewayRecord;
+use crate::store::{GatewayRecord, ProxyFailure};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +34,13 @@ struct NodeView {
     software_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
+    /// Proxies of the applied version the node could not compile (it serves the others,
+    /// and the last good version of these when it had one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    proxy_failures: Vec<ProxyFailure>,
+    /// Whether the node has an in-process sentence encoder (absent: it did not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    has_encoder: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +80,8 @@ async fn gateway_view(state: &AppState, g: GatewayRecord) -> Result<GatewayView,
             last_seen: n.last_seen,
             software_version: n.software_version,
             last_error: n.last_error,
+            proxy_failures: n.proxy_failures,
+            has_encoder: n.has_encoder,
         })
         .collect();
     Ok(GatewayView {

@@ -1,4 +1,5 @@
-//! The admin REST API (`/api/v1`), plus `/healthz`, `/readyz` and `/metrics`.
+//! The admin REST API (`/api/v1`), plus `/healthz`, `/readyz` and `/metrics` (the latter
+//! behind the admin token, like the API: Prometheus scrapes with `authorization`).
 
 mod error;
 mod gateways;
@@ -83,9 +84,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
+        .route(
+            "/metrics",
+            get(metrics_text)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -122,9 +127,26 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
     }
 }
 
+/// A request method as a metric label: the methods the API serves, `other` for anything
+/// else (a label value taken from unauthenticated input must come from a closed set, or a
+/// client can grow the metrics without bound).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -141,7 +163,7 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     }
     let status = response.status().as_u16().to_string();
     metrics::counter!("switchyard_control_plane_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status)
+        "method" => method, "route" => route.clone(), "status" => status)
     .increment(1);
     metrics::histogram!("switchyard_control_plane_http_request_duration_seconds",
         "method" => method, "route" => route)

@@ -36,12 +36,11 @@ fn view(record: SemanticServiceRecord) -> SemanticServiceView {
     }
 }
 
-fn encrypt(state: &AppState, service: SemanticService) -> SemanticService {
-    match service.try_map_secrets(|s| Ok::<_, std::convert::Infallible>(state.keyring.encrypt(&s)))
-    {
-        Ok(service) => service,
-        Err(never) => match never {},
-    }
+fn encrypt(state: &AppState, service: SemanticService) -> Result<SemanticService, ApiError> {
+    state
+        .keyring
+        .encrypt_service(service)
+        .map_err(|e| ApiError::internal("cannot encrypt a secret", e))
 }
 
 pub(super) async fn create(
@@ -51,7 +50,7 @@ pub(super) async fn create(
     let service = parse_semantic_service_input(&body)?.validate_new()?;
     let record = state
         .store
-        .create_semantic_service(&encrypt(&state, service))
+        .create_semantic_service(&encrypt(&state, service)?)
         .await?;
     tracing::info!(semantic_service = %record.service.name, "semantic service created");
     Ok((StatusCode::CREATED, Json(view(record))).into_response())
@@ -91,14 +90,14 @@ pub(super) async fn update(
         .get_semantic_service(&name)
         .await?
         .ok_or_else(|| ApiError::not_found("semantic service"))?;
-    let previous = stored
-        .service
-        .try_map_secrets(|s| state.keyring.decrypt(&s))
+    let previous = state
+        .keyring
+        .decrypt_service(stored.service)
         .map_err(|e| ApiError::internal("cannot decrypt a stored secret", e))?;
     let service = input.validate_replacement(&previous)?;
     let (record, gateways) = state
         .store
-        .update_semantic_service(&encrypt(&state, service), expected)
+        .update_semantic_service(&encrypt(&state, service)?, expected)
         .await?;
     for gateway in &gateways {
         state.hub.notify(gateway);

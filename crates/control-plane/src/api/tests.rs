@@ -275,11 +275,17 @@ async fn proxies_lifecycle_with_secrets_never_returned() {
     let switchyard_model::Auth::Static { api_key } = &stored.spec.routes[0].auth else {
         panic!()
     };
-    assert!(api_key.expose().starts_with("enc:v1:"));
+    assert!(api_key.expose().starts_with("enc:v2:"));
     assert_eq!(
-        api.keyring.decrypt(api_key).unwrap().expose(),
-        "sk-very-secret"
+        api.keyring
+            .decrypt_proxy(stored.spec.clone())
+            .map(|s| s.routes[0].auth.clone())
+            .unwrap(),
+        switchyard_model::Auth::Static {
+            api_key: switchyard_model::Secret::new("sk-very-secret")
+        }
     );
+    assert_ne!(api_key.expose(), "sk-very-secret");
 
     // GET → edit → PUT round-trips, keeping the redacted key.
     let mut edited = read.clone();
@@ -298,7 +304,14 @@ async fn proxies_lifecycle_with_secrets_never_returned() {
         panic!()
     };
     assert_eq!(
-        api.keyring.decrypt(api_key).unwrap().expose(),
+        api.keyring
+            .decrypt(
+                api_key,
+                &stored.spec.secret_owner(),
+                "routes[openai].auth.api_key"
+            )
+            .unwrap()
+            .expose(),
         "sk-very-secret"
     );
 
@@ -611,9 +624,14 @@ fn semantic_proxy(name: &str, base_path: &str, service: &str) -> Value {
 
 async fn stored_service_key(api: &Api, name: &str) -> Option<String> {
     let record = api.store.get_semantic_service(name).await.unwrap().unwrap();
+    let owner = record.service.secret_owner();
     record.service.api_key.map(|k| {
-        assert!(k.expose().starts_with("enc:v1:"), "encrypted at rest");
-        api.keyring.decrypt(&k).unwrap().expose().to_owned()
+        assert!(k.expose().starts_with("enc:v2:"), "encrypted at rest");
+        api.keyring
+            .decrypt(&k, &owner, "api_key")
+            .unwrap()
+            .expose()
+            .to_owned()
     })
 }
 
@@ -664,12 +682,14 @@ async fn semantic_services_lifecycle_with_the_key_never_shown() {
         2
     );
 
-    // GET → edit → PUT: `***` keeps the key, the version moves on.
+    // GET → edit → PUT: `***` keeps the key (same destination), the version moves on.
     let mut edited = read.clone();
-    edited["url"] = json!("https://eu.api.example.com/v1/");
+    edited["url"] = json!("https://api.openai.com/v1/");
+    edited["model"] = json!("text-embedding-3-large");
     let (status, updated) = api.put("/semantic-services/embed-eu", edited.clone()).await;
     assert_eq!(status, StatusCode::OK, "{updated}");
-    assert_eq!(updated["url"], "https://eu.api.example.com/v1");
+    assert_eq!(updated["url"], "https://api.openai.com/v1");
+    assert_eq!(updated["model"], "text-embedding-3-large");
     assert_eq!(
         (updated["version"].clone(), updated["api_key"].clone()),
         (json!(2), json!("***"))
@@ -958,6 +978,10 @@ async fn proxies_reference_semantic_services_by_name() {
     let us = api.get("/gateways/prod-us").await.1["config_version"].clone();
     let mut moved = api.get("/semantic-services/embed-eu").await.1;
     moved["url"] = json!("http://127.0.0.1:9/v1");
+    if moved.get("api_key").is_some() {
+        // A new destination needs its key again ('***' would follow the URL).
+        moved["api_key"] = json!("sk-moved");
+    }
     assert_eq!(
         api.put("/semantic-services/embed-eu", moved).await.0,
         StatusCode::OK

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::crypto::Keyring;
-use crate::store::{NodeEvent, Store};
+use crate::store::{NodeEvent, ProxyFailure, Store};
 use hub::Hub;
 
 /// SHA-256 of a registration token, hex-encoded: what the store keeps.
@@ -141,13 +141,12 @@ impl Snapshots {
             .into_iter()
             .map(|mut p| {
                 let name = p.spec.name.clone();
-                p.spec = p
-                    .spec
-                    .try_map_secrets(|s| self.keyring.decrypt(&s))
-                    .map_err(|source| SnapshotError::Decrypt {
+                p.spec = self.keyring.decrypt_proxy(p.spec).map_err(|source| {
+                    SnapshotError::Decrypt {
                         proxy: name,
                         source,
-                    })?;
+                    }
+                })?;
                 Ok(p)
             })
             .collect::<Result<Vec<_>, SnapshotError>>()?;
@@ -156,8 +155,8 @@ impl Snapshots {
             .into_iter()
             .map(|service| {
                 let name = service.name.clone();
-                service
-                    .try_map_secrets(|s| self.keyring.decrypt(&s))
+                self.keyring
+                    .decrypt_service(service)
                     .map_err(|source| SnapshotError::DecryptService { name, source })
             })
             .collect::<Result<Vec<_>, SnapshotError>>()?;
@@ -206,24 +205,80 @@ impl Distributor {
         }
     }
 
+    /// Checks a node's hello. Every field is validated before it is looked up or logged (a
+    /// newline in a name must not forge a log line, nor megabytes of it fill the log), and
+    /// an unknown gateway is answered exactly like a wrong token, so gateway names cannot
+    /// be enumerated through this port.
     async fn authenticate(&self, hello: &pb::Hello) -> Result<(), Status> {
-        if hello.node_id.is_empty() || hello.node_id.len() > 128 {
-            return Err(Status::invalid_argument("node_id must be 1-128 characters"));
-        }
-        let gateway = self
-            .store
-            .get_gateway(&hello.gateway)
-            .await
-            .map_err(|e| Status::unavailable(format!("store unavailable: {e}")))?
-            .ok_or_else(|| {
-                Status::not_found(format!("gateway '{}' does not exist", hello.gateway))
-            })?;
+        check_hello(hello)?;
+        let refused = || Status::unauthenticated("unknown gateway or invalid registration token");
         let presented = hash_token(&hello.registration_token);
-        if !bool::from(presented.as_bytes().ct_eq(gateway.token_hash.as_bytes())) {
-            return Err(Status::unauthenticated("invalid registration token"));
+        let gateway = self.store.get_gateway(&hello.gateway).await.map_err(|e| {
+            tracing::error!(error = %e, "store unavailable while authenticating a node");
+            Status::unavailable("the control plane cannot check the token now; retry")
+        })?;
+        // Compared in constant time against a real hash or a stand-in of the same length.
+        let expected = gateway.map_or_else(|| hash_token(""), |g| g.token_hash);
+        let matches = bool::from(presented.as_bytes().ct_eq(expected.as_bytes()));
+        if !matches || hello.registration_token.is_empty() {
+            return Err(refused());
         }
         Ok(())
     }
+}
+
+/// A token of a node's identity: 1-`max` characters of letters, digits and `-._:@/+`.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:@/+[]".contains(&b))
+}
+
+/// Validates a hello's fields (the registration token excepted: only its hash is used).
+fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    if switchyard_model::validate_gateway_name("gateway", &hello.gateway).is_err() {
+        return Err(Status::invalid_argument(
+            "gateway must be 1-63 characters of a-z, 0-9 and '-'",
+        ));
+    }
+    if !is_token(&hello.node_id, 128) {
+        return Err(Status::invalid_argument(
+            "node_id must be 1-128 characters of letters, digits and -._:@/+",
+        ));
+    }
+    if !hello.address.is_empty() && !is_token(&hello.address, 256) {
+        return Err(Status::invalid_argument(
+            "address must be at most 256 characters of letters, digits and -._:@/+[]",
+        ));
+    }
+    if !hello.software_version.is_empty() && !is_token(&hello.software_version, 64) {
+        return Err(Status::invalid_argument(
+            "software_version must be at most 64 characters of letters, digits and -._:@/+",
+        ));
+    }
+    if hello.registration_token.len() > 1024 {
+        return Err(Status::invalid_argument(
+            "registration_token is longer than 1024 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A node's per-proxy failures as stored: bounded (at most 1000, errors of at most 2000
+/// characters), whatever the node sent.
+fn proxy_failures(reported: &[pb::ProxyFailure]) -> Vec<ProxyFailure> {
+    reported
+        .iter()
+        .take(1000)
+        .map(|f| ProxyFailure {
+            proxy_id: f.proxy_id.chars().take(64).collect(),
+            proxy: f.proxy_name.chars().take(128).collect(),
+            version: f.version,
+            error: f.error.chars().take(2000).collect(),
+            served_version: (f.served_version > 0).then_some(f.served_version),
+        })
+        .collect()
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<encoded::ControlMessage, Status>> + Send>>;
@@ -249,7 +304,13 @@ impl ConfigDistribution for Distributor {
             None => return Err(Status::cancelled("stream closed before hello")),
         };
         if let Err(status) = self.authenticate(&hello).await {
-            tracing::warn!(gateway = %hello.gateway, node = %hello.node_id, reason = %status.message(), "node refused");
+            // Only validated names reach the log; anything else is logged as refused input.
+            match check_hello(&hello) {
+                Ok(()) => {
+                    tracing::warn!(gateway = %hello.gateway, node = %hello.node_id, reason = %status.message(), "node refused")
+                }
+                Err(_) => tracing::warn!(reason = %status.message(), "node refused: invalid hello"),
+            }
             metrics::counter!("switchyard_control_plane_node_rejections_total").increment(1);
             return Err(status);
         }
@@ -278,8 +339,10 @@ enum Record {
     Connected {
         address: String,
         software_version: String,
+        has_encoder: Option<bool>,
     },
-    Applied(u64),
+    /// A version applied, with the proxies the node could not compile.
+    Applied(u64, Vec<ProxyFailure>),
     Rejected(u64, String),
     Heartbeat,
     Disconnected,
@@ -300,11 +363,16 @@ fn spawn_recorder(store: Arc<Store>, gateway: String, node_id: String) -> mpsc::
                 Record::Connected {
                     address,
                     software_version,
+                    has_encoder,
                 } => NodeEvent::Connected {
                     address,
                     software_version,
+                    has_encoder: *has_encoder,
                 },
-                Record::Applied(version) => NodeEvent::Applied { version: *version },
+                Record::Applied(version, failures) => NodeEvent::Applied {
+                    version: *version,
+                    proxy_failures: failures,
+                },
                 Record::Rejected(version, error) => NodeEvent::Rejected {
                     version: *version,
                     error,
@@ -352,9 +420,10 @@ impl Session {
         self.record(Record::Connected {
             address: hello.address.clone(),
             software_version: hello.software_version.clone(),
+            has_encoder: hello.has_encoder,
         });
         if hello.current_version > 0 {
-            self.record(Record::Applied(hello.current_version));
+            self.record(Record::Applied(hello.current_version, Vec::new()));
         }
         let mut sent: Option<u64> = None;
         self.changes.mark_changed();
@@ -412,8 +481,17 @@ impl Session {
             Kind::Ack(ack) if ack.applied => {
                 metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "ack")
                     .increment(1);
-                tracing::info!(gateway = %self.gateway, node = %self.node_id, version = ack.version, "node applied snapshot");
-                self.record(Record::Applied(ack.version));
+                let failures = proxy_failures(&ack.proxy_failures);
+                if failures.is_empty() {
+                    tracing::info!(gateway = %self.gateway, node = %self.node_id, version = ack.version, "node applied snapshot");
+                } else {
+                    tracing::warn!(
+                        gateway = %self.gateway, node = %self.node_id, version = ack.version,
+                        failed = ?failures.iter().map(|f| f.proxy.as_str()).collect::<Vec<_>>(),
+                        "node applied snapshot except some proxies"
+                    );
+                }
+                self.record(Record::Applied(ack.version, failures));
             }
             Kind::Ack(ack) => {
                 metrics::counter!("switchyard_control_plane_node_acks_total", "result" => "nack")

@@ -38,7 +38,7 @@ use sqlx::any::AnyPoolOptions;
 use switchyard_model::ErrorCode;
 
 pub use gateways::GatewayRecord;
-pub use nodes::{NodeEvent, NodeRecord};
+pub use nodes::{NodeEvent, NodeRecord, ProxyFailure};
 pub use semantic_services::SemanticServiceRecord;
 pub use snapshot::SnapshotSource;
 pub use topics::{TopicRecord, TopicSummary};

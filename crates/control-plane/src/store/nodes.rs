@@ -17,6 +17,23 @@ pub struct NodeRecord {
     pub applied_version: Option<u64>,
     pub last_error: Option<String>,
     pub last_seen: DateTime<Utc>,
+    /// Proxies of the applied snapshot the node could not compile.
+    pub proxy_failures: Vec<ProxyFailure>,
+    /// Whether the node has an in-process sentence encoder (`None`: it did not say).
+    pub has_encoder: Option<bool>,
+}
+
+/// A proxy a node could not compile, as it reported it with its ACK.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxyFailure {
+    pub proxy_id: String,
+    pub proxy: String,
+    /// The proxy version that failed.
+    pub version: u64,
+    pub error: String,
+    /// The version of the proxy the node still serves, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_version: Option<u64>,
 }
 
 /// What a node said, recorded by [`Store::record_node`].
@@ -25,9 +42,12 @@ pub enum NodeEvent<'a> {
     Connected {
         address: &'a str,
         software_version: &'a str,
+        has_encoder: Option<bool>,
     },
     Applied {
         version: u64,
+        /// Proxies of that version the node could not compile (it serves the others).
+        proxy_failures: &'a [ProxyFailure],
     },
     Rejected {
         version: u64,
@@ -57,21 +77,34 @@ impl Store {
             None => return Err(StoreError::NotFound("gateway")),
         };
         let query = match event {
-            NodeEvent::Connected { address, software_version } => sqlx::query(
-                "INSERT INTO nodes (gateway_id, node_id, address, software_version, connected, last_seen) \
-                 VALUES ($1, $2, $3, $4, 1, $5) \
-                 ON CONFLICT (gateway_id, node_id) DO UPDATE SET address = $3, software_version = $4, connected = 1, last_seen = $5",
+            NodeEvent::Connected {
+                address,
+                software_version,
+                has_encoder,
+            } => sqlx::query(
+                "INSERT INTO nodes (gateway_id, node_id, address, software_version, connected, last_seen, has_encoder) \
+                 VALUES ($1, $2, $3, $4, 1, $5, $6) \
+                 ON CONFLICT (gateway_id, node_id) DO UPDATE SET address = $3, software_version = $4, connected = 1, last_seen = $5, has_encoder = $6",
             )
             .bind(gateway_id)
             .bind(node_id)
             .bind(address.to_owned())
             .bind(software_version.to_owned())
-            .bind(now),
-            NodeEvent::Applied { version } => sqlx::query(
-                "UPDATE nodes SET applied_version = $1, last_error = NULL, last_seen = $2 WHERE gateway_id = $3 AND node_id = $4",
+            .bind(now)
+            .bind(has_encoder.map(i64::from)),
+            NodeEvent::Applied {
+                version,
+                proxy_failures,
+            } => sqlx::query(
+                "UPDATE nodes SET applied_version = $1, last_error = NULL, last_seen = $2, proxy_failures = $3 WHERE gateway_id = $4 AND node_id = $5",
             )
             .bind(to_i64(version))
             .bind(now)
+            .bind(if proxy_failures.is_empty() {
+                None
+            } else {
+                serde_json::to_string(proxy_failures).ok()
+            })
             .bind(gateway_id)
             .bind(node_id),
             NodeEvent::Rejected { version, error } => sqlx::query(
@@ -106,7 +139,7 @@ impl Store {
         stale_after: Duration,
     ) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT n.node_id, n.address, n.software_version, n.connected, n.applied_version, n.last_error, n.last_seen \
+            "SELECT n.node_id, n.address, n.software_version, n.connected, n.applied_version, n.last_error, n.last_seen, n.proxy_failures, n.has_encoder \
              FROM nodes n JOIN gateways g ON g.id = n.gateway_id WHERE g.name = $1 ORDER BY n.node_id",
         )
         .bind(gateway)
@@ -118,6 +151,8 @@ impl Store {
                 let last_seen: i64 = r.try_get("last_seen")?;
                 let connected: i64 = r.try_get("connected")?;
                 let applied: Option<i64> = r.try_get("applied_version")?;
+                let failures: Option<String> = r.try_get("proxy_failures")?;
+                let has_encoder: Option<i64> = r.try_get("has_encoder")?;
                 Ok(NodeRecord {
                     node_id: r.try_get("node_id")?,
                     address: r.try_get("address")?,
@@ -126,6 +161,11 @@ impl Store {
                     applied_version: applied.map(to_u64),
                     last_error: r.try_get("last_error")?,
                     last_seen: from_ms(last_seen),
+                    // Lenient: a value this version cannot read shows as no failures.
+                    proxy_failures: failures
+                        .and_then(|f| serde_json::from_str(&f).ok())
+                        .unwrap_or_default(),
+                    has_encoder: has_encoder.map(|v| v != 0),
                 })
             })
             .collect()

@@ -442,14 +442,32 @@ async fn nodes_are_tracked(store: Arc<Store>) {
             NodeEvent::Connected {
                 address: "10.0.0.1:8000",
                 software_version: "0.1.0",
+                has_encoder: None,
             },
         )
         .await
         .unwrap();
     store
-        .record_node("gw", "n1", NodeEvent::Applied { version: 3 })
+        .record_node(
+            "gw",
+            "n1",
+            NodeEvent::Applied {
+                version: 3,
+                proxy_failures: &[crate::store::ProxyFailure {
+                    proxy_id: "p-1".into(),
+                    proxy: "semantic".into(),
+                    version: 2,
+                    error: "no encoder".into(),
+                    served_version: Some(1),
+                }],
+            },
+        )
         .await
         .unwrap();
+    let nodes = store.list_nodes("gw", fresh).await.unwrap();
+    assert_eq!(nodes[0].proxy_failures.len(), 1);
+    assert_eq!(nodes[0].proxy_failures[0].served_version, Some(1));
+    assert_eq!(nodes[0].has_encoder, None);
     store
         .record_node(
             "gw",
@@ -494,6 +512,7 @@ async fn nodes_are_tracked(store: Arc<Store>) {
             NodeEvent::Connected {
                 address: "10.0.0.1:8000",
                 software_version: "0.1.0",
+                has_encoder: None,
             },
         )
         .await
@@ -541,6 +560,7 @@ async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
             NodeEvent::Connected {
                 address: "a",
                 software_version: "v",
+                has_encoder: Some(true),
             },
         )
         .await
@@ -556,7 +576,14 @@ async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
                     .await
                     .unwrap();
                 store
-                    .record_node("gw", "n1", NodeEvent::Applied { version: n })
+                    .record_node(
+                        "gw",
+                        "n1",
+                        NodeEvent::Applied {
+                            version: n,
+                            proxy_failures: &[],
+                        },
+                    )
                     .await
                     .unwrap();
                 n += 1;

@@ -32,6 +32,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use super::egress::{GuardedResolver, Policy};
+
 /// An upstream's answer; its body arrives as it is read.
 pub(crate) type UpstreamResponse = http::Response<Incoming>;
 
@@ -71,19 +73,24 @@ pub(crate) struct UpstreamClient {
 impl UpstreamClient {
     /// A client whose connections time out after `connect_timeout` (TCP connect) and are
     /// closed after 90 s idle, with the egress proxy of the environment, if any.
-    pub(crate) fn new(connect_timeout: Duration) -> Result<UpstreamClient, String> {
-        Self::with_proxy(connect_timeout, Matcher::from_env())
+    pub(crate) fn new(connect_timeout: Duration, egress: Policy) -> Result<UpstreamClient, String> {
+        Self::with_proxy(connect_timeout, Matcher::from_env(), egress)
     }
 
     /// [`UpstreamClient::new`] with the proxy rules given.
     pub(crate) fn with_proxy(
         connect_timeout: Duration,
         proxy: Matcher,
+        egress: Policy,
     ) -> Result<UpstreamClient, String> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
+        let mut guarded = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
+        guarded.enforce_http(false);
+        guarded.set_nodelay(true);
+        guarded.set_connect_timeout(Some(connect_timeout));
         let provider = rustls::crypto::CryptoProvider::get_default()
             .cloned()
             .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
@@ -96,7 +103,8 @@ impl UpstreamClient {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         let connector = Connector {
-            direct: https(tls.clone(), tcp.clone()),
+            direct: https(tls.clone(), guarded),
+            egress,
             tls: Arc::new(tls),
             tcp,
             proxy: Arc::new(proxy),
@@ -138,7 +146,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// so. Called once per new pooled connection, not per request.
 #[derive(Clone)]
 struct Connector {
-    direct: HttpsConnector<HttpConnector>,
+    direct: HttpsConnector<HttpConnector<GuardedResolver>>,
+    /// Denied upstream ranges: names are filtered by the resolver, IP literals here.
+    egress: Policy,
     tls: Arc<rustls::ClientConfig>,
     tcp: HttpConnector,
     proxy: Arc<Matcher>,
@@ -155,6 +165,16 @@ impl Service<Uri> for Connector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
+        let host = dst.host().unwrap_or_default();
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            && self.egress.denies(ip)
+        {
+            let err = Policy::refusal(host);
+            return Box::pin(async move { Err(err.into()) });
+        }
         match self.proxy.intercept(&dst) {
             None => {
                 let mut direct = self.direct.clone();
@@ -260,7 +280,7 @@ mod tests {
         let rules = Matcher::builder()
             .all(format!("http://user:secret@127.0.0.1:{proxy}"))
             .build();
-        let client = UpstreamClient::with_proxy(TIMEOUT, rules).unwrap();
+        let client = UpstreamClient::with_proxy(TIMEOUT, rules, Policy::default()).unwrap();
         assert_eq!(get(&client, up).await.unwrap(), "ok");
         // The pooled tunnel serves the next request too.
         assert_eq!(get(&client, up).await.unwrap(), "ok");
@@ -289,9 +309,11 @@ mod tests {
             .all(format!("http://127.0.0.1:{proxy}"))
             .no("127.0.0.1".to_owned())
             .build();
-        let client = UpstreamClient::with_proxy(TIMEOUT, rules).unwrap();
+        let client = UpstreamClient::with_proxy(TIMEOUT, rules, Policy::default()).unwrap();
         assert_eq!(get(&client, up).await.unwrap(), "ok");
-        let client = UpstreamClient::with_proxy(TIMEOUT, Matcher::builder().build()).unwrap();
+        let client =
+            UpstreamClient::with_proxy(TIMEOUT, Matcher::builder().build(), Policy::default())
+                .unwrap();
         assert_eq!(get(&client, up).await.unwrap(), "ok");
         assert!(seen.lock().unwrap().is_empty());
     }
@@ -305,7 +327,7 @@ mod tests {
         let rules = Matcher::builder()
             .all(format!("http://127.0.0.1:{port}"))
             .build();
-        let client = UpstreamClient::with_proxy(TIMEOUT, rules).unwrap();
+        let client = UpstreamClient::with_proxy(TIMEOUT, rules, Policy::default()).unwrap();
         let err = get(&client, up).await.unwrap_err();
         assert!(err.is_connect(), "{err:?}");
     }

@@ -17,7 +17,10 @@ use switchyard_llm::{
 };
 use switchyard_model::Format;
 
+use super::budget::{Budget, Held};
+use super::shape::ShapeLimits;
 use crate::error::ProxyError;
+use crate::offload::Offload;
 
 /// The largest request body the gateway accepts.
 pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -86,17 +89,42 @@ pub(crate) struct InboundRequest {
     /// The body's top-level entries located, and where its prompt lies.
     envelope: Envelope,
     canonical: OnceLock<Result<ChatRequest, ApiError>>,
+    /// The body's bytes charged to the node's in-flight budget, given back on drop.
+    _held: Held,
+}
+
+/// How a request body is read: its idle timeout, the node's byte budget, the shape limits,
+/// and the CPU pool for large bodies.
+#[derive(Debug, Clone)]
+pub(crate) struct Reading {
+    pub body_timeout: std::time::Duration,
+    pub budget: Budget,
+    pub shape: ShapeLimits,
+    pub offload: Offload,
 }
 
 impl InboundRequest {
-    /// Reads the body of a completion request for `op` and takes what routing needs.
+    /// Reads the body of a completion request for `op`, checks its shape against the node's
+    /// limits and takes what routing needs (on the CPU pool when the body is large).
     pub(crate) async fn read(
         op: &Operation,
         body: Body,
         headers: &HeaderMap,
+        reading: &Reading,
     ) -> Result<InboundRequest, ProxyError> {
-        let bytes = read_body(body, headers).await?;
-        Self::from_bytes(op, bytes)
+        let (bytes, held) = read_body(body, headers, reading).await?;
+        let op = op.clone();
+        let shape = reading.shape;
+        reading
+            .offload
+            .run(bytes.len(), move || {
+                super::shape::check(&bytes, &shape)?;
+                Self::from_bytes(&op, bytes).map(|mut r| {
+                    r._held = held;
+                    r
+                })
+            })
+            .await
     }
 
     pub(crate) fn from_bytes(op: &Operation, body: Bytes) -> Result<InboundRequest, ProxyError> {
@@ -113,6 +141,7 @@ impl InboundRequest {
             body,
             envelope,
             canonical: OnceLock::new(),
+            _held: Held::default(),
         })
     }
 
@@ -154,8 +183,14 @@ impl InboundRequest {
     }
 }
 
-/// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413.
-async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError> {
+/// Reads the whole request body, refusing more than [`BODY_LIMIT`] bytes with 413, a pause
+/// longer than the body timeout with 408, and a body the node's byte budget cannot hold
+/// with 503. The bytes stay charged to the budget while the returned [`Held`] lives.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    reading: &Reading,
+) -> Result<(Bytes, Held), ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -164,9 +199,22 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError>
     if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
         return Err(refuse_too_large(body).await);
     }
+    let mut held = Held::default();
+    // A declared length is charged up front: a body the node cannot hold is refused before
+    // it is read.
+    if let Some(len) = declared
+        && !reading.budget.take(&mut held, len as usize)
+    {
+        return Err(refuse(body, ProxyError::Overloaded).await);
+    }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0_usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(reading.body_timeout, body.frame()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.map_err(|e| ProxyError::BodyRead(e.to_string()))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers
@@ -175,14 +223,20 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ProxyError>
         if total > BODY_LIMIT {
             return Err(refuse_too_large(body).await);
         }
+        if declared.is_none_or(|len| total as u64 > len)
+            && !reading.budget.take(&mut held, chunk.len())
+        {
+            return Err(refuse(body, ProxyError::Overloaded).await);
+        }
         chunks.push(chunk);
     }
     // One chunk (the usual case) is kept as it is; more are joined.
-    Ok(match chunks.len() {
+    let bytes = match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.swap_remove(0),
         _ => Bytes::from(chunks.concat()),
-    })
+    };
+    Ok((bytes, held))
 }
 
 /// How much of an over-limit body is still read (and dropped) before the 413 goes out, and
@@ -195,7 +249,12 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// still writing would make the connection close with unread data: the client's write fails
 /// (or its socket is reset) and it never sees the 413. A well-behaved client that sent a
 /// moderately large body gets the answer; one that keeps sending past the bound is cut off.
-async fn refuse_too_large(mut body: Body) -> ProxyError {
+async fn refuse_too_large(body: Body) -> ProxyError {
+    refuse(body, ProxyError::PayloadTooLarge { limit: BODY_LIMIT }).await
+}
+
+/// `err`, after reading on (and dropping) what the client is still sending, as for a 413.
+async fn refuse(mut body: Body, err: ProxyError) -> ProxyError {
     let drain = async {
         let mut read = 0_usize;
         while let Some(Ok(frame)) = body.frame().await {
@@ -206,13 +265,23 @@ async fn refuse_too_large(mut body: Body) -> ProxyError {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    ProxyError::PayloadTooLarge { limit: BODY_LIMIT }
+    err
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn reading() -> Reading {
+        let limits = crate::limits::NodeLimits::default();
+        Reading {
+            body_timeout: std::time::Duration::from_secs(5),
+            budget: Budget::new(limits.max_inflight_request_bytes),
+            shape: ShapeLimits::from(&limits),
+            offload: Offload::new(limits.offload_threshold, 1),
+        }
+    }
 
     fn chat() -> Endpoint {
         Endpoint::complete(InboundFormat::OpenAiChat)
@@ -241,26 +310,68 @@ mod tests {
     async fn bodies_over_the_limit_are_refused_with_or_without_a_length() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
-        let err = read_body(Body::empty(), &headers).await.unwrap_err();
+        let err = read_body(Body::empty(), &headers, &reading())
+            .await
+            .unwrap_err();
         assert_eq!(err.status().as_u16(), 413);
 
         // Chunked: counted as it arrives.
         let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
         let chunks = (0..33).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
+        let err = read_body(body, &HeaderMap::new(), &reading())
+            .await
+            .unwrap_err();
         assert_eq!(err.status().as_u16(), 413);
 
-        let ok = read_body(Body::from("{}"), &HeaderMap::new())
+        let ok = read_body(Body::from("{}"), &HeaderMap::new(), &reading())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(ok, "{}");
 
         // Several chunks are joined in order.
         let chunks = ["{\"a\"", ":", "1}"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c)));
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let ok = read_body(body, &HeaderMap::new()).await.unwrap();
+        let ok = read_body(body, &HeaderMap::new(), &reading())
+            .await
+            .unwrap()
+            .0;
         assert_eq!(ok, "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_and_the_budget_is_enforced() {
+        use futures::StreamExt;
+        // A client that sends a first chunk and then nothing: 408 after the body timeout.
+        let mut r = reading();
+        r.body_timeout = std::time::Duration::from_millis(100);
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{"))]);
+        let body = Body::from_stream(first.chain(futures::stream::pending()));
+        let started = std::time::Instant::now();
+        let err = read_body(body, &HeaderMap::new(), &r).await.unwrap_err();
+        assert_eq!(err.status().as_u16(), 408);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+        // A budget of 10 bytes: a declared 11 is refused (503) before reading; what is held
+        // comes back when the request is done.
+        r.budget = Budget::new(10);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        let err = read_body(Body::from("x".repeat(11)), &headers, &r)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().as_u16(), 503);
+        let (_, held) = read_body(Body::from("x".repeat(8)), &HeaderMap::new(), &r)
+            .await
+            .unwrap();
+        assert_eq!(r.budget.available(), 2);
+        let err = read_body(Body::from("x".repeat(3)), &HeaderMap::new(), &r)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "overloaded");
+        drop(held);
+        assert_eq!(r.budget.available(), 10);
     }
 
     #[tokio::test]
@@ -275,7 +386,9 @@ mod tests {
             Ok::<_, std::io::Error>(chunk.clone())
         });
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let err = read_body(body, &HeaderMap::new()).await.unwrap_err();
+        let err = read_body(body, &HeaderMap::new(), &reading())
+            .await
+            .unwrap_err();
         assert_eq!(err.status().as_u16(), 413);
         assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 40);
 
@@ -290,7 +403,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("33554433"));
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let err = read_body(body, &headers).await.unwrap_err();
+        let err = read_body(body, &headers, &reading()).await.unwrap_err();
         assert_eq!(err.status().as_u16(), 413);
         assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 3);
     }

@@ -1,13 +1,18 @@
-//! The HTTP data plane: the reserved endpoints (`/healthz`, `/readyz`, `/metrics`), the
-//! proxy handler that serves every other path from the routing table, and (in `server`)
-//! the thread-per-core accept loop with graceful, bounded drain.
+//! The HTTP data plane: the reserved endpoints (`/healthz`, `/readyz`), the proxy handler
+//! that serves every other path from the routing table, and (in `server`) the
+//! thread-per-core accept loop with graceful, bounded drain. `/metrics` is served only on
+//! the separate metrics listener (`--metrics-listen`), never to traffic clients.
 
+pub(crate) mod budget;
 mod client;
+pub(crate) mod egress;
 mod filter;
+mod headers;
 mod inbound;
 mod proxy;
 pub(crate) mod relay;
 mod server;
+pub(crate) mod shape;
 mod upstream;
 
 use std::sync::Arc;
@@ -15,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub(crate) use client::UpstreamClient;
-pub(crate) use server::{IoThreads, bind, default_io_threads, serve};
+pub(crate) use inbound::Reading;
+pub(crate) use server::{IoThreads, Timing, bind, default_io_threads, serve};
 
 use axum::Router;
 use axum::extract::State;
@@ -38,6 +44,10 @@ pub(crate) struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The node's sentence encoder and caches (semantic routing, prompt guard).
     pub engine: Arc<crate::semantic::SemanticEngine>,
+    /// The node's protective limits.
+    pub limits: Arc<crate::limits::NodeLimits>,
+    /// How request bodies are read (timeout, byte budget, shape, CPU pool).
+    pub reading: Reading,
 }
 
 /// The main listener's router: reserved paths, then every proxy.
@@ -45,7 +55,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(proxy::handle)
         .with_state(state)
 }

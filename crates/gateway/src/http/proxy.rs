@@ -19,7 +19,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use switchyard_llm::{ChatRequest, InboundFormat, Target};
 use switchyard_model::RoutingStrategy;
@@ -65,6 +64,8 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         format: InboundFormat::OpenAiChat,
         served: Served::default(),
         route_metrics: None,
+        upstream_idle: state.limits.upstream_idle_timeout,
+        offload: state.reading.offload.clone(),
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -121,18 +122,28 @@ async fn complete(
     }
 
     // Stage 1: what the client asked for.
-    let inbound = match InboundRequest::read(&op, body, &parts.headers).await {
-        Ok(r) => r,
+    let inbound = match InboundRequest::read(&op, body, &parts.headers, &state.reading).await {
+        Ok(r) => Arc::new(r),
         Err(e) => return ctx.reject_unrouted(&e),
     };
 
-    // Stage 2: where it goes. Prompt guards first, then semantic routing, from one
-    // embedding of the last user message (only proxies that have either parse the body).
+    // Stage 2: where it goes. Prompt guards first (over the texts of their scope), then
+    // semantic routing (the last user message). Taking and scanning the texts of a large
+    // body is CPU work: off the I/O thread.
     let evaluation = match &proxy.semantic {
         None => None,
         Some(semantic) => {
-            let prompt = inbound.prompt();
-            match semantic.evaluate(prompt.as_deref()).await {
+            let screen = {
+                let semantic = Arc::clone(semantic);
+                let inbound = Arc::clone(&inbound);
+                let max_scan = state.limits.guard_max_scan_bytes;
+                move || semantic.screen(inbound.format, inbound.prompt(), &inbound.body, max_scan)
+            };
+            let screened = match state.reading.offload.run(inbound.body.len(), screen).await {
+                Ok(s) => s,
+                Err(e) => return ctx.reject_unrouted(&e),
+            };
+            match semantic.evaluate(screened).await {
                 Ok(ev) => {
                     if dry_run::wants_scores(&parts.headers) {
                         *scores = ev.scores_header();
@@ -271,12 +282,34 @@ struct Failure {
 
 async fn attempt(
     state: &AppState,
-    route: &CompiledRoute,
+    route: &Arc<CompiledRoute>,
     choice: &Choice,
     call: &Call<'_>,
     ctx: &mut Ctx,
 ) -> Attempt {
-    let prepared = match prepare(&route.upstream, &choice.model, call) {
+    let size = call.inbound.body.len();
+    let prepared = if state.reading.offload.offloads(size) {
+        // Translating (or rewriting) a large body is CPU work: off the I/O thread.
+        let route = Arc::clone(route);
+        let model = Arc::clone(&choice.model);
+        let inbound = Arc::clone(call.inbound);
+        let headers = call.headers.clone();
+        let query = call.query.map(str::to_owned);
+        let request_id = call.request_id.clone();
+        let work = move || {
+            let call = Call {
+                inbound: &inbound,
+                headers: &headers,
+                query: query.as_deref(),
+                request_id: &request_id,
+            };
+            prepare(&route.upstream, &model, &call)
+        };
+        state.reading.offload.run(size, work).await
+    } else {
+        prepare(&route.upstream, &choice.model, call)
+    };
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return Attempt::Refused(e),
     };
@@ -350,7 +383,7 @@ async fn respond(
         // API's error shape (Azure's `innererror` and the like survive), else it is
         // re-rendered in it (Azure's bare `{"code", "message"}` 401s, HTML from a proxy).
         let headers = resp.headers().clone();
-        let body = read_capped(resp, ERROR_BODY_LIMIT)
+        let body = read_capped(resp, ERROR_BODY_LIMIT, ctx.upstream_idle)
             .await
             .unwrap_or_default();
         if inbound.format.has_error_shape(&body) {
@@ -369,7 +402,7 @@ async fn respond(
     }
     if !status.is_success() {
         let headers = resp.headers().clone();
-        let body = read_capped(resp, ERROR_BODY_LIMIT)
+        let body = read_capped(resp, ERROR_BODY_LIMIT, ctx.upstream_idle)
             .await
             .unwrap_or_default();
         let err = target.parse_error(status, &headers, &body);
@@ -392,18 +425,24 @@ async fn respond(
         return ctx.relay_translated(resp, filter, route, model);
     }
     let headers = resp.headers().clone();
-    let body = match read_capped(resp, ANSWER_BODY_LIMIT).await {
+    let body = match read_capped(resp, ANSWER_BODY_LIMIT, ctx.upstream_idle).await {
         Ok(b) => b,
         Err(e) => {
             telemetry::upstream_error(&ctx.proxy, &ctx.route, "connection");
             return ctx.reject(&ProxyError::UpstreamUnavailable(e), route, model);
         }
     };
-    match target.parse_response(status, &headers, &body) {
-        Ok(chat) => {
-            let out = inbound.format.render_response(&chat);
-            ctx.respond_json(out, Some(&headers), chat.usage, route, model)
-        }
+    // Translating a large answer is CPU work: off the I/O thread.
+    let size = body.len();
+    let format = inbound.format;
+    let upstream_headers = headers.clone();
+    let translate = move || {
+        target
+            .parse_response(status, &upstream_headers, &body)
+            .map(|chat| (format.render_response(&chat), chat.usage))
+    };
+    match ctx.offload.run(size, translate).await {
+        Ok((out, usage)) => ctx.respond_json(out, Some(&headers), usage, route, model),
         Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
     }
 }
@@ -416,12 +455,23 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Reads an upstream body whole, up to `limit` bytes.
-async fn read_capped(resp: UpstreamResponse, limit: usize) -> Result<Bytes, String> {
-    let body = http_body_util::Limited::new(resp.into_body(), limit);
-    body.collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| format!("could not read the upstream answer: {e}"))
+async fn read_capped(
+    resp: UpstreamResponse,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<Bytes, String> {
+    use futures::StreamExt;
+    let mut body = super::relay::idle_bounded(resp, idle);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| format!("could not read the upstream answer: {}", error_chain(&*e)))?;
+        if out.len() + chunk.len() > limit {
+            return Err(format!("the upstream answer is larger than {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 /// `GET {base}/models`: the models this proxy routes to, as `<route>/<model>` ids. A route
@@ -509,7 +559,7 @@ async fn upstream_models(
         if !status.is_success() {
             return Err(format!("upstream answered {status}"));
         }
-        read_capped(resp, ANSWER_BODY_LIMIT).await
+        read_capped(resp, ANSWER_BODY_LIMIT, state.limits.upstream_idle_timeout).await
     };
     let body = tokio::time::timeout(state.header_timeout, fetch)
         .await

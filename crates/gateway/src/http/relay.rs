@@ -46,6 +46,10 @@ pub(crate) struct Ctx {
     pub served: Served,
     /// The chosen route's metric handles.
     pub route_metrics: Option<Arc<telemetry::RouteMetrics>>,
+    /// Longest pause allowed in an upstream's body once its headers arrived.
+    pub upstream_idle: std::time::Duration,
+    /// The CPU pool translating large answers.
+    pub offload: crate::offload::Offload,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -126,7 +130,7 @@ impl Ctx {
         }
         self.stamp(headers, route, model);
         if status.is_server_error() && outcome == Outcome::Rejected {
-            warn!(parent: &self.span, code = err.code(), error = %err.message(), "request failed");
+            warn!(parent: &self.span, code = err.code(), error = %err.detail(), "request failed");
         }
         let mut finish = self.finish(status, outcome);
         finish.first_byte = Some(Instant::now());
@@ -150,26 +154,18 @@ impl Ctx {
     ) -> Response {
         let status = upstream.status();
         let rewrites = filter.rewrites();
-        let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 4);
-        for (name, value) in upstream.headers() {
-            if is_hop_by_hop(name) || name == header::SET_COOKIE {
-                continue;
-            }
-            if rewrites && name == header::CONTENT_LENGTH {
-                continue;
-            }
-            if name == REQUEST_ID {
-                headers.append(UPSTREAM_REQUEST_ID.clone(), value.clone());
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        let mut headers = super::headers::relayed(upstream.headers(), !rewrites);
         self.stamp(&mut headers, route, model);
+        // The length hyper decoded the upstream body with (never the upstream's header): the
+        // client's framing is the server's to choose from the body actually sent.
         let remaining = if rewrites {
             None
         } else {
             content_length(&upstream)
         };
+        if let Some(len) = remaining {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         let outcome = if status.is_success() {
             Outcome::Completed
         } else {
@@ -178,7 +174,7 @@ impl Ctx {
         self.stream_response(
             status,
             headers,
-            Box::pin(BodyDataStream::new(upstream.into_body())),
+            idle_bounded(upstream, self.upstream_idle),
             filter,
             remaining,
             outcome,
@@ -194,17 +190,7 @@ impl Ctx {
         route: &HeaderValue,
         model: &HeaderValue,
     ) -> Response {
-        let mut headers = HeaderMap::with_capacity(upstream_headers.len() + 4);
-        for (name, value) in upstream_headers {
-            if is_hop_by_hop(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
-                continue;
-            }
-            if name == REQUEST_ID {
-                headers.append(UPSTREAM_REQUEST_ID.clone(), value.clone());
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        let mut headers = super::headers::relayed(upstream_headers, true);
         self.stamp(&mut headers, route, model);
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
@@ -230,7 +216,7 @@ impl Ctx {
         self.stream_response(
             StatusCode::OK,
             headers,
-            Box::pin(BodyDataStream::new(upstream.into_body())),
+            idle_bounded(upstream, self.upstream_idle),
             filter,
             None,
             Outcome::Completed,
@@ -326,18 +312,6 @@ fn translated_headers(upstream: &HeaderMap) -> HeaderMap {
     headers
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 /// Records the request (metrics, token counts, the log line) when dropped.
 struct Finish {
     start: Instant,
@@ -357,7 +331,35 @@ impl Drop for Finish {
 }
 
 /// A piece of an upstream body as it is read.
-type Chunk = Result<Bytes, hyper::Error>;
+type Chunk = Result<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream's body, chunk by chunk, failing once it pauses longer than `idle` (a stalled
+/// upstream must not hold the client, the connection and the request's memory for ever).
+pub(crate) fn idle_bounded(
+    upstream: UpstreamResponse,
+    idle: std::time::Duration,
+) -> BoxStream<'static, Chunk> {
+    use futures::StreamExt;
+    let body = BodyDataStream::new(upstream.into_body());
+    futures::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(Box::new(e) as BoxError), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(format!(
+                    "the upstream sent nothing for {} ms (upstream idle timeout)",
+                    idle.as_millis()
+                )
+                .into()),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
 
 /// The upstream body, chunk by chunk through its filter, with the request's accounting
 /// attached.
@@ -429,7 +431,7 @@ impl Stream for Relay {
                         &this.finish.record.route,
                         "stream",
                     );
-                    let detail = error_chain(&e);
+                    let detail = error_chain(&*e);
                     warn!(parent: &this.finish.span, error = %detail, "the upstream body broke off");
                     match this.filter.broken(&detail) {
                         Some(out) => {
@@ -528,6 +530,8 @@ mod tests {
             format: InboundFormat::OpenAiChat,
             served: Served::default(),
             route_metrics: None,
+            upstream_idle: std::time::Duration::from_secs(60),
+            offload: crate::offload::Offload::new(usize::MAX, 1),
         }
     }
 
@@ -600,12 +604,5 @@ mod tests {
         assert!(r.next().await.is_none());
         assert!(r.done && r.ended);
         assert_eq!(r.finish.outcome, Outcome::UpstreamBroke);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_not_relayed() {
-        assert!(is_hop_by_hop(&header::TRANSFER_ENCODING));
-        assert!(is_hop_by_hop(&HeaderName::from_static("keep-alive")));
-        assert!(!is_hop_by_hop(&header::CONTENT_TYPE));
     }
 }

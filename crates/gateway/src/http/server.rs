@@ -82,20 +82,30 @@ impl Drop for OpenGuard {
     }
 }
 
+/// How long a connection may take: the drain on shutdown, and the time a client has to send
+/// a request's headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub drain: Duration,
+    /// hyper's HTTP/1 header read timeout. It runs from the moment the connection waits
+    /// for a request head, so it also closes a keep-alive connection left idle this long.
+    pub header: Duration,
+}
+
 /// Serves `listener` on the current runtime until `shutdown`, then lets open connections
 /// (in-flight requests and streams) finish for at most `drain`, then closes what is left.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-    drain: Duration,
+    timing: Timing,
     what: &'static str,
 ) {
     serve_from(
         Source::Listener(listener),
         router,
         shutdown,
-        drain,
+        timing,
         what,
         None,
     )
@@ -106,15 +116,25 @@ async fn serve_from(
     mut source: Source,
     router: Router,
     shutdown: CancellationToken,
-    drain: Duration,
+    timing: Timing,
     what: &'static str,
     tls: Option<TlsAcceptor>,
 ) {
+    let drain = timing.drain;
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer enables hyper's HTTP/1 header read timeout (slow clients holding sockets).
-    builder.http1().timer(TokioTimer::new());
+    // A client gets `header` to send a request's headers (from connect, or from the end of
+    // the previous response): slow or idle clients do not hold sockets for ever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timing.header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timing.header))
+        .keep_alive_timeout(timing.header);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -199,6 +219,8 @@ pub(crate) async fn bind(
 /// The traffic listener's I/O threads, started and waiting for connections.
 pub(crate) struct IoThreads {
     threads: Vec<IoThread>,
+    /// Open connections allowed over all threads.
+    max_connections: usize,
 }
 
 struct IoThread {
@@ -216,7 +238,8 @@ impl IoThreads {
         count: usize,
         mut router: impl FnMut() -> Result<Router, GatewayError>,
         shutdown: &CancellationToken,
-        drain: Duration,
+        timing: Timing,
+        max_connections: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<IoThreads, GatewayError> {
         let acceptor = tls.map(TlsAcceptor::from);
@@ -239,19 +262,23 @@ impl IoThreads {
                 .name(format!("switchyard-io-{index}"))
                 .spawn(move || {
                     runtime.block_on(serve_from(
-                        source, router, shutdown, drain, "traffic", acceptor,
+                        source, router, shutdown, timing, "traffic", acceptor,
                     ));
                 })
                 .map_err(|e| GatewayError::Runtime(e.to_string()))?;
             threads.push(IoThread { tx, open, handle });
         }
-        Ok(IoThreads { threads })
+        Ok(IoThreads {
+            threads,
+            max_connections,
+        })
     }
 
     /// Accepts on `listener` until `shutdown`, handing each connection to the thread with
     /// the fewest open connections; then waits for every thread to finish draining.
     pub(crate) async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let mut threads = self.threads;
+        let mut refused = Refusals::default();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -264,6 +291,14 @@ impl IoThreads {
                     continue;
                 }
             };
+            let open: usize = threads.iter().map(|t| t.open.load(Ordering::Relaxed)).sum();
+            if open >= self.max_connections {
+                // At the cap: closed at once (the client sees a reset or EOF and may retry
+                // elsewhere) rather than queued holding a file descriptor.
+                drop(stream);
+                refused.note(peer, self.max_connections);
+                continue;
+            }
             let stream = match stream.into_std() {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -287,6 +322,29 @@ impl IoThreads {
             }
         }
         info!(server = "traffic", "drained");
+    }
+}
+
+/// Counts connections closed at the cap; logs at most one line a second about them.
+#[derive(Default)]
+struct Refusals {
+    last_log: Option<std::time::Instant>,
+    since_log: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, peer: SocketAddr, cap: usize) {
+        metrics::counter!("switchyard_connections_refused_total", "reason" => "max_connections")
+            .increment(1);
+        self.since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            warn!(%peer, max_connections = cap, refused = self.since_log, "connection cap reached: closing new connections");
+            self.last_log = Some(std::time::Instant::now());
+            self.since_log = 0;
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use crate::providers::Upstream;
 
 /// What an attempt may read of the incoming request.
 pub(crate) struct Call<'a> {
-    pub inbound: &'a InboundRequest,
+    pub inbound: &'a std::sync::Arc<InboundRequest>,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
     pub request_id: &'a HeaderValue,
@@ -115,7 +115,7 @@ mod tests {
     }
 
     fn call<'a>(
-        inbound: &'a InboundRequest,
+        inbound: &'a std::sync::Arc<InboundRequest>,
         headers: &'a HeaderMap,
         rid: &'a HeaderValue,
     ) -> Call<'a> {
@@ -130,9 +130,10 @@ mod tests {
     #[test]
     fn passthrough_sends_the_clients_body_with_the_model_rewritten() {
         let body = br#"{"model":"openai/x","messages":[{"role":"user","content":"hi"}],"future":{"a":1},"stream":true}"#;
-        let inbound =
+        let inbound = std::sync::Arc::new(
             InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
-                .unwrap();
+                .unwrap(),
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             header::AUTHORIZATION,
@@ -156,9 +157,10 @@ mod tests {
     #[test]
     fn translation_goes_through_the_provider_adapter() {
         let body = br#"{"model":"claude/m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true}"#;
-        let inbound =
+        let inbound = std::sync::Arc::new(
             InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
-                .unwrap();
+                .unwrap(),
+        );
         let headers = HeaderMap::new();
         let rid = HeaderValue::from_static("rid-1");
         let up = upstream(
@@ -194,9 +196,10 @@ mod tests {
 
         // A parameter Bedrock cannot honour: refused before anything is sent, naming it.
         let body = br#"{"model":"claude/m","messages":[{"role":"user","content":"hi"}],"seed":7}"#;
-        let inbound =
+        let inbound = std::sync::Arc::new(
             InboundRequest::from_bytes(&op(InboundFormat::OpenAiChat), Bytes::from_static(body))
-                .unwrap();
+                .unwrap(),
+        );
         let Err(ProxyError::Untranslatable(err)) =
             prepare(&up, "m", &call(&inbound, &headers, &rid))
         else {
@@ -207,11 +210,13 @@ mod tests {
 
         // Responses to NVIDIA: translated to chat completions.
         let body = br#"{"model":"nim/m","input":"hi"}"#;
-        let inbound = InboundRequest::from_bytes(
-            &op(InboundFormat::OpenAiResponses),
-            Bytes::from_static(body),
-        )
-        .unwrap();
+        let inbound = std::sync::Arc::new(
+            InboundRequest::from_bytes(
+                &op(InboundFormat::OpenAiResponses),
+                Bytes::from_static(body),
+            )
+            .unwrap(),
+        );
         let up = upstream(RouteProvider::Nvidia, "http://127.0.0.1:1/v1", key());
         let p = prepare(&up, "meta/llama", &call(&inbound, &headers, &rid)).unwrap();
         assert!(p.translated);

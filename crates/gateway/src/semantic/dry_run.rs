@@ -44,7 +44,7 @@ pub(crate) async fn handle(proxy: &CompiledProxy, body: Body, ctx: Ctx) -> Respo
     };
     let prompt = Some(prompt.as_str()).filter(|p| !p.trim().is_empty());
     let evaluation = match &proxy.semantic {
-        Some(s) => match s.evaluate(prompt).await {
+        Some(s) => match s.evaluate(super::Screened::prompt(s, prompt)).await {
             Ok(e) => Some(e),
             Err(e) => return ctx.reject_unrouted(&e),
         },

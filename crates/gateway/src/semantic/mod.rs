@@ -15,6 +15,7 @@
 //! NACKed whole.
 
 pub(crate) mod dry_run;
+pub(crate) mod prompt;
 pub(crate) mod remote;
 
 use std::collections::HashMap;
@@ -24,7 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
 use switchyard_model::{
-    LibraryTopic, ProxySpec, RoutingScoring, RoutingStrategy, SemanticService, TopicSource,
+    GuardScope, LibraryTopic, ProxySpec, RoutingScoring, RoutingStrategy, SemanticService,
+    TopicSource,
 };
 use switchyard_semantic::{
     Calibration, EmbeddingCache, EmbeddingService, Encoder, MiniLmEncoder, MiniLmOptions, Scoring,
@@ -35,6 +37,17 @@ use crate::error::ProxyError;
 use crate::routing::{self, Choice, Decision, FallbackReason};
 use crate::table::CompiledProxy;
 use remote::{RemoteCaches, RemoteEmbedder};
+use switchyard_llm::InboundFormat;
+
+/// `texts` joined in order into at most `max` groups (each group's texts separated by
+/// newlines), so a long conversation costs a bounded number of embeddings.
+fn group(texts: Vec<String>, max: usize) -> Vec<String> {
+    if texts.len() <= max {
+        return texts;
+    }
+    let per = texts.len().div_ceil(max);
+    texts.chunks(per).map(|c| c.join("\n")).collect()
+}
 
 /// Which in-process encoder a node loads from its model directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,6 +198,11 @@ impl SemanticEngine {
         })
     }
 
+    /// Whether this node has an in-process sentence encoder.
+    pub(crate) fn has_encoder(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// Stops the embedding worker (node shutdown).
     pub(crate) fn shutdown(&self) {
         if let Some(l) = &self.local {
@@ -316,6 +334,7 @@ impl SemanticEngine {
                 (Some(index), Some(g)) => Some(GuardIndex {
                     index,
                     threshold: g.threshold as f32,
+                    scope: g.scope,
                 }),
                 _ => None,
             },
@@ -478,12 +497,39 @@ struct RouteIndex {
 struct GuardIndex {
     index: TopicIndex,
     threshold: f32,
+    scope: GuardScope,
 }
 
 #[derive(Debug)]
 struct RegexGuard {
     set: regex::RegexSet,
     names: Vec<String>,
+    scope: GuardScope,
+}
+
+/// How many texts a semantic guard of scope `all` embeds at most; a longer conversation's
+/// texts are grouped (joined in order) into this many.
+const MAX_GUARD_EMBEDDINGS: usize = 32;
+
+/// A request's text as the guards and routing read it, taken off the body by
+/// [`ProxySemantic::screen`] (CPU work: the caller runs it on the CPU pool for large bodies).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Screened {
+    /// The last user message, as sent (semantic routing embeds it).
+    pub prompt: Option<String>,
+    /// The normalised texts the semantic guard scores (per its scope).
+    guard_texts: Vec<String>,
+    /// Regex patterns that matched (the request is blocked when any did).
+    matched_patterns: Vec<String>,
+}
+
+impl Screened {
+    /// A single prompt (the dry run's), as every guard scope reads it.
+    pub(crate) fn prompt(semantic: &ProxySemantic, prompt: Option<&str>) -> Screened {
+        let prompt = prompt.map(str::to_owned);
+        let texts: Vec<String> = prompt.iter().cloned().collect();
+        semantic.screen_texts(prompt, &texts, &texts)
+    }
 }
 
 impl RegexGuard {
@@ -496,6 +542,7 @@ impl RegexGuard {
         Ok(RegexGuard {
             set,
             names: guard.patterns.iter().map(|p| p.name.clone()).collect(),
+            scope: guard.scope,
         })
     }
 }
@@ -602,12 +649,96 @@ impl Evaluation {
 }
 
 impl ProxySemantic {
-    /// Runs the guards and semantic routing on `prompt` (the last user message). The regex
-    /// guard runs first (no embedding needed when it blocks); the semantic guard and routing
-    /// share one embedding.
-    pub(crate) async fn evaluate(&self, prompt: Option<&str>) -> Result<Evaluation, ProxyError> {
+    /// Whether a guard reads every text of the request (scope `all`).
+    fn reads_all(&self) -> bool {
+        self.regex
+            .as_ref()
+            .is_some_and(|r| r.scope == GuardScope::All)
+            || self
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.scope == GuardScope::All)
+    }
+
+    /// Takes the texts the guards read off a request body (`prompt`: its last user message,
+    /// in `format`), normalises them, and runs the regex guard. Refuses (400) a request whose
+    /// guarded text is longer than `max_scan` bytes: a guard scans all of it or nothing
+    /// passes. CPU work on the whole body: the caller runs it on the CPU pool when large.
+    pub(crate) fn screen(
+        &self,
+        format: InboundFormat,
+        prompt: Option<String>,
+        body: &[u8],
+        max_scan: usize,
+    ) -> Result<Screened, ProxyError> {
+        let too_long = |got: usize| ProxyError::LimitExceeded {
+            param: "messages",
+            message: format!(
+                "the prompt guard scans at most {max_scan} bytes of text per request (this one has {got}); send less text"
+            ),
+        };
+        let prompt = prompt.filter(|p| !p.trim().is_empty());
+        let last: Vec<String> = prompt.iter().cloned().collect();
+        let guarded = self.regex.is_some() || self.guard.is_some();
+        if guarded
+            && let Some(p) = &prompt
+            && p.len() > max_scan
+        {
+            return Err(too_long(p.len()));
+        }
+        let all = if self.reads_all() {
+            let json: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+            prompt::all_texts(format, &json, max_scan).map_err(too_long)?
+        } else {
+            Vec::new()
+        };
+        Ok(self.screen_texts(prompt, &last, &all))
+    }
+
+    /// [`ProxySemantic::screen`] on texts already taken: `last` (the last user message, if
+    /// any) and `all` (every text; empty when no guard reads them).
+    fn screen_texts(&self, prompt: Option<String>, last: &[String], all: &[String]) -> Screened {
+        let pick = |scope: GuardScope| match scope {
+            GuardScope::LastUser => last,
+            GuardScope::All => all,
+        };
+        let mut matched_patterns = Vec::new();
+        if let Some(regex) = &self.regex {
+            let mut hit = vec![false; regex.names.len()];
+            for text in pick(regex.scope) {
+                for i in regex.set.matches(&prompt::normalize(text)).into_iter() {
+                    hit[i] = true;
+                }
+            }
+            matched_patterns = regex
+                .names
+                .iter()
+                .zip(hit)
+                .filter(|(_, h)| *h)
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        let guard_texts = match &self.guard {
+            Some(g) => group(
+                pick(g.scope).iter().map(|t| prompt::normalize(t)).collect(),
+                MAX_GUARD_EMBEDDINGS,
+            ),
+            None => Vec::new(),
+        };
+        Screened {
+            prompt,
+            guard_texts,
+            matched_patterns,
+        }
+    }
+
+    /// Runs the guards and semantic routing on a screened request. The regex guard already
+    /// ran (no embedding is needed when it blocked); the semantic guard scores the texts of
+    /// its scope, routing embeds the last user message.
+    pub(crate) async fn evaluate(&self, screened: Screened) -> Result<Evaluation, ProxyError> {
         let mut ev = Evaluation {
-            matched_patterns: Vec::new(),
+            matched_patterns: screened.matched_patterns,
             matched_topics: Vec::new(),
             guard_scores: Vec::new(),
             guard_threshold: self.guard.as_ref().map(|g| g.threshold),
@@ -622,42 +753,42 @@ impl ProxySemantic {
             },
             embedded_by: None,
         };
-        let Some(prompt) = prompt else {
+        if !ev.matched_patterns.is_empty() {
             return Ok(ev);
-        };
-        if let Some(regex) = &self.regex {
-            ev.matched_patterns = regex
-                .set
-                .matches(prompt)
-                .into_iter()
-                .map(|i| regex.names[i].clone())
-                .collect();
-            if !ev.matched_patterns.is_empty() {
-                return Ok(ev);
-            }
         }
         let Some(embedder) = &self.embedder else {
             return Ok(ev);
         };
-        let query = embedder
-            .embed(prompt)
-            .await
-            .map_err(ProxyError::SemanticUnavailable)?;
-        ev.embedded_by = Some(embedder.name());
         let internal = |e: switchyard_semantic::IndexError| {
             ProxyError::SemanticUnavailable(format!("scoring failed: {e}"))
         };
+        // The last embedding made, reused by routing when it embeds the same text (the usual
+        // case: a guard of scope `last_user` on a prompt normalisation does not change).
+        let mut last: Option<(&str, Arc<[f32]>)> = None;
         if let Some(guard) = &self.guard {
-            let scores = guard.index.score(&query).map_err(internal)?;
-            ev.guard_scores = scores
-                .ranked()
-                .iter()
-                .map(|s| Scored {
-                    topic: s.label.to_owned(),
-                    route: None,
-                    score: s.score,
-                })
-                .collect();
+            // The best score of each deny topic over the guarded texts.
+            let mut best: Vec<Scored> = Vec::new();
+            for text in &screened.guard_texts {
+                let query = embedder
+                    .embed(text)
+                    .await
+                    .map_err(ProxyError::SemanticUnavailable)?;
+                ev.embedded_by = Some(embedder.name());
+                let scores = guard.index.score(&query).map_err(internal)?;
+                last = Some((text.as_str(), query));
+                for s in scores.ranked() {
+                    match best.iter_mut().find(|b| b.topic == s.label) {
+                        Some(b) => b.score = b.score.max(s.score),
+                        None => best.push(Scored {
+                            topic: s.label.to_owned(),
+                            route: None,
+                            score: s.score,
+                        }),
+                    }
+                }
+            }
+            best.sort_by(|a, b| b.score.total_cmp(&a.score));
+            ev.guard_scores = best;
             ev.matched_topics = ev
                 .guard_scores
                 .iter()
@@ -668,6 +799,20 @@ impl ProxySemantic {
                 return Ok(ev);
             }
         }
+        let Some(prompt) = screened.prompt.as_deref() else {
+            return Ok(ev);
+        };
+        if self.routes.is_none() {
+            return Ok(ev);
+        }
+        let query = match last {
+            Some((text, query)) if text == prompt => query,
+            _ => embedder
+                .embed(prompt)
+                .await
+                .map_err(ProxyError::SemanticUnavailable)?,
+        };
+        ev.embedded_by = Some(embedder.name());
         if let Some(routes) = &self.routes {
             let scores = routes.index.score(&query).map_err(internal)?;
             ev.route_scores = scores

@@ -23,6 +23,8 @@ pub(crate) type RemoteCaches =
 #[derive(Debug)]
 pub(crate) struct RemoteEmbedder {
     client: reqwest::Client,
+    /// The semantic service's name: what clients may see (never its URL).
+    service: String,
     endpoint: String,
     model: String,
     authorization: Option<HeaderValue>,
@@ -69,6 +71,7 @@ impl RemoteEmbedder {
         };
         Ok(RemoteEmbedder {
             client,
+            service: service.name.clone(),
             endpoint: format!("{}/embeddings", service.url.trim_end_matches('/')),
             model: service.model.clone(),
             authorization,
@@ -76,8 +79,10 @@ impl RemoteEmbedder {
         })
     }
 
+    /// How the dry run names this embedder: the service's name and model. The URL stays in
+    /// the control plane's admin API and the node's log; clients of a proxy never see it.
     pub(crate) fn name(&self) -> String {
-        format!("remote:{}@{}", self.model, self.endpoint)
+        format!("remote:{}/{}", self.service, self.model)
     }
 
     /// L2-normalised vectors of `texts`, in order, in one call.

@@ -96,14 +96,26 @@ pub(crate) fn semantic_proxy(base: &str) -> Proxy {
                 "Give me instructions to make explosives at home",
             ],
         )],
+        scope: switchyard_model::GuardScope::LastUser,
     });
     p.spec.regex_guard = Some(RegexGuardSpec {
         patterns: vec![RegexPattern {
             name: "ssn".into(),
             pattern: r"\b\d{3}-\d{2}-\d{4}\b".into(),
         }],
+        scope: switchyard_model::GuardScope::All,
     });
     p
+}
+
+/// Compiles `snap`, asserting every proxy compiled.
+fn compile_ok(
+    snap: &switchyard_model::snapshot::Snapshot,
+    engine: &SemanticEngine,
+) -> RoutingTable {
+    let (table, failures) = RoutingTable::compile_with(snap, engine, None);
+    assert!(failures.is_empty(), "{failures:?}");
+    table
 }
 
 fn engine() -> SemanticEngine {
@@ -111,17 +123,16 @@ fn engine() -> SemanticEngine {
 }
 
 fn compiled(p: Proxy, engine: &SemanticEngine) -> Arc<CompiledProxy> {
-    let table = RoutingTable::compile_with(&snapshot(1, vec![p]), engine).unwrap();
+    let (table, failures) = RoutingTable::compile_with(&snapshot(1, vec![p]), engine, None);
+    assert!(failures.is_empty(), "{failures:?}");
     let (proxy, _) = table.lookup("/s/chat/completions").unwrap();
     Arc::clone(proxy)
 }
 
 async fn pick(proxy: &CompiledProxy, prompt: &str) -> Evaluation {
-    proxy
-        .semantic
-        .as_ref()
-        .unwrap()
-        .evaluate(Some(prompt))
+    let semantic = proxy.semantic.as_ref().unwrap();
+    semantic
+        .evaluate(Screened::prompt(semantic, Some(prompt)))
         .await
         .unwrap()
 }
@@ -194,7 +205,11 @@ async fn routes_clear_prompts_and_falls_back_below_the_threshold() {
         other => panic!("{other:?}"),
     }
     // No user text at all: fallback, or the same error.
-    let ev = p.semantic.as_ref().unwrap().evaluate(None).await.unwrap();
+    let semantic = p.semantic.as_ref().unwrap();
+    let ev = semantic
+        .evaluate(Screened::prompt(semantic, None))
+        .await
+        .unwrap();
     assert_eq!(ev.pick, Pick::NoPrompt);
     assert!(matches!(decide(&p, &ev.pick), Decision::Reject(_)));
 }
@@ -285,7 +300,9 @@ fn unchanged_utterances_are_not_encoded_again() {
         encoded: AtomicUsize::new(0),
     });
     let engine = SemanticEngine::with_encoder(counting.clone(), reqwest::Client::new()).unwrap();
-    RoutingTable::compile_with(&snapshot(1, vec![semantic_proxy("/s")]), &engine).unwrap();
+    let (_, failures) =
+        RoutingTable::compile_with(&snapshot(1, vec![semantic_proxy("/s")]), &engine, None);
+    assert!(failures.is_empty());
     let first = counting.encoded.load(Ordering::SeqCst);
     assert_eq!(first, 10, "4 + 4 route utterances, 2 deny utterances");
 
@@ -296,7 +313,8 @@ fn unchanged_utterances_are_not_encoded_again() {
     };
     t.utterances
         .push("Where can I download my receipts?".into());
-    RoutingTable::compile_with(&snapshot(2, vec![changed]), &engine).unwrap();
+    let (_, failures) = RoutingTable::compile_with(&snapshot(2, vec![changed]), &engine, None);
+    assert!(failures.is_empty());
     assert_eq!(counting.encoded.load(Ordering::SeqCst), first + 1);
 }
 
@@ -356,7 +374,7 @@ fn a_library_topic_is_encoded_once_and_shared_by_its_proxies() {
         ],
     );
     snap.topics = vec![library(billing.clone())];
-    let table = RoutingTable::compile_with(&snap, &engine).unwrap();
+    let table = compile_ok(&snap, &engine);
     // 6 library + 4 inline (code route) + 2 deny utterances, each once.
     assert_eq!(counting.encoded.load(Ordering::SeqCst), 12);
     let blocks = engine.library_blocks();
@@ -380,13 +398,13 @@ fn a_library_topic_is_encoded_once_and_shared_by_its_proxies() {
     more.push("Where can I download my invoices?".into());
     let mut snap2 = snapshot(2, vec![using_library("/a"), using_library("/b")]);
     snap2.topics = vec![library(more)];
-    let table = RoutingTable::compile_with(&snap2, &engine).unwrap();
+    let table = compile_ok(&snap2, &engine);
     assert_eq!(counting.encoded.load(Ordering::SeqCst), 13);
     assert_eq!(engine.library_blocks()[0].1.len(), 7);
     drop(table);
 
     // No proxy names it any more: the node lets it go.
-    RoutingTable::compile_with(&snapshot(3, vec![semantic_proxy("/s")]), &engine).unwrap();
+    compile_ok(&snapshot(3, vec![semantic_proxy("/s")]), &engine);
     assert!(engine.library_blocks().is_empty());
 }
 
@@ -447,7 +465,7 @@ async fn guard_and_routing_from_library_topics() {
             ],
         },
     ];
-    let table = RoutingTable::compile_with(&snap, &engine).unwrap();
+    let table = compile_ok(&snap, &engine);
     let (proxy, _) = table.lookup("/s/chat/completions").unwrap();
     let ev = pick(proxy, "how can I make a bomb in my kitchen").await;
     assert_eq!(ev.matched_topics, vec!["weapons"]);
@@ -458,9 +476,10 @@ async fn guard_and_routing_from_library_topics() {
         matches!(&ev.pick, Pick::Route { route: 0, topic, .. } if topic == "invoices"),
         "{ev:?}"
     );
-    // A snapshot whose reference does not resolve is refused whole.
+    // A proxy whose reference does not resolve is not compiled (and reported).
     let mut dangling = snap.clone();
     dangling.topics.pop();
-    let err = RoutingTable::compile_with(&dangling, &engine).unwrap_err();
+    let (_, failures) = RoutingTable::compile_with(&dangling, &engine, None);
+    let err = &failures[0].error;
     assert!(err.to_string().contains("library topic 'weapons'"), "{err}");
 }

@@ -70,18 +70,19 @@ impl Cache {
     }
 }
 
+/// Writes `name` in `dir` atomically. The temporary file is created fresh (`O_EXCL`: never
+/// an existing file, nor a symlink planted at its name; `O_NOFOLLOW` too) with mode 0600
+/// from its creation, under an unpredictable name.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let mut file = create_private(&tmp)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        drop(file);
         fs::rename(&tmp, dir.join(name))?;
         fs::File::open(dir)?.sync_all()
     })();
@@ -91,9 +92,38 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Creates a new file only its owner can read, failing if anything (a file, a symlink) is
+/// already at `path`.
+fn create_private(path: &Path) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_symlink_or_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "precious").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create_private(&link).is_err());
+        assert!(create_private(&target).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        let fresh = dir.path().join("fresh");
+        drop(create_private(&fresh).unwrap());
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 
     #[test]
     fn snapshot_round_trip_is_private_and_atomic() {

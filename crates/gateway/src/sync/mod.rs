@@ -27,7 +27,7 @@ use crate::GatewayError;
 use crate::error::error_chain;
 use crate::node::ControlPlaneTls;
 use crate::semantic::SemanticEngine;
-use crate::table::{RoutingTable, SharedTable};
+use crate::table::{ProxyFailure, RoutingTable, SharedTable};
 use crate::telemetry;
 use backoff::Backoff;
 use cache::Cache;
@@ -45,6 +45,8 @@ pub struct SyncState {
     pub last_error: Option<String>,
     /// Streams opened to the control plane since start (a reconnect adds one).
     pub sessions: u64,
+    /// The proxies of the served snapshot this node could not compile.
+    pub proxy_failures: Vec<crate::table::ProxyFailure>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +86,13 @@ impl Applier {
     }
 
     /// Converts and compiles a snapshot on a blocking thread (topic utterances are encoded
-    /// there, off the reactor).
-    async fn compile(&self, snapshot: pb::Snapshot) -> Result<RoutingTable, String> {
+    /// there, off the reactor). A snapshot that does not convert fails whole; a proxy that
+    /// does not compile is a [`ProxyFailure`] (its last good version, from the served table,
+    /// keeps serving).
+    async fn compile(
+        &self,
+        snapshot: pb::Snapshot,
+    ) -> Result<(RoutingTable, Vec<ProxyFailure>), String> {
         if snapshot.gateway != self.gateway {
             return Err(format!(
                 "the snapshot is for gateway '{}', this node serves '{}'",
@@ -93,22 +100,39 @@ impl Applier {
             ));
         }
         let engine = Arc::clone(&self.engine);
+        let previous = self.table.load_full();
         tokio::task::spawn_blocking(move || {
             let domain = Snapshot::try_from(snapshot).map_err(|e| e.to_string())?;
-            RoutingTable::compile_with(&domain, &engine)
-                .map_err(|e| format!("invalid snapshot: {e}"))
+            Ok(RoutingTable::compile_with(
+                &domain,
+                &engine,
+                previous.as_deref(),
+            ))
         })
         .await
         .map_err(|e| format!("snapshot compilation failed: {e}"))?
     }
 
-    fn publish(&self, table: RoutingTable, source: SnapshotSource) {
+    fn publish(&self, table: RoutingTable, failures: Vec<ProxyFailure>, source: SnapshotSource) {
         let version = table.version;
+        for f in &failures {
+            warn!(
+                version,
+                proxy = %f.proxy_name,
+                proxy_id = %f.proxy_id,
+                proxy_version = f.version,
+                served_version = ?f.served_version,
+                error = %f.error.reason(),
+                "cannot apply this proxy; the others of the snapshot apply"
+            );
+        }
+        telemetry::proxy_failures(failures.len());
         self.table.store(Some(Arc::new(table)));
         telemetry::snapshot_applied(version);
         self.state.send_modify(|s| {
             s.applied_version = Some(version);
             s.source = Some(source);
+            s.proxy_failures = failures;
         });
     }
 
@@ -125,9 +149,9 @@ impl Applier {
             }
         };
         match self.compile(cached).await {
-            Ok(table) => {
+            Ok((table, failures)) => {
                 let version = table.version;
-                self.publish(table, SnapshotSource::Cache);
+                self.publish(table, failures, SnapshotSource::Cache);
                 telemetry::snapshot_apply("cache");
                 info!(version, path = %path.display(), "serving the cached snapshot");
                 true
@@ -145,21 +169,32 @@ impl Applier {
         if self.served_version() == Some(version) {
             debug!(version, "snapshot already served");
             telemetry::snapshot_apply("unchanged");
-            return ack(version, None);
+            return ack(version, None, &self.state.borrow().proxy_failures);
         }
-        let table = match self.compile(snapshot.clone()).await {
+        let (table, failures) = match self.compile(snapshot.clone()).await {
             Ok(t) => t,
             Err(e) => {
                 warn!(version, error = %e, "rejected snapshot; keeping the served one");
                 telemetry::snapshot_apply("rejected");
                 self.state.send_modify(|s| s.last_error = Some(e.clone()));
-                return ack(version, Some(e));
+                return ack(version, Some(e), &[]);
             }
         };
         let proxies = table.proxies().count();
-        self.publish(table, SnapshotSource::ControlPlane);
-        telemetry::snapshot_apply("applied");
-        info!(version, proxies, "applied snapshot");
+        let failed = failures.len();
+        let reply = ack(version, None, &failures);
+        self.publish(table, failures, SnapshotSource::ControlPlane);
+        telemetry::snapshot_apply(if failed == 0 {
+            "applied"
+        } else {
+            "applied_partly"
+        });
+        info!(
+            version,
+            proxies,
+            failed_proxies = failed,
+            "applied snapshot"
+        );
         let cache = self.cache.clone();
         let stored = tokio::task::spawn_blocking(move || cache.store_snapshot(&snapshot)).await;
         match stored {
@@ -167,15 +202,25 @@ impl Applier {
             Ok(Err(e)) => warn!(version, error = %e, "cannot write the snapshot cache"),
             Err(e) => warn!(version, error = %e, "cannot write the snapshot cache"),
         }
-        ack(version, None)
+        reply
     }
 }
 
-fn ack(version: u64, error: Option<String>) -> pb::Ack {
+fn ack(version: u64, error: Option<String>, failures: &[ProxyFailure]) -> pb::Ack {
     pb::Ack {
         version,
         applied: error.is_none(),
         error: error.unwrap_or_default(),
+        proxy_failures: failures
+            .iter()
+            .map(|f| pb::ProxyFailure {
+                proxy_id: f.proxy_id.to_string(),
+                proxy_name: f.proxy_name.clone(),
+                version: f.version,
+                error: f.error.reason(),
+                served_version: f.served_version.unwrap_or(0),
+            })
+            .collect(),
     }
 }
 
@@ -334,6 +379,7 @@ async fn session(
             current_version: applier.served_version().unwrap_or(0),
             address: settings.address.clone(),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            has_encoder: Some(applier.engine.has_encoder()),
         })),
     };
     tx.send(hello).await.map_err(|_| SessionError::Ended)?;
@@ -427,18 +473,46 @@ mod tests {
         assert_eq!(state.borrow().applied_version, Some(2));
         assert_eq!(state.borrow().source, Some(SnapshotSource::ControlPlane));
 
+        // A proxy that does not compile: the snapshot applies, the proxy is reported and
+        // its last good version (same id) keeps serving.
+        let served_id = a
+            .table
+            .load()
+            .as_ref()
+            .unwrap()
+            .proxies()
+            .next()
+            .unwrap()
+            .id;
         let mut bad = good(3);
+        bad.proxies[0].id = served_id.to_string();
+        bad.proxies[0].version = 2;
         bad.proxies[0].routes[0].url = "nope".into();
-        let nack = a.apply(bad).await;
-        assert!(!nack.applied);
-        assert!(nack.error.contains("route 'a'"), "{}", nack.error);
-        assert_eq!(a.served_version(), Some(2));
+        let ack = a.apply(bad).await;
+        assert!(ack.applied, "{ack:?}");
+        assert_eq!(ack.proxy_failures.len(), 1);
+        let failure = &ack.proxy_failures[0];
+        assert!(failure.error.contains("route 'a'"), "{}", failure.error);
+        assert_eq!((failure.version, failure.served_version), (2, 1));
+        assert_eq!(a.served_version(), Some(3));
+        assert!(
+            a.table
+                .load()
+                .as_ref()
+                .unwrap()
+                .lookup("/p/chat/completions")
+                .is_some()
+        );
+        assert_eq!(state.borrow().proxy_failures.len(), 1);
 
+        // A snapshot that does not convert (another gateway's) is NACKed whole.
         let mut other = good(4);
         other.gateway = "other".into();
         assert!(!a.apply(other).await.applied);
+        assert_eq!(a.served_version(), Some(3));
 
         // Same version again: ACK without recompiling.
+        assert!(a.apply(good(2)).await.applied);
         assert!(a.apply(good(2)).await.applied);
 
         // A new node on the same cache dir boots from it.

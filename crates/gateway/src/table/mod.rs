@@ -1,8 +1,11 @@
 //! The routing table: a [`Snapshot`] compiled into everything a request needs, precomputed.
 //!
-//! Compilation is fallible and complete: a table is only published (with one
-//! `ArcSwap::store`) once every proxy and route of the snapshot compiled. A request loads the
-//! table once and uses that version to its end, streams included.
+//! Compilation is per proxy: a proxy this node cannot compile (a semantic proxy on a node
+//! without an encoder, say) is reported as a [`ProxyFailure`] and, when the previous table
+//! served an earlier version of it, that version keeps serving; every other proxy of the
+//! snapshot applies. One bad proxy never freezes the others. The table is published whole
+//! (one `ArcSwap::store`); a request loads it once and uses that version to its end, streams
+//! included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,12 +42,35 @@ pub enum CompileError {
 }
 
 impl CompileError {
+    /// Why, without the proxy's name (reported beside it).
+    pub fn reason(&self) -> String {
+        match self {
+            CompileError::Proxy { reason, .. } => reason.clone(),
+            CompileError::Route { route, reason, .. } => format!("route '{route}': {reason}"),
+            CompileError::BasePathTaken { base_path, .. } => {
+                format!("base path '{base_path}' is used by another proxy")
+            }
+        }
+    }
+
     fn proxy(proxy: &str, reason: impl Into<String>) -> CompileError {
         CompileError::Proxy {
             proxy: proxy.to_owned(),
             reason: reason.into(),
         }
     }
+}
+
+/// A proxy of a snapshot this node could not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyFailure {
+    pub proxy_id: Uuid,
+    pub proxy_name: String,
+    /// The version that failed.
+    pub version: u64,
+    pub error: CompileError,
+    /// The version still served (from the previous table), if any.
+    pub served_version: Option<u64>,
 }
 
 /// One version of everything this node serves.
@@ -61,6 +87,8 @@ pub struct RoutingTable {
 #[derive(Debug)]
 pub struct CompiledProxy {
     pub id: Uuid,
+    /// The proxy's version (of its definition, not of the snapshot).
+    pub version: u64,
     pub name: Arc<str>,
     pub base_path: String,
     pub format: Format,
@@ -96,42 +124,88 @@ impl RoutingTable {
     /// could not serve (including semantic routing and semantic guards).
     pub fn compile(snapshot: &Snapshot) -> Result<RoutingTable, CompileError> {
         let engine = SemanticEngine::without_encoder(reqwest::Client::new());
-        Self::compile_with(snapshot, &engine)
+        let (table, mut failures) = Self::compile_with(snapshot, &engine, None);
+        if failures.is_empty() {
+            Ok(table)
+        } else {
+            Err(failures.swap_remove(0).error)
+        }
     }
 
     /// Compiles a snapshot, encoding topic utterances with `engine`. Blocking: call it off
-    /// the reactor.
+    /// the reactor. Each proxy compiles on its own: one that fails is reported, and served
+    /// in the version `previous` (the table being replaced) had, if it had one.
     pub(crate) fn compile_with(
         snapshot: &Snapshot,
         engine: &SemanticEngine,
-    ) -> Result<RoutingTable, CompileError> {
-        let mut by_path = HashMap::with_capacity(snapshot.proxies.len());
-        let mut root = None;
+        previous: Option<&RoutingTable>,
+    ) -> (RoutingTable, Vec<ProxyFailure>) {
+        let mut table = RoutingTable {
+            version: snapshot.version,
+            gateway: snapshot.gateway.clone(),
+            by_path: HashMap::with_capacity(snapshot.proxies.len()),
+            root: None,
+        };
+        let mut failures = Vec::new();
+        let mut kept: Vec<(Arc<CompiledProxy>, usize)> = Vec::new();
         for proxy in &snapshot.proxies {
             let spec = &proxy.spec;
-            let compiled = compile_proxy(proxy, snapshot, engine)?;
-            let base = compiled.base_path.clone();
-            let taken = if base == "/" {
-                root.replace(Arc::new(compiled)).is_some()
-            } else {
-                by_path
-                    .insert(base.clone().into_boxed_str(), Arc::new(compiled))
-                    .is_some()
-            };
-            if taken {
-                return Err(CompileError::BasePathTaken {
-                    proxy: spec.name.clone(),
-                    base_path: base,
+            let outcome = compile_proxy(proxy, snapshot, engine).and_then(|compiled| {
+                let base = compiled.base_path.clone();
+                if table.insert(Arc::new(compiled)) {
+                    Ok(())
+                } else {
+                    Err(CompileError::BasePathTaken {
+                        proxy: spec.name.clone(),
+                        base_path: base,
+                    })
+                }
+            });
+            if let Err(error) = outcome {
+                let last_good = previous
+                    .and_then(|t| t.proxies().find(|p| p.id == proxy.id))
+                    .map(Arc::clone);
+                if let Some(old) = &last_good {
+                    kept.push((Arc::clone(old), failures.len()));
+                }
+                failures.push(ProxyFailure {
+                    proxy_id: proxy.id,
+                    proxy_name: spec.name.clone(),
+                    version: proxy.version,
+                    error,
+                    served_version: None,
                 });
             }
         }
+        // The last good versions of failed proxies, where their base path is still free
+        // (a proxy that compiled wins its base path).
+        for (old, at) in kept {
+            let version = old.version;
+            if table.insert(old) {
+                failures[at].served_version = Some(version);
+            }
+        }
         engine.retain(snapshot.proxies.iter().map(|p| &p.spec), &snapshot.topics);
-        Ok(RoutingTable {
-            version: snapshot.version,
-            gateway: snapshot.gateway.clone(),
-            by_path,
-            root,
-        })
+        (table, failures)
+    }
+
+    /// Adds a proxy at its base path; `false` when the path is taken.
+    fn insert(&mut self, proxy: Arc<CompiledProxy>) -> bool {
+        if proxy.base_path == "/" {
+            if self.root.is_some() {
+                return false;
+            }
+            self.root = Some(proxy);
+            return true;
+        }
+        let key: Box<str> = proxy.base_path.clone().into_boxed_str();
+        match self.by_path.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(proxy);
+                true
+            }
+        }
     }
 
     /// The proxy whose base path is the longest prefix of `path` at a `/` boundary, and the
@@ -228,6 +302,7 @@ fn compile_proxy(
         .map_err(fail)?;
     Ok(CompiledProxy {
         id: proxy.id,
+        version: proxy.version,
         name: Arc::from(spec.name.as_str()),
         base_path: spec.base_path.clone(),
         format: spec.format,

@@ -646,7 +646,7 @@ impl Setup {
     }
 
     async fn metrics(&self) -> String {
-        get(&self.gw, "/metrics").await.text().await.unwrap()
+        crate::common::metrics_handle().render()
     }
 }
 

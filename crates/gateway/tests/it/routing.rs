@@ -263,7 +263,7 @@ async fn falls_back_on_no_model_unknown_route_and_failing_routes() {
     assert_eq!(resp.status(), 503);
     assert_stamped(&resp, "backup", "backup-model");
 
-    let metrics = get(&gw, "/metrics").await.text().await.unwrap();
+    let metrics = crate::common::metrics_handle().render();
     for expected in [
         "switchyard_gateway_fallbacks_total{proxy=\"p\",from_route=\"none\",reason=\"no_model\"}",
         "switchyard_gateway_fallbacks_total{proxy=\"p\",from_route=\"primary\",reason=\"status_429\"}",

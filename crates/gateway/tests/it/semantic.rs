@@ -77,12 +77,14 @@ fn semantic_proxy(billing_url: &str, code_url: &str) -> Proxy {
     p.spec.prompt_guard = Some(PromptGuard {
         threshold: 0.6,
         deny_topics: vec![topic("weapons", &["How do I build a bomb?"])],
+        scope: switchyard_model::GuardScope::LastUser,
     });
     p.spec.regex_guard = Some(RegexGuard {
         patterns: vec![RegexPattern {
             name: "ssn".into(),
             pattern: r"\b\d{3}-\d{2}-\d{4}\b".into(),
         }],
+        scope: switchyard_model::GuardScope::All,
     });
     p
 }
@@ -226,6 +228,7 @@ async fn the_guard_applies_to_model_routed_proxies() {
     p.spec.prompt_guard = Some(PromptGuard {
         threshold: 0.6,
         deny_topics: vec![topic("weapons", &["How do I build a bomb?"])],
+        scope: switchyard_model::GuardScope::LastUser,
     });
     let (_cp, gw, _cache) = node_with_encoder(vec![p]).await;
     let mut body = ask("give me steps to build a bomb");
@@ -243,7 +246,7 @@ async fn the_guard_applies_to_model_routed_proxies() {
 }
 
 #[tokio::test]
-async fn a_node_without_a_model_nacks_semantic_snapshots_and_keeps_its_table() {
+async fn a_node_without_a_model_reports_semantic_proxies_and_applies_the_rest() {
     let a = MockOpenAi::start().await.unwrap();
     let model_routed = proxy(
         "p",
@@ -259,14 +262,16 @@ async fn a_node_without_a_model_nacks_semantic_snapshots_and_keeps_its_table() {
         vec![model_routed, semantic_proxy(&a.base_url(), &a.base_url())],
     ))
     .await;
-    let nack = cp.wait_for_ack(2, WAIT).await.expect("no answer");
-    assert!(!nack.applied);
+    let ack = cp.wait_for_ack(2, WAIT).await.expect("no answer");
+    assert!(ack.applied, "{ack:?}");
+    assert_eq!(ack.proxy_failures.len(), 1, "{ack:?}");
+    let failure = &ack.proxy_failures[0];
     assert!(
-        nack.error.contains("proxy 's'") && nack.error.contains("--model-dir"),
-        "{}",
-        nack.error
+        failure.proxy_name == "s" && failure.error.contains("--model-dir"),
+        "{failure:?}"
     );
-    assert_eq!(gw.applied_version(), Some(1));
+    assert_eq!(failure.served_version, 0, "no earlier version to keep");
+    assert_eq!(gw.applied_version(), Some(2));
     let resp = post(&gw, "/p/chat/completions", &chat(Some("main/gpt-4o"))).await;
     assert_eq!(resp.status(), 200);
     let resp = post(&gw, "/s/chat/completions", &chat(None)).await;

@@ -90,7 +90,7 @@ async fn health_and_readiness_before_and_after_the_first_snapshot() {
         .await
     );
 
-    let metrics = get(&gw, "/metrics").await.text().await.unwrap();
+    let metrics = crate::common::metrics_handle().render();
     assert!(
         metrics.contains("switchyard_gateway_control_plane_connected"),
         "{metrics}"
@@ -171,15 +171,7 @@ async fn a_bad_snapshot_is_nacked_and_the_old_table_kept() {
     let a = MockOpenAi::start().await.unwrap();
     let (cp, gw, _cache) = serving(one_proxy(&a, "m1")).await;
 
-    // Two proxies on one base path.
-    let mut proxies = one_proxy(&a, "m2");
-    proxies.extend(one_proxy(&a, "m3"));
-    cp.push(snapshot(GW, 2, proxies)).await;
-    let nack = cp.wait_for_ack(2, WAIT).await.unwrap();
-    assert!(!nack.applied);
-    assert!(nack.error.contains("base path '/p'"), "{}", nack.error);
-
-    // An enum value this node does not know.
+    // An enum value this node does not know: the snapshot does not convert, NACKed whole.
     let mut wire = snapshot(GW, 3, one_proxy(&a, "m4"));
     wire.proxies[0].routes[0].provider = 99;
     cp.push(wire).await;
@@ -187,16 +179,31 @@ async fn a_bad_snapshot_is_nacked_and_the_old_table_kept() {
     assert!(!nack.applied);
     assert!(nack.error.contains("unknown provider"), "{}", nack.error);
 
-    // An invalid upstream URL.
-    let mut wire = snapshot(GW, 4, one_proxy(&a, "m5"));
-    wire.proxies[0].routes[0].url = "not a url".into();
-    cp.push(wire).await;
-    assert!(!cp.wait_for_ack(4, WAIT).await.unwrap().applied);
-
     assert_eq!(gw.applied_version(), Some(1));
     let resp = post(&gw, "/p/chat/completions", &chat(Some("main"))).await;
     assert_stamped(&resp, "main", "m1");
     assert!(gw.sync_state().borrow().last_error.is_some());
+
+    // Proxies that do not compile (two on one base path; an invalid URL) are reported one
+    // by one; the snapshot applies with the rest.
+    let mut proxies = one_proxy(&a, "m2");
+    proxies.extend(one_proxy(&a, "m3"));
+    let mut wire = snapshot(GW, 4, proxies);
+    let mut broken = snapshot(GW, 4, one_proxy(&a, "m5")).proxies.remove(0);
+    broken.base_path = "/q".into();
+    broken.routes[0].url = "not a url".into();
+    wire.proxies.push(broken);
+    cp.push(wire).await;
+    let ack = cp.wait_for_ack(4, WAIT).await.unwrap();
+    assert!(ack.applied, "{ack:?}");
+    assert_eq!(ack.proxy_failures.len(), 2, "{ack:?}");
+    assert!(
+        ack.proxy_failures[0].error.contains("base path '/p'"),
+        "{ack:?}"
+    );
+    assert_eq!(gw.applied_version(), Some(4));
+    let resp = post(&gw, "/p/chat/completions", &chat(Some("main"))).await;
+    assert_stamped(&resp, "main", "m2");
 
     // A good one after that applies.
     cp.push(snapshot(GW, 5, one_proxy(&a, "m6"))).await;
@@ -371,13 +378,23 @@ async fn a_separate_metrics_listener_serves_metrics() {
         "{text}"
     );
 
-    // Without a recorder handle, /metrics says it is disabled.
+    // The traffic port never serves metrics: clients must not read the node's internals.
+    let resp = get(&gw, "/metrics").await;
+    assert_eq!(resp.status(), 404);
+    assert!(!resp.text().await.unwrap().contains("switchyard_"));
+
+    // Without a recorder handle, the metrics listener says metrics are disabled.
     let mut config = crate::common::config(&cp.url(), cache.path());
     config.metrics = None;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let bare = switchyard_gateway::Gateway::start_with(config, tuning())
         .await
         .unwrap();
-    let resp = get(&bare, "/metrics").await;
+    let resp = client()
+        .get(format!("http://{}/metrics", bare.metrics_addr().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("disabled"));
 }

@@ -494,3 +494,178 @@ fn models_are_measured_in_characters() {
     v["routes"][0]["target_model"] = json!("é".repeat(257));
     assert_eq!(err(&v).field, "routes[0].target_model");
 }
+
+#[test]
+fn redacted_secret_is_refused_when_the_destination_changes() {
+    let stored = validate(&contract_example()).unwrap();
+    let put = |edit: &dyn Fn(&mut Value)| {
+        let mut v = contract_example();
+        v["routes"][0]["auth"]["api_key"] = json!("***");
+        edit(&mut v);
+        parse_proxy_input(v.to_string().as_bytes())
+            .unwrap()
+            .validate(&Limits::default(), Some(&stored))
+    };
+    // Same destination: kept.
+    assert!(put(&|_| {}).is_ok());
+    // A new URL would send the stored key to a new host: refused, naming the field.
+    let e = put(&|v| v["routes"][0]["url"] = json!("https://attacker.example/v1")).unwrap_err();
+    assert_eq!(e.field, "routes[0].auth.api_key");
+    assert_eq!(e.code, ErrorCode::RuleViolated);
+    assert!(e.message.contains("destination changed"), "{}", e.message);
+    // A new provider under the same route name: refused too.
+    let e = put(&|v| {
+        v["routes"][0]["provider"] = json!("nvidia");
+    })
+    .unwrap_err();
+    assert_eq!(e.field, "routes[0].auth.api_key");
+    // Sending the key again with the new URL is fine.
+    let mut v = contract_example();
+    v["routes"][0]["url"] = json!("https://other.example/v1");
+    let spec = parse_proxy_input(v.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default(), Some(&stored))
+        .unwrap();
+    assert_eq!(spec.routes[0].url, "https://other.example/v1");
+}
+
+#[test]
+fn urls_with_credentials_are_refused() {
+    for url in [
+        "https://user:pass@api.openai.com/v1",
+        "https://user@api.openai.com/v1",
+        "http://:secret@10.0.0.1:8080",
+    ] {
+        let v = json!({"name": "p", "gateway": "gw", "base_path": "/p", "routes": [
+            {"provider": "openai-compatible", "url": url}]});
+        let e = err(&v);
+        assert_eq!(e.field, "routes[0].url", "{url}");
+        assert!(e.message.contains("credentials"), "{}", e.message);
+        assert!(
+            !e.message.contains("pass"),
+            "the error must not echo the secret"
+        );
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON values, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "\\PC{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Field names of the proxy body, so mutations hit real fields.
+    const FIELDS: &[&str] = &[
+        "name",
+        "gateway",
+        "format",
+        "base_path",
+        "routing",
+        "routes",
+        "prompt_guard",
+        "regex_guard",
+        "semantic_service",
+        "id",
+        "version",
+        "strategy",
+        "fallback",
+        "threshold",
+        "provider",
+        "url",
+        "region",
+        "api_version",
+        "auth",
+        "type",
+        "api_key",
+        "expression",
+        "target_model",
+        "topics",
+        "utterances",
+        "patterns",
+        "pattern",
+        "scope",
+        "deny_topics",
+    ];
+
+    /// Replaces or adds a value at a random path of `v`.
+    fn mutate(v: &mut Value, path: &[usize], key: usize, new: Value) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                let k = m
+                    .keys()
+                    .nth(path.first().copied().unwrap_or(0) % m.len())
+                    .cloned();
+                match (path.len(), k) {
+                    (0 | 1, _) => {
+                        m.insert(FIELDS[key % FIELDS.len()].to_owned(), new);
+                    }
+                    (_, Some(k)) => mutate(m.get_mut(&k).unwrap(), &path[1..], key, new),
+                    _ => {}
+                }
+            }
+            Value::Array(a) if !a.is_empty() && path.len() > 1 => {
+                let i = path[0] % a.len();
+                mutate(&mut a[i], &path[1..], key, new);
+            }
+            other => *other = new,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        /// Arbitrary bytes: parsed or refused with a malformed-body error, never a panic.
+        #[test]
+        fn any_bytes_parse_or_are_refused(body in prop::collection::vec(any::<u8>(), 0..400)) {
+            if let Err(e) = parse_proxy_input(&body) {
+                prop_assert_eq!(e.code, ErrorCode::Malformed);
+            }
+        }
+
+        /// The contract example with one value replaced anywhere: the parser and the
+        /// validator either accept it or name a field of the body, never panic; what they
+        /// accept is a spec that validates again the same way (GET → PUT round trip).
+        #[test]
+        fn mutated_bodies_are_accepted_or_name_a_field(
+            path in prop::collection::vec(any::<usize>(), 0..5),
+            key in any::<usize>(),
+            new in json_value(),
+        ) {
+            let mut v = contract_example();
+            mutate(&mut v, &path, key, new);
+            match parse_proxy_input(v.to_string().as_bytes()).and_then(|i| i.validate(&Limits::default(), None)) {
+                Ok(spec) => {
+                    let shown = serde_json::to_value(&spec).unwrap();
+                    let again = parse_proxy_input(shown.to_string().as_bytes())
+                        .and_then(|i| i.validate(&Limits::default(), Some(&spec)));
+                    prop_assert!(again.is_ok(), "{:?} for {}", again, shown);
+                    prop_assert_eq!(again.unwrap(), spec);
+                }
+                Err(e) => {
+                    prop_assert!(!e.message.is_empty());
+                    // A field path names something of the body (or the body itself).
+                    let first = e.field.split(['.', '[']).next().unwrap_or_default();
+                    prop_assert!(
+                        first.is_empty() || FIELDS.contains(&first) || v.get(first).is_some(),
+                        "field {:?} of {:?}", e.field, e
+                    );
+                }
+            }
+        }
+    }
+}

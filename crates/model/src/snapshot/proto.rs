@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 use super::{InvalidSnapshot, Snapshot};
 use crate::{
-    Auth, Fallback, Format, LibraryTopic, PromptGuard, Provider, Proxy, ProxySpec, RegexGuard,
-    RegexPattern, Route, Routing, RoutingStrategy, Secret, SemanticService, Topic, TopicSource,
+    Auth, Fallback, Format, GuardScope, LibraryTopic, PromptGuard, Provider, Proxy, ProxySpec,
+    RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, Secret, SemanticService, Topic,
+    TopicSource,
 };
 
 fn invalid(msg: impl Into<String>) -> InvalidSnapshot {
@@ -162,6 +163,7 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
         prompt_guard: spec.prompt_guard.as_ref().map(|g| pb::PromptGuard {
             threshold: g.threshold,
             deny_topics: g.deny_topics.iter().map(topic_to_pb).collect(),
+            scope: scope_to_pb(g.scope) as i32,
         }),
         regex_guard: spec.regex_guard.as_ref().map(|g| pb::RegexGuard {
             patterns: g
@@ -172,9 +174,28 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
                     pattern: p.pattern.clone(),
                 })
                 .collect(),
+            scope: scope_to_pb(g.scope) as i32,
         }),
         semantic_service_name: spec.semantic_service.clone().unwrap_or_default(),
         version: p.version,
+    }
+}
+
+fn scope_to_pb(scope: GuardScope) -> pb::GuardScope {
+    match scope {
+        GuardScope::LastUser => pb::GuardScope::LastUser,
+        GuardScope::All => pb::GuardScope::All,
+    }
+}
+
+/// A guard's scope off the wire: unspecified (an older control plane) is the guard's
+/// default; a value this node does not know (a newer control plane) reads everything.
+fn scope_from_pb(scope: i32, default: GuardScope) -> GuardScope {
+    match pb::GuardScope::try_from(scope) {
+        Ok(pb::GuardScope::LastUser) => GuardScope::LastUser,
+        Ok(pb::GuardScope::All) => GuardScope::All,
+        Ok(pb::GuardScope::Unspecified) => default,
+        Err(_) => GuardScope::All,
     }
 }
 
@@ -228,6 +249,7 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
         prompt_guard: p.prompt_guard.map(|g| PromptGuard {
             threshold: g.threshold,
             deny_topics: g.deny_topics.into_iter().map(topic_from_pb).collect(),
+            scope: scope_from_pb(g.scope, GuardScope::LastUser),
         }),
         regex_guard: p.regex_guard.map(|g| RegexGuard {
             patterns: g
@@ -238,6 +260,7 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
                     pattern: p.pattern,
                 })
                 .collect(),
+            scope: scope_from_pb(g.scope, GuardScope::All),
         }),
         semantic_service: (!p.semantic_service_name.is_empty()).then_some(p.semantic_service_name),
     };

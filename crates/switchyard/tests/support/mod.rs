@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-pub const TOKEN: &str = "fleet-admin-token";
+pub const TOKEN: &str = "fleet-admin-token-0123456789abcdef";
 
 pub struct ControlPlaneProcess {
     pub child: Child,

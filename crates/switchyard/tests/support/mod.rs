@@ -123,6 +123,7 @@ pub async fn call(
 pub async fn metric(http: &reqwest::Client, cp: &ControlPlaneProcess, name: &str) -> f64 {
     let text = http
         .get(format!("http://{}/metrics", cp.admin))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()

@@ -97,6 +97,17 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Refuses an update made against a version other than the stored one (`expected`, when the
+/// client sent one): the one optimistic-concurrency rule of every versioned resource.
+fn check_version(what: &str, current: u64, expected: Option<u64>) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::Conflict(format!(
+            "version conflict: the {what} is at version {current}, the update was made against {expected}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

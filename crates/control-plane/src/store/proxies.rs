@@ -9,7 +9,10 @@ use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, Limits, Proxy, ProxySpec};
 use uuid::Uuid;
 
-use super::{Backend, Store, StoreError, from_ms, is_foreign_key_violation, ms, to_i64, to_u64};
+use super::{
+    Backend, Store, StoreError, check_version, from_ms, is_foreign_key_violation, ms, to_i64,
+    to_u64,
+};
 
 impl Store {
     /// Stores a new proxy. `spec`'s secrets must already be encrypted.
@@ -103,13 +106,7 @@ impl Store {
                 ),
             });
         }
-        if let Some(expected) = expected_version
-            && expected != current
-        {
-            return Err(StoreError::Conflict(format!(
-                "version conflict: the proxy is at version {current}, the update was made against {expected}"
-            )));
-        }
+        check_version("proxy", current, expected_version)?;
         let now = from_ms(ms(Utc::now()));
         let res = sqlx::query(
             "UPDATE proxies SET name = $1, base_path = $2, version = $3, spec = $4, updated_at = $5, semantic_service = $6 WHERE id = $7",

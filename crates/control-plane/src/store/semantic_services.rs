@@ -7,8 +7,8 @@ use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, ProxySpec, SemanticService};
 
 use super::{
-    Backend, Store, StoreError, from_ms, is_foreign_key_violation, is_unique_violation, ms, to_i64,
-    to_u64,
+    Backend, Store, StoreError, check_version, from_ms, is_foreign_key_violation,
+    is_unique_violation, ms, to_i64, to_u64,
 };
 
 /// A semantic service as stored (its key, if any, encrypted), with how many proxies name it.
@@ -154,13 +154,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound("semantic service"))?;
         let current = to_u64(row.try_get("version")?);
-        if let Some(expected) = expected_version
-            && expected != current
-        {
-            return Err(StoreError::Conflict(format!(
-                "version conflict: the semantic service is at version {current}, the update was made against {expected}"
-            )));
-        }
+        check_version("semantic service", current, expected_version)?;
         sqlx::query(
             "UPDATE semantic_services SET url = $1, model = $2, api_key = $3, version = $4, updated_at = $5 \
              WHERE name = $6",

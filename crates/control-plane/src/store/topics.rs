@@ -13,7 +13,8 @@ use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, LibraryTopic, Limits, ProxySpec, ValidationError};
 
 use super::{
-    Store, StoreError, from_ms, is_foreign_key_violation, is_unique_violation, ms, to_i64, to_u64,
+    Store, StoreError, check_version, from_ms, is_foreign_key_violation, is_unique_violation, ms,
+    to_i64, to_u64,
 };
 
 /// A library topic as stored, with how many proxies name it.
@@ -168,13 +169,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound("topic"))?;
         let current = to_u64(row.try_get("version")?);
-        if let Some(expected) = expected_version
-            && expected != current
-        {
-            return Err(StoreError::Conflict(format!(
-                "version conflict: the topic is at version {current}, the update was made against {expected}"
-            )));
-        }
+        check_version("topic", current, expected_version)?;
         sqlx::query(
             "UPDATE topics SET description = $1, utterances = $2, utterance_count = $3, version = $4, updated_at = $5 \
              WHERE name = $6",

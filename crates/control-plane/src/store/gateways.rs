@@ -110,7 +110,7 @@ impl Store {
     /// Deletes a gateway with no proxies (its node records go with it).
     pub async fn delete_gateway(&self, name: &str) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT id FROM gateways WHERE name = $1{}",
             self.for_update()

@@ -201,6 +201,18 @@ impl Store {
         }
     }
 
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken
+    /// at the start, where `busy_timeout` applies, instead of at the first write. A deferred
+    /// transaction that must upgrade its read lock gets `SQLITE_BUSY` at once, without waiting,
+    /// when another connection still holds the lock, for instance one whose transaction was
+    /// dropped on an error path and whose rollback sqlx has not yet run.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     fn for_update(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " FOR UPDATE",

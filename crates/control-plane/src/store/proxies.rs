@@ -22,7 +22,7 @@ impl Store {
         limits: &Limits,
     ) -> Result<Proxy, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         self.lock_named_service(&mut tx, spec).await?;
         self.lock_library_topics(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
@@ -83,7 +83,7 @@ impl Store {
         expected_version: Option<u64>,
     ) -> Result<Proxy, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         self.lock_named_service(&mut tx, spec).await?;
         self.lock_library_topics(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
@@ -144,7 +144,7 @@ impl Store {
             .get_proxy(id)
             .await?
             .ok_or(StoreError::NotFound("proxy"))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let gateway_id = self.lock_gateway(&mut tx, &proxy.spec.gateway).await?;
         let res = sqlx::query("DELETE FROM proxies WHERE id = $1")
             .bind(id.to_string())
@@ -221,7 +221,7 @@ impl Store {
         mut f: impl FnMut(ProxySpec) -> Result<Option<ProxySpec>, StoreError>,
     ) -> Result<usize, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT {} FROM proxies p JOIN gateways g ON g.id = p.gateway_id{}",
             Self::PROXY_COLUMNS,

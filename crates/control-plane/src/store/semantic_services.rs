@@ -143,7 +143,7 @@ impl Store {
         expected_version: Option<u64>,
     ) -> Result<(SemanticServiceRecord, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT version FROM semantic_services WHERE name = $1{}",
             self.for_update()
@@ -200,7 +200,7 @@ impl Store {
     /// Deletes a semantic service no proxy names.
     pub async fn delete_semantic_service(&self, name: &str) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT name FROM semantic_services WHERE name = $1{}",
             self.for_update()
@@ -264,7 +264,7 @@ impl Store {
         mut f: impl FnMut(SemanticService) -> Result<Option<SemanticService>, StoreError>,
     ) -> Result<usize, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT {} FROM semantic_services s{}",
             Self::SERVICE_COLUMNS,

@@ -84,7 +84,7 @@ impl Store {
         limits: &Limits,
     ) -> Result<TopicRecord, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM topics")
             .fetch_one(&mut *tx)
             .await?
@@ -158,7 +158,7 @@ impl Store {
         expected_version: Option<u64>,
     ) -> Result<(TopicRecord, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT version FROM topics WHERE name = $1{}",
             self.for_update()
@@ -213,7 +213,7 @@ impl Store {
     /// Deletes a library topic no proxy names; otherwise a conflict naming them.
     pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT name FROM topics WHERE name = $1{}",
             self.for_update()

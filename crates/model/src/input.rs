@@ -38,6 +38,13 @@ pub struct ProxyInput {
     /// The name of a semantic service of the control plane.
     #[serde(default)]
     pub semantic_service: Option<String>,
+    /// `{"required": true}`: only requests with a live consumer key are served.
+    #[serde(default)]
+    pub client_auth: Option<crate::ClientAuth>,
+    #[serde(default)]
+    pub rate_limits: Vec<crate::governance::RateLimitInput>,
+    #[serde(default)]
+    pub budget: Option<crate::governance::BudgetInput>,
     #[serde(default)]
     pub id: Option<Uuid>,
     #[serde(default, deserialize_with = "version")]
@@ -284,6 +291,18 @@ impl ProxyInput {
             validate_gateway_name("semantic_service", service)?;
         }
 
+        let client_auth = self.client_auth.unwrap_or_default();
+        if client_auth.required {
+            check_consumer_key_not_forwarded(&routes)?;
+        }
+        let rate_limits = crate::governance::validate_rate_limits(
+            "rate_limits",
+            self.rate_limits,
+            crate::LimitKey::Proxy,
+            limits,
+        )?;
+        let budget = self.budget.map(|b| b.validate("budget")).transpose()?;
+
         Ok(ProxySpec {
             name: self.name,
             gateway: self.gateway,
@@ -294,8 +313,59 @@ impl ProxyInput {
             prompt_guard,
             regex_guard,
             semantic_service: self.semantic_service,
+            client_auth,
+            rate_limits,
+            budget,
         })
     }
+}
+
+/// Where a consumer key may be found on a request; with client authentication on, a route
+/// must not take its provider credential from one of them (the consumer key would be sent
+/// upstream as the provider key).
+const CONSUMER_KEY_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key"];
+const CONSUMER_KEY_QUERY: &str = "key";
+
+fn check_consumer_key_not_forwarded(routes: &[Route]) -> Result<(), ValidationError> {
+    for (i, route) in routes.iter().enumerate() {
+        let expressions: Vec<(&str, &str)> = match &route.auth {
+            Auth::Dynamic { expression } => vec![("expression", expression)],
+            Auth::DynamicAws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                let mut v = vec![
+                    ("access_key_id", access_key_id.as_str()),
+                    ("secret_access_key", secret_access_key.as_str()),
+                ];
+                if let Some(t) = session_token {
+                    v.push(("session_token", t));
+                }
+                v
+            }
+            _ => continue,
+        };
+        for (leaf, expression) in expressions {
+            let Ok(selector) = Selector::parse("", expression) else {
+                continue;
+            };
+            let clash = match &selector.source {
+                crate::SelectorSource::Header(h) => CONSUMER_KEY_HEADERS.contains(&h.as_str()),
+                crate::SelectorSource::Query(q) => q == CONSUMER_KEY_QUERY,
+            };
+            if clash {
+                return Err(ValidationError::rule(
+                    format!("routes[{i}].auth.{leaf}"),
+                    format!(
+                        "with client_auth.required the consumer key is read from {} and ?{CONSUMER_KEY_QUERY}: take the provider key from another header",
+                        CONSUMER_KEY_HEADERS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_unique_topic_names(routes: &[Route]) -> Result<(), ValidationError> {

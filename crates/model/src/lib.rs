@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod governance;
 mod input;
 mod limits;
 mod names;
@@ -18,6 +19,10 @@ mod spec;
 mod topic;
 
 pub use error::{ErrorCode, ValidationError};
+pub use governance::{
+    Budget, BudgetPeriod, ClientAuth, Consumer, ConsumerKey, ConsumerProxies, ConsumerSpec,
+    LimitAmount, LimitKey, NodeConsumer, NodeKey, Price, RateLimit, Window,
+};
 pub use input::{ProxyInput, REGEX_SIZE_LIMIT, compile_guard_regex, parse_proxy_input};
 pub use limits::Limits;
 pub use names::{RESERVED_PATHS, validate_gateway_name};

@@ -27,6 +27,20 @@ pub struct Limits {
     /// library topics its deny list refers to.
     #[serde(default = "default_library_refs")]
     pub library_topics_per_proxy: usize,
+    /// Rate limits of one proxy or one consumer.
+    #[serde(default = "default_rate_limits")]
+    pub rate_limits_per_owner: usize,
+    /// Proxies a consumer names (besides `*`, every proxy).
+    #[serde(default = "default_consumer_proxies")]
+    pub proxies_per_consumer: usize,
+}
+
+fn default_rate_limits() -> usize {
+    Limits::default().rate_limits_per_owner
+}
+
+fn default_consumer_proxies() -> usize {
+    Limits::default().proxies_per_consumer
 }
 
 fn default_library_topics() -> usize {
@@ -64,6 +78,8 @@ impl Default for Limits {
             library_topics: 1000,
             utterances_per_library_topic: 2000,
             library_topics_per_proxy: 16,
+            rate_limits_per_owner: 16,
+            proxies_per_consumer: 1000,
         }
     }
 }

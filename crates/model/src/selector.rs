@@ -60,6 +60,15 @@ impl Selector {
     }
 }
 
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            SelectorSource::Header(name) => write!(f, "#[attributes.headers['{name}']]"),
+            SelectorSource::Query(name) => write!(f, "#[attributes.queryParams['{name}']]"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

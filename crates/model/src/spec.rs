@@ -67,6 +67,13 @@ pub struct ProxySpec {
     /// utterances with, instead of the node's in-process encoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic_service: Option<String>,
+    /// Whether callers must present a consumer key.
+    #[serde(default)]
+    pub client_auth: crate::ClientAuth,
+    #[serde(default)]
+    pub rate_limits: Vec<crate::RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -272,6 +272,12 @@ pub struct LimitArgs {
     /// Library topics a proxy's routes may refer to (and, separately, its deny list).
     #[arg(long, env = "SWITCHYARD_MAX_LIBRARY_TOPICS_PER_PROXY", default_value_t = Limits::default().library_topics_per_proxy)]
     pub max_library_topics_per_proxy: usize,
+    /// Rate limits of one proxy or one consumer.
+    #[arg(long, env = "SWITCHYARD_MAX_RATE_LIMITS", default_value_t = Limits::default().rate_limits_per_owner)]
+    pub max_rate_limits: usize,
+    /// Proxies one consumer may name (besides "*", every proxy).
+    #[arg(long, env = "SWITCHYARD_MAX_PROXIES_PER_CONSUMER", default_value_t = Limits::default().proxies_per_consumer)]
+    pub max_proxies_per_consumer: usize,
 }
 
 impl LimitArgs {
@@ -289,6 +295,8 @@ impl LimitArgs {
             library_topics: self.max_library_topics,
             utterances_per_library_topic: self.max_utterances_per_library_topic,
             library_topics_per_proxy: self.max_library_topics_per_proxy,
+            rate_limits_per_owner: self.max_rate_limits,
+            proxies_per_consumer: self.max_proxies_per_consumer,
         }
     }
 }

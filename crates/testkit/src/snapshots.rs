@@ -70,6 +70,9 @@ pub fn proxy(
             prompt_guard: None,
             regex_guard: None,
             semantic_service: None,
+            client_auth: Default::default(),
+            rate_limits: Vec::new(),
+            budget: None,
         },
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         updated_at: DateTime::<Utc>::UNIX_EPOCH,
@@ -102,6 +105,8 @@ pub fn snapshot_with_services(
         proxies,
         semantic_services,
         topics: Vec::new(),
+        consumers: Vec::new(),
+        prices: Vec::new(),
         created_at: Utc::now(),
     })
 }

@@ -166,6 +166,8 @@ impl Snapshots {
             proxies,
             semantic_services,
             topics: source.topics,
+            consumers: source.consumers,
+            prices: source.prices,
             created_at: Utc::now(),
         };
         let message = encoded::ControlMessage::snapshot(&pb::Snapshot::from(&snapshot));

@@ -16,6 +16,10 @@ pub struct SnapshotSource {
     pub semantic_services: Vec<SemanticService>,
     /// The library topics the proxies name, each once, ordered by name.
     pub topics: Vec<LibraryTopic>,
+    /// The consumers allowed on at least one of the proxies, with their live keys, by name.
+    pub consumers: Vec<switchyard_model::NodeConsumer>,
+    /// The price table, by model.
+    pub prices: Vec<switchyard_model::Price>,
 }
 
 impl Store {
@@ -72,6 +76,8 @@ impl Store {
             proxies,
             semantic_services,
             topics,
+            consumers: Vec::new(),
+            prices: Vec::new(),
         }))
     }
 

@@ -403,7 +403,9 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
             version: 0,
             proxies: vec![],
             semantic_services: vec![],
-            topics: vec![]
+            topics: vec![],
+            consumers: vec![],
+            prices: vec![],
         }
     );
     let limits = Limits::default();

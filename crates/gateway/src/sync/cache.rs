@@ -137,6 +137,7 @@ mod tests {
             created_at_unix_ms: 1,
             semantic_services: vec![],
             topics: vec![],
+            ..Default::default()
         };
         cache.store_snapshot(&snap).unwrap();
         assert_eq!(cache.load_snapshot().unwrap(), Some(snap));

@@ -377,6 +377,9 @@ pub(crate) mod tests {
                 prompt_guard: None,
                 regex_guard: None,
                 semantic_service: None,
+                client_auth: Default::default(),
+                rate_limits: Vec::new(),
+                budget: None,
             },
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             updated_at: DateTime::<Utc>::UNIX_EPOCH,
@@ -390,6 +393,8 @@ pub(crate) mod tests {
             proxies,
             semantic_services: Vec::new(),
             topics: Vec::new(),
+            consumers: Vec::new(),
+            prices: Vec::new(),
             created_at: DateTime::<Utc>::UNIX_EPOCH,
         }
     }

@@ -11,7 +11,7 @@ mod proto;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{LibraryTopic, Proxy, SemanticService};
+use crate::{LibraryTopic, NodeConsumer, Price, Proxy, SemanticService};
 
 #[cfg(feature = "proto")]
 pub use proto::{provider_from_pb, provider_to_pb};
@@ -30,6 +30,12 @@ pub struct Snapshot {
     /// The library topics the proxies refer to, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<LibraryTopic>,
+    /// The consumers allowed on at least one of the proxies, with their live keys' hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<NodeConsumer>,
+    /// The price table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<Price>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -10,6 +10,10 @@ use crate::{
     RegexGuard, RegexPattern, Route, Routing, RoutingStrategy, Secret, SemanticService, Topic,
     TopicSource,
 };
+use crate::{
+    Budget, BudgetPeriod, ConsumerProxies, LimitAmount, LimitKey, NodeConsumer, NodeKey, Price,
+    RateLimit, Window,
+};
 
 fn invalid(msg: impl Into<String>) -> InvalidSnapshot {
     InvalidSnapshot(msg.into())
@@ -39,6 +43,17 @@ impl From<&Snapshot> for pb::Snapshot {
                     name: t.name.clone(),
                     description: t.description.clone(),
                     utterances: t.utterances.clone(),
+                })
+                .collect(),
+            consumers: s.consumers.iter().map(consumer_to_pb).collect(),
+            prices: s
+                .prices
+                .iter()
+                .map(|p| pb::Price {
+                    model: p.model.clone(),
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                    cached_input_per_mtok: p.cached_input_per_mtok,
                 })
                 .collect(),
         }
@@ -122,12 +137,43 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 )));
             }
         }
+        let mut consumers: Vec<NodeConsumer> = Vec::with_capacity(s.consumers.len());
+        for c in s.consumers {
+            let name = c.name.clone();
+            let consumer =
+                consumer_from_pb(c).map_err(|e| invalid(format!("consumer '{name}': {}", e.0)))?;
+            if consumers.iter().any(|x| x.name == consumer.name) {
+                return Err(invalid(format!("consumer '{name}' is listed twice")));
+            }
+            consumers.push(consumer);
+        }
+        let prices = s
+            .prices
+            .into_iter()
+            .map(|p| {
+                let finite = |v: f64| v.is_finite() && v >= 0.0;
+                let ok = finite(p.input_per_mtok)
+                    && finite(p.output_per_mtok)
+                    && p.cached_input_per_mtok.is_none_or(finite);
+                if !ok || p.model.is_empty() {
+                    return Err(invalid(format!("price of '{}' is not valid", p.model)));
+                }
+                Ok(Price {
+                    model: p.model,
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                    cached_input_per_mtok: p.cached_input_per_mtok,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot {
             gateway: s.gateway,
             version: s.version,
             proxies,
             semantic_services,
             topics,
+            consumers,
+            prices,
             created_at,
         })
     }
@@ -177,6 +223,9 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
             scope: scope_to_pb(g.scope) as i32,
         }),
         semantic_service_name: spec.semantic_service.clone().unwrap_or_default(),
+        client_auth_required: spec.client_auth.required,
+        rate_limits: spec.rate_limits.iter().map(rate_limit_to_pb).collect(),
+        budget: spec.budget.as_ref().map(budget_to_pb),
         version: p.version,
     }
 }
@@ -263,6 +312,11 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
             scope: scope_from_pb(g.scope, GuardScope::All),
         }),
         semantic_service: (!p.semantic_service_name.is_empty()).then_some(p.semantic_service_name),
+        client_auth: crate::ClientAuth {
+            required: p.client_auth_required,
+        },
+        rate_limits: rate_limits_from_pb(p.rate_limits)?,
+        budget: p.budget.map(budget_from_pb).transpose()?,
     };
     // Timestamps are control-plane bookkeeping; nodes do not need them.
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
@@ -272,6 +326,130 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
         spec,
         created_at: epoch,
         updated_at: epoch,
+    })
+}
+
+fn rate_limit_to_pb(l: &RateLimit) -> pb::RateLimit {
+    use pb::rate_limit::Amount;
+    pb::RateLimit {
+        name: l.name.clone(),
+        amount: Some(match l.amount {
+            LimitAmount::Tokens(n) => Amount::Tokens(n),
+            LimitAmount::Requests(n) => Amount::Requests(n),
+        }),
+        window: l.window.to_string(),
+        key: l.key.to_string(),
+    }
+}
+
+fn rate_limits_from_pb(limits: Vec<pb::RateLimit>) -> Result<Vec<RateLimit>, InvalidSnapshot> {
+    use pb::rate_limit::Amount;
+    limits
+        .into_iter()
+        .map(|l| {
+            let what = |e: crate::ValidationError| {
+                invalid(format!("rate limit '{}': {}", l.name, e.message))
+            };
+            let amount = match l.amount {
+                Some(Amount::Tokens(n)) if n > 0 => LimitAmount::Tokens(n),
+                Some(Amount::Requests(n)) if n > 0 => LimitAmount::Requests(n),
+                _ => return Err(invalid(format!("rate limit '{}' has no amount", l.name))),
+            };
+            Ok(RateLimit {
+                amount,
+                window: Window::parse("window", &l.window).map_err(what)?,
+                key: LimitKey::parse("key", &l.key).map_err(what)?,
+                name: l.name,
+            })
+        })
+        .collect()
+}
+
+fn budget_to_pb(b: &Budget) -> pb::Budget {
+    pb::Budget {
+        usd: b.usd,
+        period: b.period.as_str().to_owned(),
+    }
+}
+
+fn budget_from_pb(b: pb::Budget) -> Result<Budget, InvalidSnapshot> {
+    let period = b
+        .period
+        .parse::<BudgetPeriod>()
+        .map_err(|()| invalid(format!("unknown budget period '{}'", b.period)))?;
+    if !b.usd.is_finite() || b.usd < 0.0 {
+        return Err(invalid("a budget is a finite amount of at least 0"));
+    }
+    Ok(Budget { usd: b.usd, period })
+}
+
+fn consumer_to_pb(c: &NodeConsumer) -> pb::Consumer {
+    let (all_proxies, proxy_ids) = match &c.proxies {
+        ConsumerProxies::All => (true, vec![]),
+        ConsumerProxies::Only(ids) => (false, ids.iter().map(Uuid::to_string).collect()),
+    };
+    pb::Consumer {
+        name: c.name.clone(),
+        all_proxies,
+        proxy_ids,
+        rate_limits: c.rate_limits.iter().map(rate_limit_to_pb).collect(),
+        budget: c.budget.as_ref().map(budget_to_pb),
+        keys: c
+            .keys
+            .iter()
+            .map(|k| pb::ConsumerKey {
+                id: k.id.to_string(),
+                sha256: k.hash.to_vec(),
+                expires_at_unix_ms: k.expires_at.map_or(0, |t| t.timestamp_millis()),
+            })
+            .collect(),
+    }
+}
+
+fn consumer_from_pb(c: pb::Consumer) -> Result<NodeConsumer, InvalidSnapshot> {
+    let proxies = if c.all_proxies {
+        ConsumerProxies::All
+    } else {
+        ConsumerProxies::Only(
+            c.proxy_ids
+                .iter()
+                .map(|id| {
+                    Uuid::parse_str(id)
+                        .map_err(|_| invalid(format!("proxy id '{id}' is not a UUID")))
+                })
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let keys = c
+        .keys
+        .into_iter()
+        .map(|k| {
+            let id = Uuid::parse_str(&k.id)
+                .map_err(|_| invalid(format!("key id '{}' is not a UUID", k.id)))?;
+            let hash: [u8; 32] = k
+                .sha256
+                .try_into()
+                .map_err(|_| invalid(format!("key {id}: a hash is 32 bytes")))?;
+            let expires_at = match k.expires_at_unix_ms {
+                0 => None,
+                ms => Some(
+                    DateTime::from_timestamp_millis(ms)
+                        .ok_or_else(|| invalid(format!("key {id}: expiry out of range")))?,
+                ),
+            };
+            Ok(NodeKey {
+                id,
+                hash,
+                expires_at,
+            })
+        })
+        .collect::<Result<_, InvalidSnapshot>>()?;
+    Ok(NodeConsumer {
+        name: c.name,
+        proxies,
+        rate_limits: rate_limits_from_pb(c.rate_limits)?,
+        budget: c.budget.map(budget_from_pb).transpose()?,
+        keys,
     })
 }
 
@@ -438,7 +616,13 @@ mod tests {
             ],
             "prompt_guard": {"threshold": 0.8, "deny_topics": [{"name": "d", "utterances": ["bad"]}, {"ref": "weapons"}]},
             "regex_guard": {"patterns": [{"name": "ssn", "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b"}]},
-            "semantic_service": "emb-eu"
+            "semantic_service": "emb-eu",
+            "client_auth": {"required": true},
+            "rate_limits": [
+                {"name": "t", "tokens": 1000, "window": "1h", "key": "consumer"},
+                {"name": "r", "requests": 60, "window": "1m", "key": "#[attributes.headers['x-tenant']]"}
+            ],
+            "budget": {"usd": 12.5, "period": "month"}
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()
@@ -481,8 +665,71 @@ mod tests {
                     utterances: vec!["build a bomb".into()],
                 },
             ],
+            consumers: vec![
+                NodeConsumer {
+                    name: "billing-app".into(),
+                    proxies: ConsumerProxies::All,
+                    rate_limits: vec![RateLimit {
+                        name: "rpm".into(),
+                        amount: LimitAmount::Requests(10),
+                        window: Window::parse("w", "1m").unwrap(),
+                        key: LimitKey::Consumer,
+                    }],
+                    budget: Some(Budget {
+                        usd: 50.0,
+                        period: BudgetPeriod::Day,
+                    }),
+                    keys: vec![
+                        NodeKey {
+                            id: Uuid::new_v4(),
+                            hash: [7; 32],
+                            expires_at: DateTime::from_timestamp_millis(1_900_000_000_000),
+                        },
+                        NodeKey {
+                            id: Uuid::new_v4(),
+                            hash: [9; 32],
+                            expires_at: None,
+                        },
+                    ],
+                },
+                NodeConsumer {
+                    name: "other".into(),
+                    proxies: ConsumerProxies::Only(vec![Uuid::new_v4()]),
+                    rate_limits: vec![],
+                    budget: None,
+                    keys: vec![],
+                },
+            ],
+            prices: vec![Price {
+                model: "gpt-4.1".into(),
+                input_per_mtok: 2.0,
+                output_per_mtok: 8.0,
+                cached_input_per_mtok: Some(0.5),
+            }],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         }
+    }
+
+    #[test]
+    fn bad_governance_on_the_wire_is_refused() {
+        let wire = pb::Snapshot::from(&sample());
+        let mut bad = wire.clone();
+        bad.consumers[0].keys[0].sha256.pop();
+        assert!(Snapshot::try_from(bad).unwrap_err().0.contains("32 bytes"));
+        let mut bad = wire.clone();
+        bad.proxies[0].rate_limits[0].window = "1y".into();
+        assert!(
+            Snapshot::try_from(bad)
+                .unwrap_err()
+                .0
+                .contains("rate limit 't'")
+        );
+        let mut bad = wire.clone();
+        bad.prices[0].input_per_mtok = f64::NAN;
+        assert!(Snapshot::try_from(bad).unwrap_err().0.contains("price"));
+        let mut bad = wire;
+        bad.consumers[1].name = "billing-app".into();
+        assert!(Snapshot::try_from(bad).unwrap_err().0.contains("twice"));
     }
 
     #[test]

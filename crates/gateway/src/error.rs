@@ -33,6 +33,8 @@ pub enum GatewayError {
     Model(#[from] crate::semantic::ModelLoadError),
     #[error("cannot start the embedding worker: {0}")]
     EmbeddingWorker(std::io::Error),
+    #[error("rate limits: {0}")]
+    Limits(String),
     #[error("cannot start the traffic I/O threads: {0}")]
     Runtime(String),
     #[error("{what} server stopped: {reason}")]
@@ -95,6 +97,24 @@ pub(crate) enum ProxyError {
     },
     /// The node holds as many request bytes in flight as it allows: 503, retry later.
     Overloaded,
+    /// A proxy with client authentication, and no consumer key on the request (401).
+    MissingConsumerKey,
+    /// A consumer key that is malformed, unknown, revoked or expired (401).
+    InvalidConsumerKey,
+    /// A live key of a consumer not allowed on this proxy (403).
+    ConsumerNotAllowed,
+    /// A rate limit is reached (429 with `Retry-After`).
+    RateLimited {
+        limit: String,
+        retry_after: u64,
+    },
+    /// A budget is spent (429 with `Retry-After`).
+    BudgetExceeded {
+        owner: String,
+        retry_after: u64,
+    },
+    /// The shared counters do not answer and the failure mode is `closed` (503).
+    LimitsUnavailable,
 }
 
 impl ProxyError {
@@ -122,6 +142,24 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::MissingConsumerKey | ProxyError::InvalidConsumerKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::ConsumerNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } | ProxyError::BudgetExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `Retry-After` (seconds) of a refusal that passes with time.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. }
+            | ProxyError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
+            ProxyError::LimitsUnavailable => Some(1),
+            _ => None,
         }
     }
 
@@ -129,9 +167,15 @@ impl ProxyError {
     pub(crate) fn error_type(&self) -> &'static str {
         match self {
             ProxyError::NotReady => "service_unavailable",
-            ProxyError::MissingCredential(_) | ProxyError::InvalidCredential(_) => {
-                "authentication_error"
+            ProxyError::MissingCredential(_)
+            | ProxyError::InvalidCredential(_)
+            | ProxyError::MissingConsumerKey
+            | ProxyError::InvalidConsumerKey => "authentication_error",
+            ProxyError::ConsumerNotAllowed => "permission_error",
+            ProxyError::RateLimited { .. } | ProxyError::BudgetExceeded { .. } => {
+                "rate_limit_error"
             }
+            ProxyError::LimitsUnavailable => "service_unavailable",
             ProxyError::Api(e) | ProxyError::Untranslatable(e) => e.kind.openai_type(),
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout => "upstream_error",
             ProxyError::PromptBlocked { .. } => "prompt_blocked",
@@ -163,6 +207,12 @@ impl ProxyError {
             ProxyError::SemanticUnavailable(_) => "semantic_unavailable",
             ProxyError::LimitExceeded { .. } => "request_limit_exceeded",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::MissingConsumerKey => "missing_api_key",
+            ProxyError::InvalidConsumerKey => "invalid_api_key",
+            ProxyError::ConsumerNotAllowed => "consumer_not_allowed",
+            ProxyError::RateLimited { .. } => "rate_limit_exceeded",
+            ProxyError::BudgetExceeded { .. } => "budget_exceeded",
+            ProxyError::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -237,6 +287,20 @@ impl ProxyError {
                 "this gateway node is holding as many request bytes as it allows; retry shortly"
                     .to_owned()
             }
+            ProxyError::MissingConsumerKey => "missing API key: this proxy serves only requests carrying a consumer key (Authorization: Bearer, x-api-key, x-goog-api-key or ?key=)".to_owned(),
+            ProxyError::InvalidConsumerKey => {
+                "invalid API key: the key is unknown, revoked or expired".to_owned()
+            }
+            ProxyError::ConsumerNotAllowed => {
+                "this consumer is not allowed to call this proxy".to_owned()
+            }
+            ProxyError::RateLimited { limit, retry_after } => format!(
+                "rate limit '{limit}' reached; retry after {retry_after} s"
+            ),
+            ProxyError::BudgetExceeded { owner, retry_after } => format!(
+                "the budget of {owner} is spent for this period; retry after {retry_after} s"
+            ),
+            ProxyError::LimitsUnavailable => "rate limits cannot be checked right now (the shared counters do not answer); retry shortly".to_owned(),
         }
     }
 

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod governance;
 mod http;
 pub mod limits;
 mod node;
@@ -26,6 +27,7 @@ mod telemetry;
 mod usage;
 
 pub use error::GatewayError;
+pub use governance::{FailureMode, LimitsConfig};
 pub use limits::NodeLimits;
 pub use node::{ControlPlaneTls, Gateway, GatewayConfig, SyncTuning};
 pub use semantic::{EncoderKind, ModelLoadError, load_encoder};

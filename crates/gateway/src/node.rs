@@ -62,6 +62,8 @@ pub struct GatewayConfig {
     pub listen_tls: Option<switchyard_tls::ServerTls>,
     /// Timeouts, connection cap, request limits, CPU pool, egress policy.
     pub limits: NodeLimits,
+    /// Where rate-limit and budget counters live (Redis, or this node).
+    pub counters: crate::governance::LimitsConfig,
 }
 
 /// How a node verifies an `https://` control plane and proves itself to it.
@@ -108,6 +110,7 @@ impl GatewayConfig {
             control_plane_tls: ControlPlaneTls::default(),
             listen_tls: None,
             limits: NodeLimits::default(),
+            counters: crate::governance::LimitsConfig::default(),
         }
     }
 }
@@ -136,6 +139,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("control_plane_tls", &self.control_plane_tls)
             .field("listen_tls", &self.listen_tls)
             .field("limits", &self.limits)
+            .field("counters_redis", &self.counters.redis_url.is_some())
             .finish()
     }
 }
@@ -267,7 +271,12 @@ impl Gateway {
                     config.limits.offload_threads,
                 ),
             },
+            counters: crate::governance::CounterHandle::new(
+                crate::governance::Counters::new(config.counters.clone())
+                    .map_err(GatewayError::Limits)?,
+            ),
         });
+        info!("{}", state.counters.shared().describe());
         let listener = http::bind(config.listen, "traffic").await?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
             what: "traffic",
@@ -297,6 +306,7 @@ impl Gateway {
             || {
                 let mut own = AppState::clone(&state);
                 own.client = upstream_client(&config)?;
+                own.counters = state.counters.for_thread();
                 Ok(http::router(Arc::new(own)))
             },
             &shutdown,

@@ -200,3 +200,19 @@ fn status_label(status: u16) -> SharedString {
     };
     SharedString::const_str(s)
 }
+
+/// A request's cost, in USD, by proxy, route and consumer (`none` without one). A gauge only
+/// ever increased: the Prometheus exporter's counters hold whole numbers.
+pub(crate) fn cost(proxy: &Label, route: &Label, consumer: Option<&str>, usd: f64) {
+    metrics::gauge!("switchyard_gateway_cost_usd_total",
+        "proxy" => proxy.shared(), "route" => route.shared(),
+        "consumer" => consumer.unwrap_or(NONE).to_owned())
+    .increment(usd);
+}
+
+/// A served request whose model has no price (it cost 0).
+pub(crate) fn unpriced(proxy: &Label, route: &Label) {
+    metrics::counter!("switchyard_gateway_unpriced_requests_total",
+        "proxy" => proxy.shared(), "route" => route.shared())
+    .increment(1);
+}

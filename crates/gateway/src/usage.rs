@@ -45,6 +45,39 @@ pub(crate) struct UsageRecord {
     pub usage: Option<Usage>,
     /// The serving route's metric handles, when a route was chosen.
     pub route_metrics: Option<Arc<telemetry::RouteMetrics>>,
+    /// The snapshot's governance: the price table the cost is computed with.
+    pub governance: Option<Arc<crate::governance::Governance>>,
+    /// The request's consumer and the counters its tokens and cost are charged to.
+    pub gate: Option<Arc<crate::governance::Gate>>,
+    /// The request body's size.
+    pub request_bytes: usize,
+    /// Chunks of the answer sent to the client.
+    pub events_sent: u64,
+}
+
+impl UsageRecord {
+    /// What the request is charged for: the upstream's report, or, for a stream cut short
+    /// before the upstream reported usage (the client left, or the upstream broke off), an
+    /// estimate of what was produced: a token per event sent, and the request's bytes / 4
+    /// as its input.
+    pub(crate) fn billed_usage(&self) -> (Option<Usage>, bool) {
+        if let Some(usage) = self.usage {
+            return (Some(usage), false);
+        }
+        let cut_short = matches!(
+            self.outcome,
+            "client_disconnected" | "upstream_stream_error"
+        );
+        if self.stream && cut_short && self.events_sent > 0 {
+            let estimate = Usage {
+                input_tokens: (self.request_bytes as u64).div_ceil(4),
+                output_tokens: self.events_sent,
+                ..Usage::default()
+            };
+            return (Some(estimate), true);
+        }
+        (None, false)
+    }
 }
 
 /// Records a finished request: metrics and the `request finished` log line (in `span`).
@@ -75,6 +108,26 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
     {
         telemetry::time_to_first_token(&rec.proxy, &rec.route, ttft);
     }
+    let (billed, estimated) = rec.billed_usage();
+    let consumer = rec
+        .gate
+        .as_ref()
+        .and_then(|g| g.consumer.as_ref())
+        .map(|c| &*c.name);
+    let cost = match (&billed, &rec.governance) {
+        (Some(usage), Some(gov)) if rec.provider != telemetry::NONE => {
+            let cost = gov.prices.cost(&rec.model, usage);
+            match cost {
+                Some(usd) => telemetry::cost(&rec.proxy, &rec.route, consumer, usd),
+                None => telemetry::unpriced(&rec.proxy, &rec.route),
+            }
+            cost
+        }
+        _ => None,
+    };
+    if let Some(gate) = &rec.gate {
+        gate.settle(billed.as_ref(), cost.unwrap_or(0.0), span);
+    }
     let latency_ms = rec.latency.as_secs_f64() * 1000.0;
     span.record("status", rec.status);
     span.record("latency_ms", latency_ms);
@@ -94,6 +147,9 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
         output_tokens = rec.usage.map(|_| usage.output_tokens),
         cached_input_tokens = usage.cached_input_tokens,
         reasoning_tokens = usage.reasoning_tokens,
+        usage_estimated = estimated.then_some(true),
+        consumer,
+        cost_usd = cost,
         "request finished"
     );
 }
@@ -126,6 +182,10 @@ mod tests {
                 reasoning_tokens: None,
             }),
             route_metrics: None,
+            governance: None,
+            gate: None,
+            request_bytes: 0,
+            events_sent: 0,
         };
         metrics::with_local_recorder(&recorder, || {
             record(&rec, &Span::none());

@@ -8,7 +8,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_control_plane::crypto::Keyring;
 use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
 use switchyard_gateway::limits::IpNet;
-use switchyard_gateway::{ControlPlaneTls, EncoderKind, Gateway, GatewayConfig, NodeLimits};
+use switchyard_gateway::{
+    ControlPlaneTls, EncoderKind, FailureMode, Gateway, GatewayConfig, LimitsConfig, NodeLimits,
+};
 use switchyard_model::Limits;
 
 /// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
@@ -410,6 +412,46 @@ pub struct GatewayTuning {
     pub io_threads: Option<u16>,
     #[command(flatten)]
     pub protection: ProtectionArgs,
+    #[command(flatten)]
+    pub counters: CounterArgs,
+}
+
+/// Where rate-limit and budget counters live.
+#[derive(Debug, Args)]
+pub struct CounterArgs {
+    /// Redis holding the rate-limit and budget counters shared by every node of a gateway,
+    /// e.g. redis://127.0.0.1:6379 (rediss:// for TLS; redis://:password@host/db). Without
+    /// it, counters are per node.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the node's Redis keys (gateways sharing one Redis may keep apart).
+    #[arg(
+        long,
+        env = "SWITCHYARD_REDIS_KEY_PREFIX",
+        default_value = "switchyard"
+    )]
+    pub redis_key_prefix: String,
+    /// The longest a request waits for Redis before the failure mode applies.
+    #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// While Redis does not answer: `open` counts on the node's own counters, `closed`
+    /// refuses limited requests with 503.
+    #[arg(long, env = "SWITCHYARD_LIMITS_ON_REDIS_FAILURE", default_value = "open", value_parser = ["open", "closed"])]
+    pub limits_on_redis_failure: String,
+}
+
+impl CounterArgs {
+    fn config(&self) -> anyhow::Result<LimitsConfig> {
+        Ok(LimitsConfig {
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            timeout: self.redis_timeout,
+            on_failure: self
+                .limits_on_redis_failure
+                .parse::<FailureMode>()
+                .map_err(|e| anyhow::anyhow!("--limits-on-redis-failure {e}"))?,
+        })
+    }
 }
 
 /// The node's protective limits (see `switchyard_gateway::NodeLimits`).
@@ -786,8 +828,9 @@ fn gateway_config(
     tuning: &GatewayTuning,
     metrics: PrometheusHandle,
     semantic: (Option<PathBuf>, EncoderKind),
-) -> GatewayConfig {
+) -> anyhow::Result<GatewayConfig> {
     base.listen = listen;
+    base.counters = tuning.counters.config()?;
     base.upstream_connect_timeout = tuning.upstream_connect_timeout;
     base.upstream_header_timeout = tuning.upstream_header_timeout;
     base.drain_timeout = tuning.drain_timeout;
@@ -795,7 +838,7 @@ fn gateway_config(
     base.limits = tuning.protection.limits();
     base.metrics = Some(metrics);
     (base.model_dir, base.encoder_kind) = semantic;
-    base
+    Ok(base)
 }
 
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -816,7 +859,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         &args.tuning,
         install_metrics()?,
         (args.semantic.dir(false), args.semantic.kind()),
-    );
+    )?;
     config.metrics_listen = args.metrics_listen;
     config.node_id = args.node_id;
     config.control_plane_tls = args.tls.control_plane();
@@ -892,7 +935,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         &args.tuning,
         metrics,
         (args.semantic.dir(true), args.semantic.kind()),
-    );
+    )?;
     config.metrics_listen = args.metrics_listen;
     let gateway = Gateway::start(config).await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());

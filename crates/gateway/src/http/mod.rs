@@ -48,6 +48,8 @@ pub(crate) struct AppState {
     pub limits: Arc<crate::limits::NodeLimits>,
     /// How request bodies are read (timeout, byte budget, shape, CPU pool).
     pub reading: Reading,
+    /// The rate-limit and budget counters (this I/O thread's Redis connection).
+    pub counters: crate::governance::CounterHandle,
 }
 
 /// The main listener's router: reserved paths, then every proxy.
@@ -76,7 +78,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     match state.table.load().as_ref() {
-        Some(table) => format!("ready: snapshot version {}\n", table.version).into_response(),
+        Some(table) => format!(
+            "ready: snapshot version {}\n{}\n",
+            table.version,
+            state.counters.shared().describe()
+        )
+        .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no snapshot yet: waiting for the control plane\n",

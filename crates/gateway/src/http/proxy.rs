@@ -31,6 +31,7 @@ use super::inbound::{Endpoint, InboundRequest};
 use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
 use super::upstream::{Call, prepare};
 use crate::error::{ProxyError, error_chain};
+use crate::governance::{self, CompiledConsumer};
 use crate::routing::{self, Choice, Decision, FallbackReason};
 use crate::semantic::{self, dry_run};
 use crate::table::{CompiledProxy, CompiledRoute};
@@ -50,6 +51,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         method = %req.method(),
         path = req.uri().path(),
         proxy = field::Empty,
+        consumer = field::Empty,
         route = field::Empty,
         model = field::Empty,
         status = field::Empty,
@@ -66,6 +68,9 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         route_metrics: None,
         upstream_idle: state.limits.upstream_idle_timeout,
         offload: state.reading.offload.clone(),
+        governance: None,
+        gate: None,
+        request_bytes: 0,
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -83,6 +88,23 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     if let Some(format) = InboundFormat::for_surface(proxy.format.id()) {
         ctx.format = format;
     }
+    ctx.governance = Some(Arc::clone(&table.governance));
+    // Who calls: on a proxy with client authentication, a live key of a consumer allowed on
+    // it, before anything else is read.
+    let consumer = if proxy.governance.client_auth {
+        match table
+            .governance
+            .authenticate(proxy.id, req.headers(), req.uri().query())
+        {
+            Ok(consumer) => {
+                ctx.span.record("consumer", &*consumer.name);
+                Some(consumer)
+            }
+            Err(e) => return ctx.reject_unrouted(&e),
+        }
+    } else {
+        None
+    };
     if rest == dry_run::DRY_RUN_PATH {
         if req.method() != Method::POST {
             return ctx.reject_unrouted(&ProxyError::MethodNotAllowed { allow: "POST" });
@@ -101,7 +123,7 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
         Endpoint::Models => list_models(state, &proxy, req, ctx).await,
         Endpoint::Complete(op) => {
             let mut scores = None;
-            let mut response = complete(state, &proxy, op, req, ctx, &mut scores).await;
+            let mut response = complete(state, &proxy, op, req, ctx, consumer, &mut scores).await;
             dry_run::stamp_scores(&mut response, scores);
             response
         }
@@ -114,6 +136,7 @@ async fn complete(
     op: switchyard_llm::Operation,
     req: Request,
     mut ctx: Ctx,
+    consumer: Option<Arc<CompiledConsumer>>,
     scores: &mut Option<HeaderValue>,
 ) -> Response {
     let (parts, body) = req.into_parts();
@@ -126,6 +149,30 @@ async fn complete(
         Ok(r) => Arc::new(r),
         Err(e) => return ctx.reject_unrouted(&e),
     };
+    ctx.request_bytes = inbound.body.len();
+
+    // Admission: every rate limit and budget of the proxy and the consumer, in one atomic
+    // step (one round trip to the shared counters).
+    let gate = if proxy.governance.limits_anything() {
+        let request = governance::Request {
+            proxy_id: proxy.id,
+            proxy_name: &proxy.name,
+            proxy: &proxy.governance,
+            consumer,
+            headers: &parts.headers,
+            query: parts.uri.query(),
+        };
+        match governance::admit(&state.counters, request).await {
+            Ok(gate) => gate,
+            Err((e, headers)) => {
+                ctx.gate = Some(Arc::new(governance::Gate::refused(headers)));
+                return ctx.reject_unrouted(&e);
+            }
+        }
+    } else {
+        governance::Gate::consumer_only(consumer)
+    };
+    ctx.gate = Some(Arc::new(gate));
 
     // Stage 2: where it goes. Prompt guards first (over the texts of their scope), then
     // semantic routing (the last user message). Taking and scanning the texts of a large

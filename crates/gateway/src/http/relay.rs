@@ -50,6 +50,13 @@ pub(crate) struct Ctx {
     pub upstream_idle: std::time::Duration,
     /// The CPU pool translating large answers.
     pub offload: crate::offload::Offload,
+    /// The snapshot's governance (prices, consumers), once the table is loaded.
+    pub governance: Option<Arc<crate::governance::Governance>>,
+    /// The request's consumer and counters, once admitted; its `x-ratelimit-*` headers go on
+    /// every answer.
+    pub gate: Option<Arc<crate::governance::Gate>>,
+    /// The request body's size (to estimate the usage of a stream cut short).
+    pub request_bytes: usize,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -127,6 +134,9 @@ impl Ctx {
         headers.insert(header::CONTENT_TYPE, APPLICATION_JSON.clone());
         if let ProxyError::MethodNotAllowed { allow } = err {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = err.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         self.stamp(headers, route, model);
         if status.is_server_error() && outcome == Outcome::Rejected {
@@ -272,6 +282,11 @@ impl Ctx {
         headers.insert(ROUTE_HEADER.clone(), route.clone());
         headers.insert(MODEL_HEADER.clone(), model.clone());
         headers.insert(REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(gate) = &self.gate {
+            for (name, value) in &gate.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
     }
 
     fn finish(&self, status: StatusCode, outcome: Outcome) -> Finish {
@@ -294,6 +309,10 @@ impl Ctx {
                 time_to_first_byte: None,
                 usage: None,
                 route_metrics: self.route_metrics.clone(),
+                governance: self.governance.clone(),
+                gate: self.gate.clone(),
+                request_bytes: self.request_bytes,
+                events_sent: 0,
             },
         }
     }
@@ -385,6 +404,7 @@ impl Relay {
         if self.finish.first_byte.is_none() {
             self.finish.first_byte = Some(Instant::now());
         }
+        self.finish.record.events_sent += 1;
         Poll::Ready(Some(Ok(out)))
     }
 }
@@ -532,6 +552,9 @@ mod tests {
             route_metrics: None,
             upstream_idle: std::time::Duration::from_secs(60),
             offload: crate::offload::Offload::new(usize::MAX, 1),
+            governance: None,
+            gate: None,
+            request_bytes: 0,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct RoutingTable {
     /// Proxies by base path, except `/`.
     by_path: HashMap<Box<str>, Arc<CompiledProxy>>,
     root: Option<Arc<CompiledProxy>>,
+    /// Consumer keys, consumers and prices of this snapshot.
+    pub(crate) governance: Arc<crate::governance::Governance>,
 }
 
 /// A proxy, ready to serve.
@@ -97,6 +99,8 @@ pub struct CompiledProxy {
     pub(crate) fallback: Option<CompiledFallback>,
     /// Semantic routing and the prompt guards, when the proxy uses any.
     pub(crate) semantic: Option<Arc<ProxySemantic>>,
+    /// Client authentication, rate limits and budget.
+    pub(crate) governance: crate::governance::ProxyGovernance,
 }
 
 /// A route, ready to serve.
@@ -145,6 +149,7 @@ impl RoutingTable {
             gateway: snapshot.gateway.clone(),
             by_path: HashMap::with_capacity(snapshot.proxies.len()),
             root: None,
+            governance: Arc::new(crate::governance::Governance::compile(snapshot)),
         };
         let mut failures = Vec::new();
         let mut kept: Vec<(Arc<CompiledProxy>, usize)> = Vec::new();
@@ -310,6 +315,7 @@ fn compile_proxy(
         routes,
         fallback,
         semantic,
+        governance: crate::governance::ProxyGovernance::compile(spec),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod gemini;
 pub mod node_sim;
 pub mod openai;
 pub mod pg;
+pub mod redis;
 pub mod script;
 pub mod server;
 pub mod snapshots;

@@ -597,7 +597,7 @@ mod tests {
         // A refusal counts nothing: the token counter is unchanged.
         assert_eq!(local.charge(&toks, 1, later), 100);
         assert!(matches!(
-            local.admit(&[toks.clone()], later),
+            local.admit(std::slice::from_ref(&toks), later),
             Verdict::Refused { index: 0, .. }
         ));
         // The window ends: counting starts again.

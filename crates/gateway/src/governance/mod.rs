@@ -162,16 +162,20 @@ fn bucket(hash: &[u8; 32]) -> u64 {
 /// The consumer key in the inbound format's natural places: `Authorization: Bearer`
 /// (OpenAI SDKs), `x-api-key` (Anthropic SDKs), `x-goog-api-key` or `?key=` (Gemini).
 fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).trim().to_owned();
     if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
-        let v = v.to_str().ok()?.trim();
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        // Another scheme than Bearer is a key in the wrong form (refused as invalid).
+        let v = text(v);
+        return Some(match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                token.trim().to_owned()
+            }
+            _ => v,
+        });
     }
     for name in ["x-api-key", "x-goog-api-key"] {
         if let Some(v) = headers.get(name) {
-            return v.to_str().ok().map(|s| s.trim().to_owned());
+            return Some(text(v));
         }
     }
     query_param(query?, "key")

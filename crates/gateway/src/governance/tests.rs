@@ -1,1 +1,450 @@
+use std::time::Duration;
 
+use chrono::TimeZone;
+use switchyard_model::{BudgetPeriod, ConsumerProxies, NodeKey, Selector, Window};
+use switchyard_testkit::redis::{RedisServer, unique_prefix};
+
+use super::*;
+
+const KEY: &str = "sy_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+const OTHER_KEY: &str = "sy_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+fn limit(name: &str, amount: LimitAmount, window: &str, key: LimitKey) -> RateLimit {
+    RateLimit {
+        name: name.into(),
+        amount,
+        window: Window::parse("w", window).unwrap(),
+        key,
+    }
+}
+
+fn governance(proxies: ConsumerProxies, expires_at: Option<chrono::DateTime<Utc>>) -> Governance {
+    let snapshot = Snapshot {
+        gateway: "gw".into(),
+        version: 1,
+        proxies: vec![],
+        semantic_services: vec![],
+        topics: vec![],
+        consumers: vec![NodeConsumer {
+            name: "billing-app".into(),
+            proxies,
+            rate_limits: vec![],
+            budget: None,
+            keys: vec![NodeKey {
+                id: Uuid::new_v4(),
+                hash: key_hash(KEY),
+                expires_at,
+            }],
+        }],
+        prices: vec![],
+        created_at: Utc::now(),
+    };
+    Governance::compile(&snapshot)
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn keys_are_found_in_each_formats_place() {
+    let bearer = format!("Bearer {KEY}");
+    for (h, q) in [
+        (headers(&[("authorization", &bearer)]), None),
+        (
+            headers(&[("authorization", &format!("bearer  {KEY} "))]),
+            None,
+        ),
+        (headers(&[("x-api-key", KEY)]), None),
+        (headers(&[("x-goog-api-key", KEY)]), None),
+        (headers(&[]), Some(format!("alt=sse&key={KEY}"))),
+    ] {
+        assert_eq!(presented_key(&h, q.as_deref()).as_deref(), Some(KEY));
+    }
+    assert_eq!(presented_key(&headers(&[]), Some("alt=sse")), None);
+    assert_eq!(
+        presented_key(&headers(&[("authorization", "Basic abc")]), None).as_deref(),
+        Some("Basic abc")
+    );
+    assert_eq!(
+        query_param("a=1&key=x%2By+z", "key").as_deref(),
+        Some("x+y z")
+    );
+    assert_eq!(query_param("key=%zz%4", "key").as_deref(), Some("%zz%4"));
+}
+
+#[test]
+fn authentication_refuses_missing_unknown_expired_and_foreign_keys() {
+    let proxy = Uuid::new_v4();
+    let gov = governance(ConsumerProxies::All, None);
+    let with = |k: &str| headers(&[("authorization", &format!("Bearer {k}"))]);
+    assert_eq!(
+        &*gov.authenticate(proxy, &with(KEY), None).unwrap().name,
+        "billing-app"
+    );
+    assert_eq!(
+        gov.authenticate(proxy, &headers(&[]), None).unwrap_err(),
+        ProxyError::MissingConsumerKey
+    );
+    for bad in [
+        OTHER_KEY,
+        "sk-not-ours",
+        "sy_short",
+        "",
+        "sy_ÄAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        assert_eq!(
+            gov.authenticate(proxy, &headers(&[("x-api-key", bad)]), None)
+                .unwrap_err(),
+            ProxyError::InvalidConsumerKey,
+            "{bad}"
+        );
+    }
+    // Expired keys are refused by the node itself, without a new snapshot.
+    let expired = governance(
+        ConsumerProxies::All,
+        Some(Utc::now() - chrono::Duration::seconds(1)),
+    );
+    assert_eq!(
+        expired.authenticate(proxy, &with(KEY), None).unwrap_err(),
+        ProxyError::InvalidConsumerKey
+    );
+    let later = governance(
+        ConsumerProxies::All,
+        Some(Utc::now() + chrono::Duration::hours(1)),
+    );
+    assert!(later.authenticate(proxy, &with(KEY), None).is_ok());
+    // A consumer not allowed on this proxy: 403.
+    let elsewhere = governance(ConsumerProxies::Only(vec![Uuid::new_v4()]), None);
+    assert_eq!(
+        elsewhere.authenticate(proxy, &with(KEY), None).unwrap_err(),
+        ProxyError::ConsumerNotAllowed
+    );
+    let here = governance(ConsumerProxies::Only(vec![proxy]), None);
+    assert!(here.authenticate(proxy, &with(KEY), None).is_ok());
+}
+
+fn consumer(
+    name: &str,
+    rate_limits: Vec<RateLimit>,
+    budget: Option<Budget>,
+) -> Arc<CompiledConsumer> {
+    Arc::new(CompiledConsumer {
+        name: Arc::from(name),
+        proxies: ConsumerProxies::All,
+        rate_limits,
+        budget,
+    })
+}
+
+#[test]
+fn each_limit_key_counts_separately() {
+    let proxy_id = Uuid::new_v4();
+    let name: Arc<str> = Arc::from("support");
+    let tenant =
+        LimitKey::Selector(Selector::parse("k", "#[attributes.headers['x-tenant']]").unwrap());
+    let proxy = ProxyGovernance {
+        client_auth: true,
+        rate_limits: vec![
+            limit("all", LimitAmount::Requests(10), "1m", LimitKey::Proxy),
+            limit(
+                "per-app",
+                LimitAmount::Tokens(1000),
+                "1h",
+                LimitKey::Consumer,
+            ),
+            limit("per-tenant", LimitAmount::Requests(5), "30s", tenant),
+        ],
+        budget: Some(Budget {
+            usd: 5.0,
+            period: BudgetPeriod::Day,
+        }),
+    };
+    let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+    let h = headers(&[("x-tenant", "acme")]);
+    let app = consumer(
+        "billing-app",
+        vec![limit(
+            "app-rpm",
+            LimitAmount::Requests(3),
+            "1m",
+            LimitKey::Consumer,
+        )],
+        Some(Budget {
+            usd: 1.5,
+            period: BudgetPeriod::Month,
+        }),
+    );
+    let req = Request {
+        proxy_id,
+        proxy_name: &name,
+        proxy: &proxy,
+        consumer: Some(Arc::clone(&app)),
+        headers: &h,
+        query: None,
+    };
+    let slots = plan("pre", &req, now);
+    let keys: Vec<&str> = slots.iter().map(|s| s.counter.key.as_str()).collect();
+    let p = format!("pre:p:{proxy_id}");
+    assert_eq!(
+        keys,
+        [
+            format!("{p}:l:all:60:{proxy_id}").as_str(),
+            format!("{p}:l:per-app:3600:billing-app").as_str(),
+            format!("{p}:l:per-tenant:30:acme").as_str(),
+            format!("{p}:b:2026-11-25").as_str(),
+            "pre:c:billing-app:l:app-rpm:60:billing-app",
+            "pre:c:billing-app:b:2026-11",
+        ]
+    );
+    let kinds: Vec<CounterKind> = slots.iter().map(|s| s.counter.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            CounterKind::Requests,
+            CounterKind::Consumption,
+            CounterKind::Requests,
+            CounterKind::Consumption,
+            CounterKind::Requests,
+            CounterKind::Consumption,
+        ]
+    );
+    // A budget counts nano-USD until its period ends.
+    assert_eq!(slots[3].counter.limit, 5_000_000_000);
+    assert_eq!(slots[3].counter.window_ms, 12 * 3600 * 1000);
+    // Without the header, the empty value; a hostile value is hashed, never used raw.
+    let bare = headers(&[]);
+    let hostile = headers(&[("x-tenant", "a:b cé")]);
+    for (h, want) in [
+        (&bare, ":l:per-tenant:30:"),
+        (&hostile, ":l:per-tenant:30:h."),
+    ] {
+        let req = Request {
+            headers: h,
+            consumer: None,
+            ..req_ref(&req)
+        };
+        let slots = plan("pre", &req, now);
+        assert!(
+            slots[2].counter.key.contains(want),
+            "{}",
+            slots[2].counter.key
+        );
+        assert!(!slots[2].counter.key.contains(' '));
+        // No consumer: its limits do not apply, and the consumer key is empty.
+        assert_eq!(slots.len(), 4);
+        assert!(slots[1].counter.key.ends_with(":l:per-app:3600:"));
+    }
+}
+
+fn req_ref<'a>(r: &Request<'a>) -> Request<'a> {
+    Request {
+        proxy_id: r.proxy_id,
+        proxy_name: r.proxy_name,
+        proxy: r.proxy,
+        consumer: r.consumer.clone(),
+        headers: r.headers,
+        query: r.query,
+    }
+}
+
+#[test]
+fn headers_show_the_tightest_limit_of_each_kind() {
+    let slot = |name: &str, amount: LimitAmount, limit: i64| Slot {
+        counter: Counter {
+            key: name.into(),
+            kind: match amount {
+                LimitAmount::Requests(_) => CounterKind::Requests,
+                LimitAmount::Tokens(_) => CounterKind::Consumption,
+            },
+            limit,
+            window_ms: 60_000,
+        },
+        what: SlotKind::Limit {
+            name: Arc::from(name),
+            amount,
+        },
+    };
+    let slots = [
+        slot("a", LimitAmount::Requests(100), 100),
+        slot("b", LimitAmount::Requests(10), 10),
+        slot("t", LimitAmount::Tokens(5000), 5000),
+    ];
+    let states = [
+        counters::CounterState {
+            value: 50,
+            ttl_ms: 30_000,
+        },
+        counters::CounterState {
+            value: 9,
+            ttl_ms: 1_500,
+        },
+        counters::CounterState {
+            value: 6000,
+            ttl_ms: 59_001,
+        },
+    ];
+    let h = ratelimit_headers(&slots, &states);
+    let get = |n: &str| {
+        h.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(get("x-ratelimit-limit-requests"), "10");
+    assert_eq!(get("x-ratelimit-remaining-requests"), "1");
+    assert_eq!(get("x-ratelimit-reset-requests"), "2");
+    assert_eq!(get("x-ratelimit-limit-tokens"), "5000");
+    assert_eq!(get("x-ratelimit-remaining-tokens"), "0");
+    assert_eq!(get("x-ratelimit-reset-tokens"), "60");
+    assert_eq!(retry_after_secs(1, 60_000), 1);
+    assert_eq!(retry_after_secs(59_001, 60_000), 60);
+    assert_eq!(retry_after_secs(-2, 60_000), 60);
+}
+
+#[test]
+fn money_counts_in_whole_nano_dollars() {
+    assert_eq!(usd_to_nanos(50.0), 50_000_000_000);
+    assert_eq!(usd_to_nanos(0.000_001_5), 1_500);
+    assert_eq!(usd_to_nanos(-1.0), 0);
+    assert_eq!(usd_to_nanos(f64::MAX), i64::MAX);
+}
+
+fn counter(prefix: &str, name: &str, kind: CounterKind, limit: i64, window_ms: i64) -> Counter {
+    Counter {
+        key: format!("{prefix}:{name}"),
+        kind,
+        limit,
+        window_ms,
+    }
+}
+
+/// The Lua scripts on a real Redis: the same semantics as the local counters.
+#[tokio::test]
+async fn the_redis_scripts_admit_refuse_charge_and_expire() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let counters = Counters::new(LimitsConfig {
+        redis_url: Some(server.url()),
+        key_prefix: prefix.clone(),
+        timeout: Duration::from_secs(2),
+        on_failure: FailureMode::Closed,
+    })
+    .unwrap();
+    let handle = CounterHandle::new(counters);
+    let reqs = counter(&prefix, "r", CounterKind::Requests, 2, 60_000);
+    let toks = counter(&prefix, "t", CounterKind::Consumption, 100, 60_000);
+    let both = [reqs.clone(), toks.clone()];
+    let Verdict::Admitted(s) = handle.admit(&both).await.unwrap() else {
+        panic!("refused")
+    };
+    assert_eq!((s[0].value, s[1].value), (1, 0));
+    assert!(s[0].ttl_ms > 59_000 && s[1].ttl_ms > 59_000, "{s:?}");
+    assert_eq!(handle.charge(&[(toks.clone(), 99)]).await, vec![Some(99)]);
+    assert!(matches!(
+        handle.admit(&both).await.unwrap(),
+        Verdict::Admitted(_)
+    ));
+    // Both limits reached: the first one at its limit is named.
+    assert!(matches!(
+        handle.admit(&both).await.unwrap(),
+        Verdict::Refused { index: 0, ttl_ms } if ttl_ms > 0
+    ));
+    assert_eq!(handle.charge(&[(toks.clone(), 1)]).await, vec![Some(100)]);
+    assert!(matches!(
+        handle.admit(std::slice::from_ref(&toks)).await.unwrap(),
+        Verdict::Refused { index: 0, .. }
+    ));
+    // A short window ends, and counting starts again.
+    let short = counter(&prefix, "s", CounterKind::Requests, 1, 200);
+    assert!(matches!(
+        handle.admit(std::slice::from_ref(&short)).await.unwrap(),
+        Verdict::Admitted(_)
+    ));
+    assert!(matches!(
+        handle.admit(std::slice::from_ref(&short)).await.unwrap(),
+        Verdict::Refused { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        handle.admit(&[short]).await.unwrap(),
+        Verdict::Admitted(_)
+    ));
+}
+
+/// Redis away: `closed` refuses, `open` counts locally; both go back to Redis when it answers.
+#[tokio::test]
+async fn a_failed_redis_falls_back_and_comes_back() {
+    let mut server = RedisServer::start();
+    let prefix = unique_prefix();
+    let make = |mode| {
+        CounterHandle::new(
+            Counters::new(LimitsConfig {
+                redis_url: Some(server.url()),
+                key_prefix: prefix.clone(),
+                timeout: Duration::from_millis(200),
+                on_failure: mode,
+            })
+            .unwrap(),
+        )
+    };
+    let open = make(FailureMode::Open);
+    let closed = make(FailureMode::Closed);
+    let c = counter(&prefix, "r", CounterKind::Requests, 1000, 60_000);
+    for h in [&open, &closed] {
+        assert!(matches!(
+            h.admit(std::slice::from_ref(&c)).await,
+            Ok(Verdict::Admitted(_))
+        ));
+    }
+    server.stop();
+    assert_eq!(
+        closed.admit(std::slice::from_ref(&c)).await,
+        Err(Unavailable)
+    );
+    assert!(closed.shared().describe().contains("unavailable"));
+    // Open: local counters, starting from zero on this node.
+    let Ok(Verdict::Admitted(s)) = open.admit(std::slice::from_ref(&c)).await else {
+        panic!("open mode refused")
+    };
+    assert_eq!(s[0].value, 1);
+    assert!(open.shared().describe().contains("local"));
+    server.restart();
+    // The next probes (every 500 ms) find it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = open.admit(std::slice::from_ref(&c)).await;
+        let b = closed.admit(std::slice::from_ref(&c)).await;
+        if open.shared().describe() == "limits: redis"
+            && closed.shared().describe() == "limits: redis"
+        {
+            assert!(matches!(b, Ok(Verdict::Admitted(_))) || b == Err(Unavailable));
+            assert!(a.is_ok());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back on Redis: a fresh server, so the shared count starts again.
+    let Ok(Verdict::Admitted(s)) = open.admit(std::slice::from_ref(&c)).await else {
+        panic!("refused")
+    };
+    let Ok(Verdict::Admitted(t)) = closed.admit(&[c]).await else {
+        panic!("refused")
+    };
+    assert_eq!(
+        t[0].value,
+        s[0].value + 1,
+        "both count on the same shared counter"
+    );
+}

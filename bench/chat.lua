@@ -3,6 +3,10 @@
 wrk.method = "POST"
 wrk.path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
+-- BENCH_AUTH, when set, is sent as a bearer key (a consumer key of a limited proxy).
+if os.getenv("BENCH_AUTH") then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_AUTH")
+end
 -- BENCH_BODY, when set, is sent as it is (a provider's native body for the direct runs).
 wrk.body = os.getenv("BENCH_BODY") or string.format(
   '{"model":"%s","messages":[{"role":"user","content":"Say hello in one short sentence."}],"stream":%s}',

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchyard_e2e::{Plane, Store, eventually, fast_sync, node_config};
+use switchyard_e2e::{Plane, Store, eventually, fast_sync, node_config, pytest};
 use switchyard_gateway::{FailureMode, Gateway, LimitsConfig};
 use switchyard_testkit::gemini::{GEMINI_API_KEY, MockGemini};
 use switchyard_testkit::openai::{MOCK_API_KEY, MockOpenAi};
@@ -127,6 +127,14 @@ fn proxy(upstream: &str, extra: Value) -> Value {
     p
 }
 
+/// A Gemini-format proxy needing consumer keys, at `/gem`, route `g`.
+fn gemini_proxy(upstream: &str) -> Value {
+    json!({"name": "gem", "gateway": "prod-eu", "base_path": "/gem", "format": "gemini",
+           "client_auth": {"required": true},
+           "routes": [{"name": "g", "provider": "gemini", "url": upstream,
+                       "auth": {"type": "static", "api_key": GEMINI_API_KEY}}]})
+}
+
 /// Waits until every node serves the consumer's key.
 async fn until_served(f: &Fleet, key: &str) {
     for node in f.addrs() {
@@ -146,15 +154,7 @@ async fn keys_errors_and_revocation(store: Store) {
         .create("/proxies", proxy(&mock.base_url(), json!({})))
         .await;
     let pid = p["id"].as_str().unwrap();
-    let g = f
-        .create(
-            "/proxies",
-            json!({"name": "gem", "gateway": "prod-eu", "base_path": "/gem", "format": "gemini",
-                   "client_auth": {"required": true},
-                   "routes": [{"name": "g", "provider": "gemini", "url": gemini.base_url(),
-                               "auth": {"type": "static", "api_key": GEMINI_API_KEY}}]}),
-        )
-        .await;
+    let g = f.create("/proxies", gemini_proxy(&gemini.base_url())).await;
     let gid = g["id"].as_str().unwrap();
     f.create(
         "/consumers",
@@ -526,15 +526,7 @@ async fn official_sdks_with_a_consumer_key() {
     let p = f
         .create("/proxies", proxy(&mock.base_url(), json!({})))
         .await;
-    let g = f
-        .create(
-            "/proxies",
-            json!({"name": "gem", "gateway": "prod-eu", "base_path": "/gem", "format": "gemini",
-                   "client_auth": {"required": true},
-                   "routes": [{"name": "g", "provider": "gemini", "url": gemini.base_url(),
-                               "auth": {"type": "static", "api_key": GEMINI_API_KEY}}]}),
-        )
-        .await;
+    let g = f.create("/proxies", gemini_proxy(&gemini.base_url())).await;
     f.create("/consumers", json!({"name": "app", "proxies": ["*"]}))
         .await;
     f.create(
@@ -547,28 +539,16 @@ async fn official_sdks_with_a_consumer_key() {
     let (limited, _) = f.key("tight").await;
     until_served(&f, &key).await;
     let node = f.addrs()[0];
-    let python = std::env::var("SWITCHYARD_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_owned());
-    let out = tokio::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/test_consumer_keys.py"
-        ))
-        .env("SWITCHYARD_BASE_URL", format!("http://{node}/support/v1"))
-        .env("SWITCHYARD_GEMINI_BASE_URL", format!("http://{node}/gem"))
-        .env("SWITCHYARD_CONSUMER_KEY", &key)
-        .env("SWITCHYARD_LIMITED_KEY", &limited)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the SDK tests failed");
-    assert!(
-        stdout.contains("4 passed") && !stdout.contains("skipped"),
-        "{stdout}"
-    );
+    pytest(
+        "test_consumer_keys.py",
+        &[
+            ("SWITCHYARD_BASE_URL", format!("http://{node}/support/v1")),
+            ("SWITCHYARD_GEMINI_BASE_URL", format!("http://{node}/gem")),
+            ("SWITCHYARD_CONSUMER_KEY", key),
+            ("SWITCHYARD_LIMITED_KEY", limited),
+        ],
+    )
+    .await;
     f.shutdown().await;
 }
 

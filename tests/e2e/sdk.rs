@@ -8,55 +8,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchyard_e2e::{Plane, Store, chat, eventually, start_node};
+use switchyard_e2e::{Plane, Store, chat, eventually, pytest, start_node};
 use switchyard_testkit::{
     AZURE_API_KEY, BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, GEMINI_API_KEY,
     MOCK_API_KEY, MockAzure, MockBedrock, MockGemini, MockOpenAi, TOOL_ARGUMENTS, reply_text,
 };
-
-/// The interpreter with the SDKs: `SWITCHYARD_PYTHON`, or the repo's `.venv` made by
-/// `scripts/test`. Missing is a failure, never a skip.
-fn python() -> String {
-    if let Ok(p) = std::env::var("SWITCHYARD_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "no Python with the SDKs: run scripts/test (it creates .venv), or set SWITCHYARD_PYTHON"
-    );
-    venv.to_owned()
-}
-
-/// Runs one pytest file with `env`; fails on any failure or skip.
-async fn pytest(file: &str, env: &[(&str, String)]) {
-    let path = format!("{}/python/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = tokio::process::Command::new(python());
-    cmd.args([
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-rfE",
-        &path,
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "the Python SDK tests in {file} failed"
-    );
-    assert!(
-        stdout.contains("passed") && !stdout.contains("skipped"),
-        "{stdout}"
-    );
-}
 
 async fn create_proxy(plane: &Plane, body: Value) {
     let (status, created) = plane.admin().post("/proxies", body).await;

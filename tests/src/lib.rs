@@ -255,3 +255,47 @@ pub async fn chat(
     let body = resp.json().await.unwrap_or(Value::Null);
     (status, route, served, body)
 }
+
+/// The interpreter with the SDKs: `SWITCHYARD_PYTHON`, or the repo's `.venv` made by
+/// `scripts/test`. Missing is a failure, never a skip.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("SWITCHYARD_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "no Python with the SDKs: run scripts/test (it creates .venv), or set SWITCHYARD_PYTHON"
+    );
+    venv.to_owned()
+}
+
+/// Runs one pytest file with `env`; fails on any failure or skip.
+pub async fn pytest(file: &str, env: &[(&str, String)]) {
+    let path = format!("{}/python/{file}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.args([
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-rfE",
+        &path,
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the Python SDK tests in {file} failed"
+    );
+    assert!(
+        stdout.contains("passed") && !stdout.contains("skipped"),
+        "{stdout}"
+    );
+}

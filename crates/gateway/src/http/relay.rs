@@ -282,7 +282,19 @@ impl Ctx {
         headers.insert(ROUTE_HEADER.clone(), route.clone());
         headers.insert(MODEL_HEADER.clone(), model.clone());
         headers.insert(REQUEST_ID.clone(), self.request_id.clone());
-        if let Some(gate) = &self.gate {
+        if let Some(gate) = &self.gate
+            && !gate.headers.is_empty()
+        {
+            // The proxy's own limits speak for it: an upstream's x-ratelimit-* headers (of
+            // the gateway's shared upstream key) would mix two meanings.
+            let upstream: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-ratelimit-"))
+                .cloned()
+                .collect();
+            for name in upstream {
+                headers.remove(name);
+            }
             for (name, value) in &gate.headers {
                 headers.insert(name.clone(), value.clone());
             }
@@ -571,6 +583,36 @@ mod tests {
             done: remaining == Some(0),
             ended: false,
         }
+    }
+
+    #[test]
+    fn a_limited_proxys_own_ratelimit_headers_replace_the_upstreams() {
+        let mut upstream = HeaderMap::new();
+        upstream.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("5000"),
+        );
+        upstream.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("1"),
+        );
+        upstream.insert("content-type", HeaderValue::from_static("application/json"));
+        let mut unlimited = upstream.clone();
+        ctx().stamp(&mut unlimited, &NONE_VALUE, &NONE_VALUE);
+        assert_eq!(unlimited["x-ratelimit-limit-requests"], "5000");
+        let mut limited = upstream;
+        let gate = crate::governance::Gate::refused(vec![(
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderValue::from_static("10"),
+        )]);
+        Ctx {
+            gate: Some(Arc::new(gate)),
+            ..ctx()
+        }
+        .stamp(&mut limited, &NONE_VALUE, &NONE_VALUE);
+        assert_eq!(limited["x-ratelimit-limit-requests"], "10");
+        assert!(!limited.contains_key("x-ratelimit-remaining-tokens"));
+        assert_eq!(limited["content-type"], "application/json");
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! The admin REST API (`/api/v1`), plus `/healthz`, `/readyz` and `/metrics` (the latter
 //! behind the admin token, like the API: Prometheus scrapes with `authorization`).
 
+mod consumers;
 mod error;
 mod gateways;
+mod prices;
 mod proxies;
 mod semantic_services;
 mod topics;
@@ -79,6 +81,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/topics/{name}/utterances",
             get(topics::get_utterances).put(topics::put_utterances),
+        )
+        .route("/consumers", get(consumers::list).post(consumers::create))
+        .route(
+            "/consumers/{name}",
+            get(consumers::get)
+                .put(consumers::update)
+                .delete(consumers::delete),
+        )
+        .route("/consumers/{name}/keys", post(consumers::create_key))
+        .route(
+            "/consumers/{name}/keys/{id}",
+            axum::routing::delete(consumers::revoke_key),
+        )
+        .route("/prices", get(prices::list))
+        // A model name may hold '/' (`anthropic/…`): the rest of the path is the name.
+        .route(
+            "/prices/{*model}",
+            get(prices::get).put(prices::put).delete(prices::delete),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(openapi));

@@ -191,4 +191,66 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Bumps the config version of each gateway in `ids` (a write that changes what several
+    /// gateways serve: a topic, a semantic service, a consumer, a price): locks their rows in
+    /// id order, like every multi-gateway write, so two such writes cannot deadlock, and
+    /// returns the names of those that still exist, for the caller to notify its hub.
+    ///
+    /// Callers gather `ids` after locking the row of what they change, so every proxy that
+    /// refers to it is seen.
+    pub(super) async fn bump_gateways(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sql = format!(
+            "SELECT name FROM gateways WHERE id = $1{}",
+            self.for_update()
+        );
+        let mut names = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(row) = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&id)
+                .fetch_optional(&mut **tx)
+                .await?
+            else {
+                continue;
+            };
+            let name: String = row.try_get("name")?;
+            self.bump_version(tx, &id, &name).await?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// The ids of the gateways whose proxies match `where_sql` (a condition on `p`, the
+    /// proxies table, with at most one parameter, `$1`), for `bump_gateways`.
+    pub(super) async fn gateways_of_proxies(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        where_sql: &'static str,
+        param: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!("SELECT DISTINCT p.gateway_id FROM proxies p WHERE {where_sql}");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(param)
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("gateway_id")?)).collect()
+    }
+
+    /// The ids of every gateway (a change every node needs, such as a price).
+    pub(super) async fn all_gateway_ids(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM gateways")
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
 }

@@ -23,8 +23,10 @@
 //! One submodule per resource. Dynamic SQL in them only ever splices their own constants (column lists, the
 //! dialect's `FOR UPDATE`), never input: that is what each `AssertSqlSafe` asserts.
 
+mod consumers;
 mod gateways;
 mod nodes;
+mod prices;
 mod proxies;
 mod semantic_services;
 mod snapshot;
@@ -37,8 +39,10 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use switchyard_model::ErrorCode;
 
+pub use consumers::NewKey;
 pub use gateways::GatewayRecord;
 pub use nodes::{NodeEvent, NodeRecord, ProxyFailure};
+pub use prices::{BUNDLED_PRICES, SeedPrice, bundled_prices};
 pub use semantic_services::SemanticServiceRecord;
 pub use snapshot::SnapshotSource;
 pub use topics::{TopicRecord, TopicSummary};
@@ -125,7 +129,8 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl Store {
-    /// Connects and applies pending migrations. `sqlite://` files are created if missing.
+    /// Connects, applies pending migrations and seeds the price table with the bundled
+    /// prices not seeded before. `sqlite://` files are created if missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -168,12 +173,15 @@ impl Store {
             Backend::Postgres => PG_MIGRATIONS.run(&pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self {
+        let store = Self {
             pool,
             backend,
             url: url.to_owned(),
             write_lock: tokio::sync::Mutex::new(()),
-        })
+        };
+        let seed: Vec<_> = bundled_prices()?.into_iter().map(|s| s.price).collect();
+        store.seed_prices(&seed).await?;
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {

@@ -167,23 +167,12 @@ impl Store {
         .bind(&service.name)
         .execute(&mut *tx)
         .await?;
-        // Proxy writes naming this service wait for its row (held above), so this sees every
-        // proxy naming it; gateways are locked in id order, like every multi-gateway write.
-        let sql = format!(
-            "SELECT g.id, g.name FROM gateways g WHERE g.id IN \
-             (SELECT p.gateway_id FROM proxies p WHERE p.semantic_service = $1) ORDER BY g.id{}",
-            self.for_update()
-        );
-        let gateways = sqlx::query(AssertSqlSafe(sql))
-            .bind(&service.name)
-            .fetch_all(&mut *tx)
+        // Proxy writes naming this service wait for its row (held above), so this sees
+        // every proxy naming it.
+        let ids = self
+            .gateways_of_proxies(&mut tx, "p.semantic_service = $1", &service.name)
             .await?;
-        let mut names = Vec::with_capacity(gateways.len());
-        for row in &gateways {
-            let (id, name): (String, String) = (row.try_get("id")?, row.try_get("name")?);
-            self.bump_version(&mut tx, &id, &name).await?;
-            names.push(name);
-        }
+        let names = self.bump_gateways(&mut tx, ids).await?;
         let sql = format!(
             "SELECT {} FROM semantic_services s WHERE s.name = $1",
             Self::SERVICE_COLUMNS

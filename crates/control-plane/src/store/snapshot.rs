@@ -23,8 +23,9 @@ pub struct SnapshotSource {
 }
 
 impl Store {
-    /// The gateway's config version, all its proxies and the semantic services they name,
-    /// read consistently.
+    /// The gateway's config version, all its proxies, the semantic services and library
+    /// topics they name, the consumers allowed on them (with their live keys' hashes) and the
+    /// price table, read consistently.
     pub async fn snapshot_source(
         &self,
         gateway: &str,
@@ -70,14 +71,18 @@ impl Store {
             .map(|r| Self::service_from_row(r).map(|record| record.service))
             .collect::<Result<_, _>>()?;
         let topics = self.gateway_topics(&mut tx, gateway).await?;
+        let consumers = self
+            .gateway_consumers(&mut tx, gateway, chrono::Utc::now())
+            .await?;
+        let prices = self.all_prices(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(SnapshotSource {
             version,
             proxies,
             semantic_services,
             topics,
-            consumers: Vec::new(),
-            prices: Vec::new(),
+            consumers,
+            prices,
         }))
     }
 

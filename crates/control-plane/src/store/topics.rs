@@ -183,23 +183,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Proxy writes naming this topic wait for its row (held above), so this sees every
-        // proxy naming it; gateways are locked in id order, like every multi-gateway write.
-        let sql = format!(
-            "SELECT g.id, g.name FROM gateways g WHERE g.id IN \
-             (SELECT p.gateway_id FROM proxies p JOIN proxy_topics pt ON pt.proxy_id = p.id WHERE pt.topic = $1) \
-             ORDER BY g.id{}",
-            self.for_update()
-        );
-        let gateways = sqlx::query(AssertSqlSafe(sql))
-            .bind(&topic.name)
-            .fetch_all(&mut *tx)
+        // proxy naming it.
+        let ids = self
+            .gateways_of_proxies(
+                &mut tx,
+                "p.id IN (SELECT pt.proxy_id FROM proxy_topics pt WHERE pt.topic = $1)",
+                &topic.name,
+            )
             .await?;
-        let mut names = Vec::with_capacity(gateways.len());
-        for row in &gateways {
-            let (id, name): (String, String) = (row.try_get("id")?, row.try_get("name")?);
-            self.bump_version(&mut tx, &id, &name).await?;
-            names.push(name);
-        }
+        let names = self.bump_gateways(&mut tx, ids).await?;
         let sql = format!("SELECT {SUMMARY_COLUMNS}, t.utterances FROM topics t WHERE t.name = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(&topic.name)

@@ -120,14 +120,16 @@ pub(super) async fn create_key(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let now = Utc::now();
-    let expires_at = parse_key_input(&body)?.validate(now)?;
+    // Times are kept to the millisecond, as stored.
+    let ms = |t: DateTime<Utc>| DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t);
+    let now = ms(Utc::now());
+    let expires_at = parse_key_input(&body)?.validate(now)?.map(ms);
     let key = new_key();
     let record = NewKey {
         id: Uuid::new_v4(),
         prefix: key[..KEY_PREFIX.len() + KEY_SHOWN_CHARS].to_owned(),
         hash: key_hash(&key),
-        created_at: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
+        created_at: now,
         expires_at,
     };
     let gateways = state.store.create_consumer_key(&name, &record).await?;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_model::{
-    ErrorCode, LibraryTopic, Limits, ProxySpec, SemanticService, parse_proxy_input,
+    ConsumerProxies, ErrorCode, LibraryTopic, Limits, NodeKey, Price, ProxySpec, SemanticService,
+    parse_proxy_input,
 };
 use switchyard_testkit::pg::PgDatabase;
 
@@ -84,6 +85,12 @@ store_suite!(
     topics_crud,
     proxies_name_existing_topics_only,
     topic_update_bumps_every_gateway_naming_it,
+    consumers_crud_and_their_gateways,
+    consumers_name_existing_proxies_only,
+    key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot,
+    expired_keys_leave_the_snapshot,
+    every_consumer_for_star_and_deleted_proxies_drop_out,
+    prices_are_seeded_once_and_writes_bump_every_gateway,
 );
 
 fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
@@ -405,7 +412,7 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
             semantic_services: vec![],
             topics: vec![],
             consumers: vec![],
-            prices: vec![],
+            prices: store.list_prices().await.unwrap(),
         }
     );
     let limits = Limits::default();
@@ -1381,4 +1388,457 @@ async fn topic_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
     let gw3 = store.snapshot_source("gw3").await.unwrap().unwrap();
     assert_eq!(gw3.version, 1);
     assert_eq!(gw3.topics.len(), 1);
+}
+
+// ---- consumers, keys and prices ---------------------------------------------------------
+
+fn consumer(name: &str, proxies: &[String]) -> switchyard_model::ConsumerSpec {
+    let body = serde_json::json!({
+        "name": name, "proxies": proxies,
+        "rate_limits": [{"name": "rpm", "requests": 60, "window": "1m"}],
+        "budget": {"usd": 5, "period": "day"},
+        "metadata": {"team": "billing"}
+    });
+    switchyard_model::governance::parse_consumer_input(body.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default())
+        .unwrap()
+}
+
+fn new_key(secret: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> NewKey {
+    NewKey {
+        id: uuid::Uuid::new_v4(),
+        prefix: secret[..11].to_owned(),
+        hash: switchyard_model::governance::key_hash(secret),
+        created_at: from_ms(ms(chrono::Utc::now())),
+        expires_at: expires_at.map(|t| from_ms(ms(t))),
+    }
+}
+
+async fn versions(store: &Store, gateways: &[&str]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for g in gateways {
+        out.push(config_version(store, g).await);
+    }
+    out
+}
+
+async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw", "gw2", "gw3"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    let a = store
+        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    let b = store
+        .create_proxy(&spec("gw2", "b", "/b"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [1, 1, 0]);
+
+    let (created, mut bumped) = store
+        .create_consumer(&consumer("billing-app", &[a.id.to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(created.version, 1);
+    assert_eq!(created.spec.name, "billing-app");
+    assert_eq!(created.spec.proxies, ConsumerProxies::Only(vec![a.id]));
+    assert!(created.keys.is_empty());
+    assert_eq!(bumped, ["gw"]);
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [2, 1, 0]);
+    assert_eq!(
+        store.get_consumer("billing-app").await.unwrap().unwrap(),
+        created
+    );
+    assert!(matches!(
+        store.create_consumer(&consumer("billing-app", &[])).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [2, 1, 0]);
+
+    // Moving the consumer from a's gateway to b's bumps both: gw drops it, gw2 gains it.
+    let (updated, _) = store
+        .update_consumer(&consumer("billing-app", &[b.id.to_string()]), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.created_at, created.created_at);
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [3, 2, 0]);
+    assert!(
+        store
+            .snapshot_source("gw")
+            .await
+            .unwrap()
+            .unwrap()
+            .consumers
+            .is_empty()
+    );
+    let gw2 = store.snapshot_source("gw2").await.unwrap().unwrap();
+    assert_eq!(gw2.consumers.len(), 1);
+    assert_eq!(gw2.consumers[0].name, "billing-app");
+    assert_eq!(gw2.consumers[0].proxies, ConsumerProxies::Only(vec![b.id]));
+    assert_eq!(gw2.consumers[0].rate_limits, updated.spec.rate_limits);
+    assert_eq!(gw2.consumers[0].budget, updated.spec.budget);
+
+    assert!(matches!(
+        store
+            .update_consumer(&consumer("billing-app", &[]), Some(1))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.update_consumer(&consumer("nope", &[]), None).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store
+        .create_consumer(&consumer(
+            "analytics",
+            &[a.id.to_string(), b.id.to_string()],
+        ))
+        .await
+        .unwrap();
+    let names: Vec<_> = store
+        .list_consumers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.spec.name)
+        .collect();
+    assert_eq!(names, ["analytics", "billing-app"]);
+
+    bumped = store.delete_consumer("billing-app").await.unwrap();
+    assert_eq!(
+        bumped,
+        ["gw2"].map(|g| {
+            // gateway names come back in id order; one gateway here
+            g.to_owned()
+        })
+    );
+    assert!(store.get_consumer("billing-app").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_consumer("billing-app").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 0]);
+}
+
+async fn consumers_name_existing_proxies_only(store: Arc<Store>) {
+    let limits = Limits::default();
+    store.create_gateway("gw", "h").await.unwrap();
+    let a = store
+        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    let missing = uuid::Uuid::new_v4();
+    let refused = store
+        .create_consumer(&consumer("app", &[a.id.to_string(), missing.to_string()]))
+        .await;
+    match refused {
+        Err(StoreError::Invalid(e)) => {
+            assert_eq!(e.field, "proxies[1]");
+            assert!(e.message.contains(&missing.to_string()), "{}", e.message);
+        }
+        other => panic!("expected a 422 naming proxies[1], got {other:?}"),
+    }
+    assert!(
+        store.list_consumers().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(config_version(&store, "gw").await, 1, "no version bumped");
+
+    store
+        .create_consumer(&consumer("app", &[a.id.to_string()]))
+        .await
+        .unwrap();
+    let refused = store
+        .update_consumer(&consumer("app", &[missing.to_string()]), None)
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Invalid(e)) if e.field == "proxies[0]"),
+        "{refused:?}"
+    );
+    let kept = store.get_consumer("app").await.unwrap().unwrap();
+    assert_eq!(kept.version, 1);
+    assert_eq!(kept.spec.proxies, ConsumerProxies::Only(vec![a.id]));
+}
+
+async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw", "gw2", "gw3"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    let a = store
+        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    let b = store
+        .create_proxy(&spec("gw2", "b", "/b"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_proxy(&spec("gw3", "c", "/c"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_consumer(&consumer("app", &[a.id.to_string(), b.id.to_string()]))
+        .await
+        .unwrap();
+    let before = versions(&store, &["gw", "gw2", "gw3"]).await;
+    assert_eq!(before, [2, 2, 1]);
+
+    let secret = format!("sy_{}", "A".repeat(32));
+    let key = new_key(&secret, None);
+    let mut bumped = store.create_consumer_key("app", &key).await.unwrap();
+    bumped.sort();
+    assert_eq!(bumped, ["gw", "gw2"]);
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [3, 3, 1]);
+    let snap = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert_eq!(snap.version, 3);
+    assert_eq!(
+        snap.consumers[0].keys,
+        [NodeKey {
+            id: key.id,
+            hash: key.hash,
+            expires_at: None
+        }]
+    );
+    assert!(
+        store
+            .snapshot_source("gw3")
+            .await
+            .unwrap()
+            .unwrap()
+            .consumers
+            .is_empty()
+    );
+    let shown = store.get_consumer("app").await.unwrap().unwrap();
+    assert_eq!(shown.keys.len(), 1);
+    assert_eq!(shown.keys[0].id, key.id);
+    assert_eq!(shown.keys[0].prefix, "sy_AAAAAAAA");
+    assert_eq!(shown.keys[0].last_used_at, None);
+    assert!(matches!(
+        store
+            .create_consumer_key("nope", &new_key(&format!("sy_{}", "B".repeat(32)), None))
+            .await,
+        Err(StoreError::NotFound("consumer"))
+    ));
+
+    let mut bumped = store.revoke_consumer_key("app", key.id).await.unwrap();
+    bumped.sort();
+    assert_eq!(bumped, ["gw", "gw2"]);
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 1]);
+    for g in ["gw", "gw2"] {
+        let snap = store.snapshot_source(g).await.unwrap().unwrap();
+        assert_eq!(snap.consumers.len(), 1);
+        assert!(
+            snap.consumers[0].keys.is_empty(),
+            "{g} still has the revoked key"
+        );
+    }
+    assert!(
+        store
+            .get_consumer("app")
+            .await
+            .unwrap()
+            .unwrap()
+            .keys
+            .is_empty()
+    );
+    assert!(matches!(
+        store.revoke_consumer_key("app", key.id).await,
+        Err(StoreError::NotFound("key"))
+    ));
+    assert!(matches!(
+        store.revoke_consumer_key("app", uuid::Uuid::new_v4()).await,
+        Err(StoreError::NotFound("key"))
+    ));
+    assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 1]);
+}
+
+async fn expired_keys_leave_the_snapshot(store: Arc<Store>) {
+    let limits = Limits::default();
+    store.create_gateway("gw", "h").await.unwrap();
+    let a = store
+        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    store
+        .create_consumer(&consumer("app", &[a.id.to_string()]))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let live = new_key(
+        &format!("sy_{}", "L".repeat(32)),
+        Some(now + chrono::Duration::days(1)),
+    );
+    let gone = new_key(
+        &format!("sy_{}", "E".repeat(32)),
+        Some(now - chrono::Duration::seconds(1)),
+    );
+    store.create_consumer_key("app", &live).await.unwrap();
+    store.create_consumer_key("app", &gone).await.unwrap();
+    let snap = store.snapshot_source("gw").await.unwrap().unwrap();
+    let ids: Vec<_> = snap.consumers[0].keys.iter().map(|k| k.id).collect();
+    assert_eq!(
+        ids,
+        [live.id],
+        "an expired key is not sent; a live one is, with its expiry"
+    );
+    assert_eq!(snap.consumers[0].keys[0].expires_at, live.expires_at);
+    // The admin still sees both, each with its expiry.
+    assert_eq!(
+        store.get_consumer("app").await.unwrap().unwrap().keys.len(),
+        2
+    );
+    // The same key twice is a conflict, not a second row.
+    assert!(matches!(
+        store
+            .create_consumer_key(
+                "app",
+                &NewKey {
+                    id: uuid::Uuid::new_v4(),
+                    ..live.clone()
+                }
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn every_consumer_for_star_and_deleted_proxies_drop_out(store: Arc<Store>) {
+    let limits = Limits::default();
+    for g in ["gw", "gw2"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    let a = store
+        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    let b = store
+        .create_proxy(&spec("gw", "b", "/b"), &limits)
+        .await
+        .unwrap();
+    let (everyone, mut bumped) = store
+        .create_consumer(&consumer("everyone", &["*".to_owned()]))
+        .await
+        .unwrap();
+    bumped.sort();
+    assert_eq!(bumped, ["gw", "gw2"], "'*' reaches every gateway");
+    assert_eq!(everyone.spec.proxies, ConsumerProxies::All);
+    for g in ["gw", "gw2"] {
+        let snap = store.snapshot_source(g).await.unwrap().unwrap();
+        assert_eq!(snap.consumers.len(), 1, "{g}");
+        assert_eq!(snap.consumers[0].proxies, ConsumerProxies::All);
+    }
+
+    store
+        .create_consumer(&consumer("two", &[b.id.to_string(), a.id.to_string()]))
+        .await
+        .unwrap();
+    store.delete_proxy(a.id).await.unwrap();
+    let two = store.get_consumer("two").await.unwrap().unwrap();
+    assert_eq!(
+        two.spec.proxies,
+        ConsumerProxies::Only(vec![b.id]),
+        "a deleted proxy drops out"
+    );
+    store.delete_proxy(b.id).await.unwrap();
+    let snap = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert_eq!(
+        snap.consumers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["everyone"],
+        "a consumer with no proxy left on the gateway is not sent to it"
+    );
+    // Its stored definition can be written back as read.
+    let two = store.get_consumer("two").await.unwrap().unwrap();
+    assert_eq!(two.spec.proxies, ConsumerProxies::Only(vec![]));
+    store
+        .update_consumer(&two.spec, Some(two.version))
+        .await
+        .unwrap();
+}
+
+async fn prices_are_seeded_once_and_writes_bump_every_gateway(store: Arc<Store>) {
+    // Every store starts with the bundled list.
+    let bundled = bundled_prices().unwrap();
+    let table = store.list_prices().await.unwrap();
+    assert_eq!(table.len(), bundled.len());
+    let gpt41 = store.get_price("gpt-4.1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            gpt41.input_per_mtok,
+            gpt41.output_per_mtok,
+            gpt41.cached_input_per_mtok
+        ),
+        (2.0, 8.0, Some(0.5))
+    );
+
+    for g in ["gw", "gw2"] {
+        store.create_gateway(g, "h").await.unwrap();
+    }
+    let bedrock = Price {
+        model: "anthropic.claude-3-haiku-20240307-v1:0".into(),
+        input_per_mtok: 0.25,
+        output_per_mtok: 1.25,
+        cached_input_per_mtok: None,
+    };
+    let (created, mut bumped) = store.put_price(&bedrock).await.unwrap();
+    assert!(created);
+    bumped.sort();
+    assert_eq!(bumped, ["gw", "gw2"]);
+    assert_eq!(
+        store.get_price(&bedrock.model).await.unwrap().unwrap(),
+        bedrock
+    );
+    let changed = Price {
+        output_per_mtok: 1.5,
+        ..bedrock.clone()
+    };
+    let (created, _) = store.put_price(&changed).await.unwrap();
+    assert!(!created);
+    assert_eq!(versions(&store, &["gw", "gw2"]).await, [2, 2]);
+    let snap = store.snapshot_source("gw").await.unwrap().unwrap();
+    assert!(snap.prices.contains(&changed));
+    assert_eq!(snap.prices.len(), bundled.len() + 1);
+
+    store.delete_price("gpt-4.1").await.unwrap();
+    assert!(matches!(
+        store.delete_price("gpt-4.1").await,
+        Err(StoreError::NotFound("price"))
+    ));
+    assert_eq!(versions(&store, &["gw", "gw2"]).await, [3, 3]);
+
+    // A later start seeds only what was never seeded: the admin's delete and the admin's own
+    // price stay, a model new to the list is added (and every gateway hears of it).
+    let mut seed: Vec<Price> = bundled.into_iter().map(|s| s.price).collect();
+    seed.push(Price {
+        output_per_mtok: 99.0,
+        ..changed.clone()
+    });
+    seed.push(Price {
+        model: "new-model".into(),
+        input_per_mtok: 1.0,
+        output_per_mtok: 2.0,
+        cached_input_per_mtok: None,
+    });
+    assert_eq!(store.seed_prices(&seed).await.unwrap(), 1);
+    assert!(store.get_price("gpt-4.1").await.unwrap().is_none());
+    assert_eq!(
+        store.get_price(&changed.model).await.unwrap().unwrap(),
+        changed
+    );
+    assert!(store.get_price("new-model").await.unwrap().is_some());
+    assert_eq!(versions(&store, &["gw", "gw2"]).await, [4, 4]);
+    assert_eq!(store.seed_prices(&seed).await.unwrap(), 0);
+    assert_eq!(
+        versions(&store, &["gw", "gw2"]).await,
+        [4, 4],
+        "nothing seeded, nothing bumped"
+    );
 }

@@ -7,9 +7,10 @@ announces but no JSON schema can state left out:
 - 422 `rule_violated` / `limit_exceeded`: rules across fields or against configured limits
   (a semantic proxy needs target models, a fallback names one of the proxy's routes, …);
 - 422 `invalid_value` for a reference to something that does not exist (a gateway, a
-  semantic service), a regex guard pattern that does not compile, a credential selector that
-  does not parse, or a URL the HTTP stack does not parse: each of these fields says so in
-  its description.
+  semantic service, a consumer's proxy), a regex guard pattern that does not compile, a
+  credential or rate-limit key selector that does not parse, a URL the HTTP stack does not
+  parse, a rate limit's window longer than 366d, or a key expiry that is not in the future:
+  each of these fields says so in its description.
 
 Everything else still fails the run: a 400 (the body's shape or types), and a 422
 `invalid_value` on any other field (a name pattern, a length, a secret's characters, a
@@ -28,6 +29,10 @@ def _announced(field: str, message: str) -> bool:
     if SELECTOR_HINT in message:
         return True
     if message.endswith("is not a valid URL"):
+        return True
+    if field.endswith(".window") and ("at most 366d" in message or "too long" in message):
+        return True
+    if field == "expires_at" and "must be in the future" in message:
         return True
     return False
 

@@ -569,6 +569,12 @@ fn openapi_documents_every_route() {
         ("/topics", &["get", "post"]),
         ("/topics/{name}", &["get", "put", "delete"]),
         ("/topics/{name}/utterances", &["get", "put"]),
+        ("/consumers", &["get", "post"]),
+        ("/consumers/{name}", &["get", "put", "delete"]),
+        ("/consumers/{name}/keys", &["post"]),
+        ("/consumers/{name}/keys/{id}", &["delete"]),
+        ("/prices", &["get"]),
+        ("/prices/{model}", &["get", "put", "delete"]),
         ("/openapi.json", &["get"]),
     ] {
         for m in methods {
@@ -580,7 +586,7 @@ fn openapi_documents_every_route() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        11,
+        17,
         "a documented path the router does not serve"
     );
 }
@@ -1351,4 +1357,469 @@ async fn refusals_of_unread_bodies_close_the_connection_cleanly() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get("connection").is_none());
+}
+
+// ---- consumers, keys and prices -----------------------------------------------------------
+
+/// A gateway `prod-eu` with one proxy; its id.
+async fn gateway_with_a_proxy(api: &Api) -> String {
+    api.post("/gateways", json!({"name": "prod-eu"})).await;
+    let (s, p) = api.post("/proxies", proxy("support", "/support")).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    p["id"].as_str().unwrap().to_owned()
+}
+
+async fn gateway_version(api: &Api) -> u64 {
+    api.store
+        .get_gateway("prod-eu")
+        .await
+        .unwrap()
+        .unwrap()
+        .config_version
+}
+
+#[tokio::test]
+async fn consumers_lifecycle_with_keys_shown_once() {
+    let api = Api::start(Limits::default()).await;
+    let proxy_id = gateway_with_a_proxy(&api).await;
+    let v0 = gateway_version(&api).await;
+
+    let body = json!({
+        "name": "billing-app", "proxies": [proxy_id],
+        "rate_limits": [{"name": "tokens-per-app", "tokens": 100000, "window": "1h", "key": "consumer"},
+                        {"name": "per-tenant", "requests": 600, "window": "1m", "key": "#[attributes.headers['x-tenant']]"}],
+        "budget": {"usd": 50.0, "period": "month"},
+        "metadata": {"team": "billing"}
+    });
+    let (s, created) = api.post("/consumers", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "billing-app");
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["proxies"], json!([proxy_id]));
+    assert_eq!(created["rate_limits"], body["rate_limits"]);
+    assert_eq!(created["budget"], json!({"usd": 50.0, "period": "month"}));
+    assert_eq!(created["metadata"], json!({"team": "billing"}));
+    assert_eq!(created["keys"], json!([]));
+    assert_eq!(
+        gateway_version(&api).await,
+        v0 + 1,
+        "its gateway hears of it"
+    );
+    let (s, b) = api.post("/consumers", body.clone()).await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
+
+    // A key: shown once, stored as its hash, listed by id and prefix.
+    let resp = api
+        .http
+        .post(format!("{}/consumers/billing-app/keys", api.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"expires_at": "2099-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let issued: Value = resp.json().await.unwrap();
+    let key = issued["key"].as_str().unwrap().to_owned();
+    assert!(switchyard_model::governance::is_key_shaped(&key), "{key}");
+    assert_eq!(issued["prefix"], key[..11]);
+    assert_eq!(issued["consumer"], "billing-app");
+    assert_eq!(issued["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(gateway_version(&api).await, v0 + 2);
+    // An empty body is a key that does not expire; two keys never repeat.
+    let resp = api
+        .http
+        .post(format!("{}/consumers/billing-app/keys", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let second: Value = resp.json().await.unwrap();
+    assert_eq!(second["expires_at"], Value::Null);
+    assert_ne!(second["key"], issued["key"]);
+
+    let (s, read) = api.get("/consumers/billing-app").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = read.to_string();
+    assert!(
+        !text.contains(&key[3..]),
+        "the secret is never shown again: {text}"
+    );
+    assert_eq!(read["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(read["keys"][0]["id"], issued["id"]);
+    assert_eq!(read["keys"][0]["prefix"], issued["prefix"]);
+    assert_eq!(read["keys"][0]["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(read["keys"][0]["last_used_at"], Value::Null);
+    assert!(read["keys"][0].get("key").is_none());
+    let (_, list) = api.get("/consumers").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains(&key[3..]));
+
+    // What the nodes get: the key's hash, never the key.
+    let snap = api.store.snapshot_source("prod-eu").await.unwrap().unwrap();
+    assert_eq!(snap.consumers.len(), 1);
+    let hashes: Vec<_> = snap.consumers[0].keys.iter().map(|k| k.hash).collect();
+    assert!(hashes.contains(&switchyard_model::governance::key_hash(&key)));
+
+    // Replace: version checks, no rename, keys stay.
+    let mut replacement = body.clone();
+    replacement["budget"] = json!({"usd": 10, "period": "day"});
+    replacement["version"] = json!(7);
+    let (s, b) = api.put("/consumers/billing-app", replacement.clone()).await;
+    assert_error(s, &b, StatusCode::CONFLICT, "conflict", None);
+    replacement["version"] = json!(1);
+    let (s, updated) = api.put("/consumers/billing-app", replacement.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["budget"], json!({"usd": 10.0, "period": "day"}));
+    assert_eq!(updated["keys"].as_array().unwrap().len(), 2);
+    // What GET returns can be sent back as it is.
+    let (s, again) = api.put("/consumers/billing-app", updated.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["version"], 3);
+    let mut renamed = body.clone();
+    renamed["name"] = json!("other");
+    let (s, b) = api.put("/consumers/billing-app", renamed).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rule_violated",
+        Some("name"),
+    );
+    let (s, b) = api
+        .put("/consumers/nope", json!({"name": "nope", "proxies": ["*"]}))
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Revoke: gone from the listing and from the nodes' snapshot.
+    let before = gateway_version(&api).await;
+    let id = issued["id"].as_str().unwrap();
+    let (s, _) = api
+        .delete(&format!("/consumers/billing-app/keys/{id}"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(gateway_version(&api).await, before + 1);
+    let (_, read) = api.get("/consumers/billing-app").await;
+    assert_eq!(read["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(read["keys"][0]["id"], second["id"]);
+    let snap = api.store.snapshot_source("prod-eu").await.unwrap().unwrap();
+    assert!(
+        !snap.consumers[0]
+            .keys
+            .iter()
+            .any(|k| k.hash == switchyard_model::governance::key_hash(&key))
+    );
+    let (s, b) = api
+        .delete(&format!("/consumers/billing-app/keys/{id}"))
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    let (s, b) = api.delete("/consumers/billing-app/keys/not-a-uuid").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+
+    // Delete: the consumer and its keys go.
+    let (s, _) = api.delete("/consumers/billing-app").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api.get("/consumers/billing-app").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    assert!(
+        api.store
+            .snapshot_source("prod-eu")
+            .await
+            .unwrap()
+            .unwrap()
+            .consumers
+            .is_empty()
+    );
+    let (s, b) = api.post("/consumers/billing-app/keys", json!({})).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn bad_governance_input_is_refused_and_stores_nothing() {
+    let api = Api::start(Limits::default()).await;
+    let proxy_id = gateway_with_a_proxy(&api).await;
+    let v0 = gateway_version(&api).await;
+    let limit = |l: Value| json!({"name": "app", "proxies": ["*"], "rate_limits": [l]});
+    let seventeen: Vec<Value> = (0..17)
+        .map(|i| json!({"name": format!("l{i}"), "requests": 5, "window": "1m"}))
+        .collect();
+    let missing = uuid::Uuid::new_v4().to_string();
+    let consumer_cases: Vec<(Value, &str, &str)> = vec![
+        (
+            limit(json!({"name": "t", "tokens": 10, "window": "1w"})),
+            "invalid_value",
+            "rate_limits[0].window",
+        ),
+        (
+            limit(json!({"name": "t", "tokens": 0, "window": "1h"})),
+            "invalid_value",
+            "rate_limits[0].tokens",
+        ),
+        (
+            limit(json!({"name": "t", "requests": -3, "window": "1h"})),
+            "invalid_value",
+            "rate_limits[0].requests",
+        ),
+        (
+            limit(
+                json!({"name": "t", "requests": 3, "window": "1h", "key": "#[attributes.nope['x']]"}),
+            ),
+            "invalid_value",
+            "rate_limits[0].key",
+        ),
+        (
+            limit(json!({"name": "t", "requests": 3, "tokens": 3, "window": "1h"})),
+            "rule_violated",
+            "rate_limits[0]",
+        ),
+        (
+            json!({"name": "app", "proxies": ["*"], "rate_limits": seventeen}),
+            "limit_exceeded",
+            "rate_limits",
+        ),
+        (
+            json!({"name": "app", "proxies": [proxy_id, missing]}),
+            "invalid_value",
+            "proxies[1]",
+        ),
+        (
+            json!({"name": "app", "proxies": ["not-an-id"]}),
+            "invalid_value",
+            "proxies[0]",
+        ),
+        (
+            json!({"name": "app", "proxies": ["*"], "budget": {"usd": -1, "period": "day"}}),
+            "invalid_value",
+            "budget.usd",
+        ),
+        (
+            json!({"name": "app", "proxies": ["*"], "budget": {"usd": 1, "period": "week"}}),
+            "invalid_value",
+            "budget.period",
+        ),
+        (
+            json!({"name": "bad name", "proxies": ["*"]}),
+            "invalid_value",
+            "name",
+        ),
+    ];
+    for (body, code, field) in consumer_cases {
+        let (s, b) = api.post("/consumers", body.clone()).await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, code, Some(field));
+    }
+    let (s, b) = api
+        .post(
+            "/consumers",
+            json!({"name": "app", "proxies": ["*"], "owner": "x"}),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "malformed", Some("owner"));
+    let (s, b) = api.post("/consumers", json!({"name": "app"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (_, list) = api.get("/consumers").await;
+    assert_eq!(list, json!([]), "nothing stored");
+    assert_eq!(gateway_version(&api).await, v0, "no gateway bumped");
+
+    // The same rules on a proxy's limits and budget.
+    let (_, before) = api.get(&format!("/proxies/{proxy_id}")).await;
+    let proxy_cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!([{"name": "t", "tokens": 10, "window": "10y"}]),
+            "invalid_value",
+            "rate_limits[0].window",
+        ),
+        (
+            json!([{"name": "t", "requests": 0, "window": "1m"}]),
+            "invalid_value",
+            "rate_limits[0].requests",
+        ),
+        (
+            json!([{"name": "t", "requests": 1, "window": "1m", "key": "#[oops"}]),
+            "invalid_value",
+            "rate_limits[0].key",
+        ),
+        (
+            json!(
+                (0..17)
+                    .map(|i| json!({"name": format!("l{i}"), "requests": 5, "window": "1m"}))
+                    .collect::<Vec<_>>()
+            ),
+            "limit_exceeded",
+            "rate_limits",
+        ),
+    ];
+    for (limits, code, field) in proxy_cases {
+        let mut body = proxy("support", "/support");
+        body["rate_limits"] = limits;
+        let (s, b) = api.put(&format!("/proxies/{proxy_id}"), body.clone()).await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, code, Some(field));
+        let mut other = body;
+        other["name"] = json!("other");
+        other["base_path"] = json!("/other");
+        let (s, b) = api.post("/proxies", other).await;
+        assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, code, Some(field));
+    }
+    let mut body = proxy("support", "/support");
+    body["budget"] = json!({"usd": -0.5, "period": "month"});
+    let (s, b) = api.put(&format!("/proxies/{proxy_id}"), body).await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_value",
+        Some("budget.usd"),
+    );
+    let (_, after) = api.get(&format!("/proxies/{proxy_id}")).await;
+    assert_eq!(after, before, "the proxy is unchanged");
+    let (_, proxies) = api.get("/proxies").await;
+    assert_eq!(proxies.as_array().unwrap().len(), 1, "no proxy created");
+    assert_eq!(gateway_version(&api).await, v0);
+
+    // Keys: an expiry in the past or not a time, a body of the wrong shape.
+    api.post("/consumers", json!({"name": "app", "proxies": ["*"]}))
+        .await;
+    let v1 = gateway_version(&api).await;
+    for (body, status, code) in [
+        (
+            json!({"expires_at": "2001-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+        ),
+        (
+            json!({"expires_at": "tomorrow"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+        ),
+    ] {
+        let (s, b) = api.post("/consumers/app/keys", body).await;
+        assert_error(s, &b, status, code, Some("expires_at"));
+    }
+    let (s, b) = api.post("/consumers/app/keys", json!({"expires": 1})).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "malformed", Some("expires"));
+    let (_, read) = api.get("/consumers/app").await;
+    assert_eq!(read["keys"], json!([]), "no key stored");
+    assert_eq!(gateway_version(&api).await, v1);
+}
+
+#[tokio::test]
+async fn prices_are_seeded_and_editable_by_model_name() {
+    let api = Api::start(Limits::default()).await;
+    let (s, table) = api.get("/prices").await;
+    assert_eq!(s, StatusCode::OK);
+    let table = table.as_array().unwrap();
+    let bundled = crate::store::bundled_prices().unwrap();
+    assert_eq!(table.len(), bundled.len());
+    let gpt41 = table.iter().find(|p| p["model"] == "gpt-4.1").unwrap();
+    assert_eq!(
+        gpt41,
+        &json!({"model": "gpt-4.1", "input_per_mtok": 2.0, "output_per_mtok": 8.0, "cached_input_per_mtok": 0.5})
+    );
+    api.post("/gateways", json!({"name": "prod-eu"})).await;
+    let v0 = gateway_version(&api).await;
+
+    // Model names with '.', ':' and '/' are one path parameter.
+    for model in [
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        "anthropic/us.anthropic.claude-3-haiku-20240307-v1:0",
+        "nvidia/llama-3.3-nemotron-super-49b-v1",
+    ] {
+        let body = json!({"input_per_mtok": 0.25, "output_per_mtok": 1.25});
+        let (s, b) = api.put(&format!("/prices/{model}"), body.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{model}: {b}");
+        assert_eq!(
+            b,
+            json!({"model": model, "input_per_mtok": 0.25, "output_per_mtok": 1.25})
+        );
+        let (s, b) = api.put(&format!("/prices/{model}"), json!({"model": model, "input_per_mtok": 0.3, "output_per_mtok": 1.5, "cached_input_per_mtok": 0.03})).await;
+        assert_eq!(s, StatusCode::OK, "{model}: {b}");
+        let (s, b) = api.get(&format!("/prices/{model}")).await;
+        assert_eq!(s, StatusCode::OK, "{model}");
+        assert_eq!(b["cached_input_per_mtok"], 0.03);
+    }
+    assert_eq!(
+        gateway_version(&api).await,
+        v0 + 6,
+        "every price write reaches every gateway"
+    );
+
+    // Bad prices: refused with the field, nothing stored.
+    let model = "gpt-new";
+    for (body, status, field) in [
+        (
+            json!({"input_per_mtok": -1, "output_per_mtok": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input_per_mtok",
+        ),
+        (
+            json!({"input_per_mtok": 1, "output_per_mtok": 1e13}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "output_per_mtok",
+        ),
+        (
+            json!({"input_per_mtok": 1, "output_per_mtok": 2, "cached_input_per_mtok": -0.5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cached_input_per_mtok",
+        ),
+        (
+            json!({"model": "other", "input_per_mtok": 1, "output_per_mtok": 2}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "model",
+        ),
+        (
+            json!({"input_per_mtok": "1", "output_per_mtok": 2}),
+            StatusCode::BAD_REQUEST,
+            "input_per_mtok",
+        ),
+        (json!({"input_per_mtok": 1}), StatusCode::BAD_REQUEST, ""),
+    ] {
+        let (s, b) = api.put(&format!("/prices/{model}"), body.clone()).await;
+        assert_eq!(s, status, "{body}: {b}");
+        if !field.is_empty() {
+            assert_eq!(b["error"]["field"], field, "{body}: {b}");
+        }
+    }
+    // A price that is not a finite number (JSON cannot say NaN; 1e400 overflows).
+    let (s, b) = api
+        .put_raw(
+            &format!("/prices/{model}"),
+            "application/json",
+            r#"{"input_per_mtok": 1e400, "output_per_mtok": 1}"#,
+        )
+        .await;
+    assert!(
+        s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+        "{b}"
+    );
+    assert_eq!(b["error"]["field"], "input_per_mtok", "{b}");
+    let (s, b) = api
+        .put(
+            "/prices/bad%20name",
+            json!({"input_per_mtok": 1, "output_per_mtok": 1}),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_value",
+        Some("model"),
+    );
+    let (s, _) = api.get(&format!("/prices/{model}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored");
+    assert_eq!(gateway_version(&api).await, v0 + 6, "no gateway bumped");
+
+    let (s, _) = api.delete("/prices/gpt-4.1").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api.delete("/prices/gpt-4.1").await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    let (_, table) = api.get("/prices").await;
+    assert!(
+        !table
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["model"] == "gpt-4.1")
+    );
 }

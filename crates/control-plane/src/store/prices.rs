@@ -173,3 +173,38 @@ impl Store {
         rows.iter().map(price_from_row).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_list_is_valid_and_sourced() {
+        let list = bundled_prices().unwrap();
+        assert!(list.len() >= 20, "{}", list.len());
+        let mut seen = std::collections::HashSet::new();
+        for entry in &list {
+            let p = &entry.price;
+            assert!(seen.insert(p.model.clone()), "{} twice", p.model);
+            // The admin API's own rules.
+            let body = serde_json::to_vec(p).unwrap();
+            let checked = switchyard_model::governance::parse_price_input(&body)
+                .and_then(|input| input.validate(&p.model))
+                .unwrap_or_else(|e| panic!("{}: {e:?}", p.model));
+            assert_eq!(&checked, p);
+            assert!(p.output_per_mtok >= p.input_per_mtok, "{}", p.model);
+            if let Some(cached) = p.cached_input_per_mtok {
+                assert!(cached <= p.input_per_mtok, "{}", p.model);
+            }
+            assert!(entry.source.contains("https://"), "{}", p.model);
+            assert!(
+                chrono::NaiveDate::parse_from_str(&entry.as_of, "%Y-%m-%d").is_ok(),
+                "{}",
+                p.model
+            );
+        }
+        for model in ["gpt-5", "gpt-4.1", "gemini-2.5-flash", "claude-sonnet-4-5"] {
+            assert!(seen.contains(model), "{model} is not in the list");
+        }
+    }
+}

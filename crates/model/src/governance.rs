@@ -452,7 +452,7 @@ pub struct ConsumerInput {
     #[serde(default)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The version a `PUT` replaces (optimistic concurrency).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::input::version")]
     pub version: Option<u64>,
     #[serde(default)]
     pub id: Option<serde::de::IgnoredAny>,
@@ -504,9 +504,14 @@ pub fn parse_price_input(body: &[u8]) -> Result<PriceInput, ValidationError> {
     parse_strict(body)
 }
 
-/// A whole, positive number (a limit's amount).
+/// A whole, positive number (a limit's amount); `5.0` is as whole as `5` in JSON.
 fn positive_count(field: &str, n: &serde_json::Number) -> Result<u64, ValidationError> {
-    match n.as_u64() {
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    match whole {
         Some(v) if v > 0 => Ok(v),
         _ => Err(ValidationError::invalid(
             field,
@@ -800,6 +805,7 @@ mod tests {
             (r#"{"name":"t","tokens":0,"window":"1h"}"#, "l.tokens"),
             (r#"{"name":"t","requests":-5,"window":"1h"}"#, "l.requests"),
             (r#"{"name":"t","requests":1.5,"window":"1h"}"#, "l.requests"),
+            (r#"{"name":"t","requests":0.0,"window":"1h"}"#, "l.requests"),
             (r#"{"name":"t","window":"1h"}"#, "l"),
             (r#"{"name":"t","tokens":1,"requests":1,"window":"1h"}"#, "l"),
             (r#"{"name":"t","tokens":1,"window":"1y"}"#, "l.window"),

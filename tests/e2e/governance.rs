@@ -163,8 +163,9 @@ async fn keys_errors_and_revocation(store: Store) {
     .await;
     f.create("/consumers", json!({"name": "elsewhere", "proxies": [gid]}))
         .await;
-    let (key, key_id) = f.key("billing-app").await;
+    // The other consumer's key first: a snapshot that serves `key` then carries both.
     let (other, _) = f.key("elsewhere").await;
+    let (key, key_id) = f.key("billing-app").await;
     until_served(&f, &key).await;
     let node = f.addrs()[0];
 

@@ -140,6 +140,51 @@ impl Scanned {
     }
 }
 
+impl Scanned {
+    /// The body without the top-level entries named in `drop`, with `add` (key, raw JSON
+    /// value) appended; every other entry kept byte for byte, in order.
+    pub fn write_edited(
+        &self,
+        body: &[u8],
+        drop: &[&str],
+        add: &[(&str, String)],
+    ) -> Result<Bytes, LlmError> {
+        let mut out = Vec::with_capacity(body.len() + 64);
+        out.push(b'{');
+        let mut first = true;
+        for entry in &self.entries {
+            if drop.iter().any(|k| entry.is(body, k)) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            match &entry.key {
+                Key::Span(r) => {
+                    out.push(b'"');
+                    out.extend_from_slice(&body[r.clone()]);
+                    out.push(b'"');
+                }
+                Key::Owned(k) => write_json_str(&mut out, k),
+            }
+            out.push(b':');
+            out.extend_from_slice(&body[entry.value.clone()]);
+        }
+        for (key, raw) in add {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_str(&mut out, key);
+            out.push(b':');
+            out.extend_from_slice(raw.as_bytes());
+        }
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    }
+}
+
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
     // Writing a `str` into a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);

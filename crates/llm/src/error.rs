@@ -91,6 +91,35 @@ impl ErrorKind {
         }
     }
 
+    /// The Anthropic error `type` string (`{"type": "error", "error": {"type", …}}`).
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Timeout => "timeout_error",
+            ErrorKind::Unavailable => "overloaded_error",
+            ErrorKind::Upstream | ErrorKind::InvalidResponse | ErrorKind::Internal => "api_error",
+        }
+    }
+
+    /// The kind for an Anthropic error `type` string.
+    pub fn from_anthropic_type(kind: &str) -> Option<ErrorKind> {
+        Some(match kind {
+            "invalid_request_error" | "request_too_large" => ErrorKind::InvalidRequest,
+            "authentication_error" => ErrorKind::Authentication,
+            "permission_error" | "billing_error" => ErrorKind::PermissionDenied,
+            "not_found_error" => ErrorKind::NotFound,
+            "rate_limit_error" => ErrorKind::RateLimited,
+            "timeout_error" => ErrorKind::Timeout,
+            "overloaded_error" => ErrorKind::Unavailable,
+            "api_error" => ErrorKind::Upstream,
+            _ => return None,
+        })
+    }
+
     /// The Google RPC status string used in Gemini error bodies.
     pub fn google_status(self) -> &'static str {
         match self {

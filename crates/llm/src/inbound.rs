@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::canonical::{ChatRequest, ChatResponse, Usage};
-use crate::dialect::{gemini, openai_chat, openai_responses};
+use crate::dialect::{anthropic, gemini, openai_chat, openai_responses};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ApiError, LlmError};
 use crate::passthrough::StreamInspector;
@@ -24,6 +24,8 @@ pub enum InboundFormat {
     OpenAiResponses,
     /// `POST …/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
     Gemini,
+    /// `POST …/v1/messages` (Anthropic Messages).
+    Anthropic,
 }
 
 /// What a request path asks for: a completion in `format`, with the model and the stream
@@ -67,21 +69,26 @@ pub enum ErrorShape {
     OpenAi,
     /// `{"error": {"code", "message", "status"}}`.
     Google,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
 }
 
 impl InboundFormat {
     /// Every inbound format.
-    pub const ALL: [InboundFormat; 3] = [
+    pub const ALL: [InboundFormat; 4] = [
         InboundFormat::OpenAiChat,
         InboundFormat::OpenAiResponses,
         InboundFormat::Gemini,
+        InboundFormat::Anthropic,
     ];
 
-    /// The API surface serving this format: the proxy `format` id (`openai`, `gemini`).
+    /// The API surface serving this format: the proxy `format` id (`openai`, `gemini`,
+    /// `anthropic`).
     pub fn surface(self) -> &'static str {
         match self {
             InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => "openai",
             InboundFormat::Gemini => "gemini",
+            InboundFormat::Anthropic => "anthropic",
         }
     }
 
@@ -99,6 +106,7 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => "openai_chat",
             InboundFormat::OpenAiResponses => "openai_responses",
             InboundFormat::Gemini => "gemini",
+            InboundFormat::Anthropic => "anthropic",
         }
     }
 
@@ -115,6 +123,7 @@ impl InboundFormat {
         match self {
             InboundFormat::OpenAiChat => simple("/chat/completions"),
             InboundFormat::OpenAiResponses => simple("/responses"),
+            InboundFormat::Anthropic => simple("/messages"),
             InboundFormat::Gemini => {
                 let rest = rest
                     .strip_prefix("/v1beta")
@@ -143,7 +152,9 @@ impl InboundFormat {
     /// Whether the body names the model and the stream flag (else the path does).
     pub fn model_in_body(self) -> bool {
         match self {
-            InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => true,
+            InboundFormat::OpenAiChat
+            | InboundFormat::OpenAiResponses
+            | InboundFormat::Anthropic => true,
             InboundFormat::Gemini => false,
         }
     }
@@ -152,7 +163,7 @@ impl InboundFormat {
     /// flag (for formats that name them in the body) and where the prompt lies.
     pub fn envelope(self, body: &[u8]) -> Result<Envelope, EnvelopeError> {
         let prompt_field = match self {
-            InboundFormat::OpenAiChat => "messages",
+            InboundFormat::OpenAiChat | InboundFormat::Anthropic => "messages",
             InboundFormat::OpenAiResponses => "input",
             InboundFormat::Gemini => "contents",
         };
@@ -167,27 +178,49 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => openai_chat::last_user_text(&value),
             InboundFormat::OpenAiResponses => openai_responses::last_user_text(&value),
             InboundFormat::Gemini => gemini::last_user_text(&value),
+            InboundFormat::Anthropic => anthropic::last_user_text(&value),
         }?;
         (!text.trim().is_empty()).then_some(text)
     }
 
-    /// The body to send on the passthrough path, written once from the envelope: the model
-    /// replaced where the format carries it in the body, and, when `ask_usage`, the final
-    /// usage chunk asked for (OpenAI chat streams).
+    /// The body to send to `target` on the passthrough path, written once from the
+    /// envelope: the model replaced where the format carries it in the body, and, when
+    /// `ask_usage`, the final usage chunk asked for (OpenAI chat streams). An Anthropic body
+    /// for Bedrock becomes `InvokeModel`'s (see [`anthropic::bedrock_invoke_body`]), with the
+    /// client's `anthropic-beta` header (`client_headers`) as `anthropic_beta`.
     pub fn passthrough_body(
         self,
         envelope: &Envelope,
         body: &Bytes,
-        model: &str,
+        target: &Target,
+        client_headers: &http::HeaderMap,
         ask_usage: bool,
     ) -> Result<Bytes, LlmError> {
         match self {
             InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => envelope.scanned.write(
                 body,
-                Some(model),
+                Some(&target.model),
                 ask_usage && self == InboundFormat::OpenAiChat,
             ),
             InboundFormat::Gemini => Ok(body.clone()),
+            InboundFormat::Anthropic if target.provider == Provider::Bedrock => {
+                let beta = client_headers
+                    .get("anthropic-beta")
+                    .and_then(|v| v.to_str().ok());
+                anthropic::bedrock_invoke_body(&envelope.scanned, body, beta)
+            }
+            InboundFormat::Anthropic => envelope.scanned.write(body, Some(&target.model), false),
+        }
+    }
+
+    /// The client's headers a passthrough request to `target` carries on (the API's version
+    /// and beta flags, for an Anthropic client on an `anthropic` route).
+    pub fn passthrough_headers(self, target: &Target) -> &'static [&'static str] {
+        match self {
+            InboundFormat::Anthropic if target.provider == Provider::Anthropic => {
+                &["anthropic-version", "anthropic-beta"]
+            }
+            _ => &[],
         }
     }
 
@@ -202,6 +235,7 @@ impl InboundFormat {
         match self {
             InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => ErrorShape::OpenAi,
             InboundFormat::Gemini => ErrorShape::Google,
+            InboundFormat::Anthropic => ErrorShape::Anthropic,
         }
     }
 
@@ -218,6 +252,9 @@ impl InboundFormat {
             ErrorShape::Google => {
                 err["code"].is_u64() && err["message"].is_string() && err["status"].is_string()
             }
+            ErrorShape::Anthropic => {
+                v["type"] == "error" && err["type"].is_string() && err["message"].is_string()
+            }
         }
     }
 
@@ -227,12 +264,25 @@ impl InboundFormat {
         StreamInspector::new(self, hold_usage_chunk)
     }
 
+    /// A fresh inspector for one passthrough stream from `target`: as
+    /// [`InboundFormat::stream_inspector`], reading the Messages events out of Bedrock's
+    /// event-stream frames first for an Anthropic client on a Bedrock route.
+    pub fn stream_inspector_for(self, target: &Target, hold_usage_chunk: bool) -> StreamInspector {
+        let inspector = StreamInspector::new(self, hold_usage_chunk);
+        if self == InboundFormat::Anthropic && target.provider == Provider::Bedrock {
+            inspector.reading_event_stream()
+        } else {
+            inspector
+        }
+    }
+
     /// Usage from a whole passthrough answer in this format.
     pub fn usage_from_body(self, body: &[u8]) -> Option<Usage> {
         match self {
             InboundFormat::OpenAiChat => openai_chat::usage_from_response(body),
             InboundFormat::OpenAiResponses => openai_responses::usage_from_response(body),
             InboundFormat::Gemini => gemini::usage_from_response(body),
+            InboundFormat::Anthropic => anthropic::usage_from_response(body),
         }
     }
 
@@ -255,6 +305,7 @@ impl InboundFormat {
                 });
                 crate::sse::event_frame("error", &event.to_string())
             }
+            InboundFormat::Anthropic => anthropic::stream_error_frame(err),
         }
     }
 
@@ -265,6 +316,7 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => openai_chat::parse_request(body),
             InboundFormat::OpenAiResponses => openai_responses::parse_request(body),
             InboundFormat::Gemini => gemini::parse_request(body),
+            InboundFormat::Anthropic => anthropic::parse_request(body),
         }
     }
 
@@ -274,6 +326,7 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => openai_chat::render_response(resp),
             InboundFormat::OpenAiResponses => openai_responses::render_response(resp),
             InboundFormat::Gemini => gemini::render_response(resp),
+            InboundFormat::Anthropic => anthropic::render_response(resp),
         }
     }
 
@@ -289,6 +342,9 @@ impl InboundFormat {
                 openai_responses::ResponsesStreamEncoder::new(req.model.clone()),
             ),
             InboundFormat::Gemini => Box::new(gemini::GeminiStreamEncoder::new(req.model.clone())),
+            InboundFormat::Anthropic => {
+                Box::new(anthropic::AnthropicStreamEncoder::new(req.model.clone()))
+            }
         }
     }
 
@@ -301,6 +357,7 @@ impl InboundFormat {
                 openai_chat::render_error(err)
             }
             InboundFormat::Gemini => gemini::render_error(err),
+            InboundFormat::Anthropic => anthropic::render_error(err),
         };
         (err.status, body)
     }
@@ -316,6 +373,13 @@ impl InboundFormat {
                 target.api == UpstreamApi::Responses && target.provider.serves_responses()
             }
             InboundFormat::Gemini => target.provider == Provider::Gemini,
+            // Claude on Bedrock takes the Messages body through InvokeModel; other Bedrock
+            // models are reached through Converse.
+            InboundFormat::Anthropic => {
+                target.provider == Provider::Anthropic
+                    || (target.provider == Provider::Bedrock
+                        && crate::provider::bedrock_model_id(&target.model).contains("anthropic."))
+            }
         }
     }
 
@@ -595,7 +659,10 @@ mod tests {
             .unwrap();
         assert_eq!((op.model.as_deref(), op.stream), (Some("g/m"), Some(true)));
         let labels: Vec<_> = InboundFormat::ALL.iter().map(|f| f.label()).collect();
-        assert_eq!(labels, ["openai_chat", "openai_responses", "gemini"]);
+        assert_eq!(
+            labels,
+            ["openai_chat", "openai_responses", "gemini", "anthropic"]
+        );
         assert_eq!(
             InboundFormat::for_surface("gemini"),
             Some(InboundFormat::Gemini)
@@ -618,11 +685,13 @@ mod tests {
 
     #[test]
     fn passthrough_bodies_are_written_once() {
+        let none = http::HeaderMap::new();
+        let openai = Target::new(Provider::OpenAi, "u", "m");
         let body = Bytes::from_static(br#"{"model":"r/m","stream":true,"messages":[]}"#);
         let env = InboundFormat::OpenAiChat.envelope(&body).unwrap();
         assert!(InboundFormat::OpenAiChat.asks_stream_usage(&env));
         let out = InboundFormat::OpenAiChat
-            .passthrough_body(&env, &body, "m", true)
+            .passthrough_body(&env, &body, &openai, &none, true)
             .unwrap();
         assert_eq!(
             out.as_ref(),
@@ -632,7 +701,7 @@ mod tests {
         let env = InboundFormat::OpenAiResponses.envelope(&body).unwrap();
         assert!(!InboundFormat::OpenAiResponses.asks_stream_usage(&env));
         let out = InboundFormat::OpenAiResponses
-            .passthrough_body(&env, &body, "m", true)
+            .passthrough_body(&env, &body, &openai, &none, true)
             .unwrap();
         assert_eq!(
             out.as_ref(),
@@ -640,8 +709,64 @@ mod tests {
         );
         let env = InboundFormat::Gemini.envelope(&body).unwrap();
         let out = InboundFormat::Gemini
-            .passthrough_body(&env, &body, "m", true)
+            .passthrough_body(&env, &body, &openai, &none, true)
             .unwrap();
         assert_eq!(out, body);
+    }
+
+    #[test]
+    fn anthropic_bodies_for_anthropic_and_bedrock() {
+        let body = Bytes::from_static(
+            br#"{"model":"claude/x","max_tokens":9,"stream":true,"metadata":{"user_id":"u"},"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#,
+        );
+        let f = InboundFormat::Anthropic;
+        let env = f.envelope(&body).unwrap();
+        assert!(env.stream && !f.asks_stream_usage(&env));
+        assert_eq!(env.model.as_deref(), Some("claude/x"));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("anthropic-beta", "a-1, b-2".parse().unwrap());
+        let anthropic = Target::new(Provider::Anthropic, "u", "claude-sonnet-4-5");
+        assert!(f.passthrough_to(&anthropic));
+        assert_eq!(
+            f.passthrough_headers(&anthropic),
+            ["anthropic-version", "anthropic-beta"]
+        );
+        let out = f
+            .passthrough_body(&env, &body, &anthropic, &headers, false)
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            std::str::from_utf8(&body)
+                .unwrap()
+                .replace("claude/x", "claude-sonnet-4-5")
+        );
+        let bedrock = Target::new(
+            Provider::Bedrock,
+            "u",
+            "anthropic/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        );
+        assert!(f.passthrough_to(&bedrock));
+        assert!(f.passthrough_headers(&bedrock).is_empty());
+        let out = f
+            .passthrough_body(&env, &body, &bedrock, &headers, false)
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"max_tokens":9,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["a-1","b-2"]}"#
+        );
+        // Other Bedrock models go through Converse; no other provider takes the body.
+        assert!(!f.passthrough_to(&Target::new(Provider::Bedrock, "u", "meta.llama3-70b")));
+        assert!(!f.passthrough_to(&Target::new(Provider::OpenAi, "u", "m")));
+        assert!(!InboundFormat::OpenAiChat.passthrough_to(&anthropic));
+        assert_eq!(
+            f.match_path("/v1/messages").map(|o| o.format),
+            Some(InboundFormat::Anthropic)
+        );
+        assert!(f.match_path("/messages").is_some());
+        assert!(f.match_path("/v1/chat/completions").is_none());
+        assert!(f.has_error_shape(
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"m"}}"#
+        ));
+        assert!(!f.has_error_shape(br#"{"error":{"message":"m","type":null}}"#));
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::InboundFormat;
 use crate::canonical::Usage;
-use crate::dialect::{gemini, openai_chat, openai_responses};
+use crate::dialect::{anthropic, gemini, openai_chat, openai_responses};
 use crate::error::{ApiError, ErrorKind, LlmError};
 use crate::sse::{EventSplitter, MAX_EVENT_BYTES, event_data};
 
@@ -75,6 +75,8 @@ pub fn is_usage_only_chunk(data: &str) -> bool {
 /// error event. Made by [`crate::InboundFormat::stream_inspector`].
 #[derive(Debug)]
 pub struct StreamInspector {
+    /// Bedrock `InvokeModelWithResponseStream` frames, unwrapped into SSE events first.
+    frames: Option<crate::eventstream::FrameDecoder>,
     splitter: EventSplitter,
     state: Inspection,
 }
@@ -92,6 +94,8 @@ struct Inspection {
     upstream_error: bool,
     /// We ended the stream with an error event.
     failed: bool,
+    /// An Anthropic stream's usage, split across `message_start` and `message_delta`.
+    anthropic_usage: anthropic::StreamUsage,
 }
 
 /// The fields of a stream event that tell whether it is well-formed, final, or carries
@@ -140,6 +144,7 @@ fn garbled(why: &str) -> ApiError {
 impl StreamInspector {
     pub(crate) fn new(format: InboundFormat, hold_usage_chunk: bool) -> StreamInspector {
         StreamInspector {
+            frames: None,
             splitter: EventSplitter::default(),
             state: Inspection {
                 format,
@@ -149,15 +154,50 @@ impl StreamInspector {
                 complete: false,
                 upstream_error: false,
                 failed: false,
+                anthropic_usage: anthropic::StreamUsage::default(),
             },
         }
     }
 
-    /// The bytes to send for one upstream chunk (possibly empty).
-    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        if self.state.failed {
-            return Bytes::new();
+    /// The same inspector reading an AWS event stream whose `chunk` messages carry the
+    /// events (Bedrock `InvokeModelWithResponseStream`); the client gets them as SSE.
+    pub(crate) fn reading_event_stream(mut self) -> StreamInspector {
+        self.frames = Some(crate::eventstream::FrameDecoder::new());
+        self
+    }
+
+    /// The SSE bytes an event-stream chunk stands for (the chunk itself for SSE upstreams);
+    /// `Err` with the bytes ending the stream when the frames are broken or an exception.
+    fn unwrap_frames(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Bytes> {
+        let Some(frames) = self.frames.as_mut() else {
+            return Ok(chunk.to_vec());
+        };
+        let messages = match frames.push(chunk) {
+            Ok(m) => m,
+            Err(e) => return Err(self.state.fail(&garbled(&e.to_string()))),
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        for message in &messages {
+            match anthropic::bedrock_chunk_event(message) {
+                Ok(Some(event)) => out.extend_from_slice(&event),
+                Ok(None) => {}
+                Err(err) => {
+                    // Relay what came before the exception, then end with it.
+                    let mut ended = self.relay_sse(&out);
+                    let mut bytes = ended.to_vec();
+                    if !self.state.failed {
+                        self.state.upstream_error = true;
+                        bytes.extend_from_slice(&self.state.fail(&err));
+                    }
+                    ended = Bytes::from(bytes);
+                    return Err(ended);
+                }
+            }
         }
+        Ok(out)
+    }
+
+    fn relay_sse(&mut self, chunk: &[u8]) -> Bytes {
         self.splitter.push(chunk);
         let mut out = Vec::with_capacity(chunk.len());
         while let Some(event) = self.splitter.next_event() {
@@ -171,6 +211,17 @@ impl StreamInspector {
         Bytes::from(out)
     }
 
+    /// The bytes to send for one upstream chunk (possibly empty).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        if self.state.failed {
+            return Bytes::new();
+        }
+        match self.unwrap_frames(chunk) {
+            Ok(sse) => self.relay_sse(&sse),
+            Err(ended) => ended,
+        }
+    }
+
     /// The closing bytes when the upstream body ended: the last event if it lacked its
     /// blank line, and an error event if the answer was not complete.
     pub fn end(&mut self) -> Bytes {
@@ -178,6 +229,11 @@ impl StreamInspector {
             return Bytes::new();
         }
         let mut out = Vec::new();
+        if let Some(frames) = self.frames.as_mut()
+            && let Err(e) = frames.finish()
+        {
+            return self.state.fail(&garbled(&e.to_string()));
+        }
         if let Some(rest) = self.splitter.take_rest()
             && !self.state.relay(&rest, &mut out)
         {
@@ -286,6 +342,14 @@ impl Inspection {
                     }
                 }
             }
+            InboundFormat::Anthropic => match probe.kind.as_deref().or(name).unwrap_or_default() {
+                "message_start" | "message_delta" => {
+                    self.anthropic_usage.read_data(data);
+                    self.usage = self.anthropic_usage.usage();
+                }
+                "message_stop" => self.complete = true,
+                _ => {}
+            },
             InboundFormat::Gemini => {
                 let candidates = probe.candidates.as_deref().unwrap_or_default();
                 if candidates.iter().any(|c| c.finish_reason.is_some()) {
@@ -387,6 +451,105 @@ mod tests {
         assert_eq!(data["type"], "error");
         assert_eq!(data["sequence_number"], 7);
         assert_eq!(data["code"], "unavailable");
+    }
+
+    fn anthropic_stream() -> String {
+        [
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":1,"cache_creation_input_tokens":2,"cache_read_input_tokens":30}}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":9}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]
+        .iter()
+        .map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            format!("event: {}\ndata: {d}\n\n", v["type"].as_str().unwrap())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn anthropic_streams_are_relayed_untouched_with_their_usage_combined() {
+        let stream = anthropic_stream();
+        let mut inspector = InboundFormat::Anthropic.stream_inspector(false);
+        let mut out = inspector.push(stream.as_bytes()).to_vec();
+        out.extend_from_slice(&inspector.end());
+        assert_eq!(std::str::from_utf8(&out).unwrap(), stream);
+        let usage = inspector.usage().unwrap();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens
+            ),
+            (39, 9, Some(30))
+        );
+        assert!(!inspector.stream_failed());
+
+        // Cut before message_stop: ends with Anthropic's error event.
+        let cut = &stream[..stream.find("event: message_stop").unwrap()];
+        let mut inspector = InboundFormat::Anthropic.stream_inspector(false);
+        inspector.push(cut.as_bytes());
+        let end = inspector.end();
+        let end = std::str::from_utf8(&end).unwrap();
+        assert!(end.starts_with("event: error\ndata: "), "{end}");
+        assert!(end.contains(r#""type":"error""#), "{end}");
+        assert!(inspector.is_failed());
+    }
+
+    #[test]
+    fn bedrock_invoke_streams_become_server_sent_events() {
+        use base64::Engine;
+        let stream = anthropic_stream();
+        let target = crate::Target::new(crate::Provider::Bedrock, "u", "anthropic.claude-x");
+        let mut frames = Vec::new();
+        let mut first = 0;
+        for event in stream.split("\n\n").filter(|e| !e.is_empty()) {
+            if event.contains("content_block_start") {
+                first = frames.len();
+            }
+            let data = event
+                .lines()
+                .nth(1)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap();
+            let payload = serde_json::json!({
+                "bytes": base64::engine::general_purpose::STANDARD.encode(data)
+            });
+            frames.extend_from_slice(
+                &crate::eventstream::encode_event("chunk", payload.to_string().as_bytes()).unwrap(),
+            );
+        }
+        let mut inspector = InboundFormat::Anthropic.stream_inspector_for(&target, false);
+        let mut out = Vec::new();
+        for piece in frames.chunks(7) {
+            out.extend_from_slice(&inspector.push(piece));
+        }
+        out.extend_from_slice(&inspector.end());
+        assert_eq!(std::str::from_utf8(&out).unwrap(), stream);
+        assert_eq!(inspector.usage().map(|u| u.output_tokens), Some(9));
+
+        // An exception mid-stream ends it with an Anthropic error event.
+        let mut inspector = InboundFormat::Anthropic.stream_inspector_for(&target, false);
+        let mut out = inspector.push(&frames[..first]).to_vec();
+        out.extend_from_slice(&inspector.push(
+            &crate::eventstream::encode_exception("throttlingException", "slow down").unwrap(),
+        ));
+        out.extend_from_slice(&inspector.end());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\n\n"), "{text}");
+        assert!(text.contains("event: error"), "{text}");
+        assert!(text.contains("rate_limit_error"), "{text}");
+        assert!(inspector.stream_failed());
+
+        // Broken frames: an error event too.
+        let mut inspector = InboundFormat::Anthropic.stream_inspector_for(&target, false);
+        let out = inspector.push(&[0u8; 16]);
+        assert!(std::str::from_utf8(&out).unwrap().contains("event: error"));
     }
 
     proptest! {

@@ -205,10 +205,11 @@ impl ProxyInput {
         let format = match self.format.as_deref() {
             None | Some("openai") => Format::Openai,
             Some("gemini") => Format::Gemini,
+            Some("anthropic") => Format::Anthropic,
             Some(other) => {
                 return Err(ValidationError::invalid(
                     "format",
-                    format!("unknown format '{other}'; expected 'openai' or 'gemini'"),
+                    format!("unknown format '{other}'; expected 'openai', 'gemini' or 'anthropic'"),
                 ));
             }
         };

@@ -15,15 +15,17 @@ pub const DEFAULT_SEMANTIC_THRESHOLD: f64 = 0.5;
 pub enum Format {
     Openai,
     Gemini,
+    Anthropic,
 }
 
 impl Format {
-    /// The format id of the contract (`openai`, `gemini`): also the API surface id of the
+    /// The format id of the contract (`openai`, `gemini`, `anthropic`): also the API surface id of the
     /// inbound formats a proxy of this format serves.
     pub fn id(self) -> &'static str {
         match self {
             Format::Openai => "openai",
             Format::Gemini => "gemini",
+            Format::Anthropic => "anthropic",
         }
     }
 }

@@ -23,6 +23,7 @@ const NAMES: &[&str] = &[
     "apim-request-id",
     "x-amzn-requestid",
     "x-amzn-errortype",
+    "request-id",
 ];
 
 /// Name prefixes relayed (providers' informational families).
@@ -33,6 +34,7 @@ const PREFIXES: &[&str] = &[
     "x-ms-",
     "azureml-",
     "x-amzn-bedrock-",
+    "anthropic-",
 ];
 
 /// The headers named by the upstream's `Connection` header (lowercase).

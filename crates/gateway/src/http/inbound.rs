@@ -156,11 +156,21 @@ impl InboundRequest {
         self.format.asks_stream_usage(&self.envelope)
     }
 
-    /// The body to send on the passthrough path, written once: `model` replaced, and the
-    /// usage chunk asked for when [`Self::asks_stream_usage`].
-    pub(crate) fn passthrough_body(&self, model: &str) -> Result<Bytes, LlmError> {
-        self.format
-            .passthrough_body(&self.envelope, &self.body, model, self.asks_stream_usage())
+    /// The body to send to `target` on the passthrough path, written once: `model`
+    /// replaced, and the usage chunk asked for when [`Self::asks_stream_usage`] (see
+    /// [`InboundFormat::passthrough_body`]).
+    pub(crate) fn passthrough_body(
+        &self,
+        target: &switchyard_llm::Target,
+        headers: &HeaderMap,
+    ) -> Result<Bytes, LlmError> {
+        self.format.passthrough_body(
+            &self.envelope,
+            &self.body,
+            target,
+            headers,
+            self.asks_stream_usage(),
+        )
     }
 
     /// The canonical request, parsed on first use (a malformed body is the client's 400,

@@ -440,6 +440,12 @@ async fn respond(
         return ctx.reject(&ProxyError::Api(err), route, model);
     }
     if !translated {
+        if inbound.stream && is_aws_event_stream(resp.headers()) {
+            // Claude on Bedrock (InvokeModelWithResponseStream): the Messages events arrive
+            // in event-stream frames and leave as the client's server-sent events.
+            let inspector = inbound.format.stream_inspector_for(&target, false);
+            return ctx.relay_translated(resp, BodyFilter::sse(inspector), route, model);
+        }
         let filter = if inbound.stream && is_event_stream(resp.headers()) {
             BodyFilter::sse(inbound.format.stream_inspector(inbound.asks_stream_usage()))
         } else {
@@ -492,6 +498,16 @@ async fn respond(
         Ok((out, usage)) => ctx.respond_json(out, Some(&headers), usage, route, model),
         Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
     }
+}
+
+fn is_aws_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .starts_with("application/vnd.amazon.eventstream")
+        })
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {

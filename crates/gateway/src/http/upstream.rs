@@ -53,10 +53,18 @@ pub(crate) fn prepare(
         // stream whose client did not ask for it, the usage chunk asked for; it is held
         // back from the client).
         inbound
-            .passthrough_body(&target.model)
+            .passthrough_body(&target, call.headers)
             .and_then(|body| target.passthrough_request(body, inbound.stream))
     };
     let mut request = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
+    if !translated {
+        // The client's API version and beta flags, where the upstream speaks its API.
+        for name in inbound.format.passthrough_headers(&target) {
+            if let Some(value) = call.headers.get(*name) {
+                request.headers_mut().insert(*name, value.clone());
+            }
+        }
+    }
     let accept = if !translated {
         call.headers
             .get(header::ACCEPT)

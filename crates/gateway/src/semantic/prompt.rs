@@ -19,6 +19,7 @@ fn guarded_fields(format: InboundFormat) -> &'static [&'static str] {
         InboundFormat::OpenAiChat => &["messages"],
         InboundFormat::OpenAiResponses => &["instructions", "input"],
         InboundFormat::Gemini => &["systemInstruction", "system_instruction", "contents"],
+        InboundFormat::Anthropic => &["system", "messages"],
     }
 }
 
@@ -38,6 +39,8 @@ const NOT_TEXT: &[&str] = &[
     "file_data",
     "data",
     "mime_type",
+    "media_type",
+    "tool_use_id",
     "mimeType",
     "inline_data",
     "inlineData",

@@ -899,7 +899,7 @@ fn is_context_overflow(message: &str) -> bool {
     m.contains("too long") || m.contains("context length") || m.contains("too many input tokens")
 }
 
-fn exception_error(exception: &str, payload: &[u8]) -> ApiError {
+pub(crate) fn exception_error(exception: &str, payload: &[u8]) -> ApiError {
     let message = match serde_json::from_slice::<WireErrorBody>(payload) {
         Ok(b) if !b.message.is_empty() => b.message,
         _ => body_snippet(payload),

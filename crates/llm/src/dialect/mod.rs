@@ -3,6 +3,7 @@
 //! responses, errors and streams. Inbound formats and provider adapters are thin layers over
 //! these, so each API's shapes live in exactly one place.
 
+pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai_chat;

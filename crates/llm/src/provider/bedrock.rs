@@ -1,5 +1,8 @@
 //! AWS Bedrock Converse: `{url}/model/{model id}/converse` or `/converse-stream`, signed
-//! with SigV4 (service `bedrock`) for the route's region.
+//! with SigV4 (service `bedrock`) for the route's region. An Anthropic client's Messages body
+//! goes to Claude through `{url}/model/{model id}/invoke` (or
+//! `/invoke-with-response-stream`) instead, so its `cache_control` marks and thinking blocks
+//! survive (the passthrough path).
 
 use std::time::SystemTime;
 
@@ -71,10 +74,11 @@ fn region(target: &Target) -> Result<String, LlmError> {
     bedrock_region(target.region.as_deref(), &target.base_url).map_err(LlmError::Target)
 }
 
-/// Builds and signs a Converse request at `time` (tests pass a fixed time).
-pub(crate) fn build_at(
+/// A signed POST of `body` to `{url}/model/{model id}/{action}` at `time`.
+fn signed_post(
     target: &Target,
-    req: &ChatRequest,
+    action: &str,
+    body: Bytes,
     time: SystemTime,
 ) -> Result<http::Request<Bytes>, LlmError> {
     let Credentials::Aws(credentials) = &target.credentials else {
@@ -83,12 +87,6 @@ pub(crate) fn build_at(
         ));
     };
     let region = region(target)?;
-    let body = bedrock::render_request(req)?;
-    let action = if req.stream {
-        "converse-stream"
-    } else {
-        "converse"
-    };
     let url = join_url(
         &target.base_url,
         &format!(
@@ -99,6 +97,26 @@ pub(crate) fn build_at(
     let mut request = json_post(&url, &[], body)?;
     sign_request(&mut request, credentials, &region, "bedrock", time)?;
     Ok(request)
+}
+
+/// Builds and signs a Converse request at `time` (tests pass a fixed time).
+pub(crate) fn build_at(
+    target: &Target,
+    req: &ChatRequest,
+    time: SystemTime,
+) -> Result<http::Request<Bytes>, LlmError> {
+    if !matches!(target.credentials, Credentials::Aws(_)) {
+        return Err(LlmError::Target(
+            "bedrock routes need aws credentials (access key id and secret)".into(),
+        ));
+    }
+    let body = bedrock::render_request(req)?;
+    let action = if req.stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    signed_post(target, action, body, time)
 }
 
 impl ProviderAdapter for BedrockAdapter {
@@ -114,15 +132,15 @@ impl ProviderAdapter for BedrockAdapter {
         build_at(target, req, SystemTime::now())
     }
 
+    /// `body` is an `InvokeModel` body already (Anthropic's Messages body for Bedrock:
+    /// [`crate::dialect::anthropic::bedrock_invoke_body`]); Converse is always translated.
     fn build_passthrough(
         &self,
-        _target: &Target,
-        _body: &[u8],
-        _stream: bool,
+        target: &Target,
+        body: &[u8],
+        stream: bool,
     ) -> Result<http::Request<Bytes>, LlmError> {
-        Err(LlmError::Target(
-            "no client format speaks converse: bedrock requests are always translated".into(),
-        ))
+        self.passthrough_request(target, Bytes::copy_from_slice(body), stream)
     }
 
     fn passthrough_request(
@@ -131,7 +149,12 @@ impl ProviderAdapter for BedrockAdapter {
         body: Bytes,
         stream: bool,
     ) -> Result<http::Request<Bytes>, LlmError> {
-        self.build_passthrough(target, &body, stream)
+        let action = if stream {
+            "invoke-with-response-stream"
+        } else {
+            "invoke"
+        };
+        signed_post(target, action, body, SystemTime::now())
     }
 
     fn parse_response(

@@ -2,6 +2,7 @@
 //! it speaks. One module per provider, each one [`ProviderAdapter`] implementation; the
 //! body translation itself lives in [`crate::dialect`].
 
+mod anthropic;
 mod bedrock;
 mod gemini;
 mod openai_family;
@@ -38,21 +39,24 @@ pub enum Provider {
     Nvidia,
     /// Any OpenAI-compatible server.
     OpenAiCompatible,
+    /// Anthropic's Messages API (`https://api.anthropic.com`).
+    Anthropic,
 }
 
 impl Provider {
     /// Every provider.
-    pub const ALL: [Provider; 6] = [
+    pub const ALL: [Provider; 7] = [
         Provider::OpenAi,
         Provider::Azure,
         Provider::Gemini,
         Provider::Bedrock,
         Provider::Nvidia,
         Provider::OpenAiCompatible,
+        Provider::Anthropic,
     ];
 
     /// The provider id used in configuration (`openai`, `azure`, `gemini`, `bedrock`,
-    /// `nvidia`, `openai-compatible`).
+    /// `nvidia`, `openai-compatible`, `anthropic`).
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::OpenAi => "openai",
@@ -61,6 +65,7 @@ impl Provider {
             Provider::Bedrock => "bedrock",
             Provider::Nvidia => "nvidia",
             Provider::OpenAiCompatible => "openai-compatible",
+            Provider::Anthropic => "anthropic",
         }
     }
 
@@ -78,6 +83,7 @@ impl Provider {
             Provider::Bedrock => &bedrock::BedrockAdapter,
             Provider::Nvidia => &NVIDIA,
             Provider::OpenAiCompatible => &OPENAI_COMPATIBLE,
+            Provider::Anthropic => &anthropic::AnthropicAdapter,
         }
     }
 
@@ -208,8 +214,8 @@ pub enum Credentials {
     /// No credentials (local or keyless servers).
     #[default]
     None,
-    /// An API key: `Authorization: Bearer` (OpenAI, NVIDIA, compatible), `api-key` (Azure)
-    /// or `x-goog-api-key` (Gemini).
+    /// An API key: `Authorization: Bearer` (OpenAI, NVIDIA, compatible), `api-key` (Azure),
+    /// `x-goog-api-key` (Gemini) or `x-api-key` (Anthropic).
     ApiKey(String),
     /// AWS keys for SigV4 (Bedrock).
     Aws(AwsCredentials),

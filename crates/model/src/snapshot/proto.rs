@@ -187,6 +187,7 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
         format: match spec.format {
             Format::Openai => pb::Format::Openai,
             Format::Gemini => pb::Format::Gemini,
+            Format::Anthropic => pb::Format::Anthropic,
         } as i32,
         base_path: spec.base_path.clone(),
         routing: Some(pb::Routing {
@@ -253,6 +254,7 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
     let format = match pb::Format::try_from(p.format) {
         Ok(pb::Format::Openai) => Format::Openai,
         Ok(pb::Format::Gemini) => Format::Gemini,
+        Ok(pb::Format::Anthropic) => Format::Anthropic,
         _ => return Err(invalid(format!("unknown format {}", p.format))),
     };
     let routing = p.routing.ok_or_else(|| invalid("routing is missing"))?;

@@ -10,8 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchyard_e2e::{Plane, Store, chat, eventually, pytest, start_node};
 use switchyard_testkit::{
-    AZURE_API_KEY, BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, GEMINI_API_KEY,
-    MOCK_API_KEY, MockAzure, MockBedrock, MockGemini, MockOpenAi, TOOL_ARGUMENTS, reply_text,
+    ANTHROPIC_API_KEY, AZURE_API_KEY, BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY,
+    GEMINI_API_KEY, MOCK_API_KEY, MockAnthropic, MockAzure, MockBedrock, MockGemini, MockOpenAi,
+    THINKING_TEXT, TOOL_ARGUMENTS, reply_text,
 };
 
 async fn create_proxy(plane: &Plane, body: Value) {
@@ -148,6 +149,200 @@ async fn google_genai_python_sdk() {
         |r| r.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
             && r.query.as_deref() == Some("alt=sse")
     ));
+    node.shutdown().await;
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk() {
+    let store = Store::sqlite();
+    let claude = MockAnthropic::start().await.unwrap();
+    let openai = MockOpenAi::start().await.unwrap();
+    let bedrock = MockBedrock::start().await.unwrap();
+    let mut plane = Plane::start(&store).await;
+    let token = plane.create_gateway("prod-eu").await;
+    let cache = tempfile::tempdir().unwrap();
+    let node = start_node(&plane, "prod-eu", &token, cache.path()).await;
+    create_proxy(
+        &plane,
+        json!({
+            "name": "agents", "gateway": "prod-eu", "base_path": "/agents", "format": "anthropic",
+            "routes": [
+                {"name": "anthropic", "provider": "anthropic", "url": claude.base_url(),
+                 "auth": {"type": "static", "api_key": ANTHROPIC_API_KEY}, "target_model": "claude-sonnet-4-5"},
+                {"name": "openai", "provider": "openai", "url": openai.base_url(),
+                 "auth": {"type": "static", "api_key": MOCK_API_KEY}, "target_model": "gpt-4.1"},
+                {"name": "claude", "provider": "bedrock", "url": bedrock.endpoint(), "region": BEDROCK_REGION,
+                 "auth": {"type": "static", "access_key_id": BEDROCK_ACCESS_KEY, "secret_access_key": BEDROCK_SECRET_KEY},
+                 "target_model": "anthropic/us.anthropic.claude-sonnet-4-5-20250929-v1:0"}
+            ]
+        }),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let probe = format!("http://{}/agents/v1/messages", node.local_addr());
+    eventually(Duration::from_secs(5), "served", || async {
+        http.post(&probe)
+            .json(&json!({"model": "anthropic/x", "max_tokens": 5,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let routes = json!([
+        {"id": "anthropic", "model": "anthropic/anything", "served": "claude-sonnet-4-5",
+         "reply": reply_text("claude-sonnet-4-5"), "native": true},
+        {"id": "openai", "model": "openai/anything", "served": "gpt-4.1",
+         "reply": reply_text("gpt-4.1"), "native": false},
+        {"id": "claude", "model": "claude/anything",
+         "served": "anthropic/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         "reply": reply_text("us.anthropic.claude-sonnet-4-5-20250929-v1:0"), "native": true},
+    ]);
+    pytest(
+        "test_anthropic_sdk.py",
+        &[
+            (
+                "SWITCHYARD_ANTHROPIC_BASE_URL",
+                format!("http://{}/agents", node.local_addr()),
+            ),
+            ("SWITCHYARD_ANTHROPIC_ROUTES", routes.to_string()),
+            ("SWITCHYARD_TOOL_ARGUMENTS", TOOL_ARGUMENTS.to_owned()),
+            ("SWITCHYARD_THINKING_TEXT", THINKING_TEXT.to_owned()),
+        ],
+    )
+    .await;
+    // Every provider was really called, each through its own API.
+    for (name, count) in [
+        ("anthropic", claude.request_count()),
+        ("openai", openai.request_count()),
+        ("bedrock", bedrock.request_count()),
+    ] {
+        assert!(count >= 6, "{name}: {count} requests");
+    }
+    assert!(
+        bedrock
+            .requests()
+            .iter()
+            .all(|r| r.path.contains("/invoke"))
+    );
+    // The client's cache_control mark reached the native upstreams as it was sent.
+    let marked = |r: &switchyard_testkit::RecordedRequest| {
+        r.json()["system"][0]["cache_control"] == json!({"type": "ephemeral"})
+    };
+    assert!(claude.requests().iter().any(marked));
+    assert!(bedrock.requests().iter().any(marked));
+    node.shutdown().await;
+    plane.stop().await;
+}
+
+/// Claude Code's binary: `SWITCHYARD_CLAUDE_CODE` (scripts/test installs the pinned
+/// `@anthropic-ai/claude-code` from npm and sets it).
+fn claude_code() -> String {
+    let path = std::env::var("SWITCHYARD_CLAUDE_CODE").unwrap_or_default();
+    assert!(
+        !path.is_empty() && std::path::Path::new(&path).exists(),
+        "no Claude Code: run scripts/test (it installs @anthropic-ai/claude-code from npm) or set SWITCHYARD_CLAUDE_CODE"
+    );
+    path
+}
+
+/// Claude Code, the real CLI, run non-interactively (`-p`) against a `format: anthropic`
+/// proxy whose only route is an OpenAI mock: it completes a one-tool task through the
+/// gateway (the model's call to its own Read tool travels OpenAI → Anthropic, the file's
+/// content comes back Anthropic → OpenAI, and the answer quoting it is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_cli() {
+    let claude = claude_code();
+    let store = Store::sqlite();
+    let openai = MockOpenAi::start().await.unwrap();
+    let mut plane = Plane::start(&store).await;
+    let token = plane.create_gateway("prod-eu").await;
+    let cache = tempfile::tempdir().unwrap();
+    let node = start_node(&plane, "prod-eu", &token, cache.path()).await;
+    // Claude Code also asks its small model for side tasks: the fallback serves those too.
+    create_proxy(
+        &plane,
+        json!({
+            "name": "code", "gateway": "prod-eu", "base_path": "/code", "format": "anthropic",
+            "routing": {"strategy": "model", "fallback": {"route": "openai", "target_model": "gpt-4.1"}},
+            "routes": [
+                {"name": "openai", "provider": "openai", "url": openai.base_url(),
+                 "auth": {"type": "static", "api_key": MOCK_API_KEY}, "target_model": "gpt-4.1"}
+            ]
+        }),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let probe = format!("http://{}/code/v1/messages", node.local_addr());
+    eventually(Duration::from_secs(5), "served", || async {
+        http.post(&probe)
+            .json(&json!({"model": "openai/x", "max_tokens": 5,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let requests_before = openai.request_count();
+
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let file = work.path().join("notes.txt");
+    std::fs::write(&file, "The launch code word is heliotrope-42.\n").unwrap();
+    let prompt = format!(
+        "What is the launch code word in notes.txt?\nmock-tool: Read {}",
+        json!({"file_path": file.display().to_string()})
+    );
+    let run = tokio::process::Command::new(&claude)
+        .args([
+            "-p",
+            &prompt,
+            "--model",
+            "openai/gpt-4.1",
+            "--allowedTools",
+            "Read",
+        ])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("http://{}/code", node.local_addr()),
+        )
+        .env("ANTHROPIC_API_KEY", "sk-ant-unused-by-the-gateway")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("claude -p did not finish in 3 minutes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "claude -p failed: {stdout}\n{stderr}");
+    // The answer quotes what the Read tool returned: the file really was read.
+    assert!(
+        stdout.contains("The tool answered:") && stdout.contains("heliotrope-42"),
+        "{stdout}\n{stderr}"
+    );
+    // Through the gateway, translated: the OpenAI mock saw the call and then its result.
+    let seen = openai.requests();
+    let seen = &seen[requests_before..];
+    let called = seen.iter().any(|r| {
+        r.json()["messages"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["role"] == "tool" && m["content"].to_string().contains("heliotrope-42"))
+        })
+    });
+    assert!(
+        called,
+        "no request carried the tool result: {} requests",
+        seen.len()
+    );
+    assert!(seen.iter().all(|r| r.path == "/v1/chat/completions"));
     node.shutdown().await;
     plane.stop().await;
 }

@@ -1,5 +1,9 @@
 //! `MockBedrock`: a local stand-in for the Bedrock Runtime `Converse` and `ConverseStream`
-//! APIs (`POST /model/{modelId}/converse`, `/converse-stream`).
+//! APIs (`POST /model/{modelId}/converse`, `/converse-stream`), and for Claude's
+//! `InvokeModel` and `InvokeModelWithResponseStream` (`/invoke`,
+//! `/invoke-with-response-stream`: Anthropic's Messages body with `anthropic_version`
+//! `bedrock-2023-05-31`, checked like the Messages API by [`crate::anthropic`]; streams are
+//! `chunk` events whose payload carries the Messages event as base64 `bytes`).
 //!
 //! Every request must be signed with AWS Signature V4 (service `bedrock`, the mock's region):
 //! the mock **recomputes the signature** from the request as it arrived (canonical URI from
@@ -24,6 +28,7 @@ use http::{HeaderMap, Method, header};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::anthropic;
 use crate::script::{self, Conversation, Last, Reply, argument_pieces, decide, text_pieces, words};
 use crate::server::{Behavior, Exchange, Handler, MockServer, ReportedUsage, type_name};
 
@@ -149,10 +154,14 @@ impl Handler for BedrockHandler {
         let Some(rest) = req.path.strip_prefix("/model/") else {
             return aws_error(404, "UnknownOperationException", "");
         };
-        let (raw_model, stream) = if let Some(m) = rest.strip_suffix("/converse-stream") {
-            (m, true)
+        let (raw_model, stream, invoke) = if let Some(m) = rest.strip_suffix("/converse-stream") {
+            (m, true, false)
         } else if let Some(m) = rest.strip_suffix("/converse") {
-            (m, false)
+            (m, false, false)
+        } else if let Some(m) = rest.strip_suffix("/invoke-with-response-stream") {
+            (m, true, true)
+        } else if let Some(m) = rest.strip_suffix("/invoke") {
+            (m, false, true)
         } else {
             return aws_error(404, "UnknownOperationException", "");
         };
@@ -162,6 +171,9 @@ impl Handler for BedrockHandler {
         let model = percent_decode(raw_model);
         if !self.config.models.contains(&model) {
             return validation("The provided model identifier is invalid.");
+        }
+        if invoke {
+            return invoke_model(ex, &model, stream);
         }
         let conv = match check_converse(&req.body) {
             Ok(c) => c,
@@ -743,6 +755,7 @@ fn check_converse(body: &[u8]) -> Result<Conversation, String> {
         tools,
         no_tools,
         words: total,
+        directive: None,
     })
 }
 
@@ -834,6 +847,71 @@ fn check_tool_config(tc: &Value) -> Result<(Vec<String>, bool), String> {
 
 // ---------------------------------------------------------------------------------------
 // Answers.
+
+/// `InvokeModel` / `InvokeModelWithResponseStream` with Claude's Messages body.
+fn invoke_model(ex: &Exchange<'_>, model: &str, stream: bool) -> Response {
+    let checked = match anthropic::check_messages(&ex.req.body, anthropic::Dialect::Bedrock) {
+        Ok(c) => c,
+        Err(message) => return validation(message),
+    };
+    let reply = decide(model, &checked.conv);
+    let usage = checked.usage(&reply);
+    ex.report(usage);
+    if !stream {
+        let mut body = anthropic::message_json(model, &checked, &reply, &usage);
+        body["id"] = json!(format!(
+            "msg_bdrk_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..24]
+        ));
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string())
+            .header("x-amzn-bedrock-input-token-count", usage.input.to_string())
+            .header(
+                "x-amzn-bedrock-output-token-count",
+                usage.output.to_string(),
+            )
+            .body(Body::from(body.to_string()))
+            .unwrap_or_default();
+    }
+    let mut events = anthropic::message_events(model, &checked, &reply, &usage);
+    if let Some(last) = events.last_mut() {
+        last["amazon-bedrock-invocationMetrics"] = json!({
+            "inputTokenCount": usage.input, "outputTokenCount": usage.output,
+            "invocationLatency": 420, "firstByteLatency": 120,
+        });
+    }
+    let mut frames: Vec<Bytes> = events
+        .iter()
+        .map(|e| {
+            let bytes = base64::engine::general_purpose::STANDARD.encode(e.to_string());
+            event("chunk", json!({"bytes": bytes}))
+        })
+        .collect();
+    match ex.behavior {
+        Behavior::GarbledStream => {
+            let mut broken = frames[1].to_vec();
+            let at = broken.len() - 8;
+            broken[at] ^= 0x20;
+            frames[1] = Bytes::from(broken);
+        }
+        Behavior::StreamError => {
+            frames.truncate(2);
+            frames.push(frame(
+                &[
+                    (":exception-type", "modelStreamErrorException"),
+                    (":content-type", "application/json"),
+                    (":message-type", "exception"),
+                ],
+                json!({"message": "The model stream broke off."})
+                    .to_string()
+                    .as_bytes(),
+            ));
+        }
+        _ => {}
+    }
+    ex.stream("application/vnd.amazon.eventstream", frames)
+}
 
 fn wire_usage(u: &ReportedUsage) -> Value {
     // Bedrock reports cache reads apart from inputTokens.

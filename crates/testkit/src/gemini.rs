@@ -516,6 +516,7 @@ fn check_request(body: &[u8]) -> Result<Conversation, Status> {
         tools,
         no_tools,
         words: total,
+        directive: None,
     })
 }
 

@@ -1,8 +1,9 @@
 //! Test helpers for Switchyard: mock providers that validate what they receive (OpenAI,
-//! Azure OpenAI, Gemini, Bedrock), a fake control plane, and snapshot builders. Dev-only;
+//! Azure OpenAI, Gemini, Bedrock, Anthropic), a fake control plane, and snapshot builders. Dev-only;
 //! nothing here reaches past 127.0.0.1.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod bedrock;
 pub mod control_plane;
 pub mod embeddings;
@@ -16,6 +17,7 @@ pub mod script;
 pub mod server;
 pub mod snapshots;
 
+pub use anthropic::{ANTHROPIC_API_KEY, AnthropicConfig, MockAnthropic, THINKING_TEXT};
 pub use bedrock::{BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, MockBedrock};
 pub use control_plane::{FakeControlPlane, NodeEvent};
 pub use embeddings::MockEmbeddings;

@@ -1,6 +1,11 @@
 //! What every mock provider answers, whatever its wire format: a deterministic reply naming
 //! the model, one function call when tools are offered, and a reply quoting the tool's result
 //! once it comes back. Tests assert on these across providers.
+//!
+//! A prompt may script the call (OpenAI chat and Anthropic mocks): a line
+//! `mock-tool: NAME {json arguments}` in the last user message makes the mock call the offered
+//! tool `NAME` with those arguments, so a real agent (Claude Code) can be driven through a
+//! real tool of its own.
 
 use crate::server::ReportedUsage;
 
@@ -39,6 +44,21 @@ pub(crate) struct Conversation {
     pub no_tools: bool,
     /// Words of text in the whole request (the mock's "tokens").
     pub words: u64,
+    /// The call the last user message scripted (`mock-tool: NAME {arguments}`).
+    pub directive: Option<(String, String)>,
+}
+
+/// The call a user message's text scripts: `mock-tool: NAME {json arguments}`.
+pub(crate) fn directive(text: &str) -> Option<(String, String)> {
+    let at = text.find("mock-tool:")?;
+    let rest = text[at + "mock-tool:".len()..].trim_start();
+    let (name, args) = rest.split_once(char::is_whitespace)?;
+    let mut values =
+        serde_json::Deserializer::from_str(args.trim_start()).into_iter::<serde_json::Value>();
+    let value = values.next()?.ok()?;
+    value
+        .is_object()
+        .then(|| (name.to_owned(), value.to_string()))
 }
 
 /// The mock's answer.
@@ -60,6 +80,16 @@ impl Reply {
 pub(crate) fn decide(model: &str, conv: &Conversation) -> Reply {
     match &conv.last {
         Last::ToolResult(result) => Reply::Text(tool_reply_text(result)),
+        Last::User
+            if !conv.no_tools
+                && conv
+                    .directive
+                    .as_ref()
+                    .is_some_and(|(name, _)| conv.tools.contains(name)) =>
+        {
+            let (name, arguments) = conv.directive.clone().unwrap_or_default();
+            Reply::Call { name, arguments }
+        }
         Last::User if !conv.no_tools && !conv.tools.is_empty() => Reply::Call {
             name: conv.tools[0].clone(),
             arguments: TOOL_ARGUMENTS.to_owned(),
@@ -114,6 +144,7 @@ mod tests {
             tools: vec!["get_weather".into()],
             no_tools: false,
             words: 4,
+            directive: None,
         };
         assert_eq!(
             decide("m", &conv),
@@ -129,6 +160,27 @@ mod tests {
             decide("m", &conv),
             Reply::Text("The tool answered: 18C".into())
         );
+        conv.last = Last::User;
+        conv.no_tools = false;
+        conv.tools.push("Read".into());
+        conv.directive = directive("Please.\nmock-tool: Read {\"file_path\": \"/tmp/a b\"} thanks");
+        assert_eq!(
+            decide("m", &conv),
+            Reply::Call {
+                name: "Read".into(),
+                arguments: r#"{"file_path":"/tmp/a b"}"#.into()
+            }
+        );
+        conv.directive = directive("mock-tool: Write {}");
+        assert_eq!(
+            decide("m", &conv),
+            Reply::Call {
+                name: "get_weather".into(),
+                arguments: TOOL_ARGUMENTS.into()
+            },
+            "a tool that is not offered is not called"
+        );
+        assert_eq!(directive("mock-tool: Read [1]"), None);
         assert_eq!(argument_pieces(TOOL_ARGUMENTS).concat(), TOOL_ARGUMENTS);
         assert!(argument_pieces(TOOL_ARGUMENTS).len() > 3);
         assert_eq!(text_pieces("a b c").concat(), "a b c");

@@ -1,6 +1,7 @@
 //! The conformance suite: the same checks over every provider adapter, through a real gateway
 //! over HTTP, for each inbound format the provider can be reached with (OpenAI Chat
-//! Completions and Responses for every provider, Gemini for Gemini).
+//! Completions and Responses for every provider, Gemini for Gemini, Anthropic Messages for
+//! every provider).
 //!
 //! Each provider is a validating mock (`switchyard-testkit`): a request the real provider
 //! would refuse fails the test. Checks: a simple chat, streaming (chunk by chunk), a tool
@@ -18,9 +19,9 @@ use serde_json::{Value, json};
 use switchyard_model::{Auth, Format, Provider, Proxy, Route, Secret};
 use switchyard_testkit::snapshots::{proxy, route, with_target};
 use switchyard_testkit::{
-    AZURE_API_KEY, BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, Behavior,
-    GEMINI_API_KEY, MOCK_API_KEY, MockAzure, MockBedrock, MockConfig, MockGemini, MockOpenAi,
-    MockServer, ReportedUsage, TOOL_ARGUMENTS, reply_text, tool_reply_text,
+    ANTHROPIC_API_KEY, AZURE_API_KEY, BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY,
+    Behavior, GEMINI_API_KEY, MOCK_API_KEY, MockAnthropic, MockAzure, MockBedrock, MockConfig,
+    MockGemini, MockOpenAi, MockServer, ReportedUsage, TOOL_ARGUMENTS, reply_text, tool_reply_text,
 };
 
 use crate::common::*;
@@ -37,6 +38,7 @@ pub enum Kind {
     Bedrock,
     Nvidia,
     Compatible,
+    Anthropic,
 }
 
 /// The client's format.
@@ -45,6 +47,7 @@ pub enum Inbound {
     Chat,
     Responses,
     Gemini,
+    Anthropic,
 }
 
 enum Mock {
@@ -52,6 +55,7 @@ enum Mock {
     Azure(MockAzure),
     Gemini(MockGemini),
     Bedrock(MockBedrock),
+    Anthropic(MockAnthropic),
 }
 
 impl Mock {
@@ -61,6 +65,7 @@ impl Mock {
             Mock::Azure(m) => m,
             Mock::Gemini(m) => m,
             Mock::Bedrock(m) => m,
+            Mock::Anthropic(m) => m,
         }
     }
 }
@@ -77,6 +82,7 @@ impl Kind {
             Kind::Bedrock => "claude",
             Kind::Nvidia => "nim",
             Kind::Compatible => "local",
+            Kind::Anthropic => "anthropic",
         }
     }
 
@@ -90,6 +96,7 @@ impl Kind {
             Kind::Bedrock => "anthropic/anthropic.claude-3-haiku-20240307-v1:0",
             Kind::Nvidia => "meta/llama-3.1-8b-instruct",
             Kind::Compatible => "qwen2.5",
+            Kind::Anthropic => "claude-sonnet-4-5",
         }
     }
 
@@ -117,6 +124,7 @@ impl Kind {
             Kind::Azure | Kind::AzureV1 => Mock::Azure(MockAzure::start().await.unwrap()),
             Kind::Gemini => Mock::Gemini(MockGemini::start().await.unwrap()),
             Kind::Bedrock => Mock::Bedrock(MockBedrock::start().await.unwrap()),
+            Kind::Anthropic => Mock::Anthropic(MockAnthropic::start().await.unwrap()),
         }
     }
 
@@ -179,6 +187,12 @@ impl Kind {
                 r.region = Some(BEDROCK_REGION.into());
                 r
             }
+            (Kind::Anthropic, Mock::Anthropic(m)) => route(
+                self.route_name(),
+                Provider::Anthropic,
+                &m.base_url(),
+                key(ANTHROPIC_API_KEY),
+            ),
             _ => unreachable!("mock of another kind"),
         };
         r = with_target(r, self.target_model());
@@ -192,6 +206,8 @@ impl Kind {
             (Kind::Gemini, _) => "RESOURCE_EXHAUSTED",
             (Kind::Bedrock, 400) => "ValidationException",
             (Kind::Bedrock, _) => "ThrottlingException",
+            (Kind::Anthropic, 400) => "invalid_request_error",
+            (Kind::Anthropic, _) => "rate_limit_error",
             (_, 400) => "invalid_value",
             _ => "rate_limit_exceeded",
         };
@@ -230,8 +246,10 @@ fn proxy_for(
     fallback: Option<(&str, Option<&str>)>,
 ) -> Proxy {
     let mut p = proxy(name, "/c", routes, fallback);
-    if inbound == Inbound::Gemini {
-        p.spec.format = Format::Gemini;
+    match inbound {
+        Inbound::Gemini => p.spec.format = Format::Gemini,
+        Inbound::Anthropic => p.spec.format = Format::Anthropic,
+        Inbound::Chat | Inbound::Responses => {}
     }
     p
 }
@@ -283,6 +301,7 @@ impl Setup {
                 self.model()
             ),
             Inbound::Gemini => format!("/c/v1beta/models/{}:generateContent", self.model()),
+            Inbound::Anthropic => "/c/v1/messages".into(),
         }
     }
 
@@ -290,6 +309,7 @@ impl Setup {
         let body = self.body(turn, stream);
         let resp = client()
             .post(url(&self.gw, &self.path(stream)))
+            .header("anthropic-version", "2023-06-01")
             .json(&body)
             .send()
             .await
@@ -318,6 +338,7 @@ impl Setup {
         };
         let mut resp = client()
             .post(url(&self.gw, &self.path(true)))
+            .header("anthropic-version", "2023-06-01")
             .json(&body)
             .send()
             .await
@@ -387,6 +408,26 @@ impl Setup {
                 }
                 b
             }
+            Inbound::Anthropic => {
+                let mut messages = vec![json!({"role": "user", "content": question})];
+                if let Turn::Result(call, result) = turn {
+                    let input: Value = serde_json::from_str(&call.arguments).unwrap();
+                    messages.push(json!({"role": "assistant", "content": [
+                        {"type": "tool_use", "id": call.id, "name": call.name, "input": input}]}));
+                    messages.push(json!({"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": call.id, "content": result}]}));
+                }
+                let mut b = json!({"model": self.model(), "system": "You are terse.",
+                    "messages": messages, "max_tokens": 200});
+                if stream {
+                    b["stream"] = json!(true);
+                }
+                if !matches!(turn, Turn::Ask) {
+                    b["tools"] = json!([{"name": "get_weather",
+                        "description": "Current weather in a city", "input_schema": weather_schema()}]);
+                }
+                b
+            }
             Inbound::Gemini => {
                 let mut contents = vec![json!({"role": "user", "parts": [{"text": question}]})];
                 if let Turn::Result(call, result) = turn {
@@ -444,6 +485,31 @@ impl Setup {
                 }
                 a.finish = body["status"].as_str().unwrap_or_default().into();
                 a.usage = responses_usage(&body["usage"]);
+                a
+            }
+            Inbound::Anthropic => {
+                assert_eq!(body["type"], "message", "{body}");
+                assert_eq!(body["role"], "assistant", "{body}");
+                assert!(body["id"].as_str().unwrap().starts_with("msg_"), "{body}");
+                let mut a = Answer::default();
+                for block in body["content"].as_array().unwrap() {
+                    match block["type"].as_str() {
+                        Some("text") => a
+                            .text
+                            .get_or_insert_with(String::new)
+                            .push_str(block["text"].as_str().unwrap()),
+                        Some("tool_use") => {
+                            a.call = Some(Call {
+                                id: block["id"].as_str().unwrap().into(),
+                                name: block["name"].as_str().unwrap().into(),
+                                arguments: block["input"].to_string(),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                a.finish = body["stop_reason"].as_str().unwrap_or_default().into();
+                a.usage = anthropic_usage(&body["usage"]);
                 a
             }
             Inbound::Gemini => {
@@ -567,6 +633,59 @@ impl Setup {
                         _ => {}
                     }
                 }
+                Inbound::Anthropic => {
+                    let kind = v["type"].as_str().unwrap_or_default().to_owned();
+                    assert_eq!(name.as_deref(), Some(kind.as_str()), "{data}");
+                    s.kinds.push(kind.clone());
+                    match kind.as_str() {
+                        "message_start" => {
+                            assert_eq!(v["message"]["type"], "message", "{data}");
+                            s.anthropic_usage = v["message"]["usage"].clone();
+                        }
+                        "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+                            let call = calls.entry(v["index"].as_u64().unwrap()).or_default();
+                            call.id = v["content_block"]["id"].as_str().unwrap().into();
+                            call.name = v["content_block"]["name"].as_str().unwrap().into();
+                        }
+                        "content_block_delta" => {
+                            let delta = &v["delta"];
+                            match delta["type"].as_str() {
+                                Some("text_delta") => {
+                                    s.text.push_str(delta["text"].as_str().unwrap())
+                                }
+                                Some("input_json_delta") => {
+                                    let piece = delta["partial_json"].as_str().unwrap();
+                                    let call =
+                                        calls.entry(v["index"].as_u64().unwrap()).or_default();
+                                    call.arguments.push_str(piece);
+                                    if !piece.is_empty() {
+                                        s.argument_pieces += 1;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        "message_delta" => {
+                            s.finish = v["delta"]["stop_reason"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .into();
+                            // Later usage fields replace the start's (cumulative counts).
+                            if let (Some(total), Some(more)) =
+                                (s.anthropic_usage.as_object_mut(), v["usage"].as_object())
+                            {
+                                for (k, n) in more {
+                                    if !n.is_null() {
+                                        total.insert(k.clone(), n.clone());
+                                    }
+                                }
+                            }
+                            s.usage = anthropic_usage(&s.anthropic_usage);
+                        }
+                        "message_stop" => s.done = true,
+                        _ => {}
+                    }
+                }
                 Inbound::Gemini => {
                     let candidate = &v["candidates"][0];
                     for part in candidate["content"]["parts"]
@@ -618,6 +737,10 @@ impl Setup {
                 assert_eq!(err["code"], status, "not a Gemini error: {body}");
                 assert!(err["status"].is_string(), "not a Gemini error: {body}");
             }
+            Inbound::Anthropic => {
+                assert_eq!(body["type"], "error", "not an Anthropic error: {body}");
+                assert!(err["type"].is_string(), "not an Anthropic error: {body}");
+            }
         }
         (status, err["message"].as_str().unwrap().to_owned())
     }
@@ -640,6 +763,11 @@ impl Setup {
             Inbound::Gemini => {
                 assert!(err["error"]["status"].is_string(), "{err}");
                 assert!(err["error"]["code"].is_number(), "{err}");
+            }
+            Inbound::Anthropic => {
+                assert_eq!(err["type"], "error", "{err}");
+                assert!(err["error"]["type"].is_string(), "{err}");
+                assert!(err["error"]["message"].is_string(), "{err}");
             }
         }
         assert!(!s.done, "a broken stream must not look complete");
@@ -689,6 +817,7 @@ struct Streamed {
     chunks: usize,
     kinds: Vec<String>,
     last_sequence: Option<u64>,
+    anthropic_usage: Value,
 }
 
 fn chat_usage(u: &Value) -> Option<ReportedUsage> {
@@ -719,11 +848,23 @@ fn gemini_usage(u: &Value) -> Option<ReportedUsage> {
     })
 }
 
+/// Anthropic's usage in OpenAI's terms: input includes cache reads and writes.
+fn anthropic_usage(u: &Value) -> Option<ReportedUsage> {
+    let reads = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    let writes = u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+    Some(ReportedUsage {
+        input: u["input_tokens"].as_u64()? + reads + writes,
+        output: u["output_tokens"].as_u64()?,
+        cached: reads,
+    })
+}
+
 fn finish_for_tools(inbound: Inbound) -> &'static str {
     match inbound {
         Inbound::Chat => "tool_calls",
         Inbound::Responses => "completed",
         Inbound::Gemini => "STOP",
+        Inbound::Anthropic => "tool_use",
     }
 }
 
@@ -732,6 +873,7 @@ fn finish_for_text(inbound: Inbound) -> &'static str {
         Inbound::Chat => "stop",
         Inbound::Responses => "completed",
         Inbound::Gemini => "STOP",
+        Inbound::Anthropic => "end_turn",
     }
 }
 
@@ -788,6 +930,18 @@ pub async fn streaming(kind: Kind, inbound: Inbound) {
                     out.kinds
                 );
             }
+        }
+        Inbound::Anthropic => {
+            assert!(out.done);
+            let kinds: Vec<&str> = out.kinds.iter().map(String::as_str).collect();
+            assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
+            assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
+            assert_eq!(kinds[kinds.len() - 2], "message_delta", "{kinds:?}");
+            assert!(kinds.contains(&"content_block_stop"), "{kinds:?}");
+            assert!(
+                out.usage.is_some(),
+                "an anthropic stream always carries usage"
+            );
         }
         Inbound::Gemini => {}
     }
@@ -979,4 +1133,14 @@ conformance! {
     nvidia_responses => Kind::Nvidia, Inbound::Responses;
     compatible_chat => Kind::Compatible, Inbound::Chat;
     compatible_responses => Kind::Compatible, Inbound::Responses;
+    anthropic_chat => Kind::Anthropic, Inbound::Chat;
+    anthropic_responses => Kind::Anthropic, Inbound::Responses;
+    anthropic_anthropic => Kind::Anthropic, Inbound::Anthropic;
+    openai_anthropic => Kind::OpenAi, Inbound::Anthropic;
+    azure_anthropic => Kind::Azure, Inbound::Anthropic;
+    azure_v1_anthropic => Kind::AzureV1, Inbound::Anthropic;
+    gemini_anthropic => Kind::Gemini, Inbound::Anthropic;
+    bedrock_anthropic => Kind::Bedrock, Inbound::Anthropic;
+    nvidia_anthropic => Kind::Nvidia, Inbound::Anthropic;
+    compatible_anthropic => Kind::Compatible, Inbound::Anthropic;
 }

@@ -2,13 +2,16 @@
 //! (`InvokeModel` / `InvokeModelWithResponseStream`).
 //!
 //! Mapping notes:
-//! - `system` (a string or text blocks) becomes one system message; a `tool_result` block
+//! - `system` (a string or text blocks) becomes one system message, and so does a `system`
+//!   message inside `messages` (Claude Code sends them mid-conversation); a `tool_result` block
 //!   becomes a [`Role::Tool`] message placed before the rest of its user turn (Anthropic puts
 //!   results first); `tool_use` blocks are tool calls with their `input` as JSON text.
 //! - `thinking` and `redacted_thinking` blocks have no canonical form: they survive on the
 //!   paths that keep Anthropic's body (an `anthropic` route, Bedrock `InvokeModel`) and are
-//!   left out of translations. `thinking: {"type": "enabled", "budget_tokens": N}` becomes a
-//!   reasoning effort (≤ 2,048 low, ≤ 8,192 medium, above high); the other way a reasoning
+//!   left out of translations. `output_config.effort` is the reasoning effort; without it,
+//!   `thinking: {"type": "enabled", "budget_tokens": N}` becomes one (≤ 2,048 low, ≤ 8,192
+//!   medium, above high), and adaptive thinking leaves the choice to the upstream's model
+//!   (no effort sent). The other way a reasoning
 //!   effort becomes a budget ([`effort_budget`]), and a request that continues a tool loop
 //!   whose assistant turn carries no thinking block is sent without thinking (Anthropic
 //!   refuses such a turn while thinking is on).
@@ -66,6 +69,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "thinking",
+    "output_config",
     // Hints without a canonical form, not sent on translated paths.
     "service_tier",
     "context_management",
@@ -98,6 +102,17 @@ struct WireRequest {
     tool_choice: Option<WireToolChoice>,
     #[serde(default)]
     thinking: Option<WireThinking>,
+    #[serde(default)]
+    output_config: Option<WireOutputConfig>,
+}
+
+/// `output_config`: how much effort the model spends (`low`, `medium`, `high`).
+#[derive(Debug, Deserialize)]
+struct WireOutputConfig {
+    #[serde(default)]
+    effort: Option<String>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,10 +358,11 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         let role = match message.role.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,
+            "system" => Role::System,
             other => {
                 return Err(LlmError::invalid(
                     format!("messages[{i}].role"),
-                    format!("unknown role `{other}` (expected user or assistant)"),
+                    format!("unknown role `{other}` (expected user, assistant or system)"),
                 ));
             }
         };
@@ -364,6 +380,12 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             let kind = str_field(block, "type")
                 .ok_or_else(|| LlmError::invalid(format!("{field}.type"), "field required"))?;
             match (kind, role) {
+                (_, Role::System) if kind != "text" => {
+                    return Err(LlmError::invalid(
+                        format!("{field}.type"),
+                        "system messages hold text blocks only",
+                    ));
+                }
                 ("text", _) => {
                     let text = str_field(block, "text").ok_or_else(|| {
                         LlmError::invalid(format!("{field}.text"), "field required")
@@ -497,7 +519,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         }
     };
 
-    let reasoning_effort = match wire.thinking {
+    let thinking_effort = match wire.thinking {
         None => None,
         Some(t) => match t.kind.as_str() {
             "enabled" => {
@@ -506,16 +528,27 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
                     .ok_or_else(|| LlmError::invalid("thinking.budget_tokens", "field required"))?;
                 Some(budget_effort(budget).to_owned())
             }
-            "disabled" => None,
-            "adaptive" => Some("medium".to_owned()),
+            "disabled" | "adaptive" => None,
             other => {
                 return Err(LlmError::invalid(
                     "thinking.type",
-                    format!("unknown thinking type `{other}` (enabled, disabled)"),
+                    format!("unknown thinking type `{other}` (enabled, adaptive, disabled)"),
                 ));
             }
         },
     };
+    let mut reasoning_effort = thinking_effort;
+    if let Some(config) = wire.output_config {
+        if let Some(effort) = config.effort {
+            reasoning_effort = Some(effort);
+        }
+        for key in config.other.keys() {
+            untranslatable.push(Untranslatable::new(
+                format!("output_config.{key}"),
+                "output setting without an equivalent outside anthropic",
+            ));
+        }
+    }
 
     Ok(ChatRequest {
         model: wire.model.unwrap_or_default(),

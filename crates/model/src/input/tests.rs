@@ -228,7 +228,7 @@ fn base_path_and_enums_name_their_field() {
     for (path, value, field) in [
         ("base_path", json!("support"), "base_path"),
         ("base_path", json!("/metrics"), "base_path"),
-        ("format", json!("anthropic"), "format"),
+        ("format", json!("cohere"), "format"),
         ("gateway", json!("Prod EU"), "gateway"),
     ] {
         let mut v = contract_example();
@@ -238,7 +238,7 @@ fn base_path_and_enums_name_their_field() {
         assert_ne!(e.code, ErrorCode::Malformed);
     }
     let mut v = contract_example();
-    v["routes"][0]["provider"] = json!("anthropic");
+    v["routes"][0]["provider"] = json!("cohere");
     assert_eq!(err(&v).field, "routes[0].provider");
     let mut v = contract_example();
     v["routing"]["strategy"] = json!("random");
@@ -257,6 +257,18 @@ fn fallback_must_name_a_route() {
         (e.code, e.field.as_str()),
         (ErrorCode::RuleViolated, "routing.fallback.route")
     );
+}
+
+#[test]
+fn anthropic_proxies_route_to_every_provider() {
+    let mut v = contract_example();
+    v["format"] = json!("anthropic");
+    let spec = parse_proxy_input(v.to_string().as_bytes())
+        .unwrap()
+        .validate(&Limits::default(), None)
+        .unwrap();
+    assert_eq!(spec.format, Format::Anthropic);
+    assert_eq!(spec.format.id(), "anthropic");
 }
 
 #[test]

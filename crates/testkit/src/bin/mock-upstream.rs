@@ -1,7 +1,7 @@
 //! A minimal upstream for benchmarks: canned answers, as fast as possible, in one provider's
 //! wire format.
 //!
-//! `mock-upstream --port 9000 [--provider openai|gemini|bedrock]`:
+//! `mock-upstream --port 9000 [--provider openai|gemini|bedrock|anthropic]`:
 //!
 //! - `openai` (default): `POST /v1/chat/completions` and `/chat/completions` (a canned
 //!   completion, or a canned SSE stream when the body asks for `"stream": true`) and
@@ -9,7 +9,8 @@
 //! - `gemini`: `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent`
 //!   (SSE);
 //! - `bedrock`: `POST /model/{model}/converse` and `/converse-stream` (AWS event-stream
-//!   frames). Signatures are not checked here (the testkit's `MockBedrock` does that).
+//!   frames). Signatures are not checked here (the testkit's `MockBedrock` does that);
+//! - `anthropic`: `POST /v1/messages` (a canned message, or the Messages SSE event sequence).
 //!
 //! The model picks the stream's shape, so a benchmark can choose it through a gateway:
 //! `bench-paced` streams 20 text chunks 2 ms apart (the first one at once), `bench-burst`
@@ -35,6 +36,8 @@ const GEMINI_COMPLETION: &str = r#"{"candidates":[{"content":{"parts":[{"text":"
 
 const BEDROCK_COMPLETION: &str = r#"{"output":{"message":{"role":"assistant","content":[{"text":"Hello! This is a canned reply from the benchmark upstream."}]}},"stopReason":"end_turn","usage":{"inputTokens":12,"outputTokens":11,"totalTokens":23},"metrics":{"latencyMs":1}}"#;
 
+const ANTHROPIC_COMPLETION: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"Hello! This is a canned reply from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":11}}"#;
+
 const MODELS: &str = r#"{"object":"list","data":[{"id":"bench-model","object":"model","created":1700000000,"owned_by":"bench"}]}"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,7 @@ enum Provider {
     OpenAi,
     Gemini,
     Bedrock,
+    Anthropic,
 }
 
 /// How a stream for `model` is shaped: text pieces and the pause between events.
@@ -144,6 +148,43 @@ fn bedrock_events(model: &str) -> Vec<Bytes> {
     events
 }
 
+fn anthropic_events(model: &str) -> Vec<Bytes> {
+    let (pieces, _) = shape(model);
+    let event = |kind: &str, data: String| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+    let mut events = vec![
+        event(
+            "message_start",
+            format!(
+                "{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"{model}\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}}}}"
+            ),
+        ),
+        event(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#
+                .into(),
+        ),
+    ];
+    for p in &pieces {
+        events.push(event(
+            "content_block_delta",
+            format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{p}\"}}}}"),
+        ));
+    }
+    events.push(event(
+        "content_block_stop",
+        r#"{"type":"content_block_stop","index":0}"#.into(),
+    ));
+    events.push(event(
+        "message_delta",
+        format!(
+            "{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}",
+            pieces.len()
+        ),
+    ));
+    events.push(event("message_stop", r#"{"type":"message_stop"}"#.into()));
+    events
+}
+
 /// Sends `events`, paced as the model says.
 fn stream(model: &str, events: Vec<Bytes>, content_type: &'static str) -> Response {
     let (_, pause) = shape(model);
@@ -221,6 +262,14 @@ async fn converse_stream(Path(model): Path<String>, _body: Bytes) -> Response {
     )
 }
 
+async fn messages(body: Bytes) -> Response {
+    if wants_stream(&body) {
+        let model = body_model(&body);
+        return stream(&model, anthropic_events(&model), "text/event-stream");
+    }
+    json(ANTHROPIC_COMPLETION)
+}
+
 async fn models() -> Response {
     json(MODELS)
 }
@@ -243,16 +292,17 @@ fn parse_args() -> Result<(SocketAddr, Provider), String> {
                     "openai" => Provider::OpenAi,
                     "gemini" => Provider::Gemini,
                     "bedrock" => Provider::Bedrock,
+                    "anthropic" => Provider::Anthropic,
                     other => {
                         return Err(format!(
-                            "unknown provider '{other}' (openai, gemini, bedrock)"
+                            "unknown provider '{other}' (openai, gemini, bedrock, anthropic)"
                         ));
                     }
                 }
             }
             other => {
                 return Err(format!(
-                    "unknown flag '{other}' (use --port N, --listen ADDR, --provider openai|gemini|bedrock)"
+                    "unknown flag '{other}' (use --port N, --listen ADDR, --provider openai|gemini|bedrock|anthropic)"
                 ));
             }
         }
@@ -272,6 +322,7 @@ fn router(provider: Provider) -> Router {
         Provider::Bedrock => Router::new()
             .route("/model/{model}/converse", post(converse))
             .route("/model/{model}/converse-stream", post(converse_stream)),
+        Provider::Anthropic => Router::new().route("/v1/messages", post(messages)),
     }
 }
 
@@ -326,6 +377,7 @@ mod tests {
             (LlmProvider::OpenAi, openai_events("bench-burst")),
             (LlmProvider::Gemini, gemini_events("bench-burst")),
             (LlmProvider::Bedrock, bedrock_events("bench-burst")),
+            (LlmProvider::Anthropic, anthropic_events("bench-burst")),
         ] {
             let target = Target::new(provider, "http://x", "m");
             let decoded = switchyard_llm::stream::decode_all(
@@ -343,7 +395,13 @@ mod tests {
                 "{provider:?}"
             );
         }
-        for body in [COMPLETION, GEMINI_COMPLETION, BEDROCK_COMPLETION, MODELS] {
+        for body in [
+            COMPLETION,
+            GEMINI_COMPLETION,
+            BEDROCK_COMPLETION,
+            ANTHROPIC_COMPLETION,
+            MODELS,
+        ] {
             serde_json::from_str::<serde_json::Value>(body).unwrap();
         }
     }

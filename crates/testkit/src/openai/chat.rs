@@ -148,6 +148,7 @@ pub(super) fn check_messages(
     }
     let mut total = 0;
     let mut last = Last::Other;
+    let mut directive = None;
     let mut pending_calls: Vec<String> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
@@ -172,7 +173,10 @@ pub(super) fn check_messages(
                 let content = content.ok_or_else(invalid_message)?;
                 let text = content_text(content, &content_param, role == "user")?;
                 total += words(&text);
-                last = if role == "user" { Last::User } else { last };
+                if role == "user" {
+                    last = Last::User;
+                    directive = script::directive(&text);
+                }
             }
             "assistant" => {
                 if let Some(c) = content {
@@ -257,6 +261,7 @@ pub(super) fn check_messages(
         tools,
         no_tools: false,
         words: total,
+        directive,
     })
 }
 

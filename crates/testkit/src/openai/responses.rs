@@ -45,6 +45,7 @@ pub(super) fn check_input(
         tools,
         no_tools: false,
         words: 0,
+        directive: None,
     };
     if let Some(instructions) = body.get("instructions").filter(|v| !v.is_null()) {
         match instructions {

@@ -114,8 +114,13 @@ fn bad_requests_name_the_field() {
     let cases = [
         (json!({"messages": []}), "max_tokens"),
         (
-            json!({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            json!({"max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}),
             "messages[0].role",
+        ),
+        (
+            json!({"max_tokens": 5, "messages": [{"role": "system", "content": [
+                {"type": "image", "source": {"type": "url", "url": "https://x"}}]}]}),
+            "messages[0].content[0].type",
         ),
         (
             json!({"max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
@@ -275,6 +280,19 @@ fn reasoning_effort_becomes_a_thinking_budget_or_a_400_naming_it() {
     let mut req = openai_request(json!({"reasoning_effort": "low"}));
     req.messages.pop();
     assert!(rendered(&req).get("thinking").is_none());
+
+    // Claude Code's shape: adaptive thinking, an effort, a system message mid-conversation.
+    let body = json!({"max_tokens": 32000, "thinking": {"type": "adaptive"},
+                      "output_config": {"effort": "high"}, "messages": [
+                          {"role": "user", "content": "hi"},
+                          {"role": "system", "content": "agents: claude, Explore"}]});
+    let req = parse_request(body.to_string().as_bytes()).unwrap();
+    assert_eq!(req.reasoning_effort.as_deref(), Some("high"));
+    assert_eq!(req.messages[1].role, Role::System);
+    assert!(req.untranslatable.is_empty());
+    let body = json!({"max_tokens": 5, "thinking": {"type": "adaptive"}, "messages": []});
+    let req = parse_request(body.to_string().as_bytes()).unwrap();
+    assert_eq!(req.reasoning_effort, None);
 
     // Claude's own thinking request maps back to an effort.
     for (budget, effort) in [(1024, "low"), (8192, "medium"), (16000, "high")] {

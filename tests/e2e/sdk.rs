@@ -218,7 +218,7 @@ async fn anthropic_python_sdk() {
         ("openai", openai.request_count()),
         ("bedrock", bedrock.request_count()),
     ] {
-        assert!(count >= 6, "{name}: {count} requests");
+        assert!(count >= 5, "{name}: {count} requests");
     }
     assert!(
         bedrock
@@ -323,6 +323,7 @@ async fn claude_code_cli() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "claude -p failed: {stdout}\n{stderr}");
+    eprintln!("claude -p printed: {stdout}");
     // The answer quotes what the Read tool returned: the file really was read.
     assert!(
         stdout.contains("The tool answered:") && stdout.contains("heliotrope-42"),

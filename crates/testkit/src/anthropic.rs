@@ -139,7 +139,7 @@ impl Handler for AnthropicHandler {
         }
         match req.header("anthropic-version") {
             None => return invalid("anthropic-version: header is required"),
-            Some("2023-06-01" | "2023-01-01") => {}
+            Some(v) if is_api_version(v) => {}
             Some(other) => return invalid(format!("anthropic-version: invalid version {other}")),
         }
         let checked = match check_messages(&req.body, Dialect::Api) {
@@ -194,6 +194,18 @@ impl Handler for AnthropicHandler {
             ))
             .unwrap_or_default()
     }
+}
+
+/// A dated API version (`2023-06-01`; SDKs send newer dates as they appear).
+fn is_api_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && v >= "2023-01-01"
 }
 
 /// Which surface a Messages body came through.
@@ -853,6 +865,12 @@ mod tests {
             {"role": "user", "content": "never mind"}]}))
         .unwrap_err();
         assert!(err.contains("without `tool_result`"), "{err}");
+    }
+
+    #[test]
+    fn api_versions() {
+        assert!(is_api_version("2023-06-01") && is_api_version("2026-10-21"));
+        assert!(!is_api_version("2022-12-31") && !is_api_version("latest"));
     }
 
     #[test]

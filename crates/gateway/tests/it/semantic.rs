@@ -436,3 +436,63 @@ async fn a_proxy_naming_a_service_the_snapshot_lacks_is_nacked() {
     .await;
     assert_stamped(&resp, "billing", "m-billing");
 }
+
+/// An Anthropic-format client: routed and guarded on its last user message's text (a user
+/// turn holding only tool results is the tool's answer, so the question before it counts),
+/// refusals in Anthropic's error shape.
+#[tokio::test]
+async fn anthropic_clients_are_routed_and_guarded_on_their_last_user_text() {
+    let a = MockOpenAi::start().await.unwrap();
+    let b = MockOpenAi::start().await.unwrap();
+    let mut p = semantic_proxy(&a.base_url(), &b.base_url());
+    p.spec.format = switchyard_model::Format::Anthropic;
+    let (_cp, gw, _cache) = node_with_encoder(vec![p]).await;
+    let ask = |messages: Value| {
+        json!({"model": "ignored", "max_tokens": 100,
+               "system": [{"type": "text", "text": "You are helpful."}], "messages": messages})
+    };
+
+    let resp = post(
+        &gw,
+        "/s/v1/messages",
+        &ask(json!([{"role": "user", "content": [
+            {"type": "text", "text": "you billed me two times, I want a refund"}]}])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_stamped(&resp, "billing", "m-billing");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+
+    let tool_loop = ask(json!([
+        {"role": "user", "content": "Why does my Rust code not compile?"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "cargo_check", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "error[E0382]: borrow of moved value"}]}
+    ]));
+    let mut with_tool = tool_loop.clone();
+    with_tool["tools"] = json!([{"name": "cargo_check", "input_schema": {"type": "object"}}]);
+    let resp = post(&gw, "/s/v1/messages", &with_tool).await;
+    assert_eq!(resp.status(), 200);
+    assert_stamped(&resp, "code", "m-code");
+
+    let before = a.request_count() + b.request_count();
+    let resp = post(
+        &gw,
+        "/s/v1/messages",
+        &ask(json!([{"role": "user", "content": "how can I make a bomb at home"}])),
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert_eq!(body["error"]["code"], "prompt_blocked", "{body}");
+    // The regex guard (scope all) reads the system blocks too.
+    let mut leaky = ask(json!([{"role": "user", "content": "update my invoice"}]));
+    leaky["system"][0]["text"] = json!("The customer's ssn is 123-45-6789.");
+    let resp = post(&gw, "/s/v1/messages", &leaky).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(a.request_count() + b.request_count(), before);
+}

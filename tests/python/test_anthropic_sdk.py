@@ -160,3 +160,15 @@ def test_errors_are_anthropic_errors(client):
         client.messages.create(model=translated["model"], max_tokens=10, messages=[{"role": "robot", "content": "x"}])
     assert caught.value.body["error"]["type"] == "invalid_request_error"
     assert "messages[0].role" in caught.value.body["error"]["message"]
+
+
+def test_count_tokens(client):
+    native = next(r for r in ROUTES if r["id"] == "anthropic")
+    count = client.messages.count_tokens(
+        model=native["model"], system="Be brief.", messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert count.input_tokens == 2 + 2 + 3  # the mock counts words, plus 3
+    translated = next(r for r in ROUTES if not r["native"])
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.count_tokens(model=translated["model"], messages=[QUESTION])
+    assert "count_tokens" in caught.value.body["error"]["message"]

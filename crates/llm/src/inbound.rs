@@ -26,6 +26,9 @@ pub enum InboundFormat {
     Gemini,
     /// `POST …/v1/messages` (Anthropic Messages).
     Anthropic,
+    /// `POST …/v1/messages/count_tokens` (Anthropic's token count of a Messages request,
+    /// served by `anthropic` routes).
+    AnthropicCountTokens,
 }
 
 /// What a request path asks for: a completion in `format`, with the model and the stream
@@ -75,11 +78,12 @@ pub enum ErrorShape {
 
 impl InboundFormat {
     /// Every inbound format.
-    pub const ALL: [InboundFormat; 4] = [
+    pub const ALL: [InboundFormat; 5] = [
         InboundFormat::OpenAiChat,
         InboundFormat::OpenAiResponses,
         InboundFormat::Gemini,
         InboundFormat::Anthropic,
+        InboundFormat::AnthropicCountTokens,
     ];
 
     /// The API surface serving this format: the proxy `format` id (`openai`, `gemini`,
@@ -88,7 +92,7 @@ impl InboundFormat {
         match self {
             InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => "openai",
             InboundFormat::Gemini => "gemini",
-            InboundFormat::Anthropic => "anthropic",
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => "anthropic",
         }
     }
 
@@ -107,6 +111,7 @@ impl InboundFormat {
             InboundFormat::OpenAiResponses => "openai_responses",
             InboundFormat::Gemini => "gemini",
             InboundFormat::Anthropic => "anthropic",
+            InboundFormat::AnthropicCountTokens => "anthropic_count_tokens",
         }
     }
 
@@ -124,6 +129,7 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => simple("/chat/completions"),
             InboundFormat::OpenAiResponses => simple("/responses"),
             InboundFormat::Anthropic => simple("/messages"),
+            InboundFormat::AnthropicCountTokens => simple("/messages/count_tokens"),
             InboundFormat::Gemini => {
                 let rest = rest
                     .strip_prefix("/v1beta")
@@ -154,7 +160,8 @@ impl InboundFormat {
         match self {
             InboundFormat::OpenAiChat
             | InboundFormat::OpenAiResponses
-            | InboundFormat::Anthropic => true,
+            | InboundFormat::Anthropic
+            | InboundFormat::AnthropicCountTokens => true,
             InboundFormat::Gemini => false,
         }
     }
@@ -163,7 +170,9 @@ impl InboundFormat {
     /// flag (for formats that name them in the body) and where the prompt lies.
     pub fn envelope(self, body: &[u8]) -> Result<Envelope, EnvelopeError> {
         let prompt_field = match self {
-            InboundFormat::OpenAiChat | InboundFormat::Anthropic => "messages",
+            InboundFormat::OpenAiChat
+            | InboundFormat::Anthropic
+            | InboundFormat::AnthropicCountTokens => "messages",
             InboundFormat::OpenAiResponses => "input",
             InboundFormat::Gemini => "contents",
         };
@@ -178,7 +187,9 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => openai_chat::last_user_text(&value),
             InboundFormat::OpenAiResponses => openai_responses::last_user_text(&value),
             InboundFormat::Gemini => gemini::last_user_text(&value),
-            InboundFormat::Anthropic => anthropic::last_user_text(&value),
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                anthropic::last_user_text(&value)
+            }
         }?;
         (!text.trim().is_empty()).then_some(text)
     }
@@ -209,7 +220,25 @@ impl InboundFormat {
                     .and_then(|v| v.to_str().ok());
                 anthropic::bedrock_invoke_body(&envelope.scanned, body, beta)
             }
-            InboundFormat::Anthropic => envelope.scanned.write(body, Some(&target.model), false),
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                envelope.scanned.write(body, Some(&target.model), false)
+            }
+        }
+    }
+
+    /// The passthrough request carrying `body` to `target` (see
+    /// [`Target::passthrough_request`]); a token count goes to Anthropic's `count_tokens`.
+    pub fn passthrough_request(
+        self,
+        target: &Target,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<http::Request<Bytes>, LlmError> {
+        match self {
+            InboundFormat::AnthropicCountTokens => {
+                crate::provider::anthropic_count_tokens_request(target, body)
+            }
+            _ => target.passthrough_request(body, stream),
         }
     }
 
@@ -217,7 +246,9 @@ impl InboundFormat {
     /// and beta flags, for an Anthropic client on an `anthropic` route).
     pub fn passthrough_headers(self, target: &Target) -> &'static [&'static str] {
         match self {
-            InboundFormat::Anthropic if target.provider == Provider::Anthropic => {
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens
+                if target.provider == Provider::Anthropic =>
+            {
                 &["anthropic-version", "anthropic-beta"]
             }
             _ => &[],
@@ -235,7 +266,7 @@ impl InboundFormat {
         match self {
             InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => ErrorShape::OpenAi,
             InboundFormat::Gemini => ErrorShape::Google,
-            InboundFormat::Anthropic => ErrorShape::Anthropic,
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => ErrorShape::Anthropic,
         }
     }
 
@@ -283,6 +314,8 @@ impl InboundFormat {
             InboundFormat::OpenAiResponses => openai_responses::usage_from_response(body),
             InboundFormat::Gemini => gemini::usage_from_response(body),
             InboundFormat::Anthropic => anthropic::usage_from_response(body),
+            // A count is no completion: nothing was generated, nothing is billed.
+            InboundFormat::AnthropicCountTokens => None,
         }
     }
 
@@ -305,7 +338,9 @@ impl InboundFormat {
                 });
                 crate::sse::event_frame("error", &event.to_string())
             }
-            InboundFormat::Anthropic => anthropic::stream_error_frame(err),
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                anthropic::stream_error_frame(err)
+            }
         }
     }
 
@@ -317,6 +352,10 @@ impl InboundFormat {
             InboundFormat::OpenAiResponses => openai_responses::parse_request(body),
             InboundFormat::Gemini => gemini::parse_request(body),
             InboundFormat::Anthropic => anthropic::parse_request(body),
+            InboundFormat::AnthropicCountTokens => Err(LlmError::invalid(
+                "model",
+                "count_tokens is served by routes of provider `anthropic` only",
+            )),
         }
     }
 
@@ -326,7 +365,9 @@ impl InboundFormat {
             InboundFormat::OpenAiChat => openai_chat::render_response(resp),
             InboundFormat::OpenAiResponses => openai_responses::render_response(resp),
             InboundFormat::Gemini => gemini::render_response(resp),
-            InboundFormat::Anthropic => anthropic::render_response(resp),
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                anthropic::render_response(resp)
+            }
         }
     }
 
@@ -342,7 +383,7 @@ impl InboundFormat {
                 openai_responses::ResponsesStreamEncoder::new(req.model.clone()),
             ),
             InboundFormat::Gemini => Box::new(gemini::GeminiStreamEncoder::new(req.model.clone())),
-            InboundFormat::Anthropic => {
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
                 Box::new(anthropic::AnthropicStreamEncoder::new(req.model.clone()))
             }
         }
@@ -357,7 +398,9 @@ impl InboundFormat {
                 openai_chat::render_error(err)
             }
             InboundFormat::Gemini => gemini::render_error(err),
-            InboundFormat::Anthropic => anthropic::render_error(err),
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                anthropic::render_error(err)
+            }
         };
         (err.status, body)
     }
@@ -380,6 +423,7 @@ impl InboundFormat {
                     || (target.provider == Provider::Bedrock
                         && crate::provider::bedrock_model_id(&target.model).contains("anthropic."))
             }
+            InboundFormat::AnthropicCountTokens => target.provider == Provider::Anthropic,
         }
     }
 
@@ -661,7 +705,13 @@ mod tests {
         let labels: Vec<_> = InboundFormat::ALL.iter().map(|f| f.label()).collect();
         assert_eq!(
             labels,
-            ["openai_chat", "openai_responses", "gemini", "anthropic"]
+            [
+                "openai_chat",
+                "openai_responses",
+                "gemini",
+                "anthropic",
+                "anthropic_count_tokens"
+            ]
         );
         assert_eq!(
             InboundFormat::for_surface("gemini"),
@@ -763,6 +813,31 @@ mod tests {
             Some(InboundFormat::Anthropic)
         );
         assert!(f.match_path("/messages").is_some());
+        let count = InboundFormat::AnthropicCountTokens;
+        assert_eq!(
+            count
+                .match_path("/v1/messages/count_tokens")
+                .map(|o| o.format),
+            Some(count)
+        );
+        assert!(f.match_path("/v1/messages/count_tokens").is_none());
+        assert!(count.passthrough_to(&anthropic));
+        assert!(!count.passthrough_to(&bedrock));
+        let api = Target::new(Provider::Anthropic, "https://api.anthropic.com", "m");
+        let req = count
+            .passthrough_request(&api, Bytes::from_static(b"{}"), false)
+            .unwrap();
+        assert_eq!(
+            req.uri(),
+            "https://api.anthropic.com/v1/messages/count_tokens"
+        );
+        let req = f
+            .passthrough_request(&api, Bytes::from_static(b"{}"), false)
+            .unwrap();
+        assert_eq!(req.uri(), "https://api.anthropic.com/v1/messages");
+        let err = count.parse_request(b"{}").unwrap_err();
+        assert!(matches!(err, LlmError::InvalidRequest { ref field, .. } if field == "model"));
+        assert_eq!(InboundFormat::for_surface("anthropic"), Some(f));
         assert!(f.match_path("/v1/chat/completions").is_none());
         assert!(f.has_error_shape(
             br#"{"type":"error","error":{"type":"invalid_request_error","message":"m"}}"#

@@ -342,14 +342,16 @@ impl Inspection {
                     }
                 }
             }
-            InboundFormat::Anthropic => match probe.kind.as_deref().or(name).unwrap_or_default() {
-                "message_start" | "message_delta" => {
-                    self.anthropic_usage.read_data(data);
-                    self.usage = self.anthropic_usage.usage();
+            InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => {
+                match probe.kind.as_deref().or(name).unwrap_or_default() {
+                    "message_start" | "message_delta" => {
+                        self.anthropic_usage.read_data(data);
+                        self.usage = self.anthropic_usage.usage();
+                    }
+                    "message_stop" => self.complete = true,
+                    _ => {}
                 }
-                "message_stop" => self.complete = true,
-                _ => {}
-            },
+            }
             InboundFormat::Gemini => {
                 let candidates = probe.candidates.as_deref().unwrap_or_default();
                 if candidates.iter().any(|c| c.finish_reason.is_some()) {

@@ -124,7 +124,8 @@ impl Handler for AnthropicHandler {
         {
             return error(*status, code, message);
         }
-        if req.path != "/v1/messages" {
+        let count = req.path == "/v1/messages/count_tokens";
+        if req.path != "/v1/messages" && !count {
             return error(404, "not_found_error", "Not Found");
         }
         if req.method != Method::POST {
@@ -142,13 +143,26 @@ impl Handler for AnthropicHandler {
             Some(v) if is_api_version(v) => {}
             Some(other) => return invalid(format!("anthropic-version: invalid version {other}")),
         }
-        let checked = match check_messages(&req.body, Dialect::Api) {
+        let dialect = if count {
+            Dialect::CountTokens
+        } else {
+            Dialect::Api
+        };
+        let checked = match check_messages(&req.body, dialect) {
             Ok(c) => c,
             Err(message) => return invalid(message),
         };
         let model = checked.model.clone().unwrap_or_default();
         if !self.config.models.contains(&model) {
             return error(404, "not_found_error", &format!("model: {model}"));
+        }
+        if count {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    json!({"input_tokens": input_tokens(&checked.conv)}).to_string(),
+                ))
+                .unwrap_or_default();
         }
         let reply = decide(&model, &checked.conv);
         let usage = checked.usage(&reply);
@@ -215,6 +229,13 @@ pub(crate) enum Dialect {
     Api,
     /// Bedrock `InvokeModel`: `anthropic_version` in the body; model and stream in the URL.
     Bedrock,
+    /// `POST /v1/messages/count_tokens`: a Messages body without `max_tokens`.
+    CountTokens,
+}
+
+/// The input tokens a request counts as (what a completion of it reports as input).
+pub(crate) fn input_tokens(conv: &Conversation) -> u64 {
+    conv.words + 3
 }
 
 /// A Messages request, checked.
@@ -266,6 +287,19 @@ const API_FIELDS: &[&str] = &[
     "container",
     "mcp_servers",
     "context_management",
+    "output_config",
+];
+
+const COUNT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "context_management",
+    "output_config",
 ];
 
 const BEDROCK_FIELDS: &[&str] = &[
@@ -372,11 +406,14 @@ pub(crate) fn check_messages(body: &[u8], dialect: Dialect) -> Result<Checked, S
     let known = match dialect {
         Dialect::Api => API_FIELDS,
         Dialect::Bedrock => BEDROCK_FIELDS,
+        Dialect::CountTokens => COUNT_FIELDS,
     };
     for k in req.keys() {
         if !known.contains(&k.as_str()) {
             return Err(match dialect {
-                Dialect::Api => format!("{k}: Extra inputs are not permitted"),
+                Dialect::Api | Dialect::CountTokens => {
+                    format!("{k}: Extra inputs are not permitted")
+                }
                 Dialect::Bedrock => format!(
                     "Malformed input request: #: extraneous key [{k}] is not permitted, please reformat your input and try again."
                 ),
@@ -384,7 +421,7 @@ pub(crate) fn check_messages(body: &[u8], dialect: Dialect) -> Result<Checked, S
         }
     }
     let model = match dialect {
-        Dialect::Api => Some(
+        Dialect::Api | Dialect::CountTokens => Some(
             req.get("model")
                 .and_then(Value::as_str)
                 .ok_or("model: Field required")?
@@ -407,6 +444,7 @@ pub(crate) fn check_messages(body: &[u8], dialect: Dialect) -> Result<Checked, S
         }
     };
     let max_tokens = match req.get("max_tokens") {
+        None if dialect == Dialect::CountTokens => u64::MAX,
         None => return Err("max_tokens: Field required".into()),
         Some(v) => v
             .as_u64()

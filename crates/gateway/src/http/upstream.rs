@@ -54,7 +54,11 @@ pub(crate) fn prepare(
         // back from the client).
         inbound
             .passthrough_body(&target, call.headers)
-            .and_then(|body| target.passthrough_request(body, inbound.stream))
+            .and_then(|body| {
+                inbound
+                    .format
+                    .passthrough_request(&target, body, inbound.stream)
+            })
     };
     let mut request = built.map_err(|e| ProxyError::Untranslatable(e.to_api_error()))?;
     if !translated {

@@ -19,7 +19,7 @@ fn guarded_fields(format: InboundFormat) -> &'static [&'static str] {
         InboundFormat::OpenAiChat => &["messages"],
         InboundFormat::OpenAiResponses => &["instructions", "input"],
         InboundFormat::Gemini => &["systemInstruction", "system_instruction", "contents"],
-        InboundFormat::Anthropic => &["system", "messages"],
+        InboundFormat::Anthropic | InboundFormat::AnthropicCountTokens => &["system", "messages"],
     }
 }
 

@@ -1144,3 +1144,45 @@ conformance! {
     nvidia_anthropic => Kind::Nvidia, Inbound::Anthropic;
     compatible_anthropic => Kind::Compatible, Inbound::Anthropic;
 }
+
+/// `POST {base}/v1/messages/count_tokens`: on an `anthropic` route, the client's body (model
+/// rewritten) to Anthropic's `count_tokens`, answering the count a completion of the same
+/// request reports as input; on a route of another provider, a 400 naming the model, nothing
+/// sent.
+#[tokio::test]
+async fn anthropic_count_tokens() {
+    let s = Setup::new(Kind::Anthropic, Inbound::Anthropic, "count").await;
+    let body = json!({"model": s.model(), "system": "You are terse.",
+                      "messages": [{"role": "user", "content": "What is the weather in Paris?"}]});
+    let resp = client()
+        .post(url(&s.gw, "/c/v1/messages/count_tokens"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_stamped(&resp, "anthropic", "claude-sonnet-4-5");
+    let counted: Value = resp.json().await.unwrap();
+    let seen = s.server().last_request().unwrap();
+    assert_eq!(seen.path, "/v1/messages/count_tokens");
+    assert_eq!(seen.model().as_deref(), Some("claude-sonnet-4-5"));
+    let answered = s.ask(&Turn::Ask).await;
+    assert_eq!(
+        counted["input_tokens"].as_u64(),
+        answered.usage.map(|u| u.input),
+        "{counted}"
+    );
+
+    let t = Setup::new(Kind::OpenAi, Inbound::Anthropic, "count").await;
+    let resp = client()
+        .post(url(&t.gw, "/c/v1/messages/count_tokens"))
+        .json(&json!({"model": t.model(), "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = t.error_of(resp).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("count_tokens"), "{message}");
+    assert_eq!(t.server().request_count(), 0);
+}

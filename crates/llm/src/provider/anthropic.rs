@@ -20,6 +20,24 @@ fn url(target: &Target) -> String {
     }
 }
 
+/// `POST {url}/v1/messages/count_tokens` with the client's body (the model rewritten).
+pub(crate) fn count_tokens_request(
+    target: &Target,
+    body: Bytes,
+) -> Result<http::Request<Bytes>, LlmError> {
+    if target.provider != Provider::Anthropic {
+        return Err(LlmError::Target(format!(
+            "{} routes do not count tokens",
+            target.provider
+        )));
+    }
+    json_post(
+        &format!("{}/count_tokens", url(target)),
+        &headers(target)?,
+        body,
+    )
+}
+
 fn headers(target: &Target) -> Result<Vec<(&'static str, String)>, LlmError> {
     let mut headers = vec![("anthropic-version", anthropic::ANTHROPIC_VERSION.to_owned())];
     if let Some(key) = api_key(target)? {

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+pub(crate) use anthropic::count_tokens_request as anthropic_count_tokens_request;
 pub use bedrock::{bedrock_model_id, bedrock_region};
 
 use crate::canonical::{ChatRequest, ChatResponse};

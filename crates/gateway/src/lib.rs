@@ -24,6 +24,7 @@ mod semantic;
 pub mod sync;
 pub mod table;
 mod telemetry;
+mod traces;
 mod usage;
 
 pub use error::GatewayError;

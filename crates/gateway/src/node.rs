@@ -64,6 +64,10 @@ pub struct GatewayConfig {
     pub limits: NodeLimits,
     /// Where rate-limit and budget counters live (Redis, or this node).
     pub counters: crate::governance::LimitsConfig,
+    /// Make the request path's OpenTelemetry spans (children, GenAI attributes, trace
+    /// context upstream). Set when the process exports traces (`--otlp-endpoint`): it
+    /// installs the exporter, the `tracing` layer and the W3C propagator.
+    pub traces: bool,
 }
 
 /// How a node verifies an `https://` control plane and proves itself to it.
@@ -111,6 +115,7 @@ impl GatewayConfig {
             listen_tls: None,
             limits: NodeLimits::default(),
             counters: crate::governance::LimitsConfig::default(),
+            traces: false,
         }
     }
 }
@@ -140,6 +145,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("listen_tls", &self.listen_tls)
             .field("limits", &self.limits)
             .field("counters_redis", &self.counters.redis_url.is_some())
+            .field("traces", &self.traces)
             .finish()
     }
 }
@@ -275,6 +281,7 @@ impl Gateway {
                 crate::governance::Counters::new(config.counters.clone())
                     .map_err(GatewayError::Limits)?,
             ),
+            traces: config.traces,
         });
         info!("{}", state.counters.shared().describe());
         let listener = http::bind(config.listen, "traffic").await?;

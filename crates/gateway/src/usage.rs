@@ -53,6 +53,8 @@ pub(crate) struct UsageRecord {
     pub request_bytes: usize,
     /// Chunks of the answer sent to the client.
     pub events_sent: u64,
+    /// Whether the request's span is exported ([`crate::traces`]).
+    pub traces: bool,
 }
 
 impl UsageRecord {
@@ -128,6 +130,17 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
     if let Some(gate) = &rec.gate {
         gate.settle(billed.as_ref(), cost.unwrap_or(0.0), span);
     }
+    if rec.traces {
+        let served = (rec.provider != telemetry::NONE).then_some(&*rec.model);
+        crate::traces::finished(
+            span,
+            served,
+            rec.usage.as_ref(),
+            cost,
+            rec.status,
+            rec.outcome,
+        );
+    }
     let latency_ms = rec.latency.as_secs_f64() * 1000.0;
     span.record("status", rec.status);
     span.record("latency_ms", latency_ms);
@@ -186,6 +199,7 @@ mod tests {
             gate: None,
             request_bytes: 0,
             events_sent: 0,
+            traces: false,
         };
         metrics::with_local_recorder(&recorder, || {
             record(&rec, &Span::none());

@@ -13,6 +13,8 @@ use switchyard_gateway::{
 };
 use switchyard_model::Limits;
 
+use crate::traces::TraceArgs;
+
 /// Switchyard: one endpoint in front of OpenAI, Azure OpenAI, Gemini, Bedrock and NVIDIA NIM.
 ///
 /// Every flag can also be set with an environment variable `SWITCHYARD_<FLAG_IN_CAPS>`.
@@ -190,6 +192,8 @@ pub struct ControlPlaneArgs {
     pub tls: ServerTlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +351,8 @@ pub struct GatewayArgs {
     pub semantic: SemanticArgs,
     #[command(flatten)]
     pub tuning: GatewayTuning,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -553,6 +559,8 @@ pub struct DevArgs {
     pub semantic: SemanticArgs,
     #[command(flatten)]
     pub tuning: GatewayTuning,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// `1048576`, `64KiB`, `512MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
@@ -627,7 +635,7 @@ fn token(value: Option<&str>, file: Option<&Path>, flag: &str) -> anyhow::Result
 }
 
 /// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -650,26 +658,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
 }
 
-pub fn init_logging(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_logs());
-    match args.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 /// Colour (ANSI escape codes) only when stderr is a terminal, and never with `NO_COLOR` set:
 /// a pod's log (`kubectl logs`), a file or a pipe gets plain text.
-fn colour_logs() -> bool {
+pub(crate) fn colour_logs() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -773,11 +764,25 @@ fn encryption_key(keys: &KeyArgs, database_url: &str) -> anyhow::Result<String> 
     key_from_file(&dir.join("encryption.key"), true)
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+impl Command {
+    /// The command's trace export flags and its default `service.name`.
+    pub fn traces(&self) -> (Option<&TraceArgs>, &'static str) {
+        match self {
+            Command::ControlPlane(args) => (Some(&args.traces), "switchyard-control-plane"),
+            Command::Gateway(args) => (Some(&args.traces), "switchyard-gateway"),
+            Command::Dev(args) => (Some(&args.traces), "switchyard-dev"),
+            Command::Certs(_) => (None, "switchyard"),
+        }
+    }
+}
+
+/// Runs the command; `traces`: whether the process exports spans (the gateway then makes
+/// its request-path spans).
+pub async fn run(cli: Cli, traces: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::ControlPlane(args) => run_control_plane(args).await,
-        Command::Gateway(args) => run_gateway(args).await,
-        Command::Dev(args) => run_dev(args).await,
+        Command::Gateway(args) => run_gateway(args, traces).await,
+        Command::Dev(args) => run_dev(args, traces).await,
         Command::Certs(args) => run_certs(&args),
     }
 }
@@ -841,7 +846,7 @@ fn gateway_config(
     Ok(base)
 }
 
-async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+async fn run_gateway(args: GatewayArgs, traces: bool) -> anyhow::Result<()> {
     let registration_token = token(
         args.registration_token.as_deref(),
         args.registration_token_file.as_deref(),
@@ -864,6 +869,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     config.node_id = args.node_id;
     config.control_plane_tls = args.tls.control_plane();
     config.listen_tls = args.tls.listen();
+    config.traces = traces;
     let gateway = Gateway::start(config).await?;
     gateway.run_until(shutdown_signal()).await?;
     Ok(())
@@ -893,7 +899,7 @@ fn run_certs(args: &CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+async fn run_dev(args: DevArgs, traces: bool) -> anyhow::Result<()> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     let key = key_from_file(&data.join("encryption.key"), true)?;
@@ -937,6 +943,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         (args.semantic.dir(true), args.semantic.kind()),
     )?;
     config.metrics_listen = args.metrics_listen;
+    config.traces = traces;
     let gateway = Gateway::start(config).await?;
     let admin = format!("http://{}/api/v1", cp.admin_addr());
     println!(

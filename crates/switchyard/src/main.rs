@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod traces;
 
 use std::process::ExitCode;
 
@@ -14,7 +15,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +25,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    // Logs, and traces with --otlp-endpoint: the exporter's gRPC channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        let (traces, service) = cli.command.traces();
+        match traces::init(&cli.log, traces, service) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let exporting = telemetry.exporting();
+    let result = runtime.block_on(cli::run(cli, exporting));
+    // The last spans are sent while the runtime still drives the exporter's channel.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the reason, with its causes.

@@ -164,6 +164,8 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// Metrics of every admin request, and its span (`{method} {route}`, a server span
+/// continuing the caller's W3C `traceparent`; exported with `--otlp-endpoint`).
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = method_label(req.method());
@@ -172,7 +174,22 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let has_body = has_body(req.headers());
-    let mut response = next.run(req).await;
+    let span = tracing::info_span!(
+        "admin",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if req.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+        });
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    }
+    let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     if has_body && refused_unread(response.status()) {
         // The body was not read (refused before the handler, or too large): the server
         // will close the connection after this answer, so say so, or a client reusing the

@@ -129,7 +129,12 @@ impl Snapshots {
         Ok(built)
     }
 
-    /// Reads, decrypts and encodes `gateway`'s snapshot.
+    /// Reads, decrypts and encodes `gateway`'s snapshot (in a `snapshot build` span).
+    #[tracing::instrument(
+        name = "snapshot build",
+        skip(self),
+        fields(version = tracing::field::Empty, proxies = tracing::field::Empty, bytes = tracing::field::Empty)
+    )]
     async fn build(&self, gateway: &str) -> Result<Built, SnapshotError> {
         let source = self
             .store
@@ -171,6 +176,10 @@ impl Snapshots {
             created_at: Utc::now(),
         };
         let message = encoded::ControlMessage::snapshot(&pb::Snapshot::from(&snapshot));
+        let span = tracing::Span::current();
+        span.record("version", snapshot.version);
+        span.record("proxies", snapshot.proxies.len());
+        span.record("bytes", message.snapshot_len());
         metrics::counter!("switchyard_control_plane_snapshot_encodings_total").increment(1);
         metrics::histogram!("switchyard_control_plane_snapshot_bytes")
             .record(message.snapshot_len() as f64);

@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     pub reading: Reading,
     /// The rate-limit and budget counters (this I/O thread's Redis connection).
     pub counters: crate::governance::CounterHandle,
+    /// Make the request path's OpenTelemetry spans ([`crate::traces`]).
+    pub traces: bool,
 }
 
 /// The main listener's router: reserved paths, then every proxy.

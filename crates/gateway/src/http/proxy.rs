@@ -22,7 +22,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use switchyard_llm::{ChatRequest, InboundFormat, Target};
 use switchyard_model::RoutingStrategy;
-use tracing::{Instrument, field, info, info_span, warn};
+use tracing::{Instrument, Span, field, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::AppState;
 use super::client::UpstreamResponse;
@@ -36,6 +37,7 @@ use crate::routing::{self, Choice, Decision, FallbackReason};
 use crate::semantic::{self, dry_run};
 use crate::table::{CompiledProxy, CompiledRoute};
 use crate::telemetry::{self, Label, NONE};
+use crate::traces;
 
 /// The most of an upstream error body read to translate it.
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
@@ -56,7 +58,13 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         model = field::Empty,
         status = field::Empty,
         latency_ms = field::Empty,
+        otel.name = field::Empty,
+        otel.kind = field::Empty,
     );
+    if state.traces {
+        span.record("otel.kind", "server");
+        traces::continue_trace(&span, req.headers());
+    }
     let ctx = Ctx {
         start,
         request_id,
@@ -71,6 +79,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         governance: None,
         gate: None,
         request_bytes: 0,
+        traces: state.traces,
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -150,6 +159,9 @@ async fn complete(
         Err(e) => return ctx.reject_unrouted(&e),
     };
     ctx.request_bytes = inbound.body.len();
+    if ctx.traces {
+        traces::requested(&ctx.span, inbound.format, inbound.model.as_deref());
+    }
 
     // Admission: every rate limit and budget of the proxy and the consumer, in one atomic
     // step (one round trip to the shared counters).
@@ -180,20 +192,37 @@ async fn complete(
     let evaluation = match &proxy.semantic {
         None => None,
         Some(semantic) => {
+            let guard = if ctx.traces {
+                info_span!(parent: &ctx.span, "guard")
+            } else {
+                Span::none()
+            };
             let screen = {
                 let semantic = Arc::clone(semantic);
                 let inbound = Arc::clone(&inbound);
                 let max_scan = state.limits.guard_max_scan_bytes;
                 move || semantic.screen(inbound.format, inbound.prompt(), &inbound.body, max_scan)
             };
-            let screened = match state.reading.offload.run(inbound.body.len(), screen).await {
+            let screened = match state
+                .reading
+                .offload
+                .run(inbound.body.len(), screen)
+                .instrument(guard.clone())
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => return ctx.reject_unrouted(&e),
             };
-            match semantic.evaluate(screened).await {
+            match semantic.evaluate(screened).instrument(guard.clone()).await {
                 Ok(ev) => {
                     if dry_run::wants_scores(&parts.headers) {
                         *scores = ev.scores_header();
+                    }
+                    if ctx.traces {
+                        guard.set_attribute("switchyard.guard.blocked", ev.blocked().is_some());
+                        if let Some(by) = &ev.embedded_by {
+                            guard.set_attribute("switchyard.guard.embedded_by", by.clone());
+                        }
                     }
                     Some(ev)
                 }
@@ -205,21 +234,53 @@ async fn complete(
         info!(parent: &ctx.span, "prompt blocked by the prompt guard");
         return ctx.reject_unrouted(&blocked);
     }
-    let decision = match &evaluation {
+    let routing = if ctx.traces {
+        info_span!(parent: &ctx.span, "routing")
+    } else {
+        Span::none()
+    };
+    let decision = routing.in_scope(|| match &evaluation {
         Some(ev) if proxy.strategy == RoutingStrategy::Semantic => {
             semantic::decide(proxy, &ev.pick)
         }
         _ => routing::decide(proxy, inbound.model.as_deref()),
-    };
+    });
     let (first, fallback) = match decision {
-        Decision::Reject(e) => return ctx.reject_unrouted(&e),
-        Decision::Route { choice, fallback } => (choice, fallback),
+        Decision::Reject(e) => {
+            if ctx.traces {
+                routing.set_attribute("switchyard.decision", "reject");
+            }
+            return ctx.reject_unrouted(&e);
+        }
+        Decision::Route { choice, fallback } => {
+            if ctx.traces {
+                routing.set_attribute("switchyard.decision", "route");
+            }
+            (choice, fallback)
+        }
         Decision::Fallback { choice, reason } => {
+            if ctx.traces {
+                routing.set_attribute("switchyard.decision", "fallback");
+                routing.set_attribute("switchyard.fallback_reason", reason.as_str());
+            }
             telemetry::fallback(&ctx.proxy, &Label::Static(NONE), reason.as_str());
             info!(parent: &ctx.span, reason = reason.as_str(), "no route named: using the fallback route");
             (choice, None)
         }
     };
+    if ctx.traces {
+        let strategy = match proxy.strategy {
+            RoutingStrategy::Model => "model",
+            RoutingStrategy::Semantic => "semantic",
+        };
+        routing.set_attribute("switchyard.strategy", strategy);
+        routing.set_attribute(
+            "switchyard.route",
+            proxy.routes[first.route].name.to_string(),
+        );
+        routing.set_attribute("gen_ai.request.model", first.model.to_string());
+    }
+    drop(routing);
 
     // Stages 3 and 4: the upstream call, with one fallback before the first byte, and the
     // answer in the client's format.
@@ -274,6 +335,9 @@ impl Ctx {
             })));
         self.span.record("route", &*route.name);
         self.span.record("model", &*choice.model);
+        if self.traces {
+            traces::provider(&self.span, route.provider);
+        }
         self.served = Served {
             provider: route.provider.as_str(),
             model: Arc::clone(&choice.model),
@@ -334,6 +398,47 @@ async fn attempt(
     call: &Call<'_>,
     ctx: &mut Ctx,
 ) -> Attempt {
+    let span = if ctx.traces {
+        let span = info_span!(
+            parent: &ctx.span,
+            "upstream",
+            otel.kind = "client",
+            route = &*route.name,
+            model = &*choice.model,
+        );
+        traces::provider(&span, route.provider);
+        span.set_attribute("gen_ai.request.model", choice.model.to_string());
+        span
+    } else {
+        Span::none()
+    };
+    let attempt = attempt_in(state, route, choice, call, ctx, &span)
+        .instrument(span.clone())
+        .await;
+    if ctx.traces {
+        match &attempt {
+            Attempt::Served(answer) => {
+                traces::attempt_ended(&span, Some(answer.resp.status().as_u16()), None);
+            }
+            Attempt::Refused(e) => traces::attempt_ended(&span, None, Some(e.code())),
+            Attempt::Failed(failure) => traces::attempt_ended(
+                &span,
+                failure.answer.as_ref().map(|a| a.resp.status().as_u16()),
+                Some(failure.reason.as_str()),
+            ),
+        }
+    }
+    attempt
+}
+
+async fn attempt_in(
+    state: &AppState,
+    route: &Arc<CompiledRoute>,
+    choice: &Choice,
+    call: &Call<'_>,
+    ctx: &mut Ctx,
+    span: &Span,
+) -> Attempt {
     let size = call.inbound.body.len();
     let prepared = if state.reading.offload.offloads(size) {
         // Translating (or rewriting) a large body is CPU work: off the I/O thread.
@@ -356,10 +461,16 @@ async fn attempt(
     } else {
         prepare(&route.upstream, &choice.model, call)
     };
-    let prepared = match prepared {
+    let mut prepared = match prepared {
         Ok(p) => p,
         Err(e) => return Attempt::Refused(e),
     };
+    traces::propagate(
+        span,
+        ctx.traces,
+        call.headers,
+        prepared.request.headers_mut(),
+    );
     ctx.served.stream = call.inbound.stream;
     ctx.served.translated = prepared.translated;
     let target = prepared.target;

@@ -57,6 +57,8 @@ pub(crate) struct Ctx {
     pub gate: Option<Arc<crate::governance::Gate>>,
     /// The request body's size (to estimate the usage of a stream cut short).
     pub request_bytes: usize,
+    /// Whether the request's OpenTelemetry spans are made ([`crate::traces`]).
+    pub traces: bool,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -325,6 +327,7 @@ impl Ctx {
                 gate: self.gate.clone(),
                 request_bytes: self.request_bytes,
                 events_sent: 0,
+                traces: self.traces,
             },
         }
     }
@@ -567,6 +570,7 @@ mod tests {
             governance: None,
             gate: None,
             request_bytes: 0,
+            traces: false,
         }
     }
 

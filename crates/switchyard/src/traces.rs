@@ -112,6 +112,9 @@ pub fn init(log: &LogArgs, traces: Option<&TraceArgs>, service: &str) -> anyhow:
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_threads(false)
+        // A span is started when its first child (or its end) needs it, not when first
+        // entered: the request span is named (`chat {model}`) once its body is read.
+        .with_context_activation(false)
         .with_filter(exported);
     tracing_subscriber::registry().with(fmt).with(otel).init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());

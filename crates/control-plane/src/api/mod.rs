@@ -189,7 +189,10 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
     }
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     if has_body && refused_unread(response.status()) {
         // The body was not read (refused before the handler, or too large): the server
         // will close the connection after this answer, so say so, or a client reusing the

@@ -177,9 +177,19 @@ impl Snapshots {
         };
         let message = encoded::ControlMessage::snapshot(&pb::Snapshot::from(&snapshot));
         let span = tracing::Span::current();
-        span.record("version", snapshot.version);
-        span.record("proxies", snapshot.proxies.len());
-        span.record("bytes", message.snapshot_len());
+        // Signed: OpenTelemetry has no unsigned integers (a `u64` would be exported as text).
+        span.record(
+            "version",
+            i64::try_from(snapshot.version).unwrap_or(i64::MAX),
+        );
+        span.record(
+            "proxies",
+            i64::try_from(snapshot.proxies.len()).unwrap_or(i64::MAX),
+        );
+        span.record(
+            "bytes",
+            i64::try_from(message.snapshot_len()).unwrap_or(i64::MAX),
+        );
         metrics::counter!("switchyard_control_plane_snapshot_encodings_total").increment(1);
         metrics::histogram!("switchyard_control_plane_snapshot_bytes")
             .record(message.snapshot_len() as f64);

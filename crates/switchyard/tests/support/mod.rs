@@ -154,3 +154,97 @@ impl ControlPlaneProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A `switchyard dev` process on free ports, with the URLs and token its banner prints.
+pub struct DevProcess {
+    pub child: Child,
+    /// `http://…/api/v1`.
+    pub admin: String,
+    pub token: String,
+    /// `http://…` of the traffic listener.
+    pub gateway: String,
+    _data: tempfile::TempDir,
+}
+
+impl DevProcess {
+    /// Starts `switchyard dev` with `extra` flags (after `dev`).
+    pub fn start(extra: &[&str]) -> DevProcess {
+        use std::io::Read;
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "--log", "warn", "dev", "--data-dir"])
+            .arg(data.path())
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        // Drained so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink);
+        });
+        let stdout = child.stdout.take().unwrap();
+        let mut banner = String::new();
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.trim_start().starts_with("gRPC") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        let url = |label: &str| -> String {
+            banner
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no '{label}' in the banner:\n{banner}"))
+                .to_owned()
+        };
+        let (admin, gateway) = (url("admin API"), url("gateway"));
+        let token = std::fs::read_to_string(data.path().join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        DevProcess {
+            child,
+            admin,
+            token,
+            gateway,
+            _data: data,
+        }
+    }
+
+    /// An admin call that must succeed; its JSON answer.
+    pub async fn call(&self, http: &reqwest::Client, path: &str, body: Value) -> Value {
+        let resp = http
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

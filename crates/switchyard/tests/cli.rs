@@ -235,6 +235,18 @@ fn bad_flags_are_refused() {
     ]);
     assert_ne!(code, 0);
     assert!(reason(&stderr).contains("encryption key"), "{stderr}");
+    // Trace export flags: a collector URL, a fraction, a queue of at least one span.
+    for (flag, value) in [
+        ("--otlp-endpoint", "127.0.0.1:4317"),
+        ("--otlp-endpoint", "http://collector:port"),
+        ("--otlp-sample-ratio", "1.5"),
+        ("--otlp-queue-size", "0"),
+        ("--otlp-export-interval", "soon"),
+    ] {
+        let (code, _, stderr) = run(&["control-plane", flag, value]);
+        assert_eq!(code, 2, "{flag} {value}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
 }
 
 /// `switchyard dev`: prints the token and URLs, serves a proxy end to end, exports metrics,

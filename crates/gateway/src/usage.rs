@@ -82,7 +82,8 @@ impl UsageRecord {
     }
 }
 
-/// Records a finished request: metrics and the `request finished` log line (in `span`).
+/// Records a finished request: metrics, the `request finished` log line (in `span`), and,
+/// with traces, the span's response model, usage, cost and status.
 pub(crate) fn record(rec: &UsageRecord, span: &Span) {
     match &rec.route_metrics {
         Some(m) if rec.status == 200 => m.ok(rec.latency),

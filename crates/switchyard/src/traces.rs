@@ -5,8 +5,9 @@
 //! past it new spans are dropped, and the SDK says so in the log) that a batch exporter's own
 //! thread sends every `--otlp-export-interval`, each export bounded by `--otlp-timeout`. A
 //! collector that is down costs failed exports on that thread, never latency on the request
-//! path. Only Switchyard's own spans are exported (`switchyard_*` targets at `info`), whatever
-//! `--log` says; the W3C trace-context propagator is installed for `traceparent` in and out.
+//! path. Only Switchyard's own spans are exported (`switchyard_*` targets at `info`),
+//! whatever `--log` says; the W3C trace-context propagator is installed for `traceparent` in
+//! and out.
 
 use std::time::Duration;
 
@@ -85,20 +86,12 @@ impl Telemetry {
 pub fn init(log: &LogArgs, traces: Option<&TraceArgs>, service: &str) -> anyhow::Result<Telemetry> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(crate::cli::colour_logs());
-    let fmt = match log.log_format {
-        LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
-    };
     let Some((args, endpoint)) = traces.and_then(|t| Some((t, t.otlp_endpoint.as_deref()?))) else {
-        tracing_subscriber::registry().with(fmt).init();
+        // No traces: the log filter is the subscriber's (what is filtered out costs nothing).
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(log.log_format))
+            .init();
         return Ok(Telemetry { provider: None });
     };
     let provider = provider(args, endpoint, service)?;
@@ -115,13 +108,111 @@ pub fn init(log: &LogArgs, traces: Option<&TraceArgs>, service: &str) -> anyhow:
         // A span is started when its first child (or its end) needs it, not when first
         // entered: the request span is named (`chat {model}`) once its body is read.
         .with_context_activation(false)
-        .with_filter(exported);
-    tracing_subscriber::registry().with(fmt).with(otel).init();
+        .with_filter(exported.clone());
+    // One filter for the subscriber (an `EnvFilter` as a per-layer filter was seen to lose
+    // events under concurrency): `--log` decides the log lines, and Switchyard's spans are
+    // made whatever it says, so `--log warn` still exports every request.
+    tracing_subscriber::registry()
+        .with(LogsAndSpans {
+            logs: filter,
+            spans: exported.clone(),
+        })
+        .with(log_layer(log.log_format))
+        .with(otel)
+        .init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     tracing::info!(endpoint, service, "exporting traces over OTLP/gRPC");
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// The subscriber's filter with traces: what `--log` enables, plus Switchyard's spans.
+struct LogsAndSpans {
+    logs: tracing_subscriber::EnvFilter,
+    spans: Targets,
+}
+
+impl LogsAndSpans {
+    fn exported(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_span() && self.spans.would_enable(meta.target(), meta.level())
+    }
+}
+
+impl<S> Layer<S> for LogsAndSpans
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if self.exported(meta) {
+            return tracing::subscriber::Interest::always();
+        }
+        Layer::<S>::register_callsite(&self.logs, meta)
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.exported(meta) || Layer::<S>::enabled(&self.logs, meta, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let logs = Layer::<S>::max_level_hint(&self.logs)?;
+        Some(logs.max(LevelFilter::INFO))
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        Layer::<S>::on_new_span(&self.logs, attrs, id, cx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        Layer::<S>::on_record(&self.logs, id, values, cx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_enter(&self.logs, id, cx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_exit(&self.logs, id, cx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_close(&self.logs, id, cx);
+    }
+}
+
+/// The log lines: text or JSON on stderr, coloured only on a terminal.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(crate::cli::colour_logs());
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
+    }
 }
 
 fn provider(args: &TraceArgs, endpoint: &str, service: &str) -> anyhow::Result<SdkTracerProvider> {

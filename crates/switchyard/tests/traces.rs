@@ -142,11 +142,9 @@ async fn requests_admin_calls_and_snapshot_builds_are_traced() {
     assert_eq!(request.str("route"), Some("openai"));
     assert_eq!(request.int("http.response.status_code"), Some(200));
     assert_eq!(request.status_code, 0, "a 200 is no error");
-    assert!(
-        request.events.iter().any(|e| e == "request finished"),
-        "the request's log line is a span event: {:?}",
-        request.events
-    );
+    // (`--log warn` here: the spans are exported all the same; the `request finished` log
+    // line, at `info`, is not made, so it is no span event.)
+    assert!(request.events.is_empty(), "{:?}", request.events);
 
     let child = |name: &str| one(&trace, name, |s| s.name == name);
     for name in ["guard", "routing", "upstream"] {

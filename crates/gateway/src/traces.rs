@@ -57,8 +57,11 @@ pub(crate) fn propagate(span: &Span, traces: bool, incoming: &HeaderMap, outgoin
 /// `gen_ai.operation.name` of a client format.
 pub(crate) fn operation(format: InboundFormat) -> &'static str {
     match format {
-        InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses => "chat",
+        InboundFormat::OpenAiChat | InboundFormat::OpenAiResponses | InboundFormat::Anthropic => {
+            "chat"
+        }
         InboundFormat::Gemini => "generate_content",
+        InboundFormat::AnthropicCountTokens => "count_tokens",
     }
 }
 

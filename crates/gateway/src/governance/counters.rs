@@ -357,7 +357,7 @@ impl CounterHandle {
     }
 
     /// Admits a request against `counters` (see the module docs).
-    pub(crate) async fn admit(&self, counters: &[Counter]) -> Result<Verdict, Unavailable> {
+    pub(crate) async fn admit(&self, counters: &[&Counter]) -> Result<Verdict, Unavailable> {
         if counters.is_empty() {
             return Ok(Verdict::Admitted(Vec::new()));
         }
@@ -505,7 +505,7 @@ impl Local {
         }
     }
 
-    fn admit(&mut self, counters: &[Counter], now: Instant) -> Verdict {
+    fn admit(&mut self, counters: &[&Counter], now: Instant) -> Verdict {
         let mut states = Vec::with_capacity(counters.len());
         for (index, c) in counters.iter().enumerate() {
             let entry = self.live(&c.key, now);
@@ -576,7 +576,7 @@ mod tests {
         let now = Instant::now();
         let reqs = counter("r", CounterKind::Requests, 2);
         let toks = counter("t", CounterKind::Consumption, 100);
-        let both = [reqs.clone(), toks.clone()];
+        let both = [&reqs, &toks];
         let Verdict::Admitted(s) = local.admit(&both, now) else {
             panic!("refused")
         };
@@ -597,7 +597,7 @@ mod tests {
         // A refusal counts nothing: the token counter is unchanged.
         assert_eq!(local.charge(&toks, 1, later), 100);
         assert!(matches!(
-            local.admit(std::slice::from_ref(&toks), later),
+            local.admit(&[&toks], later),
             Verdict::Refused { index: 0, .. }
         ));
         // The window ends: counting starts again.

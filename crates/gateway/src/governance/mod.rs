@@ -36,6 +36,7 @@ pub use counters::{FailureMode, LimitsConfig};
 pub(crate) use price::PriceTable;
 
 use crate::error::ProxyError;
+use crate::providers::credential::query_param;
 
 /// One USD in the unit budgets are counted in (integers in Redis).
 const NANO_USD: f64 = 1e9;
@@ -181,46 +182,6 @@ fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     query_param(query?, "key")
 }
 
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
 /// Which owner a limit belongs to (its counters' key prefix, and the refusal's wording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -286,7 +247,7 @@ pub(crate) async fn admit(
     if gate.slots.is_empty() {
         return Ok(gate);
     }
-    let list: Vec<Counter> = gate.slots.iter().map(|s| s.counter.clone()).collect();
+    let list: Vec<&Counter> = gate.slots.iter().map(|s| &s.counter).collect();
     match counters.admit(&list).await {
         Ok(Verdict::Admitted(states)) => {
             gate.headers = ratelimit_headers(&gate.slots, &states);

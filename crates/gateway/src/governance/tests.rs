@@ -77,7 +77,9 @@ fn keys_are_found_in_each_formats_place() {
         query_param("a=1&key=x%2By+z", "key").as_deref(),
         Some("x+y z")
     );
-    assert_eq!(query_param("key=%zz%4", "key").as_deref(), Some("%zz%4"));
+    // The query is read as dynamic credentials read it (one parser): a bad escape is no key
+    // at all (then 401 missing_api_key).
+    assert_eq!(query_param("key=%zz%4", "key"), None);
 }
 
 #[test]
@@ -341,7 +343,7 @@ async fn the_redis_scripts_admit_refuse_charge_and_expire() {
     let handle = CounterHandle::new(counters);
     let reqs = counter(&prefix, "r", CounterKind::Requests, 2, 60_000);
     let toks = counter(&prefix, "t", CounterKind::Consumption, 100, 60_000);
-    let both = [reqs.clone(), toks.clone()];
+    let both = [&reqs, &toks];
     let Verdict::Admitted(s) = handle.admit(&both).await.unwrap() else {
         panic!("refused")
     };
@@ -359,22 +361,22 @@ async fn the_redis_scripts_admit_refuse_charge_and_expire() {
     ));
     assert_eq!(handle.charge(&[(toks.clone(), 1)]).await, vec![Some(100)]);
     assert!(matches!(
-        handle.admit(std::slice::from_ref(&toks)).await.unwrap(),
+        handle.admit(&[&toks]).await.unwrap(),
         Verdict::Refused { index: 0, .. }
     ));
     // A short window ends, and counting starts again.
     let short = counter(&prefix, "s", CounterKind::Requests, 1, 200);
     assert!(matches!(
-        handle.admit(std::slice::from_ref(&short)).await.unwrap(),
+        handle.admit(&[&short]).await.unwrap(),
         Verdict::Admitted(_)
     ));
     assert!(matches!(
-        handle.admit(std::slice::from_ref(&short)).await.unwrap(),
+        handle.admit(&[&short]).await.unwrap(),
         Verdict::Refused { .. }
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(matches!(
-        handle.admit(&[short]).await.unwrap(),
+        handle.admit(&[&short]).await.unwrap(),
         Verdict::Admitted(_)
     ));
 }
@@ -399,19 +401,13 @@ async fn a_failed_redis_falls_back_and_comes_back() {
     let closed = make(FailureMode::Closed);
     let c = counter(&prefix, "r", CounterKind::Requests, 1000, 60_000);
     for h in [&open, &closed] {
-        assert!(matches!(
-            h.admit(std::slice::from_ref(&c)).await,
-            Ok(Verdict::Admitted(_))
-        ));
+        assert!(matches!(h.admit(&[&c]).await, Ok(Verdict::Admitted(_))));
     }
     server.stop();
-    assert_eq!(
-        closed.admit(std::slice::from_ref(&c)).await,
-        Err(Unavailable)
-    );
+    assert_eq!(closed.admit(&[&c]).await, Err(Unavailable));
     assert!(closed.shared().describe().contains("unavailable"));
     // Open: local counters, starting from zero on this node.
-    let Ok(Verdict::Admitted(s)) = open.admit(std::slice::from_ref(&c)).await else {
+    let Ok(Verdict::Admitted(s)) = open.admit(&[&c]).await else {
         panic!("open mode refused")
     };
     assert_eq!(s[0].value, 1);
@@ -420,8 +416,8 @@ async fn a_failed_redis_falls_back_and_comes_back() {
     // The next probes (every 500 ms) find it again.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let a = open.admit(std::slice::from_ref(&c)).await;
-        let b = closed.admit(std::slice::from_ref(&c)).await;
+        let a = open.admit(&[&c]).await;
+        let b = closed.admit(&[&c]).await;
         if open.shared().describe() == "limits: redis"
             && closed.shared().describe() == "limits: redis"
         {
@@ -436,10 +432,10 @@ async fn a_failed_redis_falls_back_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Back on Redis: a fresh server, so the shared count starts again.
-    let Ok(Verdict::Admitted(s)) = open.admit(std::slice::from_ref(&c)).await else {
+    let Ok(Verdict::Admitted(s)) = open.admit(&[&c]).await else {
         panic!("refused")
     };
-    let Ok(Verdict::Admitted(t)) = closed.admit(&[c]).await else {
+    let Ok(Verdict::Admitted(t)) = closed.admit(&[&c]).await else {
         panic!("refused")
     };
     assert_eq!(

@@ -27,7 +27,17 @@ struct Fleet {
     http: reqwest::Client,
 }
 
+/// Nodes sharing `redis` (limits with the default share, unless `share` says otherwise).
 async fn fleet(store: &Store, redis: &RedisServer, modes: &[FailureMode]) -> Fleet {
+    fleet_sharing(store, redis, modes, LimitsConfig::default().local_share).await
+}
+
+async fn fleet_sharing(
+    store: &Store,
+    redis: &RedisServer,
+    modes: &[FailureMode],
+    share: f64,
+) -> Fleet {
     let plane = Plane::start(store).await;
     let token = plane.create_gateway("prod-eu").await;
     let prefix = unique_prefix();
@@ -41,6 +51,8 @@ async fn fleet(store: &Store, redis: &RedisServer, modes: &[FailureMode]) -> Fle
             key_prefix: prefix.clone(),
             timeout: Duration::from_millis(250),
             on_failure: *mode,
+            local_share: share,
+            ..LimitsConfig::default()
         };
         nodes.push(Gateway::start_with(config, fast_sync()).await.unwrap());
         dirs.push(dir);
@@ -442,7 +454,14 @@ async fn token_limits_and_budgets(store: Store) {
 async fn redis_lost_and_back(store: Store) {
     let mut redis = RedisServer::start();
     let mock = MockOpenAi::start().await.unwrap();
-    let f = fleet(&store, &redis, &[FailureMode::Open, FailureMode::Closed]).await;
+    // Share 0: every admission counts in Redis at once, so the nodes' headers show one count.
+    let f = fleet_sharing(
+        &store,
+        &redis,
+        &[FailureMode::Open, FailureMode::Closed],
+        0.0,
+    )
+    .await;
     let p = f
         .create(
             "/proxies",

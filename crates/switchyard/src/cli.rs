@@ -444,6 +444,16 @@ pub struct CounterArgs {
     /// refuses limited requests with 503.
     #[arg(long, env = "SWITCHYARD_LIMITS_ON_REDIS_FAILURE", default_value = "open", value_parser = ["open", "closed"])]
     pub limits_on_redis_failure: String,
+    /// The part of a shared limit's remaining room the nodes may use between them without
+    /// asking Redis for each request (0 to 1): request limits are leased to nodes in shares of
+    /// it and never exceeded; token limits and budgets are charged in batches while far from
+    /// the limit. 0 sends every admission and charge to Redis.
+    #[arg(long, env = "SWITCHYARD_LIMITS_LOCAL_SHARE", default_value_t = 0.5)]
+    pub limits_local_share: f64,
+    /// How often a node sends the charges it holds to Redis and refreshes its view of the
+    /// shared counters.
+    #[arg(long, env = "SWITCHYARD_LIMITS_SYNC_INTERVAL", default_value = "10ms", value_parser = parse_duration)]
+    pub limits_sync_interval: Duration,
 }
 
 impl CounterArgs {
@@ -456,6 +466,8 @@ impl CounterArgs {
                 .limits_on_redis_failure
                 .parse::<FailureMode>()
                 .map_err(|e| anyhow::anyhow!("--limits-on-redis-failure {e}"))?,
+            local_share: self.limits_local_share,
+            sync_interval: self.limits_sync_interval,
         })
     }
 }

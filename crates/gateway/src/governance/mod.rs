@@ -525,43 +525,57 @@ impl Gate {
         if charges.is_empty() {
             return;
         }
+        if let Some(values) = counters.charge(&charges) {
+            warn_budgets(&budgets, &charges, &values, span);
+            return;
+        }
         let counters = counters.clone();
         let span = span.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
-            let values = counters.charge(&charges).await;
-            for (index, owner, name, usd) in budgets {
-                let (Some(Some(after)), Some((_, amount))) =
-                    (values.get(index), charges.get(index))
-                else {
-                    continue;
-                };
-                let limit = usd_to_nanos(usd);
-                let mark = limit / 5 * 4;
-                let before = after - amount;
-                let scope = match owner {
-                    Owner::Proxy => "proxy",
-                    Owner::Consumer => "consumer",
-                };
-                metrics::gauge!("switchyard_gateway_budget_used_ratio",
-                    "scope" => scope, "name" => name.to_string())
-                .set(if limit > 0 {
-                    *after as f64 / limit as f64
-                } else {
-                    1.0
-                });
-                if before < mark && *after >= mark {
-                    warn!(parent: &span, scope, name = &*name, budget_usd = usd,
-                        spent_usd = *after as f64 / NANO_USD,
-                        "a budget is 80% spent");
-                    metrics::counter!("switchyard_gateway_budget_warnings_total",
-                        "scope" => scope, "name" => name.to_string())
-                    .increment(1);
-                }
-            }
+            let values = counters.charge_now(&charges).await;
+            warn_budgets(&budgets, &charges, &values, &span);
         });
+    }
+}
+
+/// Sets the budgets' used ratio and warns once a budget passes 80% (when the node sees the
+/// charge that crosses it).
+fn warn_budgets(
+    budgets: &[(usize, Owner, Arc<str>, f64)],
+    charges: &[(Counter, i64)],
+    values: &[Option<i64>],
+    span: &Span,
+) {
+    for (index, owner, name, usd) in budgets {
+        let (Some(Some(after)), Some((_, amount))) = (values.get(*index), charges.get(*index))
+        else {
+            continue;
+        };
+        let limit = usd_to_nanos(*usd);
+        let mark = limit / 5 * 4;
+        let before = after - amount;
+        let scope = match owner {
+            Owner::Proxy => "proxy",
+            Owner::Consumer => "consumer",
+        };
+        metrics::gauge!("switchyard_gateway_budget_used_ratio",
+            "scope" => scope, "name" => name.to_string())
+        .set(if limit > 0 {
+            *after as f64 / limit as f64
+        } else {
+            1.0
+        });
+        if before < mark && *after >= mark {
+            warn!(parent: span, scope, name = &**name, budget_usd = usd,
+                spent_usd = *after as f64 / NANO_USD,
+                "a budget is 80% spent");
+            metrics::counter!("switchyard_gateway_budget_warnings_total",
+                "scope" => scope, "name" => name.to_string())
+            .increment(1);
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use switchyard_model::{BudgetPeriod, ConsumerProxies, NodeKey, Selector, Window}
 use switchyard_testkit::redis::{RedisServer, unique_prefix};
 
 use super::*;
+use counters::LEASE_IDLE;
 
 const KEY: &str = "sy_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const OTHER_KEY: &str = "sy_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
@@ -328,7 +329,17 @@ fn counter(prefix: &str, name: &str, kind: CounterKind, limit: i64, window_ms: i
     }
 }
 
-/// The Lua scripts on a real Redis: the same semantics as the local counters.
+/// Charges `amount` as `Gate::settle` does: now, or later when the node's share holds it.
+async fn charge(handle: &CounterHandle, c: &Counter, amount: i64) -> Vec<Option<i64>> {
+    let charges = [(c.clone(), amount)];
+    match handle.charge(&charges) {
+        Some(values) => values,
+        None => handle.charge_now(&charges).await,
+    }
+}
+
+/// The Lua scripts on a real Redis, every admission and charge sent (share 0): the same
+/// semantics as the local counters.
 #[tokio::test]
 async fn the_redis_scripts_admit_refuse_charge_and_expire() {
     let server = RedisServer::start();
@@ -338,6 +349,8 @@ async fn the_redis_scripts_admit_refuse_charge_and_expire() {
         key_prefix: prefix.clone(),
         timeout: Duration::from_secs(2),
         on_failure: FailureMode::Closed,
+        local_share: 0.0,
+        ..LimitsConfig::default()
     })
     .unwrap();
     let handle = CounterHandle::new(counters);
@@ -349,7 +362,7 @@ async fn the_redis_scripts_admit_refuse_charge_and_expire() {
     };
     assert_eq!((s[0].value, s[1].value), (1, 0));
     assert!(s[0].ttl_ms > 59_000 && s[1].ttl_ms > 59_000, "{s:?}");
-    assert_eq!(handle.charge(&[(toks.clone(), 99)]).await, vec![Some(99)]);
+    assert_eq!(charge(&handle, &toks, 99).await, vec![Some(99)]);
     assert!(matches!(
         handle.admit(&both).await.unwrap(),
         Verdict::Admitted(_)
@@ -359,7 +372,7 @@ async fn the_redis_scripts_admit_refuse_charge_and_expire() {
         handle.admit(&both).await.unwrap(),
         Verdict::Refused { index: 0, ttl_ms } if ttl_ms > 0
     ));
-    assert_eq!(handle.charge(&[(toks.clone(), 1)]).await, vec![Some(100)]);
+    assert_eq!(charge(&handle, &toks, 1).await, vec![Some(100)]);
     assert!(matches!(
         handle.admit(&[&toks]).await.unwrap(),
         Verdict::Refused { index: 0, .. }
@@ -393,6 +406,8 @@ async fn a_failed_redis_falls_back_and_comes_back() {
                 key_prefix: prefix.clone(),
                 timeout: Duration::from_millis(200),
                 on_failure: mode,
+                local_share: 0.0,
+                ..LimitsConfig::default()
             })
             .unwrap(),
         )
@@ -443,4 +458,167 @@ async fn a_failed_redis_falls_back_and_comes_back() {
         s[0].value + 1,
         "both count on the same shared counter"
     );
+}
+
+/// A node of a gateway, counting on `server` with the default share (0.5).
+fn sharing_node(server: &RedisServer, prefix: &str) -> CounterHandle {
+    CounterHandle::new(
+        Counters::new(LimitsConfig {
+            redis_url: Some(server.url()),
+            key_prefix: prefix.to_owned(),
+            timeout: Duration::from_secs(2),
+            on_failure: FailureMode::Closed,
+            ..LimitsConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
+async fn redis_value(server: &RedisServer, key: &str) -> i64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async::<Option<i64>>(&mut conn)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Leased admissions never pass a request limit, however the requests fall on the nodes, and
+/// most of them never wait for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_request_limits_are_never_exceeded_and_rarely_ask_redis() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let nodes = [
+        sharing_node(&server, &prefix),
+        sharing_node(&server, &prefix),
+        sharing_node(&server, &prefix),
+    ];
+    let c = counter(&prefix, "r", CounterKind::Requests, 500, 60_000);
+    let admitted = futures::future::join_all((0..1500).map(|i| {
+        let (node, c) = (nodes[i % 3].clone(), c.clone());
+        async move { matches!(node.admit(&[&c]).await, Ok(Verdict::Admitted(_))) }
+    }))
+    .await;
+    let admitted = admitted.iter().filter(|a| **a).count();
+    assert_eq!(admitted, 500, "exactly the limit admitted over three nodes");
+    let scripts: u64 = nodes.iter().map(|n| n.shared().scripts_run()).sum();
+    eprintln!("{scripts} scripts for 500 admissions and 1000 refusals");
+    // Without shares: 1,500 scripts. With them, a node's requests wait for its one lease
+    // request in flight, and share its answer (a lease, or a refusal).
+    assert!(
+        scripts < 150,
+        "{scripts} scripts for 500 admissions and 1000 refusals"
+    );
+    assert_eq!(redis_value(&server, &c.key).await, 500);
+}
+
+/// A lease a node does not use goes back, so another node can use the whole limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_lease_goes_back_to_the_shared_counter() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let (a, b) = (
+        sharing_node(&server, &prefix),
+        sharing_node(&server, &prefix),
+    );
+    let c = counter(&prefix, "r", CounterKind::Requests, 100, 60_000);
+    assert!(matches!(a.admit(&[&c]).await, Ok(Verdict::Admitted(_))));
+    // One node so far: it leased half the room (50), counted in Redis at once.
+    assert_eq!(redis_value(&server, &c.key).await, 50);
+    tokio::time::sleep(LEASE_IDLE + Duration::from_millis(200)).await;
+    assert_eq!(
+        redis_value(&server, &c.key).await,
+        1,
+        "the idle lease came back"
+    );
+    let mut admitted = 0;
+    while matches!(b.admit(&[&c]).await, Ok(Verdict::Admitted(_))) {
+        admitted += 1;
+        assert!(admitted <= 100, "the limit never stopped node b");
+    }
+    assert_eq!(admitted, 99, "node b used everything node a did not");
+}
+
+/// Charges within a node's allowance wait for the next sync (every 10 ms); one past it is
+/// sent at once; the view of the counter refuses at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_within_the_share_are_batched_and_past_it_sent_at_once() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let node = sharing_node(&server, &prefix);
+    let toks = counter(&prefix, "t", CounterKind::Consumption, 1000, 60_000);
+    assert!(matches!(
+        node.admit(&[&toks]).await,
+        Ok(Verdict::Admitted(_))
+    ));
+    // Allowance: (1000 - 0) × 0.5 ÷ 1 node = 500.
+    let held = node.charge(&[(toks.clone(), 100)]);
+    assert_eq!(held, Some(vec![Some(100)]), "held within the allowance");
+    let scripts = node.shared().scripts_run();
+    // Admitted from the share: no script.
+    assert!(matches!(
+        node.admit(&[&toks]).await,
+        Ok(Verdict::Admitted(_))
+    ));
+    assert_eq!(node.shared().scripts_run(), scripts);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        redis_value(&server, &toks.key).await,
+        100,
+        "sent by the sync"
+    );
+    // After the sync: allowance (1000 - 100) × 0.5 = 450; 500 more is past it.
+    assert_eq!(node.charge(&[(toks.clone(), 500)]), None);
+    assert_eq!(
+        node.charge_now(&[(toks.clone(), 500)]).await,
+        vec![Some(600)]
+    );
+    assert_eq!(redis_value(&server, &toks.key).await, 600);
+    // Near the limit every admission asks Redis; at it, refused.
+    assert_eq!(charge(&node, &toks, 400).await, vec![Some(1000)]);
+    assert!(matches!(
+        node.admit(&[&toks]).await,
+        Ok(Verdict::Refused { index: 0, .. })
+    ));
+}
+
+/// With share 0 every admission is a script: counts are exact at every request.
+#[tokio::test]
+async fn share_zero_asks_redis_for_every_admission() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let node = CounterHandle::new(
+        Counters::new(LimitsConfig {
+            redis_url: Some(server.url()),
+            key_prefix: prefix.clone(),
+            timeout: Duration::from_secs(2),
+            local_share: 0.0,
+            ..LimitsConfig::default()
+        })
+        .unwrap(),
+    );
+    let c = counter(&prefix, "r", CounterKind::Requests, 1000, 60_000);
+    for i in 1..=5 {
+        let Ok(Verdict::Admitted(s)) = node.admit(&[&c]).await else {
+            panic!("refused")
+        };
+        assert_eq!(s[0].value, i);
+        assert_eq!(redis_value(&server, &c.key).await, i);
+    }
+    assert_eq!(node.shared().scripts_run(), 5);
+}
+
+#[test]
+fn a_share_outside_zero_to_one_is_refused() {
+    for share in [-0.1, 1.5, f64::NAN] {
+        let err = Counters::new(LimitsConfig {
+            local_share: share,
+            ..LimitsConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("--limits-local-share"), "{err}");
+    }
 }

@@ -898,7 +898,12 @@ impl CounterHandle {
             let Some(share) = shares.get_mut(&c.key) else {
                 continue;
             };
-            share.limit = c.limit;
+            if share.limit != c.limit {
+                // A changed limit: a lease granted under the old one is not used (it stays
+                // counted in Redis: the error is on the side of fewer admissions).
+                share.lease = 0;
+                share.limit = c.limit;
+            }
             share.window_ms = c.window_ms;
             match (answer, s) {
                 (None, Sent::Charge(n)) => {

@@ -5,7 +5,7 @@ use switchyard_model::{BudgetPeriod, ConsumerProxies, NodeKey, Selector, Window}
 use switchyard_testkit::redis::{RedisServer, unique_prefix};
 
 use super::*;
-use counters::LEASE_IDLE;
+use counters::{LEASE_IDLE, MAX_LEASE};
 
 const KEY: &str = "sy_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const OTHER_KEY: &str = "sy_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
@@ -621,4 +621,35 @@ fn a_share_outside_zero_to_one_is_refused() {
         .unwrap_err();
         assert!(err.contains("--limits-local-share"), "{err}");
     }
+}
+
+/// A lowered limit is not passed on the strength of a lease granted under the old one.
+#[tokio::test]
+async fn a_lease_does_not_outlive_a_lowered_limit() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let node = sharing_node(&server, &prefix);
+    let generous = counter(&prefix, "r", CounterKind::Requests, 1000, 60_000);
+    assert!(matches!(
+        node.admit(&[&generous]).await,
+        Ok(Verdict::Admitted(_))
+    ));
+    assert_eq!(
+        redis_value(&server, &generous.key).await,
+        MAX_LEASE,
+        "a lease of 256 (half the room, capped)"
+    );
+    let tight = Counter {
+        limit: 10,
+        ..generous.clone()
+    };
+    assert!(matches!(
+        node.admit(&[&tight]).await,
+        Ok(Verdict::Refused { index: 0, .. })
+    ));
+    // Nor once the share has taken in the new limit.
+    assert!(matches!(
+        node.admit(&[&tight]).await,
+        Ok(Verdict::Refused { index: 0, .. })
+    ));
 }

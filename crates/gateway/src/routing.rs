@@ -3,8 +3,11 @@
 //!
 //! The request's `model` is `<route>/<model>`, split at the first `/`; the route's
 //! `target_model`, when set, replaces the model part. A bare `<route>` uses that route's
-//! `target_model`. No model, or an unknown route, goes to the fallback route; a failing
-//! upstream (decided by the caller) goes there too.
+//! `target_model`. A model that names no route this way is looked up in the routes' bare
+//! model names (`models`: exact names first, then the longest `prefix*`), and served by that
+//! route with that model (its `target_model` still overriding). No model, or an unknown
+//! route, goes to the fallback route; a failing upstream (decided by the caller) goes there
+//! too.
 
 use std::sync::Arc;
 
@@ -83,6 +86,28 @@ pub(crate) fn decide(proxy: &CompiledProxy, model: Option<&str>) -> Decision {
         Some((r, m)) => (r, Some(m).filter(|m| !m.is_empty())),
         None => (model, None),
     };
+    // `<route>/<model>`, or a bare `<route>` with a target model, names a route; anything
+    // else may be a bare model name.
+    let named = proxy
+        .route(route_name)
+        .filter(|&i| model_part.is_some() || proxy.routes[i].target_model.is_some());
+    if named.is_none()
+        && let Some(index) = proxy.bare.route(model)
+    {
+        let upstream_model = proxy.routes[index]
+            .target_model
+            .clone()
+            .unwrap_or_else(|| Arc::from(model));
+        let fallback = fallback_choice(proxy, Some(model))
+            .filter(|fb| !(fb.route == index && fb.model == upstream_model));
+        return Decision::Route {
+            choice: Choice {
+                route: index,
+                model: upstream_model,
+            },
+            fallback,
+        };
+    }
     let Some(index) = proxy.route(route_name) else {
         // `gpt-4o` (no route) or `nope/gpt-4o`: the whole model, or its model part, is what
         // the fallback is asked for when it has no target model of its own.
@@ -302,5 +327,84 @@ mod tests {
                 reason: FallbackReason::NoModel
             }
         );
+    }
+
+    fn with_models(mut r: switchyard_model::Route, models: &[&str]) -> switchyard_model::Route {
+        r.models = models.iter().map(|m| m.to_string()).collect();
+        r
+    }
+
+    #[test]
+    fn bare_model_names_reach_their_route() {
+        let p = compile(proxy(
+            "p",
+            "/p",
+            vec![
+                with_models(
+                    route("openai", Provider::OpenAi, None),
+                    &["gpt-4.1", "gpt-5*", "o4-mini"],
+                ),
+                with_models(
+                    route("gemini", Provider::Gemini, None),
+                    &["gemini-*", "gpt-5-gemini-special"],
+                ),
+                with_models(
+                    route("nim", Provider::Nvidia, Some("meta/llama-3.1-8b-instruct")),
+                    &["meta/*"],
+                ),
+                route("fb", Provider::OpenAi, Some("gpt-4o-mini")),
+            ],
+            Some("fb"),
+        ));
+        let routed = |model: &str| match decide(&p, Some(model)) {
+            Decision::Route { choice, fallback } => (choice, fallback),
+            other => panic!("{model}: {other:?}"),
+        };
+        // Exact, then the longest prefix; the model goes upstream as sent.
+        assert_eq!(routed("gpt-4.1").0, choice(0, "gpt-4.1"));
+        assert_eq!(routed("gpt-5-mini").0, choice(0, "gpt-5-mini"));
+        assert_eq!(routed("gemini-2.5-flash").0, choice(1, "gemini-2.5-flash"));
+        // An exact name wins over a longer prefix of another route.
+        assert_eq!(
+            routed("gpt-5-gemini-special").0,
+            choice(1, "gpt-5-gemini-special")
+        );
+        // A bare name with a '/' that names no route; the target model still overrides.
+        assert_eq!(
+            routed("meta/llama-3.3-70b").0,
+            choice(2, "meta/llama-3.1-8b-instruct")
+        );
+        // The fallback still stands behind a bare-named route.
+        assert_eq!(routed("o4-mini").1, Some(choice(3, "gpt-4o-mini")));
+        // `<route>/<model>` keeps its meaning.
+        assert_eq!(routed("openai/gemini-x").0, choice(0, "gemini-x"));
+        // Not listed: the fallback, as before.
+        assert!(matches!(
+            decide(&p, Some("claude-sonnet-4")),
+            Decision::Fallback {
+                reason: FallbackReason::UnknownRoute,
+                ..
+            }
+        ));
+        // A prefix matches from the start only.
+        assert!(matches!(
+            decide(&p, Some("x-gpt-5")),
+            Decision::Fallback { .. }
+        ));
+    }
+
+    #[test]
+    fn a_bare_name_listed_by_two_routes_does_not_compile() {
+        let p = proxy(
+            "p",
+            "/p",
+            vec![
+                with_models(route("a", Provider::OpenAi, None), &["gpt-5*"]),
+                with_models(route("b", Provider::OpenAi, None), &["gpt-5*"]),
+            ],
+            None,
+        );
+        let err = RoutingTable::compile(&snapshot(1, vec![p])).unwrap_err();
+        assert!(err.to_string().contains("'gpt-5*'"), "{err}");
     }
 }

@@ -98,6 +98,9 @@ pub struct RouteInput {
     pub auth: Option<AuthInput>,
     #[serde(default)]
     pub target_model: Option<String>,
+    /// Model names this route serves without its route prefix (exact, or `prefix*`).
+    #[serde(default)]
+    pub models: Vec<String>,
     #[serde(default)]
     pub topics: Vec<TopicInput>,
 }
@@ -240,6 +243,18 @@ impl ProxyInput {
                     format!("{field}.name"),
                     format!("route name '{}' is used twice", route.name),
                 ));
+            }
+            for (m, model) in route.models.iter().enumerate() {
+                if let Some(other) = routes.iter().find(|r| r.models.contains(model)) {
+                    return Err(ValidationError::rule(
+                        format!("{field}.models[{m}]"),
+                        format!(
+                            "'{model}' is listed by route '{}' too: a bare model name must \
+                             lead to one route",
+                            other.name
+                        ),
+                    ));
+                }
             }
             if format == Format::Gemini && route.provider != Provider::Gemini {
                 return Err(ValidationError::rule(
@@ -530,6 +545,21 @@ impl RouteInput {
         if let Some(m) = &self.target_model {
             validate_model(&format!("{field}.target_model"), m)?;
         }
+        if self.models.len() > MODELS_PER_ROUTE {
+            return Err(ValidationError::limit(
+                format!("{field}.models"),
+                format!("at most {MODELS_PER_ROUTE} model names per route"),
+            ));
+        }
+        for (m, model) in self.models.iter().enumerate() {
+            validate_bare_model(&format!("{field}.models[{m}]"), model)?;
+            if self.models[..m].contains(model) {
+                return Err(ValidationError::rule(
+                    format!("{field}.models[{m}]"),
+                    format!("'{model}' is listed twice"),
+                ));
+            }
+        }
 
         let auth_field = format!("{field}.auth");
         let auth = match self.auth {
@@ -571,6 +601,7 @@ impl RouteInput {
             api_version: self.api_version,
             auth,
             target_model: self.target_model,
+            models: self.models,
             topics,
         })
     }
@@ -1017,6 +1048,28 @@ pub(crate) fn validate_url(field: &str, url: &str) -> Result<String, ValidationE
         ));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The most bare model names one route lists.
+pub const MODELS_PER_ROUTE: usize = 64;
+
+/// A bare model name of a route's `models`: a model name, or a prefix of one ending in `*`.
+fn validate_bare_model(field: &str, model: &str) -> Result<(), ValidationError> {
+    let name = model.strip_suffix('*').unwrap_or(model);
+    if name.is_empty() {
+        return Err(ValidationError::invalid(
+            field,
+            "a prefix needs at least one character before '*' (a route for every model is \
+             the fallback route)",
+        ));
+    }
+    if name.contains('*') {
+        return Err(ValidationError::invalid(
+            field,
+            "'*' may only end a prefix (e.g. 'gpt-5*')",
+        ));
+    }
+    validate_model(field, name)
 }
 
 pub(crate) fn validate_model(field: &str, model: &str) -> Result<(), ValidationError> {

@@ -155,6 +155,9 @@ pub struct Route {
     pub auth: Auth,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_model: Option<String>,
+    /// Model names served without the route prefix: exact names, or prefixes ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<TopicSource>,
 }

@@ -32,6 +32,7 @@ pub fn route(name: &str, provider: Provider, url: &str, auth: Auth) -> Route {
         api_version: None,
         auth,
         target_model: None,
+        models: Vec::new(),
         topics: vec![],
     }
 }

@@ -650,7 +650,8 @@ async fn read_capped(
 
 /// `GET {base}/models`: the models this proxy routes to, as `<route>/<model>` ids. A route
 /// with a target model lists that one; an OpenAI-family route without one lists its
-/// upstream's models. Routes that cannot answer are left out.
+/// upstream's models. Routes that cannot answer are left out. Bare model names follow: each
+/// route's exact `models`, and the upstream's models its `prefix*` names would send to it.
 async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx: Ctx) -> Response {
     let (parts, _) = req.into_parts();
     let lookups = proxy.routes.iter().map(|route| {
@@ -666,22 +667,39 @@ async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx:
     });
     let results = futures::future::join_all(lookups).await;
     let mut data = Vec::new();
+    let mut bare: Vec<serde_json::Value> = Vec::new();
+    let mut bare_seen = std::collections::HashSet::new();
     let mut served_by: Vec<&str> = Vec::new();
     let mut failures = Vec::new();
-    for (route, ids) in results {
+    let entry = |id: &str, route: &CompiledRoute| {
+        serde_json::json!({
+            "id": id,
+            "object": "model",
+            "created": 0,
+            "owned_by": route.provider.as_str(),
+        })
+    };
+    for (index, (route, ids)) in results.into_iter().enumerate() {
+        let exact = route.models.iter().filter(|m| !m.ends_with('*'));
+        for name in exact {
+            if bare_seen.insert(name.to_string()) {
+                bare.push(entry(name, route));
+            }
+        }
         match ids {
             Ok(ids) => {
                 if !ids.is_empty() {
                     served_by.push(&route.name);
                 }
-                data.extend(ids.into_iter().map(|id| {
-                    serde_json::json!({
-                        "id": format!("{}/{id}", route.name),
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": route.provider.as_str(),
-                    })
-                }));
+                for id in &ids {
+                    if proxy.bare.route(id) == Some(index) && bare_seen.insert(id.clone()) {
+                        bare.push(entry(id, route));
+                    }
+                }
+                data.extend(
+                    ids.into_iter()
+                        .map(|id| entry(&format!("{}/{id}", route.name), route)),
+                );
             }
             Err(e) => {
                 warn!(parent: &ctx.span, route = &*route.name, error = %e, "cannot list the route's models");
@@ -689,6 +707,7 @@ async fn list_models(state: &AppState, proxy: &CompiledProxy, req: Request, ctx:
             }
         }
     }
+    data.extend(bare);
     if data.is_empty() && !failures.is_empty() {
         return ctx.reject_unrouted(&ProxyError::UpstreamUnavailable(failures.join("; ")));
     }

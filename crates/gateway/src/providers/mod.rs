@@ -152,6 +152,7 @@ mod tests {
             api_version: None,
             auth,
             target_model: None,
+            models: Vec::new(),
             topics: vec![],
         }
     }

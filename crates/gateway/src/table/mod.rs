@@ -101,6 +101,50 @@ pub struct CompiledProxy {
     pub(crate) semantic: Option<Arc<ProxySemantic>>,
     /// Client authentication, rate limits and budget.
     pub(crate) governance: crate::governance::ProxyGovernance,
+    /// The routes' bare model names.
+    pub(crate) bare: BareModels,
+}
+
+/// The bare model names of a proxy's routes: exact names, and prefixes longest first.
+#[derive(Debug, Default)]
+pub(crate) struct BareModels {
+    exact: HashMap<Box<str>, usize>,
+    prefixes: Vec<(Box<str>, usize)>,
+}
+
+impl BareModels {
+    fn compile(routes: &[switchyard_model::Route]) -> Result<BareModels, String> {
+        let mut bare = BareModels::default();
+        for (index, route) in routes.iter().enumerate() {
+            for model in &route.models {
+                let taken = match model.strip_suffix('*') {
+                    Some(prefix) => {
+                        let taken = bare.prefixes.iter().any(|(p, _)| **p == *prefix);
+                        bare.prefixes.push((prefix.into(), index));
+                        taken
+                    }
+                    None => bare.exact.insert(model.as_str().into(), index).is_some(),
+                };
+                if taken {
+                    return Err(format!("the model name '{model}' is listed by two routes"));
+                }
+            }
+        }
+        bare.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        Ok(bare)
+    }
+
+    /// The route serving `model` by its bare name: an exact name first, then the longest
+    /// prefix.
+    pub(crate) fn route(&self, model: &str) -> Option<usize> {
+        if let Some(index) = self.exact.get(model) {
+            return Some(*index);
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| model.starts_with(&**prefix))
+            .map(|(_, index)| *index)
+    }
 }
 
 /// A route, ready to serve.
@@ -109,6 +153,8 @@ pub struct CompiledRoute {
     pub name: Arc<str>,
     pub provider: Provider,
     pub target_model: Option<Arc<str>>,
+    /// Its bare model names (exact, or `prefix*`), as configured.
+    pub(crate) models: Box<[Box<str>]>,
     /// The `x-switchyard-route` value.
     pub(crate) name_header: HeaderValue,
     pub(crate) upstream: Upstream,
@@ -275,6 +321,7 @@ fn compile_proxy(
             name: Arc::from(route.name.as_str()),
             provider: route.provider,
             target_model: route.target_model.as_deref().map(Arc::from),
+            models: route.models.iter().map(|m| m.as_str().into()).collect(),
             name_header,
             upstream,
             metrics: std::sync::OnceLock::new(),
@@ -305,6 +352,7 @@ fn compile_proxy(
     let semantic = engine
         .compile_proxy(spec, service, &snapshot.topics)
         .map_err(fail)?;
+    let bare = BareModels::compile(&spec.routes).map_err(fail)?;
     Ok(CompiledProxy {
         id: proxy.id,
         version: proxy.version,
@@ -316,6 +364,7 @@ fn compile_proxy(
         fallback,
         semantic,
         governance: crate::governance::ProxyGovernance::compile(spec),
+        bare,
     })
 }
 
@@ -357,6 +406,7 @@ pub(crate) mod tests {
                 api_key: Secret::new("k"),
             },
             target_model: target.map(Into::into),
+            models: Vec::new(),
             topics: vec![],
         }
     }

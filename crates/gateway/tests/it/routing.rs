@@ -431,3 +431,60 @@ async fn models_lists_what_each_route_serves() {
     let resp = client().post(url(&gw, "/p/models")).send().await.unwrap();
     assert_eq!(error_of(resp).await.0, 405);
 }
+
+/// Bare model names (a route's `models`) reach their route with the model as sent, and
+/// `GET /models` lists them beside the `<route>/<model>` ids.
+#[tokio::test]
+async fn bare_model_names_reach_their_route_and_are_listed() {
+    let a = MockOpenAi::start().await.unwrap();
+    let b = MockOpenAi::start().await.unwrap();
+    let mut openai = openai_route("openai", &a.base_url(), MOCK_API_KEY);
+    openai.models = vec!["gpt-4*".into(), "o4-mini".into()];
+    let mut fixed = with_target(
+        openai_route("fixed", &b.base_url(), MOCK_API_KEY),
+        "llama-3",
+    );
+    fixed.models = vec!["llama*".into()];
+    let (_cp, gw, _cache) = serving(vec![proxy("p", "/p", vec![openai, fixed], None)]).await;
+
+    for (model, route, upstream) in [
+        ("gpt-4.1", "openai", "gpt-4.1"),
+        ("o4-mini", "openai", "o4-mini"),
+        ("llama-3.3-70b", "fixed", "llama-3"),
+        ("openai/llama-9", "openai", "llama-9"),
+    ] {
+        let resp = post(&gw, "/p/v1/chat/completions", &chat(Some(model))).await;
+        assert_eq!(resp.status(), 200, "{model}");
+        assert_stamped(&resp, route, upstream);
+        assert_eq!(reply_of(resp).await, reply_text(upstream), "{model}");
+    }
+    let seen: Value = serde_json::from_slice(&a.last_request().unwrap().body).unwrap();
+    assert_eq!(seen["model"], "llama-9");
+    // Not listed, no fallback: the unknown-route error, as before.
+    let resp = post(&gw, "/p/v1/chat/completions", &chat(Some("claude-4"))).await;
+    assert_eq!(error_of(resp).await.0, 404);
+
+    let resp = get(&gw, "/p/v1/models").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "openai/gpt-4o-mini",
+            "openai/gpt-4.1",
+            "fixed/llama-3",
+            // Bare: the exact name, the upstream's models its prefix sends there, and the
+            // target model of a route whose prefix covers it.
+            "o4-mini",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "llama-3",
+        ]
+    );
+}

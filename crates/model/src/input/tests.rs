@@ -681,3 +681,50 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn bare_model_names_are_exact_or_prefixes_and_lead_to_one_route() {
+    let mut v = contract_example();
+    v["routes"][0]["models"] = json!(["gpt-4.1", "gpt-5*", "o4-mini"]);
+    v["routes"][1]["models"] = json!(["claude-*", "anthropic.claude-sonnet-4"]);
+    let spec = validate(&v).unwrap();
+    assert_eq!(spec.routes[0].models, ["gpt-4.1", "gpt-5*", "o4-mini"]);
+    // Stored and served back as given.
+    let back: ProxySpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+    assert_eq!(back.routes[1].models, spec.routes[1].models);
+
+    let refused = |models_0: Value, models_1: Value| {
+        let mut v = contract_example();
+        v["routes"][0]["models"] = models_0;
+        v["routes"][1]["models"] = models_1;
+        let e = err(&v);
+        (e.code, e.field)
+    };
+    // The same name, or the same prefix, on two routes: which route serves is ambiguous.
+    assert_eq!(
+        refused(json!(["gpt-5*"]), json!(["x", "gpt-5*"])),
+        (ErrorCode::RuleViolated, "routes[1].models[1]".to_owned())
+    );
+    assert_eq!(
+        refused(json!(["gpt-4.1"]), json!(["gpt-4.1"])),
+        (ErrorCode::RuleViolated, "routes[1].models[0]".to_owned())
+    );
+    // Listed twice on one route.
+    assert_eq!(
+        refused(json!(["a", "a"]), json!([])),
+        (ErrorCode::RuleViolated, "routes[0].models[1]".to_owned())
+    );
+    // '*' alone (that is the fallback's job), '*' inside a name, spaces, empty.
+    for bad in ["*", "gpt-*-mini", "gpt 5", "", "**"] {
+        assert_eq!(
+            refused(json!([bad]), json!([])),
+            (ErrorCode::InvalidValue, "routes[0].models[0]".to_owned()),
+            "{bad:?}"
+        );
+    }
+    let too_many: Vec<String> = (0..=MODELS_PER_ROUTE).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        refused(json!(too_many), json!([])),
+        (ErrorCode::LimitExceeded, "routes[0].models".to_owned())
+    );
+}

@@ -494,6 +494,7 @@ fn route_to_pb(r: &Route) -> pb::Route {
         auth: Some(pb::Auth { kind: Some(kind) }),
         target_model: r.target_model.clone(),
         topics: r.topics.iter().map(topic_to_pb).collect(),
+        models: r.models.clone(),
     }
 }
 
@@ -545,6 +546,7 @@ fn route_from_pb(r: pb::Route) -> Result<Route, InvalidSnapshot> {
         api_version: r.api_version,
         auth,
         target_model: r.target_model,
+        models: r.models,
         topics: r.topics.into_iter().map(topic_from_pb).collect(),
     })
 }
@@ -607,6 +609,7 @@ mod tests {
             "routes": [
                 {"name": "a", "provider": "openai", "url": "https://x/v1",
                  "auth": {"type": "static", "api_key": "sk"}, "target_model": "m",
+                 "models": ["gpt-4.1", "gpt-5*"],
                  "topics": [{"name": "t", "utterances": ["hello"]}, {"ref": "billing"}]},
                 {"name": "b", "provider": "bedrock", "url": "https://y", "region": "us-east-1",
                  "target_model": "anthropic/x",

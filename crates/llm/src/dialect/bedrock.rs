@@ -5,7 +5,9 @@
 //! order, wherever they stood); tool results become `toolResult` blocks in a user message and
 //! consecutive messages of one role are merged, since Converse wants alternating roles; images
 //! must be inline (png, jpeg, gif, webp); `json_schema` output uses `outputConfig.textFormat`.
-//! Refused with [`LlmError::Unsupported`]: `seed`, `top_k`, non-zero penalties,
+//! `top_k` goes to Anthropic Claude models as `additionalModelRequestFields.top_k` (their
+//! native parameter); other models have no portable one.
+//! Refused with [`LlmError::Unsupported`]: `seed`, `top_k` for non-Claude models, non-zero penalties,
 //! `reasoning_effort` (other than `none`), `parallel_tool_calls: false`, `json_object` mode,
 //! image URLs, `tool_choice: none` with tool calls in the history. `user` is not sent.
 //!
@@ -333,12 +335,21 @@ fn image_format(media_type: &str) -> Option<&'static str> {
     })
 }
 
-/// Renders the canonical request as a Converse body. The model goes in the URL path.
-pub fn render_request(req: &ChatRequest) -> Result<Bytes, LlmError> {
+/// Renders the canonical request as a Converse body for `model_id` (which goes in the URL
+/// path; model-specific fields depend on it).
+pub fn render_request(req: &ChatRequest, model_id: &str) -> Result<Bytes, LlmError> {
     check_translatable(req, PROVIDER)?;
     let refuse = |field: &str, why: &str| Err(LlmError::unsupported(PROVIDER, field, why));
-    if req.top_k.is_some() {
-        return refuse("top_k", "converse has no portable top-k parameter");
+    let claude = model_id.contains("anthropic.");
+    let mut additional = serde_json::Map::new();
+    if let Some(k) = req.top_k {
+        if !claude {
+            return refuse(
+                "top_k",
+                "converse has no portable top-k parameter (it is passed to Anthropic Claude models only)",
+            );
+        }
+        additional.insert("top_k".into(), Value::from(k));
     }
     if req.seed.is_some() {
         return refuse("seed", "converse has no seed parameter");
@@ -556,7 +567,8 @@ pub fn render_request(req: &ChatRequest) -> Result<Bytes, LlmError> {
         inference_config: has_inference.then_some(inference),
         tool_config,
         output_config,
-        additional_model_request_fields: None,
+        additional_model_request_fields: (!additional.is_empty())
+            .then(|| Value::Object(additional)),
         request_metadata: (!req.metadata.is_empty()).then(|| req.metadata.clone()),
     })
 }
@@ -691,11 +703,27 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
             })
         }
     };
-    if wire.additional_model_request_fields.is_some() {
-        untranslatable.push(Untranslatable::new(
-            "additionalModelRequestFields",
-            "model-specific fields",
-        ));
+    // Claude's `top_k` is the one model-specific field with a canonical meaning.
+    let mut top_k = None;
+    if let Some(fields) = wire.additional_model_request_fields {
+        let mut other = false;
+        match fields {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v.as_u64().and_then(|n| u32::try_from(n).ok())) {
+                        ("top_k", Some(n)) => top_k = Some(n),
+                        _ => other = true,
+                    }
+                }
+            }
+            _ => other = true,
+        }
+        if other {
+            untranslatable.push(Untranslatable::new(
+                "additionalModelRequestFields",
+                "model-specific fields",
+            ));
+        }
     }
     let inference = wire.inference_config.unwrap_or_default();
     Ok(ChatRequest {
@@ -705,6 +733,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         response_format,
         temperature: inference.temperature,
         top_p: inference.top_p,
+        top_k,
         max_tokens: inference.max_tokens,
         stop: inference.stop_sequences,
         metadata: wire.request_metadata.unwrap_or_default(),
@@ -1276,7 +1305,7 @@ mod tests {
 
     #[test]
     fn openai_request_to_converse_field_by_field() {
-        let body = render_request(&openai_request()).unwrap();
+        let body = render_request(&openai_request(), NOVA).unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["system"], json!([{"text": "be brief"}]));
         assert_eq!(v["messages"].as_array().unwrap().len(), 3);
@@ -1340,6 +1369,34 @@ mod tests {
         assert_eq!(back.max_tokens, Some(300));
     }
 
+    /// A model without model-specific fields of ours.
+    const NOVA: &str = "amazon.nova-pro-v1:0";
+
+    #[test]
+    fn top_k_goes_to_claude_models_only() {
+        let mut req = openai_request();
+        req.top_k = Some(40);
+        for claude in [
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        ] {
+            let body = render_request(&req, claude).unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["additionalModelRequestFields"], json!({"top_k": 40}));
+            // Read back as the canonical top_k, not as an untranslatable field.
+            let back = parse_request(&body).unwrap();
+            assert_eq!(back.top_k, Some(40));
+            assert!(back.untranslatable.is_empty(), "{:?}", back.untranslatable);
+        }
+        let v: Value =
+            serde_json::from_slice(&render_request(&openai_request(), NOVA).unwrap()).unwrap();
+        assert!(v.get("additionalModelRequestFields").is_none());
+        // Other model-specific fields stay untranslatable.
+        let other = br#"{"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+            "additionalModelRequestFields": {"top_k": 5, "reasoning_config": {"type": "enabled"}}}"#;
+        assert_eq!(parse_request(other).unwrap().untranslatable.len(), 1);
+    }
+
     #[test]
     fn refuses_what_converse_cannot_honour() {
         type Mutation = Box<dyn Fn(&mut ChatRequest)>;
@@ -1380,7 +1437,7 @@ mod tests {
         for (field, mutate) in cases {
             let mut req = openai_request();
             mutate(&mut req);
-            match render_request(&req) {
+            match render_request(&req, NOVA) {
                 Err(LlmError::Unsupported {
                     field: f, provider, ..
                 }) => {
@@ -1393,7 +1450,7 @@ mod tests {
         let mut req = openai_request();
         req.messages.truncate(2);
         req.tool_choice = Some(ToolChoice::None);
-        let v: Value = serde_json::from_slice(&render_request(&req).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&render_request(&req, NOVA).unwrap()).unwrap();
         assert!(v.get("toolConfig").is_none());
     }
 

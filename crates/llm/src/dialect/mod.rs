@@ -39,15 +39,37 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<serde_json::Value, LlmError> {
     Ok(value)
 }
 
-/// Top-level keys of `value` not in `known`.
+/// Top-level keys of `value` not in `known`, except those sent at a value that changes
+/// nothing ([`is_neutral`]).
 pub(crate) fn unknown_keys(value: &serde_json::Value, known: &[&str]) -> Vec<String> {
     match value.as_object() {
         Some(map) => map
-            .keys()
-            .filter(|k| !known.contains(&k.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(k, v)| !known.contains(&k.as_str()) && !is_neutral(k, v))
+            .map(|(k, _)| k.clone())
             .collect(),
         None => Vec::new(),
+    }
+}
+
+/// Whether a field a dialect does not translate is sent at its neutral value: `null` (the
+/// APIs read it as not sent), or its documented default. Such a field changes nothing, so it
+/// passes (and is dropped when translating) instead of being refused; any other value is
+/// refused as before.
+fn is_neutral(field: &str, value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    if value.is_null() {
+        return true;
+    }
+    match field {
+        // Chat Completions: no bias, text out only.
+        "logit_bias" => value.as_object().is_some_and(serde_json::Map::is_empty),
+        "modalities" => {
+            matches!(value.as_array().map(Vec::as_slice), Some([Value::String(m)]) if m == "text")
+        }
+        // Responses: run in the foreground.
+        "background" => value == &Value::Bool(false),
+        _ => false,
     }
 }
 

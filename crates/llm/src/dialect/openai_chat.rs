@@ -40,6 +40,10 @@ struct WireRequest {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
+    /// Not OpenAI's, but sent by clients that target several providers (LiteLLM, the Vercel
+    /// AI SDK): Gemini's `topK`, Anthropic's `top_k`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +84,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "response_format",
     "temperature",
     "top_p",
+    "top_k",
     "max_tokens",
     "max_completion_tokens",
     "stop",
@@ -409,7 +414,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, LlmError> {
         response_format,
         temperature: wire.temperature,
         top_p: wire.top_p,
-        top_k: None,
+        top_k: wire.top_k,
         max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
         stop,
         seed: wire.seed,
@@ -724,6 +729,8 @@ pub fn render_request(
         response_format,
         temperature: req.temperature,
         top_p: req.top_p,
+        // Refused above: no OpenAI-family upstream takes it.
+        top_k: None,
         max_tokens,
         max_completion_tokens,
         stop: if req.stop.is_empty() {
@@ -1459,6 +1466,54 @@ mod tests {
         );
         let err = render_request(&req, ChatFlavor::OpenAi, "openai").unwrap_err();
         assert!(matches!(err, LlmError::Unsupported { .. }));
+    }
+
+    #[test]
+    fn neutral_values_pass_and_changing_values_are_refused() {
+        // What real clients send at its default: changes nothing, so it is translatable.
+        let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "logit_bias": {}, "modalities": ["text"], "prediction": null, "audio": null,
+            "web_search_options": null}"#;
+        let req = parse_request(body.as_bytes()).unwrap();
+        assert!(req.untranslatable.is_empty(), "{:?}", req.untranslatable);
+        let gemini: Value =
+            serde_json::from_slice(&super::super::gemini::render_request(&req, "g").unwrap())
+                .unwrap();
+        assert!(gemini.get("logit_bias").is_none() && gemini.get("modalities").is_none());
+        // A value that would change the answer is still refused.
+        for (field, value) in [
+            ("logit_bias", r#"{"50256": -100}"#),
+            ("modalities", r#"["text", "audio"]"#),
+            ("modalities", r#"["audio"]"#),
+            ("prediction", r#"{"type": "content", "content": "x"}"#),
+        ] {
+            let body = format!(
+                r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "{field}": {value}}}"#
+            );
+            let req = parse_request(body.as_bytes()).unwrap();
+            assert_eq!(req.untranslatable.len(), 1, "{body}");
+            assert!(
+                req.untranslatable[0].to_string().starts_with(field),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_k_is_read_for_providers_that_have_it() {
+        let body =
+            r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": 40}"#;
+        let req = parse_request(body.as_bytes()).unwrap();
+        assert_eq!(req.top_k, Some(40));
+        let gemini: Value =
+            serde_json::from_slice(&super::super::gemini::render_request(&req, "g").unwrap())
+                .unwrap();
+        assert_eq!(gemini["generationConfig"]["topK"], 40);
+        // OpenAI-family upstreams have none: refused when translating there.
+        assert!(matches!(
+            render_request(&req, ChatFlavor::OpenAi, "openai"),
+            Err(LlmError::Unsupported { field, .. }) if field == "top_k"
+        ));
     }
 
     #[test]

@@ -1453,7 +1453,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stateful.untranslatable.len(), 2);
-        assert!(bedrock::render_request(&stateful).is_err());
+        assert!(bedrock::render_request(&stateful, "amazon.nova-pro-v1:0").is_err());
 
         for (bad, field) in [
             (r#"{"model": "m"}"#, "input"),
@@ -1478,11 +1478,13 @@ mod tests {
     fn responses_request_translates_to_converse_and_gemini() {
         let mut req = parse_request(REQUEST.as_bytes()).unwrap();
         assert!(
-            bedrock::render_request(&req).is_err(),
+            bedrock::render_request(&req, "amazon.nova-pro-v1:0").is_err(),
             "reasoning effort is refused"
         );
         req.reasoning_effort = None;
-        let v: Value = serde_json::from_slice(&bedrock::render_request(&req).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&bedrock::render_request(&req, "amazon.nova-pro-v1:0").unwrap())
+                .unwrap();
         assert_eq!(
             v["messages"][1]["content"][1]["toolUse"]["toolUseId"],
             "call_1"
@@ -1715,6 +1717,29 @@ mod tests {
             let mut d = ResponsesStreamDecoder::new();
             let _ = d.push(&body);
             let _ = d.finish();
+        }
+    }
+
+    #[test]
+    fn neutral_values_pass_and_changing_values_are_refused() {
+        let body = br#"{"model": "m", "input": "hi", "background": false,
+            "previous_response_id": null, "conversation": null, "prompt": null}"#;
+        let req = parse_request(body).unwrap();
+        assert!(req.untranslatable.is_empty(), "{:?}", req.untranslatable);
+        assert!(bedrock::render_request(&req, "amazon.nova-pro-v1:0").is_ok());
+        for (field, value) in [
+            ("background", "true"),
+            ("previous_response_id", r#""resp_1""#),
+            ("conversation", r#""conv_1""#),
+            ("prompt", r#"{"id": "pmpt_1"}"#),
+        ] {
+            let body = format!(r#"{{"model": "m", "input": "hi", "{field}": {value}}}"#);
+            let req = parse_request(body.as_bytes()).unwrap();
+            assert_eq!(req.untranslatable.len(), 1, "{body}");
+            assert!(
+                req.untranslatable[0].to_string().starts_with(field),
+                "{body}"
+            );
         }
     }
 }

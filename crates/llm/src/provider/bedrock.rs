@@ -110,7 +110,7 @@ pub(crate) fn build_at(
             "bedrock routes need aws credentials (access key id and secret)".into(),
         ));
     }
-    let body = bedrock::render_request(req)?;
+    let body = bedrock::render_request(req, bedrock_model_id(&target.model))?;
     let action = if req.stream {
         "converse-stream"
     } else {

@@ -295,6 +295,14 @@ pub struct ChatResponse {
     pub usage: Option<Usage>,
 }
 
+impl ChatResponse {
+    /// Honours `parallel_tool_calls: false` for upstreams that cannot be told: the first
+    /// tool call only.
+    pub fn keep_first_tool_call(&mut self) {
+        self.tool_calls.truncate(1);
+    }
+}
+
 /// Why generation stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum FinishReason {

@@ -373,7 +373,17 @@ impl InboundFormat {
 
     /// A fresh encoder for one streamed answer to `req` (its `model` is reported, and
     /// `stream_include_usage` decides OpenAI chat's final usage chunk).
+    /// With `parallel_tool_calls: false`, the encoder passes the first tool call only.
     pub fn stream_encoder(self, req: &ChatRequest) -> Box<dyn StreamEncoder> {
+        let encoder = self.plain_stream_encoder(req);
+        if req.parallel_tool_calls == Some(false) {
+            Box::new(crate::stream::FirstToolCallOnly(encoder))
+        } else {
+            encoder
+        }
+    }
+
+    fn plain_stream_encoder(self, req: &ChatRequest) -> Box<dyn StreamEncoder> {
         match self {
             InboundFormat::OpenAiChat => Box::new(openai_chat::ChatStreamEncoder::new(
                 req.model.clone(),

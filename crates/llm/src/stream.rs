@@ -35,6 +35,27 @@ pub trait StreamEncoder: Send {
     fn finish(&mut self) -> Bytes;
 }
 
+/// `parallel_tool_calls: false` for upstreams that cannot be told (Gemini, Bedrock Converse):
+/// the client's encoder sees the answer's first tool call only.
+pub struct FirstToolCallOnly(pub Box<dyn StreamEncoder>);
+
+impl StreamEncoder for FirstToolCallOnly {
+    fn push(&mut self, event: &StreamEvent) -> Bytes {
+        match event {
+            StreamEvent::ToolCallStart { index, .. } | StreamEvent::ToolCallDelta { index, .. }
+                if *index > 0 =>
+            {
+                Bytes::new()
+            }
+            _ => self.0.push(event),
+        }
+    }
+
+    fn finish(&mut self) -> Bytes {
+        self.0.finish()
+    }
+}
+
 /// How an upstream stream is framed: server-sent events or AWS event-stream messages.
 pub trait Framing: Send + Default {
     /// One frame (an SSE event, an event-stream message).

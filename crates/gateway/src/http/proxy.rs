@@ -580,6 +580,7 @@ async fn respond(
                 .canonical()
                 .map(|r| r.stream_include_usage)
                 .unwrap_or(false),
+            parallel_tool_calls: inbound.canonical().ok().and_then(|r| r.parallel_tool_calls),
             ..ChatRequest::default()
         };
         let filter = BodyFilter::translate(
@@ -600,10 +601,18 @@ async fn respond(
     let size = body.len();
     let format = inbound.format;
     let upstream_headers = headers.clone();
+    let one_tool_call = inbound
+        .canonical()
+        .is_ok_and(|r| r.parallel_tool_calls == Some(false));
     let translate = move || {
         target
             .parse_response(status, &upstream_headers, &body)
-            .map(|chat| (format.render_response(&chat), chat.usage))
+            .map(|mut chat| {
+                if one_tool_call {
+                    chat.keep_first_tool_call();
+                }
+                (format.render_response(&chat), chat.usage)
+            })
     };
     match ctx.offload.run(size, translate).await {
         Ok((out, usage)) => ctx.respond_json(out, Some(&headers), usage, route, model),

@@ -8,8 +8,10 @@
 //! `top_k` goes to Anthropic Claude models as `additionalModelRequestFields.top_k` (their
 //! native parameter); other models have no portable one.
 //! Refused with [`LlmError::Unsupported`]: `seed`, `top_k` for non-Claude models, non-zero penalties,
-//! `reasoning_effort` (other than `none`), `parallel_tool_calls: false`, `json_object` mode,
-//! image URLs, `tool_choice: none` with tool calls in the history. `user` is not sent.
+//! `reasoning_effort` (other than `none`), `json_object` mode, image URLs, `tool_choice: none`
+//! with tool calls in the history. `user` is not sent. Converse cannot be told to call one
+//! tool at a time, so `parallel_tool_calls: false` is honoured on the way back (the client gets
+//! the first call only: [`crate::stream::FirstToolCallOnly`]).
 //!
 //! Besides what the provider adapter needs (render requests, parse responses, errors and
 //! streams), the reverse directions are here too so mock servers can validate requests
@@ -364,12 +366,6 @@ pub fn render_request(req: &ChatRequest, model_id: &str) -> Result<Bytes, LlmErr
         return refuse(
             "reasoning_effort",
             "extended thinking is model-specific on bedrock; send the request without it",
-        );
-    }
-    if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
-        return refuse(
-            "parallel_tool_calls",
-            "converse cannot forbid parallel tool calls",
         );
     }
 
@@ -1410,10 +1406,6 @@ mod tests {
             (
                 "reasoning_effort",
                 Box::new(|r| r.reasoning_effort = Some("high".into())),
-            ),
-            (
-                "parallel_tool_calls",
-                Box::new(|r| r.parallel_tool_calls = Some(false)),
             ),
             (
                 "response_format",

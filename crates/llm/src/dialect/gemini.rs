@@ -11,8 +11,9 @@
 //! that is not a JSON object is sent as `{"output": text}`); tools use
 //! `parametersJsonSchema` and structured output `responseJsonSchema`, so plain JSON Schema
 //! passes unchanged; `reasoning_effort` becomes `thinkingLevel` (Gemini 3) or
-//! `thinkingBudget`; image URLs become `fileData`. `parallel_tool_calls: false` is refused;
-//! `user` and `metadata` are not sent.
+//! `thinkingBudget`; image URLs become `fileData`. Gemini cannot be told to call one function
+//! at a time, so `parallel_tool_calls: false` is honoured on the way back (the client gets the
+//! first call only: [`crate::stream::FirstToolCallOnly`]); `user` and `metadata` are not sent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -641,13 +642,6 @@ fn guess_mime(url: &str) -> Option<String> {
 /// the thinking parameter and the placeholder thought signature for Gemini 3).
 pub fn render_request(req: &ChatRequest, model: &str) -> Result<Bytes, LlmError> {
     check_translatable(req, PROVIDER)?;
-    if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
-        return Err(LlmError::unsupported(
-            PROVIDER,
-            "parallel_tool_calls",
-            "gemini cannot forbid parallel function calls",
-        ));
-    }
     let gemini3 = model.contains("gemini-3");
     let mut system_parts = Vec::new();
     let mut contents: Vec<WireContent> = Vec::new();
@@ -1687,6 +1681,74 @@ mod tests {
             let mut d = GeminiStreamDecoder::new();
             let _ = d.push(&body);
             let _ = d.finish();
+        }
+    }
+
+    /// `parallel_tool_calls: false` is not refused: Gemini is asked as usual (or for exactly
+    /// the named function), and the client gets the answer's first call only.
+    #[test]
+    fn parallel_tool_calls_false_is_honoured_on_the_way_back() {
+        use crate::InboundFormat;
+        let mut req = crate::dialect::openai_chat::parse_request(
+            br#"{"model": "m", "messages": [{"role": "user", "content": "weather in Paris and Rome"}],
+                "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+                "parallel_tool_calls": false}"#,
+        )
+        .unwrap();
+        assert!(render_request(&req, "gemini-2.5-flash").is_ok());
+        req.tool_choice = Some(ToolChoice::Function("weather".into()));
+        let v: Value =
+            serde_json::from_slice(&render_request(&req, "gemini-2.5-flash").unwrap()).unwrap();
+        assert_eq!(
+            v["toolConfig"]["functionCallingConfig"],
+            json!({"mode": "ANY", "allowedFunctionNames": ["weather"]})
+        );
+
+        // Two calls in one answer: the client sees the first.
+        let two = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "weather", "args": {"city": "Paris"}}},
+            {"functionCall": {"name": "weather", "args": {"city": "Rome"}}}]},
+            "finishReason": "STOP", "index": 0}]});
+        let mut chat = parse_response(two.to_string().as_bytes()).unwrap();
+        assert_eq!(chat.tool_calls.len(), 2);
+        chat.keep_first_tool_call();
+        let out: Value =
+            serde_json::from_slice(&InboundFormat::OpenAiChat.render_response(&chat)).unwrap();
+        let calls = out["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .unwrap();
+        assert_eq!(calls.len(), 1);
+        assert!(
+            calls[0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .contains("Paris")
+        );
+
+        // Streamed: the same, whatever the client's format.
+        let stream = format!("data: {}\r\n\r\n", two);
+        let events = decode_all(&mut GeminiStreamDecoder::new(), stream.as_bytes()).unwrap();
+        for format in [
+            InboundFormat::OpenAiChat,
+            InboundFormat::OpenAiResponses,
+            InboundFormat::Anthropic,
+        ] {
+            let mut one = format.stream_encoder(&req);
+            let text =
+                String::from_utf8(crate::stream::encode_all(&mut *one, &events).to_vec()).unwrap();
+            assert!(
+                text.contains("Paris") && !text.contains("Rome"),
+                "{format:?}: {text}"
+            );
+            req.parallel_tool_calls = None;
+            let mut both = format.stream_encoder(&req);
+            let text =
+                String::from_utf8(crate::stream::encode_all(&mut *both, &events).to_vec()).unwrap();
+            assert!(
+                text.contains("Paris") && text.contains("Rome"),
+                "{format:?}: {text}"
+            );
+            req.parallel_tool_calls = Some(false);
         }
     }
 }

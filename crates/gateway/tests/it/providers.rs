@@ -365,3 +365,62 @@ async fn gemini_proxies_pass_the_body_through() {
         "{v}"
     );
 }
+
+/// JSON mode on Bedrock: emulated with a forced tool; the client gets the JSON as the message
+/// content (and as text deltas when streaming), with a `stop` finish and no tool calls.
+#[tokio::test]
+async fn json_mode_on_bedrock_answers_json_content() {
+    let bedrock = MockBedrock::start().await.unwrap();
+    let (_cp, gw, _cache) = serving(vec![proxy(
+        "p",
+        "/p",
+        vec![bedrock_route(&bedrock, "claude", static_aws())],
+        None,
+    )])
+    .await;
+    let mut body = chat(Some("claude/anthropic.claude-3-haiku-20240307-v1:0"));
+    body["response_format"] = json!({"type": "json_object"});
+    let resp = post(&gw, "/p/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let message = &answer["choices"][0]["message"];
+    assert!(
+        message.get("tool_calls").is_none_or(Value::is_null),
+        "{answer}"
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    let content: Value = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
+    assert_eq!(content, json!({"city": "Paris", "unit": "celsius"}));
+    // What Bedrock was asked: the gateway's forced tool.
+    let asked = bedrock.last_request().unwrap().json();
+    assert_eq!(
+        asked["toolConfig"]["toolChoice"]["tool"]["name"],
+        "switchyard_json_answer"
+    );
+
+    body["stream"] = json!(true);
+    let resp = post(&gw, "/p/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let mut content = String::new();
+    let mut finish = None;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        assert!(choice["delta"].get("tool_calls").is_none(), "{line}");
+        if let Some(piece) = choice["delta"]["content"].as_str() {
+            content.push_str(piece);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+    }
+    let content: Value = serde_json::from_str(&content).unwrap();
+    assert_eq!(content, json!({"city": "Paris", "unit": "celsius"}));
+    assert_eq!(finish.as_deref(), Some("stop"));
+}

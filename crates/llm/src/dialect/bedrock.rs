@@ -8,8 +8,9 @@
 //! `top_k` goes to Anthropic Claude models as `additionalModelRequestFields.top_k` (their
 //! native parameter); other models have no portable one.
 //! Refused with [`LlmError::Unsupported`]: `seed`, `top_k` for non-Claude models, non-zero penalties,
-//! `reasoning_effort` (other than `none`), `json_object` mode, image URLs, `tool_choice: none`
-//! with tool calls in the history. `user` is not sent. Converse cannot be told to call one
+//! `reasoning_effort` (other than `none`), `json_object` mode together with tools, image URLs,
+//! `tool_choice: none` with tool calls in the history. `json_object` mode alone is a forced
+//! tool ([`JSON_TOOL`]) whose input comes back as the answer's text, streamed or not. `user` is not sent. Converse cannot be told to call one
 //! tool at a time, so `parallel_tool_calls: false` is honoured on the way back (the client gets
 //! the first call only: [`crate::stream::FirstToolCallOnly`]).
 //!
@@ -337,6 +338,9 @@ fn image_format(media_type: &str) -> Option<&'static str> {
     })
 }
 
+/// The tool JSON mode is emulated with (its input is the answer; see [`render_request`]).
+pub const JSON_TOOL: &str = "switchyard_json_answer";
+
 /// Renders the canonical request as a Converse body for `model_id` (which goes in the URL
 /// path; model-specific fields depend on it).
 pub fn render_request(req: &ChatRequest, model_id: &str) -> Result<Bytes, LlmError> {
@@ -466,7 +470,44 @@ pub fn render_request(req: &ChatRequest, model_id: &str) -> Result<Bytes, LlmErr
         }
     }
 
-    let tool_config = if req.tools.is_empty() {
+    if let Some(i) = req.tools.iter().position(|t| t.name == JSON_TOOL) {
+        return refuse(
+            &format!("tools[{i}].function.name"),
+            "this name is reserved by the gateway (json mode on bedrock)",
+        );
+    }
+    let json_mode = req.response_format == Some(ResponseFormat::JsonObject);
+    if json_mode && !req.tools.is_empty() {
+        return refuse(
+            "response_format",
+            "json_object mode together with tools: on bedrock json mode is a forced tool of the \
+             gateway's, which would keep the model from calling yours (use json_schema)",
+        );
+    }
+    let tool_config = if json_mode {
+        // JSON mode, as Anthropic's own SDK guidance and peers do it: one tool whose input is
+        // the answer, forced; the answer's tool input comes back as the message text.
+        Some(WireToolConfig {
+            tools: vec![WireTool {
+                tool_spec: Some(WireToolSpec {
+                    name: JSON_TOOL.into(),
+                    description: Some(
+                        "Answer with a JSON object: the tool's input is the answer.".into(),
+                    ),
+                    input_schema: WireInputSchema {
+                        json: serde_json::json!({"type": "object", "additionalProperties": true}),
+                    },
+                    strict: None,
+                }),
+            }],
+            tool_choice: Some(WireToolChoice {
+                tool: Some(WireToolName {
+                    name: JSON_TOOL.into(),
+                }),
+                ..WireToolChoice::default()
+            }),
+        })
+    } else if req.tools.is_empty() {
         None
     } else {
         let tool_choice = match &req.tool_choice {
@@ -520,13 +561,7 @@ pub fn render_request(req: &ChatRequest, model_id: &str) -> Result<Bytes, LlmErr
     };
 
     let output_config = match &req.response_format {
-        None | Some(ResponseFormat::Text) => None,
-        Some(ResponseFormat::JsonObject) => {
-            return refuse(
-                "response_format",
-                "json_object mode; use json_schema (converse structured outputs)",
-            );
-        }
+        None | Some(ResponseFormat::Text) | Some(ResponseFormat::JsonObject) => None,
         Some(ResponseFormat::JsonSchema {
             name,
             description,
@@ -799,10 +834,18 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ApiError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| bad_body("converse", e))?;
     let mut text: Option<String> = None;
     let mut tool_calls = Vec::new();
+    let mut json_answer = false;
     for block in wire.output.message.map(|m| m.content).unwrap_or_default() {
         if let Some(t) = block.text {
             text.get_or_insert_with(String::new).push_str(&t);
         } else if let Some(u) = block.tool_use {
+            if u.name == JSON_TOOL {
+                // JSON mode: the forced tool's input is the answer.
+                json_answer = true;
+                text.get_or_insert_with(String::new)
+                    .push_str(&u.input.to_string());
+                continue;
+            }
             tool_calls.push(ToolCall {
                 id: u.tool_use_id,
                 name: u.name,
@@ -810,13 +853,17 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ApiError> {
             });
         }
     }
+    let mut finish_reason = finish_from_wire(&wire.stop_reason);
+    if json_answer && tool_calls.is_empty() && finish_reason == FinishReason::ToolCalls {
+        finish_reason = FinishReason::Stop;
+    }
     Ok(ChatResponse {
         id: new_id("chatcmpl-"),
         model: String::new(),
         created: now_unix(),
         text,
         tool_calls,
-        finish_reason: finish_from_wire(&wire.stop_reason),
+        finish_reason,
         usage: wire.usage.as_ref().map(usage_from_wire),
     })
 }
@@ -953,6 +1000,8 @@ pub struct ConverseEvents {
     failed: bool,
     /// contentBlockIndex → canonical tool-call index.
     tools: HashMap<u32, u32>,
+    /// contentBlockIndexes of JSON mode's tool (its input streams as the answer's text).
+    json_blocks: Vec<u32>,
 }
 
 impl ConverseEvents {
@@ -1008,6 +1057,10 @@ impl ConverseEvents {
                 self.start(out);
                 let start: WireBlockStart = Self::payload(&event, payload)?;
                 if let Some(tool) = start.start.tool_use {
+                    if tool.name == JSON_TOOL {
+                        self.json_blocks.push(start.content_block_index);
+                        return Ok(());
+                    }
                     let index = self.tools.len() as u32;
                     self.tools.insert(start.content_block_index, index);
                     out.push(StreamEvent::ToolCallStart {
@@ -1024,6 +1077,12 @@ impl ConverseEvents {
                     out.push(StreamEvent::TextDelta(text));
                 }
                 if let Some(tool) = delta.delta.tool_use {
+                    if self.json_blocks.contains(&delta.content_block_index) {
+                        if !tool.input.is_empty() {
+                            out.push(StreamEvent::TextDelta(tool.input));
+                        }
+                        return Ok(());
+                    }
                     let Some(&index) = self.tools.get(&delta.content_block_index) else {
                         return Err(StreamError::Payload(format!(
                             "tool input for block {} that never started",
@@ -1045,7 +1104,14 @@ impl ConverseEvents {
                 self.start(out);
                 let stop: WireMessageStop = Self::payload(&event, payload)?;
                 self.stopped = true;
-                out.push(StreamEvent::Finish(finish_from_wire(&stop.stop_reason)));
+                let mut finish = finish_from_wire(&stop.stop_reason);
+                if !self.json_blocks.is_empty()
+                    && self.tools.is_empty()
+                    && finish == FinishReason::ToolCalls
+                {
+                    finish = FinishReason::Stop;
+                }
+                out.push(StreamEvent::Finish(finish));
             }
             "metadata" => {
                 let meta: WireMetadata = Self::payload(&event, payload)?;
@@ -1407,10 +1473,6 @@ mod tests {
                 "reasoning_effort",
                 Box::new(|r| r.reasoning_effort = Some("high".into())),
             ),
-            (
-                "response_format",
-                Box::new(|r| r.response_format = Some(ResponseFormat::JsonObject)),
-            ),
             ("n", Box::new(|r| r.n = Some(3))),
             (
                 "tool_choice",
@@ -1679,5 +1741,89 @@ mod tests {
         fn request_parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_request(&body);
         }
+    }
+
+    /// JSON mode: a forced tool of the gateway's, whose input comes back as the message text
+    /// (streamed as text deltas), with a `stop` finish.
+    #[test]
+    fn json_mode_is_a_forced_tool_whose_input_is_the_answer() {
+        let mut req = openai_request();
+        req.tools.clear();
+        req.tool_choice = None;
+        req.messages.truncate(2);
+        req.response_format = Some(ResponseFormat::JsonObject);
+        let v: Value = serde_json::from_slice(&render_request(&req, NOVA).unwrap()).unwrap();
+        assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], JSON_TOOL);
+        assert_eq!(
+            v["toolConfig"]["toolChoice"],
+            json!({"tool": {"name": JSON_TOOL}})
+        );
+        assert!(v.get("outputConfig").is_none());
+
+        // Non-streamed answer.
+        let answer = json!({"output": {"message": {"role": "assistant", "content": [
+            {"toolUse": {"toolUseId": "t1", "name": JSON_TOOL, "input": {"city": "Paris", "n": 2}}}]}},
+            "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12}});
+        let resp = parse_response(answer.to_string().as_bytes()).unwrap();
+        assert!(resp.tool_calls.is_empty());
+        assert_eq!(resp.finish_reason, FinishReason::Stop);
+        let text: Value = serde_json::from_str(resp.text.as_deref().unwrap()).unwrap();
+        assert_eq!(text, json!({"city": "Paris", "n": 2}));
+
+        // Streamed: the tool's input arrives as text deltas.
+        let events = vec![
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "t1".into(),
+                name: JSON_TOOL.into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"city\": ".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "\"Paris\"}".into(),
+            },
+            StreamEvent::Finish(FinishReason::ToolCalls),
+        ];
+        let bytes = encode_all(&mut ConverseStreamEncoder::new(), &events);
+        let back = decode_all(&mut ConverseStreamDecoder::new(), &bytes).unwrap();
+        let text: String = back
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::TextDelta(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "{\"city\": \"Paris\"}");
+        assert!(
+            !back
+                .iter()
+                .any(|e| matches!(e, StreamEvent::ToolCallStart { .. }))
+        );
+        assert!(
+            back.contains(&StreamEvent::Finish(FinishReason::Stop)),
+            "{back:?}"
+        );
+
+        // With the client's own tools: refused (the forced tool would keep them from use).
+        let mut with_tools = openai_request();
+        with_tools.response_format = Some(ResponseFormat::JsonObject);
+        assert!(matches!(
+            render_request(&with_tools, NOVA),
+            Err(LlmError::Unsupported { field, .. }) if field == "response_format"
+        ));
+        // Nor may a client's tool take the gateway's name.
+        let mut named = openai_request();
+        named.tools[0].name = JSON_TOOL.into();
+        assert!(matches!(
+            render_request(&named, NOVA),
+            Err(LlmError::Unsupported { field, .. }) if field == "tools[0].function.name"
+        ));
     }
 }

@@ -45,6 +45,8 @@ pub struct ControlPlaneConfig {
     /// change); with `client_ca`, nodes must present a client certificate (mTLS, gRPC
     /// only: the admin API authenticates with its bearer token).
     pub tls: Option<switchyard_tls::ServerTls>,
+    /// When a client address is refused after failed admin authentications.
+    pub auth_throttle: api::ThrottleConfig,
 }
 
 impl ControlPlaneConfig {
@@ -61,6 +63,7 @@ impl ControlPlaneConfig {
             resync_interval: Duration::from_secs(5),
             metrics: None,
             tls: None,
+            auth_throttle: api::ThrottleConfig::default(),
         }
     }
 }
@@ -151,10 +154,12 @@ impl ControlPlane {
             hub: hub.clone(),
             limits: config.limits,
             admin_token: config.admin_token.clone(),
+            auth_throttle: api::AuthThrottle::new(config.auth_throttle),
             node_stale_after: config.node_stale_after,
             metrics: config.metrics.clone(),
         });
-        let app = api::router(state);
+        // The client's address reaches the handlers (the failed-authentication throttle).
+        let app = api::router(state).into_make_service_with_connect_info::<api::auth::ClientAddr>();
         let admin_cancel = cancel.clone();
         let admin_tls = tls.as_ref().map(|t| t.admin.clone());
         tasks.push(tokio::spawn(async move {
@@ -248,12 +253,15 @@ impl ControlPlane {
     /// `switchyard dev` to wire its own gateway node).
     pub async fn bootstrap_gateway(&self, name: &str) -> Result<String, StoreError> {
         let token = api::new_registration_token();
+        let audit = store::Audit::system("dev");
         if self.store.get_gateway(name).await?.is_some() {
             self.store
-                .set_gateway_token(name, &hash_token(&token))
+                .set_gateway_token(&audit, name, &hash_token(&token))
                 .await?;
         } else {
-            self.store.create_gateway(name, &hash_token(&token)).await?;
+            self.store
+                .create_gateway(&audit, name, &hash_token(&token))
+                .await?;
         }
         Ok(token)
     }

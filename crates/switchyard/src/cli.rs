@@ -186,6 +186,10 @@ pub struct ControlPlaneArgs {
     /// Serve the admin API without authentication (never in production).
     #[arg(long, env = "SWITCHYARD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Unknown admin tokens one client address may present within 10 minutes before it is
+    /// refused (429) for 10 minutes; 0 turns the throttle off.
+    #[arg(long, env = "SWITCHYARD_ADMIN_AUTH_MAX_FAILURES", default_value_t = switchyard_control_plane::api::ThrottleConfig::default().max_failures)]
+    pub admin_auth_max_failures: u32,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -829,6 +833,10 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         limits: args.limits.limits(),
         metrics: Some(install_metrics()?),
         tls: args.tls.config(),
+        auth_throttle: switchyard_control_plane::api::ThrottleConfig {
+            max_failures: args.admin_auth_max_failures,
+            ..Default::default()
+        },
         ..ControlPlaneConfig::new(database_url, key)
     };
     let cp = ControlPlane::start(config).await?;

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use rand::TryRngCore;
 use rand::distr::{Alphanumeric, SampleString};
@@ -18,7 +18,7 @@ use switchyard_model::governance::{
 use switchyard_model::{Consumer, ValidationError};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, expected_version};
+use super::{ApiError, AppState, Caller, expected_version};
 use crate::store::NewKey;
 
 /// A new consumer key: `sy_` and 32 base62 characters from the operating system's CSPRNG
@@ -50,10 +50,11 @@ fn notify(state: &AppState, gateways: &[String]) {
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let spec = parse_consumer_input(&body)?.validate(&state.limits)?;
-    let (consumer, gateways) = state.store.create_consumer(&spec).await?;
+    let (consumer, gateways) = state.store.create_consumer(&caller.audit(), &spec).await?;
     notify(&state, &gateways);
     tracing::info!(consumer = %consumer.spec.name, gateways = ?gateways, "consumer created");
     Ok((StatusCode::CREATED, Json(consumer)).into_response())
@@ -81,6 +82,7 @@ pub(super) async fn get(
 /// it could call before and can call now get a new config version.
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -97,7 +99,10 @@ pub(super) async fn update(
         .into());
     }
     let spec = input.validate(&state.limits)?;
-    let (consumer, gateways) = state.store.update_consumer(&spec, expected).await?;
+    let (consumer, gateways) = state
+        .store
+        .update_consumer(&caller.audit(), &spec, expected)
+        .await?;
     notify(&state, &gateways);
     tracing::info!(consumer = %name, version = consumer.version, gateways = ?gateways, "consumer updated");
     Ok(Json(consumer))
@@ -106,9 +111,10 @@ pub(super) async fn update(
 /// Deletes a consumer; its keys stop working on every node within a second.
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let gateways = state.store.delete_consumer(&name).await?;
+    let gateways = state.store.delete_consumer(&caller.audit(), &name).await?;
     notify(&state, &gateways);
     tracing::info!(consumer = %name, gateways = ?gateways, "consumer deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -117,6 +123,7 @@ pub(super) async fn delete(
 /// `POST /consumers/{name}/keys`: a new key, shown in this reply only.
 pub(super) async fn create_key(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -132,7 +139,10 @@ pub(super) async fn create_key(
         created_at: now,
         expires_at,
     };
-    let gateways = state.store.create_consumer_key(&name, &record).await?;
+    let gateways = state
+        .store
+        .create_consumer_key(&caller.audit(), &name, &record)
+        .await?;
     notify(&state, &gateways);
     tracing::info!(consumer = %name, key = %record.id, prefix = %record.prefix, gateways = ?gateways, "consumer key created");
     let mut response = (
@@ -157,10 +167,14 @@ pub(super) async fn create_key(
 /// second.
 pub(super) async fn revoke_key(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("key"))?;
-    let gateways = state.store.revoke_consumer_key(&name, id).await?;
+    let gateways = state
+        .store
+        .revoke_consumer_key(&caller.audit(), &name, id)
+        .await?;
     notify(&state, &gateways);
     tracing::info!(consumer = %name, key = %id, gateways = ?gateways, "consumer key revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -41,6 +41,11 @@ impl ApiError {
         )
     }
 
+    /// 403 `forbidden`; `message` names the right the caller lacks.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");
         Self::new(

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_model::validate_gateway_name;
 
-use super::{ApiError, AppState, parse_strict};
+use super::{ApiError, AppState, Caller, parse_strict};
 use crate::distribute::hash_token;
 use crate::store::{GatewayRecord, ProxyFailure};
 
@@ -97,6 +97,7 @@ async fn gateway_view(state: &AppState, g: GatewayRecord) -> Result<GatewayView,
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input: CreateGateway = parse_strict(&body)?;
@@ -104,7 +105,7 @@ pub(super) async fn create(
     let token = new_registration_token();
     let record = state
         .store
-        .create_gateway(&input.name, &hash_token(&token))
+        .create_gateway(&caller.audit(), &input.name, &hash_token(&token))
         .await?;
     tracing::info!(gateway = %record.name, "gateway created");
     let mut view = gateway_view(&state, record).await?;
@@ -136,9 +137,10 @@ pub(super) async fn get(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_gateway(&name).await?;
+    state.store.delete_gateway(&caller.audit(), &name).await?;
     state.hub.notify(&name);
     tracing::info!(gateway = %name, "gateway deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -147,12 +149,13 @@ pub(super) async fn delete(
 /// Issues a new registration token; the old one stops working for new connections.
 pub(super) async fn rotate_token(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let token = new_registration_token();
     state
         .store
-        .set_gateway_token(&name, &hash_token(&token))
+        .set_gateway_token(&caller.audit(), &name, &hash_token(&token))
         .await?;
     tracing::info!(gateway = %name, "registration token rotated");
     Ok(Json(json!({"name": name, "registration_token": token})))

@@ -1,6 +1,10 @@
 //! The admin REST API (`/api/v1`), plus `/healthz`, `/readyz` and `/metrics` (the latter
-//! behind the admin token, like the API: Prometheus scrapes with `authorization`).
+//! behind a `viewer` token or better, like the API's reads: Prometheus scrapes with
+//! `authorization`). Who may call what: [`endpoints`] and `auth.rs`.
 
+mod admin_tokens;
+mod audit;
+pub mod auth;
 mod consumers;
 mod error;
 mod gateways;
@@ -14,13 +18,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use subtle::ConstantTimeEq;
+use axum::routing::{MethodRouter, delete, get, post, put};
 use switchyard_model::{ErrorCode, Limits, ValidationError};
 
+pub use auth::{AuthThrottle, Caller, ClientAddr, Required, Role, ThrottleConfig};
 pub use error::ApiError;
 pub(crate) use gateways::new_registration_token;
 
@@ -39,75 +45,192 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub hub: Arc<Hub>,
     pub limits: Limits,
-    /// `None` only with `--insecure-no-auth`.
+    /// The command line's admin token (the admin `bootstrap`); `None` only with
+    /// `--insecure-no-auth`.
     pub admin_token: Option<String>,
+    /// Failed admin authentications per client address.
+    pub auth_throttle: AuthThrottle,
     pub node_stale_after: Duration,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/gateways", get(gateways::list).post(gateways::create))
-        .route(
-            "/gateways/{name}",
-            get(gateways::get).delete(gateways::delete),
-        )
-        .route(
+/// One endpoint of `/api/v1`: its method and path, the role it requires, and its handler.
+/// The router is built from [`endpoints`] alone, so no endpoint can exist without a
+/// required role (the OpenAPI document's `x-required-role` is checked against it).
+pub(crate) struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub required: Required,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+/// An endpoint served by `handler` for `method` (GET, POST, PUT or DELETE).
+fn ep<H, T>(method: Method, path: &'static str, required: Required, handler: H) -> Endpoint
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let handler = match method {
+        Method::POST => post(handler),
+        Method::PUT => put(handler),
+        Method::DELETE => delete(handler),
+        _ => get(handler),
+    };
+    Endpoint {
+        method,
+        path,
+        required,
+        handler,
+    }
+}
+
+/// Every endpoint of `/api/v1` with the role it requires. Reads need `viewer`; proxy writes
+/// `editor` (on the proxy's gateway, checked by their handlers); every other write `admin`.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    const NONE: Required = Required::Nothing;
+    const VIEWER: Required = Required::Role(Role::Viewer);
+    const EDITOR: Required = Required::Role(Role::Editor);
+    const ADMIN: Required = Required::Role(Role::Admin);
+    vec![
+        ep(M::GET, "/openapi.json", NONE, openapi),
+        ep(M::GET, "/gateways", VIEWER, gateways::list),
+        ep(M::POST, "/gateways", ADMIN, gateways::create),
+        ep(M::GET, "/gateways/{name}", VIEWER, gateways::get),
+        ep(M::DELETE, "/gateways/{name}", ADMIN, gateways::delete),
+        ep(
+            M::POST,
             "/gateways/{name}/registration-token",
-            post(gateways::rotate_token),
-        )
-        .route("/proxies", get(proxies::list).post(proxies::create))
-        .route(
-            "/proxies/{id}",
-            get(proxies::get)
-                .put(proxies::update)
-                .delete(proxies::delete),
-        )
-        .route(
+            ADMIN,
+            gateways::rotate_token,
+        ),
+        ep(M::GET, "/proxies", VIEWER, proxies::list),
+        ep(M::POST, "/proxies", EDITOR, proxies::create),
+        ep(M::GET, "/proxies/{id}", VIEWER, proxies::get),
+        ep(M::PUT, "/proxies/{id}", EDITOR, proxies::update),
+        ep(M::DELETE, "/proxies/{id}", EDITOR, proxies::delete),
+        ep(
+            M::GET,
             "/semantic-services",
-            get(semantic_services::list).post(semantic_services::create),
-        )
-        .route(
+            VIEWER,
+            semantic_services::list,
+        ),
+        ep(
+            M::POST,
+            "/semantic-services",
+            ADMIN,
+            semantic_services::create,
+        ),
+        ep(
+            M::GET,
             "/semantic-services/{name}",
-            get(semantic_services::get)
-                .put(semantic_services::update)
-                .delete(semantic_services::delete),
-        )
-        .route("/topics", get(topics::list).post(topics::create))
-        .route(
-            "/topics/{name}",
-            get(topics::get).put(topics::update).delete(topics::delete),
-        )
-        .route(
+            VIEWER,
+            semantic_services::get,
+        ),
+        ep(
+            M::PUT,
+            "/semantic-services/{name}",
+            ADMIN,
+            semantic_services::update,
+        ),
+        ep(
+            M::DELETE,
+            "/semantic-services/{name}",
+            ADMIN,
+            semantic_services::delete,
+        ),
+        ep(M::GET, "/topics", VIEWER, topics::list),
+        ep(M::POST, "/topics", ADMIN, topics::create),
+        ep(M::GET, "/topics/{name}", VIEWER, topics::get),
+        ep(M::PUT, "/topics/{name}", ADMIN, topics::update),
+        ep(M::DELETE, "/topics/{name}", ADMIN, topics::delete),
+        ep(
+            M::GET,
             "/topics/{name}/utterances",
-            get(topics::get_utterances).put(topics::put_utterances),
-        )
-        .route("/consumers", get(consumers::list).post(consumers::create))
-        .route(
-            "/consumers/{name}",
-            get(consumers::get)
-                .put(consumers::update)
-                .delete(consumers::delete),
-        )
-        .route("/consumers/{name}/keys", post(consumers::create_key))
-        .route(
+            VIEWER,
+            topics::get_utterances,
+        ),
+        ep(
+            M::PUT,
+            "/topics/{name}/utterances",
+            ADMIN,
+            topics::put_utterances,
+        ),
+        ep(M::GET, "/consumers", VIEWER, consumers::list),
+        ep(M::POST, "/consumers", ADMIN, consumers::create),
+        ep(M::GET, "/consumers/{name}", VIEWER, consumers::get),
+        ep(M::PUT, "/consumers/{name}", ADMIN, consumers::update),
+        ep(M::DELETE, "/consumers/{name}", ADMIN, consumers::delete),
+        ep(
+            M::POST,
+            "/consumers/{name}/keys",
+            ADMIN,
+            consumers::create_key,
+        ),
+        ep(
+            M::DELETE,
             "/consumers/{name}/keys/{id}",
-            axum::routing::delete(consumers::revoke_key),
-        )
-        .route("/prices", get(prices::list))
+            ADMIN,
+            consumers::revoke_key,
+        ),
+        ep(M::GET, "/prices", VIEWER, prices::list),
         // A model name may hold '/' (`anthropic/…`): the rest of the path is the name.
-        .route(
-            "/prices/{*model}",
-            get(prices::get).put(prices::put).delete(prices::delete),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .route("/openapi.json", get(openapi));
+        ep(M::GET, "/prices/{*model}", VIEWER, prices::get),
+        ep(M::PUT, "/prices/{*model}", ADMIN, prices::put),
+        ep(M::DELETE, "/prices/{*model}", ADMIN, prices::delete),
+        ep(M::GET, "/admin-tokens", VIEWER, admin_tokens::list),
+        ep(M::POST, "/admin-tokens", ADMIN, admin_tokens::create),
+        ep(
+            M::DELETE,
+            "/admin-tokens/{name}",
+            ADMIN,
+            admin_tokens::revoke,
+        ),
+        ep(M::GET, "/audit", VIEWER, audit::list),
+    ]
+}
+
+/// The role `/metrics` (outside `/api/v1`) requires.
+pub(crate) const METRICS_ROLE: Required = Required::Role(Role::Viewer);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut api = Router::new();
+    let mut public = Router::new();
+    for e in endpoints() {
+        let rule = auth::Rule {
+            endpoint: format!("{} {}", e.method, e.path),
+            required: e.required,
+        };
+        let handler = e
+            .handler
+            .route_layer(middleware::from_fn_with_state(rule, auth::authorize));
+        match e.required {
+            Required::Nothing => public = public.route(e.path, handler),
+            Required::Role(_) => api = api.route(e.path, handler),
+        }
+    }
+    let api = api
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .merge(public);
     Router::new()
         .nest("/api/v1", api)
         .route(
             "/metrics",
             get(metrics_text)
-                .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+                .route_layer(middleware::from_fn_with_state(
+                    auth::Rule {
+                        endpoint: "GET /metrics".into(),
+                        required: METRICS_ROLE,
+                    },
+                    auth::authorize,
+                ))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authenticate,
+                )),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -123,28 +246,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(auth::request_id))
         .with_state(state)
-}
-
-async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(expected) = &state.admin_token else {
-        return next.run(req).await;
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented {
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => {
-            next.run(req).await
-        }
-        _ => ApiError::unauthorized().into_response(),
-    }
 }
 
 /// A request method as a metric label: the methods the API serves, `other` for anything

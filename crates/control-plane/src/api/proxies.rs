@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use switchyard_model::{Proxy, ProxySpec, ValidationError, parse_proxy_input};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, expected_version};
+use super::{ApiError, AppState, Caller, expected_version};
 
 fn view(proxy: Proxy) -> Proxy {
     Proxy {
@@ -124,15 +124,17 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input = parse_proxy_input(&body)?;
     let spec = input.validate(&state.limits, None)?;
+    caller.require_gateway(&spec.gateway)?;
     let gateway = spec.gateway.clone();
     let warnings = write_warnings(&state, &spec).await?;
     let proxy = state
         .store
-        .create_proxy(&encrypt(&state, spec)?, &state.limits)
+        .create_proxy(&caller.audit(), &encrypt(&state, spec)?, &state.limits)
         .await?;
     state.hub.notify(&gateway);
     tracing::info!(proxy = %proxy.id, name = %proxy.spec.name, gateway = %gateway, "proxy created");
@@ -167,6 +169,7 @@ pub(super) async fn get(
 
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -182,13 +185,15 @@ pub(super) async fn update(
         .get_proxy(id)
         .await?
         .ok_or_else(|| ApiError::not_found("proxy"))?;
+    caller.require_gateway(&stored.spec.gateway)?;
     let previous = decrypt(&state, stored.spec)?;
     let spec = input.validate(&state.limits, Some(&previous))?;
+    caller.require_gateway(&spec.gateway)?;
     let old_gateway = previous.gateway.clone();
     let warnings = write_warnings(&state, &spec).await?;
     let proxy = state
         .store
-        .update_proxy(id, &encrypt(&state, spec)?, expected)
+        .update_proxy(&caller.audit(), id, &encrypt(&state, spec)?, expected)
         .await?;
     state.hub.notify(&old_gateway);
     tracing::info!(proxy = %proxy.id, version = proxy.version, "proxy updated");
@@ -197,9 +202,18 @@ pub(super) async fn update(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let proxy = state.store.delete_proxy(parse_id(&id)?).await?;
+    let id = parse_id(&id)?;
+    // A proxy never moves between gateways, so the gateway checked here is the one deleted from.
+    let stored = state
+        .store
+        .get_proxy(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("proxy"))?;
+    caller.require_gateway(&stored.spec.gateway)?;
+    let proxy = state.store.delete_proxy(&caller.audit(), id).await?;
     state.hub.notify(&proxy.spec.gateway);
     tracing::info!(proxy = %proxy.id, name = %proxy.spec.name, "proxy deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use switchyard_model::{SemanticService, parse_semantic_service_input};
 
-use super::{ApiError, AppState, expected_version};
+use super::{ApiError, AppState, Caller, expected_version};
 use crate::store::SemanticServiceRecord;
 
 /// A semantic service as the API shows it: the key redacted (`***`, absent when none).
@@ -45,12 +45,13 @@ fn encrypt(state: &AppState, service: SemanticService) -> Result<SemanticService
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let service = parse_semantic_service_input(&body)?.validate_new()?;
     let record = state
         .store
-        .create_semantic_service(&encrypt(&state, service)?)
+        .create_semantic_service(&caller.audit(), &encrypt(&state, service)?)
         .await?;
     tracing::info!(semantic_service = %record.service.name, "semantic service created");
     Ok((StatusCode::CREATED, Json(view(record))).into_response())
@@ -79,6 +80,7 @@ pub(super) async fn get(
 /// its nodes switch to the new definition.
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -97,7 +99,7 @@ pub(super) async fn update(
     let service = input.validate_replacement(&previous)?;
     let (record, gateways) = state
         .store
-        .update_semantic_service(&encrypt(&state, service)?, expected)
+        .update_semantic_service(&caller.audit(), &encrypt(&state, service)?, expected)
         .await?;
     for gateway in &gateways {
         state.hub.notify(gateway);
@@ -111,9 +113,13 @@ pub(super) async fn update(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_semantic_service(&name).await?;
+    state
+        .store
+        .delete_semantic_service(&caller.audit(), &name)
+        .await?;
     tracing::info!(semantic_service = %name, "semantic service deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,30 +15,48 @@ struct Api {
     http: reqwest::Client,
     store: Arc<Store>,
     keyring: Arc<Keyring>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Api {
     async fn start(limits: Limits) -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::connect(&format!("sqlite://{}/cp.db", dir.path().display()))
-                .await
-                .unwrap(),
-        );
+        let url = format!("sqlite://{}/cp.db", dir.path().display());
+        Api::start_on(
+            &url,
+            limits,
+            Some(TOKEN),
+            ThrottleConfig::default(),
+            Some(dir),
+        )
+        .await
+    }
+
+    /// An API on the store at `url` (`dir`, if any, holds it); `admin_token: None` is
+    /// `--insecure-no-auth`.
+    async fn start_on(
+        url: &str,
+        limits: Limits,
+        admin_token: Option<&str>,
+        throttle: ThrottleConfig,
+        dir: Option<tempfile::TempDir>,
+    ) -> Api {
+        let store = Arc::new(Store::connect(url).await.unwrap());
         let keyring = Arc::new(Keyring::new(&Keyring::generate_key(), &[]).unwrap());
         let state = Arc::new(AppState {
             store: store.clone(),
             keyring: keyring.clone(),
             hub: Arc::new(Hub::default()),
             limits,
-            admin_token: Some(TOKEN.into()),
+            admin_token: admin_token.map(str::to_owned),
+            auth_throttle: AuthThrottle::new(throttle),
             node_stale_after: Duration::from_secs(30),
             metrics: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let app = router(state).into_make_service_with_connect_info::<ClientAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
         Api {
             base,
             http: reqwest::Client::new(),

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use switchyard_model::{
     ErrorCode, LibraryTopic, ValidationError, parse_library_topic_input, parse_utterance_lines,
     validate_topic_name, validate_utterances,
 };
 
-use super::{ApiError, AppState, expected_version};
+use super::{ApiError, AppState, Caller, expected_version};
 use crate::store::{TopicRecord, TopicSummary};
 
 /// A topic as `GET /topics/{name}` and writes show it.
@@ -68,10 +68,14 @@ fn list_item(s: TopicSummary) -> TopicListItem {
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let topic = parse_library_topic_input(&body)?.validate_new(&state.limits)?;
-    let record = state.store.create_topic(&topic, &state.limits).await?;
+    let record = state
+        .store
+        .create_topic(&caller.audit(), &topic, &state.limits)
+        .await?;
     tracing::info!(topic = %record.topic.name, utterances = record.topic.utterances.len(), "library topic created");
     Ok((StatusCode::CREATED, Json(view(record))).into_response())
 }
@@ -122,6 +126,7 @@ pub(super) async fn get_utterances(
 /// a new config version, so its nodes switch to the new utterances.
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -129,13 +134,14 @@ pub(super) async fn update(
     let input = parse_library_topic_input(&body)?;
     let expected = expected_version(input.version, &headers)?;
     let topic = input.validate_replacement(&name, &state.limits)?;
-    replace(&state, topic, expected).await
+    replace(&state, &caller, topic, expected).await
 }
 
 /// `PUT /topics/{name}/utterances`: replaces only the utterances, from a `text/plain` body
 /// (one per line) or a JSON array of strings. `If-Match` may name the version replaced.
 pub(super) async fn put_utterances(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -182,15 +188,19 @@ pub(super) async fn put_utterances(
         utterances,
         ..stored.topic
     };
-    replace(&state, topic, expected).await
+    replace(&state, &caller, topic, expected).await
 }
 
 async fn replace(
     state: &AppState,
+    caller: &Caller,
     topic: LibraryTopic,
     expected: Option<u64>,
 ) -> Result<Json<TopicView>, ApiError> {
-    let (record, gateways) = state.store.update_topic(&topic, expected).await?;
+    let (record, gateways) = state
+        .store
+        .update_topic(&caller.audit(), &topic, expected)
+        .await?;
     for gateway in &gateways {
         state.hub.notify(gateway);
     }
@@ -203,9 +213,10 @@ async fn replace(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_topic(&name).await?;
+    state.store.delete_topic(&caller.audit(), &name).await?;
     tracing::info!(topic = %name, "library topic deleted");
     Ok(StatusCode::NO_CONTENT)
 }

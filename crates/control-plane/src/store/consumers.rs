@@ -19,10 +19,12 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{
-    Consumer, ConsumerKey, ConsumerProxies, ConsumerSpec, NodeConsumer, NodeKey, ValidationError,
+    Consumer, ConsumerKey, ConsumerProxies, ConsumerSpec, NodeConsumer, NodeKey, REDACTED,
+    ValidationError,
 };
 use uuid::Uuid;
 
+use super::audit::{Audit, AuditAction, Change, json};
 use super::{Store, StoreError, check_version, from_ms, is_unique_violation, ms, to_i64, to_u64};
 
 /// A new key as stored: its hash and shown prefix, never the secret.
@@ -98,11 +100,27 @@ fn named_proxies(spec: &ConsumerSpec) -> &[Uuid] {
     }
 }
 
+fn resource(name: &str) -> String {
+    format!("consumer/{name}")
+}
+
+fn key_resource(consumer: &str, key: Uuid) -> String {
+    format!("consumer/{consumer}/keys/{key}")
+}
+
+/// A key as its audit entries show it: the secret as `***` (its hash is never shown).
+fn key_view(key: &ConsumerKey) -> Result<serde_json::Value, StoreError> {
+    let mut value = json(key)?;
+    value["key"] = serde_json::Value::from(REDACTED);
+    Ok(value)
+}
+
 impl Store {
     /// Stores a new consumer, refusing a proxy id that does not exist (422 naming
     /// `proxies[i]`) and a taken name (409). Returns the consumer and the gateways bumped.
     pub async fn create_consumer(
         &self,
+        audit: &Audit,
         spec: &ConsumerSpec,
     ) -> Result<(Consumer, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
@@ -138,6 +156,12 @@ impl Store {
             .read_consumer(&mut tx, &spec.name)
             .await?
             .ok_or(StoreError::NotFound("consumer"))?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(resource(&spec.name), json(&consumer)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok((consumer, gateways))
     }
@@ -146,6 +170,7 @@ impl Store {
     /// `expected_version`, when given, must be the stored version.
     pub async fn update_consumer(
         &self,
+        audit: &Audit,
         spec: &ConsumerSpec,
         expected_version: Option<u64>,
     ) -> Result<(Consumer, Vec<String>), StoreError> {
@@ -153,6 +178,10 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let locked = self.lock_consumer(&mut tx, &spec.name).await?;
         check_version("consumer", locked.version, expected_version)?;
+        let before = self
+            .read_consumer(&mut tx, &spec.name)
+            .await?
+            .ok_or(StoreError::NotFound("consumer"))?;
         sqlx::query(
             "UPDATE consumers SET all_proxies = $1, version = $2, spec = $3, updated_at = $4 WHERE id = $5",
         )
@@ -170,15 +199,29 @@ impl Store {
             .read_consumer(&mut tx, &spec.name)
             .await?
             .ok_or(StoreError::NotFound("consumer"))?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::update(resource(&spec.name), json(&before)?, json(&consumer)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok((consumer, gateways))
     }
 
     /// Deletes a consumer and its keys; returns the gateways bumped.
-    pub async fn delete_consumer(&self, name: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn delete_consumer(
+        &self,
+        audit: &Audit,
+        name: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let locked = self.lock_consumer(&mut tx, name).await?;
+        let before = self
+            .read_consumer(&mut tx, name)
+            .await?
+            .ok_or(StoreError::NotFound("consumer"))?;
         let ids = self
             .consumer_gateway_ids(&mut tx, &locked.id, locked.all_proxies)
             .await?;
@@ -187,6 +230,12 @@ impl Store {
             .bind(&locked.id)
             .execute(&mut *tx)
             .await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(resource(name), json(&before)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(gateways)
     }
@@ -238,6 +287,7 @@ impl Store {
     /// Stores a new key of `consumer` (its hash and prefix); returns the gateways bumped.
     pub async fn create_consumer_key(
         &self,
+        audit: &Audit,
         consumer: &str,
         key: &NewKey,
     ) -> Result<Vec<String>, StoreError> {
@@ -268,6 +318,19 @@ impl Store {
             .consumer_gateway_ids(&mut tx, &locked.id, locked.all_proxies)
             .await?;
         let gateways = self.bump_gateways(&mut tx, ids).await?;
+        let view = ConsumerKey {
+            id: key.id,
+            prefix: key.prefix.clone(),
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: None,
+        };
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(key_resource(consumer, key.id), key_view(&view)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(gateways)
     }
@@ -276,12 +339,26 @@ impl Store {
     /// the gateways bumped, whose nodes then refuse it.
     pub async fn revoke_consumer_key(
         &self,
+        audit: &Audit,
         consumer: &str,
         key: Uuid,
     ) -> Result<Vec<String>, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let locked = self.lock_consumer(&mut tx, consumer).await?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM consumer_keys k \
+             WHERE k.id = $1 AND k.consumer_id = $2 AND k.revoked_at IS NULL"
+        );
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(key.to_string())
+            .bind(&locked.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(StoreError::NotFound("key"));
+        };
+        let (_, before, _) = key_row(&row)?;
         let res = sqlx::query(
             "UPDATE consumer_keys SET revoked_at = $1 \
              WHERE id = $2 AND consumer_id = $3 AND revoked_at IS NULL",
@@ -298,6 +375,17 @@ impl Store {
             .consumer_gateway_ids(&mut tx, &locked.id, locked.all_proxies)
             .await?;
         let gateways = self.bump_gateways(&mut tx, ids).await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change {
+                action: AuditAction::Revoke,
+                resource: key_resource(consumer, key),
+                before: Some(key_view(&before)?),
+                after: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(gateways)
     }

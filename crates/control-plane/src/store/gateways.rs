@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
-use switchyard_model::ErrorCode;
+use switchyard_model::{ErrorCode, REDACTED};
 use uuid::Uuid;
 
+use super::audit::{Audit, AuditAction, Change};
 use super::{Backend, PG_CHANNEL, Store, StoreError, from_ms, is_unique_violation, ms, to_u64};
 
 /// A gateway as stored.
@@ -20,13 +21,26 @@ pub struct GatewayRecord {
     pub proxies: u64,
 }
 
+/// A gateway as its audit entries show it (the registration token as `***`).
+fn audit_view(g: &GatewayRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": g.id,
+        "name": g.name,
+        "config_version": g.config_version,
+        "created_at": g.created_at,
+        "registration_token": REDACTED,
+    })
+}
+
 impl Store {
     pub async fn create_gateway(
         &self,
+        audit: &Audit,
         name: &str,
         token_hash: &str,
     ) -> Result<GatewayRecord, StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let now = Utc::now();
         let id = Uuid::new_v4().to_string();
         let res = sqlx::query(
@@ -36,7 +50,7 @@ impl Store {
         .bind(name)
         .bind(token_hash)
         .bind(ms(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match res {
             Ok(_) => {}
@@ -47,14 +61,22 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(GatewayRecord {
+        let record = GatewayRecord {
             id,
             name: name.to_owned(),
             token_hash: token_hash.to_owned(),
             config_version: 0,
             created_at: from_ms(ms(now)),
             proxies: 0,
-        })
+        };
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(format!("gateway/{name}"), audit_view(&record)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     const GATEWAY_COLUMNS: &'static str = "g.id, g.name, g.token_hash, g.config_version, g.created_at, \
@@ -94,35 +116,57 @@ impl Store {
         row.as_ref().map(Self::gateway_from_row).transpose()
     }
 
-    pub async fn set_gateway_token(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
+    /// Replaces a gateway's registration token (audited as `rotate`).
+    pub async fn set_gateway_token(
+        &self,
+        audit: &Audit,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("UPDATE gateways SET token_hash = $1 WHERE name = $2")
             .bind(token_hash)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound("gateway"));
         }
+        let secret = serde_json::json!({ "registration_token": REDACTED });
+        self.record(
+            &mut tx,
+            audit,
+            Change {
+                action: AuditAction::Rotate,
+                resource: format!("gateway/{name}"),
+                before: Some(secret.clone()),
+                after: Some(secret),
+            },
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Deletes a gateway with no proxies (its node records go with it).
-    pub async fn delete_gateway(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_gateway(&self, audit: &Audit, name: &str) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT id FROM gateways WHERE name = $1{}",
+            "SELECT {} FROM gateways g WHERE g.name = $1{}",
+            Self::GATEWAY_COLUMNS,
             self.for_update()
         );
-        let id: String = match sqlx::query(AssertSqlSafe(sql))
+        let before = match sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?
         {
-            Some(row) => row.try_get("id")?,
+            Some(row) => Self::gateway_from_row(&row)?,
             None => return Err(StoreError::NotFound("gateway")),
         };
+        let id = before.id.clone();
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM proxies WHERE gateway_id = $1")
             .bind(&id)
             .fetch_one(&mut *tx)
@@ -142,6 +186,12 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(format!("gateway/{name}"), audit_view(&before)),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

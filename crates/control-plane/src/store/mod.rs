@@ -20,9 +20,16 @@
 //! dangling reference, and a service update sees every proxy naming it and bumps the
 //! `config_version` of each of their gateways in the same transaction.
 //!
+//! # Audit
+//! Every admin write takes an [`Audit`] (the actor and the request id) and appends its entry
+//! to `audit_log` in its own transaction, with the resource's state before and after read
+//! under the write's locks (see `audit.rs`).
+//!
 //! One submodule per resource. Dynamic SQL in them only ever splices their own constants (column lists, the
 //! dialect's `FOR UPDATE`), never input: that is what each `AssertSqlSafe` asserts.
 
+mod admin_tokens;
+mod audit;
 mod consumers;
 mod gateways;
 mod nodes;
@@ -39,6 +46,8 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use switchyard_model::ErrorCode;
 
+pub use admin_tokens::{AdminTokenMatch, AdminTokenRecord, NewAdminToken};
+pub use audit::{Audit, AuditAction, AuditEntry, AuditQuery, ResourceFilter};
 pub use consumers::NewKey;
 pub use gateways::GatewayRecord;
 pub use nodes::{NodeEvent, NodeRecord, ProxyFailure};

@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use switchyard_model::Price;
 
+use super::audit::{Audit, Change, json};
 use super::{Backend, Store, StoreError, ms};
 
 /// The bundled price list: the public list prices of the seeds' models, each with its source
@@ -69,14 +70,23 @@ impl Store {
     }
 
     /// Sets one model's price (`true`: it was new); returns the gateways bumped (all).
-    pub async fn put_price(&self, price: &Price) -> Result<(bool, Vec<String>), StoreError> {
+    pub async fn put_price(
+        &self,
+        audit: &Audit,
+        price: &Price,
+    ) -> Result<(bool, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
-        let existed = sqlx::query("SELECT model FROM prices WHERE model = $1")
-            .bind(&price.model)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let before = sqlx::query(
+            "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM prices WHERE model = $1",
+        )
+        .bind(&price.model)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(price_from_row)
+        .transpose()?;
+        let existed = before.is_some();
         sqlx::query(
             "INSERT INTO prices (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, updated_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model) DO UPDATE SET \
@@ -92,14 +102,36 @@ impl Store {
         .await?;
         let ids = self.all_gateway_ids(&mut tx).await?;
         let gateways = self.bump_gateways(&mut tx, ids).await?;
+        let resource = format!("price/{}", price.model);
+        let change = match &before {
+            Some(before) => Change::update(resource, json(before)?, json(price)?),
+            None => Change::create(resource, json(price)?),
+        };
+        self.record(&mut tx, audit, change).await?;
         tx.commit().await?;
         Ok((!existed, gateways))
     }
 
     /// Removes one model's price; returns the gateways bumped (all).
-    pub async fn delete_price(&self, model: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn delete_price(
+        &self,
+        audit: &Audit,
+        model: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
+        let Some(before) = sqlx::query(
+            "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM prices WHERE model = $1",
+        )
+        .bind(model)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(price_from_row)
+        .transpose()?
+        else {
+            return Err(StoreError::NotFound("price"));
+        };
         let res = sqlx::query("DELETE FROM prices WHERE model = $1")
             .bind(model)
             .execute(&mut *tx)
@@ -109,6 +141,12 @@ impl Store {
         }
         let ids = self.all_gateway_ids(&mut tx).await?;
         let gateways = self.bump_gateways(&mut tx, ids).await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(format!("price/{model}"), json(&before)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(gateways)
     }

@@ -9,6 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, Limits, Proxy, ProxySpec};
 use uuid::Uuid;
 
+use super::audit::{Audit, Change, json};
 use super::{
     Backend, Store, StoreError, check_version, from_ms, is_foreign_key_violation, ms, to_i64,
     to_u64,
@@ -18,6 +19,7 @@ impl Store {
     /// Stores a new proxy. `spec`'s secrets must already be encrypted.
     pub async fn create_proxy(
         &self,
+        audit: &Audit,
         spec: &ProxySpec,
         limits: &Limits,
     ) -> Result<Proxy, StoreError> {
@@ -71,6 +73,12 @@ impl Store {
             .await?;
         self.bump_version(&mut tx, &gateway_id, &spec.gateway)
             .await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(resource(&proxy), audit_view(&proxy)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(proxy)
     }
@@ -78,6 +86,7 @@ impl Store {
     /// Replaces a proxy. `expected_version`, when given, must be the stored version.
     pub async fn update_proxy(
         &self,
+        audit: &Audit,
         id: Uuid,
         spec: &ProxySpec,
         expected_version: Option<u64>,
@@ -87,16 +96,18 @@ impl Store {
         self.lock_named_service(&mut tx, spec).await?;
         self.lock_library_topics(&mut tx, spec).await?;
         let gateway_id = self.lock_gateway(&mut tx, &spec.gateway).await?;
-        let row = sqlx::query(
-            "SELECT p.version, p.created_at, g.name AS gateway FROM proxies p \
-             JOIN gateways g ON g.id = p.gateway_id WHERE p.id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("proxy"))?;
-        let current = to_u64(row.try_get("version")?);
-        let current_gateway: String = row.try_get("gateway")?;
+        let sql = format!(
+            "SELECT {} FROM proxies p JOIN gateways g ON g.id = p.gateway_id WHERE p.id = $1",
+            Self::PROXY_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("proxy"))?;
+        let before = Self::proxy_from_row(&row)?;
+        let current = before.version;
+        let current_gateway = before.spec.gateway.clone();
         if current_gateway != spec.gateway {
             return Err(StoreError::Rejected {
                 code: ErrorCode::RuleViolated,
@@ -127,34 +138,57 @@ impl Store {
             .await?;
         self.bump_version(&mut tx, &gateway_id, &spec.gateway)
             .await?;
-        tx.commit().await?;
-        Ok(Proxy {
+        let proxy = Proxy {
             id,
             version: current + 1,
             spec: spec.clone(),
-            created_at: from_ms(row.try_get("created_at")?),
+            created_at: before.created_at,
             updated_at: now,
-        })
+        };
+        self.record(
+            &mut tx,
+            audit,
+            Change::update(resource(&proxy), audit_view(&before)?, audit_view(&proxy)?),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(proxy)
     }
 
     /// Deletes a proxy, returning what was deleted.
-    pub async fn delete_proxy(&self, id: Uuid) -> Result<Proxy, StoreError> {
+    pub async fn delete_proxy(&self, audit: &Audit, id: Uuid) -> Result<Proxy, StoreError> {
         let _guard = self.write_guard().await;
-        let proxy = self
+        let found = self
             .get_proxy(id)
             .await?
             .ok_or(StoreError::NotFound("proxy"))?;
         let mut tx = self.begin_write().await?;
-        let gateway_id = self.lock_gateway(&mut tx, &proxy.spec.gateway).await?;
-        let res = sqlx::query("DELETE FROM proxies WHERE id = $1")
+        // A proxy never moves between gateways: holding this one's gateway holds the proxy.
+        let gateway_id = self.lock_gateway(&mut tx, &found.spec.gateway).await?;
+        let sql = format!(
+            "SELECT {} FROM proxies p JOIN gateways g ON g.id = p.gateway_id WHERE p.id = $1",
+            Self::PROXY_COLUMNS
+        );
+        let proxy = match sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(row) => Self::proxy_from_row(&row)?,
+            None => return Err(StoreError::NotFound("proxy")),
+        };
+        sqlx::query("DELETE FROM proxies WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound("proxy"));
-        }
         self.bump_version(&mut tx, &gateway_id, &proxy.spec.gateway)
             .await?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(resource(&proxy), audit_view(&proxy)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(proxy)
     }
@@ -246,6 +280,18 @@ impl Store {
         tx.commit().await?;
         Ok(changed)
     }
+}
+
+fn resource(proxy: &Proxy) -> String {
+    format!("proxy/{}", proxy.id)
+}
+
+/// A proxy as its audit entries show it: every secret as `***`.
+fn audit_view(proxy: &Proxy) -> Result<serde_json::Value, StoreError> {
+    json(&Proxy {
+        spec: proxy.spec.clone().redacted(),
+        ..proxy.clone()
+    })
 }
 
 fn spec_json(spec: &ProxySpec) -> Result<String, StoreError> {

@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, ProxySpec, SemanticService};
 
+use super::audit::{Audit, Change, json};
 use super::{
     Backend, Store, StoreError, check_version, from_ms, is_foreign_key_violation,
     is_unique_violation, ms, to_i64, to_u64,
@@ -19,6 +20,17 @@ pub struct SemanticServiceRecord {
     pub proxies: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+fn resource(name: &str) -> String {
+    format!("semantic-service/{name}")
+}
+
+/// A service as its audit entries show it: the key as `***`.
+fn audit_view(record: &SemanticServiceRecord) -> Result<serde_json::Value, StoreError> {
+    let mut value = json(&record.service.clone().redacted())?;
+    value["version"] = serde_json::Value::from(record.version);
+    Ok(value)
 }
 
 impl Store {
@@ -72,9 +84,11 @@ impl Store {
     /// Stores a new semantic service. Its key, if any, must already be encrypted.
     pub async fn create_semantic_service(
         &self,
+        audit: &Audit,
         service: &SemanticService,
     ) -> Result<SemanticServiceRecord, StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let now = from_ms(ms(Utc::now()));
         let res = sqlx::query(
             "INSERT INTO semantic_services (name, url, model, api_key, version, created_at, updated_at) \
@@ -86,7 +100,7 @@ impl Store {
         .bind(service.api_key.as_ref().map(|k| k.expose().to_owned()))
         .bind(ms(now))
         .bind(ms(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match res {
             Ok(_) => {}
@@ -98,13 +112,21 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(SemanticServiceRecord {
+        let record = SemanticServiceRecord {
             service: service.clone(),
             version: 1,
             proxies: 0,
             created_at: now,
             updated_at: now,
-        })
+        };
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(resource(&service.name), audit_view(&record)?),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     pub async fn list_semantic_services(&self) -> Result<Vec<SemanticServiceRecord>, StoreError> {
@@ -139,13 +161,15 @@ impl Store {
     /// definition); their names are returned with the new record.
     pub async fn update_semantic_service(
         &self,
+        audit: &Audit,
         service: &SemanticService,
         expected_version: Option<u64>,
     ) -> Result<(SemanticServiceRecord, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT version FROM semantic_services WHERE name = $1{}",
+            "SELECT {} FROM semantic_services s WHERE s.name = $1{}",
+            Self::SERVICE_COLUMNS,
             self.for_update()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -153,7 +177,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound("semantic service"))?;
-        let current = to_u64(row.try_get("version")?);
+        let before = Self::service_from_row(&row)?;
+        let current = before.version;
         check_version("semantic service", current, expected_version)?;
         sqlx::query(
             "UPDATE semantic_services SET url = $1, model = $2, api_key = $3, version = $4, updated_at = $5 \
@@ -182,26 +207,41 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let record = Self::service_from_row(&row)?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::update(
+                resource(&service.name),
+                audit_view(&before)?,
+                audit_view(&record)?,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok((record, names))
     }
 
     /// Deletes a semantic service no proxy names.
-    pub async fn delete_semantic_service(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_semantic_service(
+        &self,
+        audit: &Audit,
+        name: &str,
+    ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT name FROM semantic_services WHERE name = $1{}",
+            "SELECT {} FROM semantic_services s WHERE s.name = $1{}",
+            Self::SERVICE_COLUMNS,
             self.for_update()
         );
-        if sqlx::query(AssertSqlSafe(sql))
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?
-            .is_none()
-        {
+        else {
             return Err(StoreError::NotFound("semantic service"));
-        }
+        };
+        let before = Self::service_from_row(&row)?;
         let users = sqlx::query(
             "SELECT g.name AS gateway, p.name FROM proxies p JOIN gateways g ON g.id = p.gateway_id \
              WHERE p.semantic_service = $1 ORDER BY g.name, p.name",
@@ -242,6 +282,12 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(resource(name), audit_view(&before)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

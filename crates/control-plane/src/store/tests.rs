@@ -11,6 +11,11 @@ use switchyard_testkit::pg::PgDatabase;
 
 use super::*;
 
+/// The audit context of the suite's writes.
+fn audit() -> Audit {
+    Audit::new("test", "req-test")
+}
+
 /// Keeps whatever backs a store (temp dir or database) alive for the test.
 struct Harness {
     store: Arc<Store>,
@@ -106,34 +111,43 @@ fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
 }
 
 async fn gateways_crud(store: Arc<Store>) {
-    let g = store.create_gateway("prod-eu", "hash1").await.unwrap();
+    let g = store
+        .create_gateway(&audit(), "prod-eu", "hash1")
+        .await
+        .unwrap();
     assert_eq!(
         (g.name.as_str(), g.config_version, g.proxies),
         ("prod-eu", 0, 0)
     );
     assert!(matches!(
-        store.create_gateway("prod-eu", "x").await,
+        store.create_gateway(&audit(), "prod-eu", "x").await,
         Err(StoreError::Conflict(_))
     ));
-    store.create_gateway("dev", "hash2").await.unwrap();
+    store
+        .create_gateway(&audit(), "dev", "hash2")
+        .await
+        .unwrap();
     let all = store.list_gateways().await.unwrap();
     assert_eq!(
         all.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
         ["dev", "prod-eu"]
     );
 
-    store.set_gateway_token("dev", "hash3").await.unwrap();
+    store
+        .set_gateway_token(&audit(), "dev", "hash3")
+        .await
+        .unwrap();
     assert_eq!(
         store.get_gateway("dev").await.unwrap().unwrap().token_hash,
         "hash3"
     );
     assert!(matches!(
-        store.set_gateway_token("nope", "h").await,
+        store.set_gateway_token(&audit(), "nope", "h").await,
         Err(StoreError::NotFound(_))
     ));
 
     let p = store
-        .create_proxy(&spec("prod-eu", "a", "/a"), &Limits::default())
+        .create_proxy(&audit(), &spec("prod-eu", "a", "/a"), &Limits::default())
         .await
         .unwrap();
     assert_eq!(
@@ -141,22 +155,24 @@ async fn gateways_crud(store: Arc<Store>) {
         1
     );
     assert!(matches!(
-        store.delete_gateway("prod-eu").await,
+        store.delete_gateway(&audit(), "prod-eu").await,
         Err(StoreError::Conflict(_))
     ));
-    store.delete_proxy(p.id).await.unwrap();
-    store.delete_gateway("prod-eu").await.unwrap();
+    store.delete_proxy(&audit(), p.id).await.unwrap();
+    store.delete_gateway(&audit(), "prod-eu").await.unwrap();
     assert!(store.get_gateway("prod-eu").await.unwrap().is_none());
     assert!(matches!(
-        store.delete_gateway("prod-eu").await,
+        store.delete_gateway(&audit(), "prod-eu").await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 async fn proxies_crud_and_versions(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let limits = Limits::default();
-    let missing = store.create_proxy(&spec("nope", "a", "/a"), &limits).await;
+    let missing = store
+        .create_proxy(&audit(), &spec("nope", "a", "/a"), &limits)
+        .await;
     assert!(matches!(
         missing,
         Err(StoreError::Rejected {
@@ -166,7 +182,7 @@ async fn proxies_crud_and_versions(store: Arc<Store>) {
     ));
 
     let p = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     assert_eq!(p.version, 1);
@@ -183,7 +199,7 @@ async fn proxies_crud_and_versions(store: Arc<Store>) {
     assert_eq!(read, p);
 
     let updated = store
-        .update_proxy(p.id, &spec("gw", "a2", "/a2"), None)
+        .update_proxy(&audit(), p.id, &spec("gw", "a2", "/a2"), None)
         .await
         .unwrap();
     assert_eq!(updated.version, 2);
@@ -203,22 +219,24 @@ async fn proxies_crud_and_versions(store: Arc<Store>) {
     );
 
     store
-        .create_proxy(&spec("gw", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw", "b", "/b"), &limits)
         .await
         .unwrap();
     assert_eq!(store.list_proxies(Some("gw")).await.unwrap().len(), 2);
     assert_eq!(store.list_proxies(Some("other")).await.unwrap().len(), 0);
     assert_eq!(store.list_proxies(None).await.unwrap().len(), 2);
 
-    let deleted = store.delete_proxy(p.id).await.unwrap();
+    let deleted = store.delete_proxy(&audit(), p.id).await.unwrap();
     assert_eq!(deleted.spec.name, "a2");
     assert!(store.get_proxy(p.id).await.unwrap().is_none());
     assert!(matches!(
-        store.delete_proxy(p.id).await,
+        store.delete_proxy(&audit(), p.id).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store.update_proxy(p.id, &spec("gw", "x", "/x"), None).await,
+        store
+            .update_proxy(&audit(), p.id, &spec("gw", "x", "/x"), None)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(
@@ -233,35 +251,41 @@ async fn proxies_crud_and_versions(store: Arc<Store>) {
 }
 
 async fn unique_name_and_base_path(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
-    store.create_gateway("gw2", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw2", "h").await.unwrap();
     let limits = Limits::default();
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
-    let Err(StoreError::Conflict(msg)) = store.create_proxy(&spec("gw", "b", "/a"), &limits).await
+    let Err(StoreError::Conflict(msg)) = store
+        .create_proxy(&audit(), &spec("gw", "b", "/a"), &limits)
+        .await
     else {
         panic!("base path taken must conflict")
     };
     assert!(msg.contains("base path"), "{msg}");
-    let Err(StoreError::Conflict(msg)) = store.create_proxy(&spec("gw", "a", "/z"), &limits).await
+    let Err(StoreError::Conflict(msg)) = store
+        .create_proxy(&audit(), &spec("gw", "a", "/z"), &limits)
+        .await
     else {
         panic!("name taken must conflict")
     };
     assert!(msg.contains("named"), "{msg}");
     // Same base path on another gateway is fine.
     store
-        .create_proxy(&spec("gw2", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw2", "a", "/a"), &limits)
         .await
         .unwrap();
     // An update into a taken base path conflicts and changes nothing.
     let b = store
-        .create_proxy(&spec("gw", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw", "b", "/b"), &limits)
         .await
         .unwrap();
     assert!(matches!(
-        store.update_proxy(b.id, &spec("gw", "b", "/a"), None).await,
+        store
+            .update_proxy(&audit(), b.id, &spec("gw", "b", "/a"), None)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.get_proxy(b.id).await.unwrap().unwrap().version, 1);
@@ -272,7 +296,7 @@ async fn unique_name_and_base_path(store: Arc<Store>) {
 }
 
 async fn proxy_limit_holds_under_racing_creates(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let limits = Limits {
         proxies_per_gateway: 5,
         ..Limits::default()
@@ -282,7 +306,11 @@ async fn proxy_limit_holds_under_racing_creates(store: Arc<Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .create_proxy(&spec("gw", &format!("p{i}"), &format!("/p{i}")), &limits)
+                    .create_proxy(
+                        &audit(),
+                        &spec("gw", &format!("p{i}"), &format!("/p{i}")),
+                        &limits,
+                    )
                     .await
             })
         })
@@ -311,17 +339,17 @@ async fn proxy_limit_holds_under_racing_creates(store: Arc<Store>) {
 }
 
 async fn optimistic_version_check(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let p = store
-        .create_proxy(&spec("gw", "a", "/a"), &Limits::default())
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &Limits::default())
         .await
         .unwrap();
     store
-        .update_proxy(p.id, &spec("gw", "a", "/a1"), Some(1))
+        .update_proxy(&audit(), p.id, &spec("gw", "a", "/a1"), Some(1))
         .await
         .unwrap();
     let stale = store
-        .update_proxy(p.id, &spec("gw", "a", "/a2"), Some(1))
+        .update_proxy(&audit(), p.id, &spec("gw", "a", "/a2"), Some(1))
         .await;
     assert!(matches!(stale, Err(StoreError::Conflict(m)) if m.contains("version")));
     assert_eq!(
@@ -331,9 +359,9 @@ async fn optimistic_version_check(store: Arc<Store>) {
 }
 
 async fn concurrent_updates_are_serialised(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let p = store
-        .create_proxy(&spec("gw", "a", "/a"), &Limits::default())
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &Limits::default())
         .await
         .unwrap();
     // Ten writers all claim to replace version 1: exactly one wins.
@@ -342,7 +370,7 @@ async fn concurrent_updates_are_serialised(store: Arc<Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .update_proxy(p.id, &spec("gw", "a", &format!("/v{i}")), Some(1))
+                    .update_proxy(&audit(), p.id, &spec("gw", "a", &format!("/v{i}")), Some(1))
                     .await
             })
         })
@@ -362,7 +390,7 @@ async fn concurrent_updates_are_serialised(store: Arc<Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .update_proxy(p.id, &spec("gw", "a", &format!("/w{i}")), None)
+                    .update_proxy(&audit(), p.id, &spec("gw", "a", &format!("/w{i}")), None)
                     .await
             })
         })
@@ -383,14 +411,14 @@ async fn concurrent_updates_are_serialised(store: Arc<Store>) {
 }
 
 async fn proxy_cannot_move_gateways(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
-    store.create_gateway("gw2", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw2", "h").await.unwrap();
     let p = store
-        .create_proxy(&spec("gw", "a", "/a"), &Limits::default())
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &Limits::default())
         .await
         .unwrap();
     let moved = store
-        .update_proxy(p.id, &spec("gw2", "a", "/a"), None)
+        .update_proxy(&audit(), p.id, &spec("gw2", "a", "/a"), None)
         .await;
     assert!(matches!(
         moved,
@@ -403,7 +431,7 @@ async fn proxy_cannot_move_gateways(store: Arc<Store>) {
 
 async fn snapshot_source_is_consistent(store: Arc<Store>) {
     assert!(store.snapshot_source("gw").await.unwrap().is_none());
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     assert_eq!(
         store.snapshot_source("gw").await.unwrap().unwrap(),
         SnapshotSource {
@@ -417,11 +445,11 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
     );
     let limits = Limits::default();
     store
-        .create_proxy(&spec("gw", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw", "b", "/b"), &limits)
         .await
         .unwrap();
     store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     let SnapshotSource {
@@ -442,7 +470,7 @@ async fn snapshot_source_is_consistent(store: Arc<Store>) {
 }
 
 async fn nodes_are_tracked(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let fresh = Duration::from_secs(60);
     store
         .record_node(
@@ -536,9 +564,9 @@ async fn nodes_are_tracked(store: Arc<Store>) {
 }
 
 async fn rewrite_specs_keeps_versions(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let p = store
-        .create_proxy(&spec("gw", "a", "/a"), &Limits::default())
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &Limits::default())
         .await
         .unwrap();
     let changed = store
@@ -561,7 +589,7 @@ async fn rewrite_specs_keeps_versions(store: Arc<Store>) {
 /// Node status updates arrive at any time (heartbeats, ACKs); they must never make a proxy
 /// write fail (on SQLite a write slipping between a transaction's read and its write would).
 async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     store
         .record_node(
             "gw",
@@ -603,7 +631,11 @@ async fn node_updates_do_not_break_concurrent_writes(store: Arc<Store>) {
     let limits = Limits::default();
     for i in 0..20 {
         store
-            .create_proxy(&spec("gw", &format!("p{i}"), &format!("/p{i}")), &limits)
+            .create_proxy(
+                &audit(),
+                &spec("gw", &format!("p{i}"), &format!("/p{i}")),
+                &limits,
+            )
             .await
             .unwrap();
     }
@@ -639,7 +671,10 @@ async fn config_version(store: &Store, gateway: &str) -> u64 {
 
 async fn semantic_services_crud(store: Arc<Store>) {
     let created = store
-        .create_semantic_service(&service("embed-eu", "http://a/v1", Some("enc:v1:k")))
+        .create_semantic_service(
+            &audit(),
+            &service("embed-eu", "http://a/v1", Some("enc:v1:k")),
+        )
         .await
         .unwrap();
     assert_eq!((created.version, created.proxies), (1, 0));
@@ -651,12 +686,12 @@ async fn semantic_services_crud(store: Arc<Store>) {
     assert_eq!(read, created);
     assert!(matches!(
         store
-            .create_semantic_service(&service("embed-eu", "http://b/v1", None))
+            .create_semantic_service(&audit(), &service("embed-eu", "http://b/v1", None))
             .await,
         Err(StoreError::Conflict(m)) if m.contains("already exists")
     ));
     store
-        .create_semantic_service(&service("another", "http://b/v1", None))
+        .create_semantic_service(&audit(), &service("another", "http://b/v1", None))
         .await
         .unwrap();
     let all = store.list_semantic_services().await.unwrap();
@@ -668,7 +703,7 @@ async fn semantic_services_crud(store: Arc<Store>) {
     );
 
     let (updated, gateways) = store
-        .update_semantic_service(&service("embed-eu", "http://c/v1", None), Some(1))
+        .update_semantic_service(&audit(), &service("embed-eu", "http://c/v1", None), Some(1))
         .await
         .unwrap();
     assert_eq!(updated.version, 2);
@@ -685,18 +720,21 @@ async fn semantic_services_crud(store: Arc<Store>) {
     );
     assert!(matches!(
         store
-            .update_semantic_service(&service("embed-eu", "http://d/v1", None), Some(1))
+            .update_semantic_service(&audit(), &service("embed-eu", "http://d/v1", None), Some(1))
             .await,
         Err(StoreError::Conflict(m)) if m.contains("version")
     ));
     assert!(matches!(
         store
-            .update_semantic_service(&service("nope", "http://d/v1", None), None)
+            .update_semantic_service(&audit(), &service("nope", "http://d/v1", None), None)
             .await,
         Err(StoreError::NotFound(_))
     ));
 
-    store.delete_semantic_service("embed-eu").await.unwrap();
+    store
+        .delete_semantic_service(&audit(), "embed-eu")
+        .await
+        .unwrap();
     assert!(
         store
             .get_semantic_service("embed-eu")
@@ -705,16 +743,16 @@ async fn semantic_services_crud(store: Arc<Store>) {
             .is_none()
     );
     assert!(matches!(
-        store.delete_semantic_service("embed-eu").await,
+        store.delete_semantic_service(&audit(), "embed-eu").await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 async fn proxies_name_existing_services_only(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let limits = Limits::default();
     let unknown = store
-        .create_proxy(&spec_naming("gw", "a", "/a", "embed-eu"), &limits)
+        .create_proxy(&audit(), &spec_naming("gw", "a", "/a", "embed-eu"), &limits)
         .await;
     assert!(matches!(
         unknown,
@@ -728,15 +766,15 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
     assert_eq!(config_version(&store, "gw").await, 0);
 
     store
-        .create_semantic_service(&service("embed-eu", "http://a/v1", Some("k1")))
+        .create_semantic_service(&audit(), &service("embed-eu", "http://a/v1", Some("k1")))
         .await
         .unwrap();
     store
-        .create_semantic_service(&service("unused", "http://u/v1", Some("k2")))
+        .create_semantic_service(&audit(), &service("unused", "http://u/v1", Some("k2")))
         .await
         .unwrap();
     let a = store
-        .create_proxy(&spec_naming("gw", "a", "/a", "embed-eu"), &limits)
+        .create_proxy(&audit(), &spec_naming("gw", "a", "/a", "embed-eu"), &limits)
         .await
         .unwrap();
     assert_eq!(
@@ -751,7 +789,7 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
         Some("embed-eu")
     );
     store
-        .create_proxy(&spec_naming("gw", "b", "/b", "embed-eu"), &limits)
+        .create_proxy(&audit(), &spec_naming("gw", "b", "/b", "embed-eu"), &limits)
         .await
         .unwrap();
     assert_eq!(
@@ -773,7 +811,7 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
     // An update naming an unknown service is refused and changes nothing.
     assert!(matches!(
         store
-            .update_proxy(a.id, &spec_naming("gw", "a", "/a", "nope"), None)
+            .update_proxy(&audit(), a.id, &spec_naming("gw", "a", "/a", "nope"), None)
             .await,
         Err(StoreError::Rejected {
             field: "semantic_service",
@@ -782,7 +820,8 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
     ));
     assert_eq!(store.get_proxy(a.id).await.unwrap().unwrap().version, 1);
 
-    let Err(StoreError::Conflict(msg)) = store.delete_semantic_service("embed-eu").await else {
+    let Err(StoreError::Conflict(msg)) = store.delete_semantic_service(&audit(), "embed-eu").await
+    else {
         panic!("a service in use cannot be deleted")
     };
     assert!(
@@ -791,11 +830,11 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
     );
     // Once no proxy names it, it can go.
     store
-        .update_proxy(a.id, &spec("gw", "a", "/a"), None)
+        .update_proxy(&audit(), a.id, &spec("gw", "a", "/a"), None)
         .await
         .unwrap();
     let b = store.list_proxies(Some("gw")).await.unwrap()[1].clone();
-    store.delete_proxy(b.id).await.unwrap();
+    store.delete_proxy(&audit(), b.id).await.unwrap();
     assert!(
         store
             .snapshot_source("gw")
@@ -805,37 +844,52 @@ async fn proxies_name_existing_services_only(store: Arc<Store>) {
             .semantic_services
             .is_empty()
     );
-    store.delete_semantic_service("embed-eu").await.unwrap();
+    store
+        .delete_semantic_service(&audit(), "embed-eu")
+        .await
+        .unwrap();
 }
 
 async fn service_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw1", "gw2", "gw3"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     store
-        .create_semantic_service(&service("embed-eu", "http://a/v1", None))
+        .create_semantic_service(&audit(), &service("embed-eu", "http://a/v1", None))
         .await
         .unwrap();
     store
-        .create_semantic_service(&service("other", "http://o/v1", None))
+        .create_semantic_service(&audit(), &service("other", "http://o/v1", None))
         .await
         .unwrap();
     // gw1 names it twice, gw2 once, gw3 names another service.
     store
-        .create_proxy(&spec_naming("gw1", "a", "/a", "embed-eu"), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_naming("gw1", "a", "/a", "embed-eu"),
+            &limits,
+        )
         .await
         .unwrap();
     store
-        .create_proxy(&spec_naming("gw1", "b", "/b", "embed-eu"), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_naming("gw1", "b", "/b", "embed-eu"),
+            &limits,
+        )
         .await
         .unwrap();
     store
-        .create_proxy(&spec_naming("gw2", "a", "/a", "embed-eu"), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_naming("gw2", "a", "/a", "embed-eu"),
+            &limits,
+        )
         .await
         .unwrap();
     store
-        .create_proxy(&spec_naming("gw3", "a", "/a", "other"), &limits)
+        .create_proxy(&audit(), &spec_naming("gw3", "a", "/a", "other"), &limits)
         .await
         .unwrap();
     let before = [
@@ -846,7 +900,11 @@ async fn service_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
     assert_eq!(before, [2, 1, 1]);
 
     let (record, mut gateways) = store
-        .update_semantic_service(&service("embed-eu", "http://b/v1", Some("k")), None)
+        .update_semantic_service(
+            &audit(),
+            &service("embed-eu", "http://b/v1", Some("k")),
+            None,
+        )
         .await
         .unwrap();
     gateways.sort();
@@ -870,7 +928,7 @@ async fn service_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
     // A refused update bumps nothing.
     assert!(
         store
-            .update_semantic_service(&service("embed-eu", "http://c/v1", None), Some(1))
+            .update_semantic_service(&audit(), &service("embed-eu", "http://c/v1", None), Some(1))
             .await
             .is_err()
     );
@@ -885,7 +943,7 @@ async fn service_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
 /// Deleting a service while proxies naming it are being created: whatever the interleaving,
 /// never a proxy naming a missing service, and every outcome is a clean error.
 async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc<Store>) {
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let limits = Limits {
         proxies_per_gateway: 1000,
         ..Limits::default()
@@ -893,7 +951,7 @@ async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc
     for round in 0..8 {
         let name = format!("svc-{round}");
         store
-            .create_semantic_service(&service(&name, "http://a/v1", None))
+            .create_semantic_service(&audit(), &service(&name, "http://a/v1", None))
             .await
             .unwrap();
         let creates: Vec<_> = (0..6)
@@ -903,6 +961,7 @@ async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc
                 tokio::spawn(async move {
                     store
                         .create_proxy(
+                            &audit(),
                             &spec_naming("gw", &proxy, &format!("/{proxy}"), &name),
                             &limits,
                         )
@@ -912,7 +971,7 @@ async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc
             .collect();
         let delete = {
             let (store, name) = (store.clone(), name.clone());
-            tokio::spawn(async move { store.delete_semantic_service(&name).await })
+            tokio::spawn(async move { store.delete_semantic_service(&audit(), &name).await })
         };
         let mut created = 0;
         for t in creates {
@@ -952,11 +1011,11 @@ async fn service_delete_cannot_race_a_proxy_into_a_dangling_reference(store: Arc
 async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw1", "gw2", "gw3"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     for s in ["s1", "s2"] {
         store
-            .create_semantic_service(&service(s, "http://a/v1", None))
+            .create_semantic_service(&audit(), &service(s, "http://a/v1", None))
             .await
             .unwrap();
     }
@@ -968,6 +1027,7 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
             let svc = ["s1", "s2"][i % 2];
             writer
                 .create_proxy(
+                    &audit(),
                     &spec_naming(gw, &format!("p{i}"), &format!("/p{i}"), svc),
                     &limits,
                 )
@@ -978,7 +1038,11 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
         tasks.push(tokio::spawn(async move {
             let svc = ["s2", "s1"][i % 2];
             updater
-                .update_semantic_service(&service(svc, &format!("http://u{i}/v1"), None), None)
+                .update_semantic_service(
+                    &audit(),
+                    &service(svc, &format!("http://u{i}/v1"), None),
+                    None,
+                )
                 .await
                 .map(|_| ())
         }));
@@ -1006,7 +1070,7 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
     ]
     .into();
     let (_, mut gateways) = store
-        .update_semantic_service(&service("s1", "http://final/v1", None), None)
+        .update_semantic_service(&audit(), &service("s1", "http://final/v1", None), None)
         .await
         .unwrap();
     gateways.sort();
@@ -1018,11 +1082,11 @@ async fn service_updates_and_proxy_writes_do_not_deadlock(store: Arc<Store>) {
 
 async fn rewrite_semantic_services_keeps_versions(store: Arc<Store>) {
     store
-        .create_semantic_service(&service("a", "http://a/v1", Some("old")))
+        .create_semantic_service(&audit(), &service("a", "http://a/v1", Some("old")))
         .await
         .unwrap();
     store
-        .create_semantic_service(&service("b", "http://b/v1", None))
+        .create_semantic_service(&audit(), &service("b", "http://b/v1", None))
         .await
         .unwrap();
     let changed = store
@@ -1126,7 +1190,9 @@ async fn legacy_inline_services_are_migrated(url: &str) {
     assert_eq!(store.list_semantic_services().await.unwrap().len(), 1);
     // The reference is a real one: the service cannot be deleted under the proxy.
     assert!(matches!(
-        store.delete_semantic_service("proxy-0a1b2c3d4e5f").await,
+        store
+            .delete_semantic_service(&audit(), "proxy-0a1b2c3d4e5f")
+            .await,
         Err(StoreError::Conflict(_))
     ));
     // The migration keeps the version; the bundled prices seeded at this first start bump it.
@@ -1187,6 +1253,7 @@ async fn topics_crud(store: Arc<Store>) {
     let limits = Limits::default();
     let created = store
         .create_topic(
+            &audit(),
             &library_topic("billing", &["pay my invoice", "refund"]),
             &limits,
         )
@@ -1194,11 +1261,15 @@ async fn topics_crud(store: Arc<Store>) {
         .unwrap();
     assert_eq!((created.version, created.proxies), (1, 0));
     assert!(matches!(
-        store.create_topic(&library_topic("billing", &["x"]), &limits).await,
+        store.create_topic(&audit(), &library_topic("billing", &["x"]), &limits).await,
         Err(StoreError::Conflict(m)) if m.contains("already exists")
     ));
     store
-        .create_topic(&library_topic("accounts", &["close my account"]), &limits)
+        .create_topic(
+            &audit(),
+            &library_topic("accounts", &["close my account"]),
+            &limits,
+        )
         .await
         .unwrap();
     let all = store.list_topics().await.unwrap();
@@ -1216,24 +1287,28 @@ async fn topics_crud(store: Arc<Store>) {
     assert!(store.get_topic("nope").await.unwrap().is_none());
 
     let (updated, gateways) = store
-        .update_topic(&library_topic("billing", &["a", "b", "c"]), Some(1))
+        .update_topic(
+            &audit(),
+            &library_topic("billing", &["a", "b", "c"]),
+            Some(1),
+        )
         .await
         .unwrap();
     assert_eq!((updated.version, updated.topic.utterances.len()), (2, 3));
     assert!(gateways.is_empty());
     assert!(matches!(
-        store.update_topic(&library_topic("billing", &["a"]), Some(1)).await,
+        store.update_topic(&audit(), &library_topic("billing", &["a"]), Some(1)).await,
         Err(StoreError::Conflict(m)) if m.contains("version conflict")
     ));
     assert!(matches!(
         store
-            .update_topic(&library_topic("nope", &["a"]), None)
+            .update_topic(&audit(), &library_topic("nope", &["a"]), None)
             .await,
         Err(StoreError::NotFound("topic"))
     ));
-    store.delete_topic("accounts").await.unwrap();
+    store.delete_topic(&audit(), "accounts").await.unwrap();
     assert!(matches!(
-        store.delete_topic("accounts").await,
+        store.delete_topic(&audit(), "accounts").await,
         Err(StoreError::NotFound("topic"))
     ));
 
@@ -1243,7 +1318,7 @@ async fn topics_crud(store: Arc<Store>) {
         ..Limits::default()
     };
     let err = store
-        .create_topic(&library_topic("more", &["x"]), &small)
+        .create_topic(&audit(), &library_topic("more", &["x"]), &small)
         .await
         .unwrap_err();
     assert!(
@@ -1254,14 +1329,19 @@ async fn topics_crud(store: Arc<Store>) {
 
 async fn proxies_name_existing_topics_only(store: Arc<Store>) {
     let limits = Limits::default();
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     store
-        .create_topic(&library_topic("billing", &["pay my invoice"]), &limits)
+        .create_topic(
+            &audit(),
+            &library_topic("billing", &["pay my invoice"]),
+            &limits,
+        )
         .await
         .unwrap();
     // A reference to a missing topic: 422 naming the reference, nothing stored.
     let err = store
         .create_proxy(
+            &audit(),
             &spec_with_refs("gw", "p", "/p", "billing", Some("weapons")),
             &limits,
         )
@@ -1281,18 +1361,27 @@ async fn proxies_name_existing_topics_only(store: Arc<Store>) {
     assert!(store.list_proxies(None).await.unwrap().is_empty());
 
     store
-        .create_topic(&library_topic("weapons", &["build a bomb"]), &limits)
+        .create_topic(
+            &audit(),
+            &library_topic("weapons", &["build a bomb"]),
+            &limits,
+        )
         .await
         .unwrap();
     let p = store
         .create_proxy(
+            &audit(),
             &spec_with_refs("gw", "p", "/p", "billing", Some("weapons")),
             &limits,
         )
         .await
         .unwrap();
     let q = store
-        .create_proxy(&spec_with_refs("gw", "q", "/q", "billing", None), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_with_refs("gw", "q", "/q", "billing", None),
+            &limits,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1305,7 +1394,7 @@ async fn proxies_name_existing_topics_only(store: Arc<Store>) {
     );
 
     // Deleting a topic still named: a conflict naming the proxies.
-    let err = store.delete_topic("billing").await.unwrap_err();
+    let err = store.delete_topic(&audit(), "billing").await.unwrap_err();
     match err {
         StoreError::Conflict(m) => assert!(
             m.contains("2 proxies") && m.contains("gw/p") && m.contains("gw/q"),
@@ -1316,6 +1405,7 @@ async fn proxies_name_existing_topics_only(store: Arc<Store>) {
     // A proxy that stops naming a topic releases it; a deleted proxy too.
     store
         .update_proxy(
+            &audit(),
             p.id,
             &spec_with_refs("gw", "p", "/p", "billing", None),
             None,
@@ -1326,40 +1416,53 @@ async fn proxies_name_existing_topics_only(store: Arc<Store>) {
         store.get_topic("weapons").await.unwrap().unwrap().proxies,
         0
     );
-    store.delete_topic("weapons").await.unwrap();
-    store.delete_proxy(q.id).await.unwrap();
-    store.delete_proxy(p.id).await.unwrap();
-    store.delete_topic("billing").await.unwrap();
+    store.delete_topic(&audit(), "weapons").await.unwrap();
+    store.delete_proxy(&audit(), q.id).await.unwrap();
+    store.delete_proxy(&audit(), p.id).await.unwrap();
+    store.delete_topic(&audit(), "billing").await.unwrap();
 }
 
 async fn topic_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw", "gw2", "gw3"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     for t in ["billing", "other"] {
         store
-            .create_topic(&library_topic(t, &["one"]), &limits)
+            .create_topic(&audit(), &library_topic(t, &["one"]), &limits)
             .await
             .unwrap();
     }
     store
-        .create_proxy(&spec_with_refs("gw", "a", "/a", "billing", None), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_with_refs("gw", "a", "/a", "billing", None),
+            &limits,
+        )
         .await
         .unwrap();
     store
         .create_proxy(
+            &audit(),
             &spec_with_refs("gw", "b", "/b", "other", Some("billing")),
             &limits,
         )
         .await
         .unwrap();
     store
-        .create_proxy(&spec_with_refs("gw2", "c", "/c", "billing", None), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_with_refs("gw2", "c", "/c", "billing", None),
+            &limits,
+        )
         .await
         .unwrap();
     store
-        .create_proxy(&spec_with_refs("gw3", "d", "/d", "other", None), &limits)
+        .create_proxy(
+            &audit(),
+            &spec_with_refs("gw3", "d", "/d", "other", None),
+            &limits,
+        )
         .await
         .unwrap();
     let before = store.snapshot_source("gw").await.unwrap().unwrap();
@@ -1374,7 +1477,7 @@ async fn topic_update_bumps_every_gateway_naming_it(store: Arc<Store>) {
         "each topic once, however many proxies name it"
     );
     let (_, mut gateways) = store
-        .update_topic(&library_topic("billing", &["one", "two"]), None)
+        .update_topic(&audit(), &library_topic("billing", &["one", "two"]), None)
         .await
         .unwrap();
     gateways.sort();
@@ -1427,20 +1530,20 @@ async fn versions(store: &Store, gateways: &[&str]) -> Vec<u64> {
 async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw", "gw2", "gw3"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     let b = store
-        .create_proxy(&spec("gw2", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw2", "b", "/b"), &limits)
         .await
         .unwrap();
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [1, 1, 0]);
 
     let (created, mut bumped) = store
-        .create_consumer(&consumer("billing-app", &[a.id.to_string()]))
+        .create_consumer(&audit(), &consumer("billing-app", &[a.id.to_string()]))
         .await
         .unwrap();
     assert_eq!(created.version, 1);
@@ -1454,14 +1557,20 @@ async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
         created
     );
     assert!(matches!(
-        store.create_consumer(&consumer("billing-app", &[])).await,
+        store
+            .create_consumer(&audit(), &consumer("billing-app", &[]))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [2, 1, 0]);
 
     // Moving the consumer from a's gateway to b's bumps both: gw drops it, gw2 gains it.
     let (updated, _) = store
-        .update_consumer(&consumer("billing-app", &[b.id.to_string()]), Some(1))
+        .update_consumer(
+            &audit(),
+            &consumer("billing-app", &[b.id.to_string()]),
+            Some(1),
+        )
         .await
         .unwrap();
     assert_eq!(updated.version, 2);
@@ -1485,20 +1594,22 @@ async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
 
     assert!(matches!(
         store
-            .update_consumer(&consumer("billing-app", &[]), Some(1))
+            .update_consumer(&audit(), &consumer("billing-app", &[]), Some(1))
             .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.update_consumer(&consumer("nope", &[]), None).await,
+        store
+            .update_consumer(&audit(), &consumer("nope", &[]), None)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 
     store
-        .create_consumer(&consumer(
-            "analytics",
-            &[a.id.to_string(), b.id.to_string()],
-        ))
+        .create_consumer(
+            &audit(),
+            &consumer("analytics", &[a.id.to_string(), b.id.to_string()]),
+        )
         .await
         .unwrap();
     let names: Vec<_> = store
@@ -1510,7 +1621,10 @@ async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
         .collect();
     assert_eq!(names, ["analytics", "billing-app"]);
 
-    bumped = store.delete_consumer("billing-app").await.unwrap();
+    bumped = store
+        .delete_consumer(&audit(), "billing-app")
+        .await
+        .unwrap();
     assert_eq!(
         bumped,
         ["gw2"].map(|g| {
@@ -1520,7 +1634,7 @@ async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
     );
     assert!(store.get_consumer("billing-app").await.unwrap().is_none());
     assert!(matches!(
-        store.delete_consumer("billing-app").await,
+        store.delete_consumer(&audit(), "billing-app").await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 0]);
@@ -1528,14 +1642,17 @@ async fn consumers_crud_and_their_gateways(store: Arc<Store>) {
 
 async fn consumers_name_existing_proxies_only(store: Arc<Store>) {
     let limits = Limits::default();
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     let missing = uuid::Uuid::new_v4();
     let refused = store
-        .create_consumer(&consumer("app", &[a.id.to_string(), missing.to_string()]))
+        .create_consumer(
+            &audit(),
+            &consumer("app", &[a.id.to_string(), missing.to_string()]),
+        )
         .await;
     match refused {
         Err(StoreError::Invalid(e)) => {
@@ -1551,11 +1668,11 @@ async fn consumers_name_existing_proxies_only(store: Arc<Store>) {
     assert_eq!(config_version(&store, "gw").await, 1, "no version bumped");
 
     store
-        .create_consumer(&consumer("app", &[a.id.to_string()]))
+        .create_consumer(&audit(), &consumer("app", &[a.id.to_string()]))
         .await
         .unwrap();
     let refused = store
-        .update_consumer(&consumer("app", &[missing.to_string()]), None)
+        .update_consumer(&audit(), &consumer("app", &[missing.to_string()]), None)
         .await;
     assert!(
         matches!(&refused, Err(StoreError::Invalid(e)) if e.field == "proxies[0]"),
@@ -1569,22 +1686,25 @@ async fn consumers_name_existing_proxies_only(store: Arc<Store>) {
 async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw", "gw2", "gw3"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     let b = store
-        .create_proxy(&spec("gw2", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw2", "b", "/b"), &limits)
         .await
         .unwrap();
     store
-        .create_proxy(&spec("gw3", "c", "/c"), &limits)
+        .create_proxy(&audit(), &spec("gw3", "c", "/c"), &limits)
         .await
         .unwrap();
     store
-        .create_consumer(&consumer("app", &[a.id.to_string(), b.id.to_string()]))
+        .create_consumer(
+            &audit(),
+            &consumer("app", &[a.id.to_string(), b.id.to_string()]),
+        )
         .await
         .unwrap();
     let before = versions(&store, &["gw", "gw2", "gw3"]).await;
@@ -1592,7 +1712,10 @@ async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: 
 
     let secret = format!("sy_{}", "A".repeat(32));
     let key = new_key(&secret, None);
-    let mut bumped = store.create_consumer_key("app", &key).await.unwrap();
+    let mut bumped = store
+        .create_consumer_key(&audit(), "app", &key)
+        .await
+        .unwrap();
     bumped.sort();
     assert_eq!(bumped, ["gw", "gw2"]);
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [3, 3, 1]);
@@ -1622,12 +1745,19 @@ async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: 
     assert_eq!(shown.keys[0].last_used_at, None);
     assert!(matches!(
         store
-            .create_consumer_key("nope", &new_key(&format!("sy_{}", "B".repeat(32)), None))
+            .create_consumer_key(
+                &audit(),
+                "nope",
+                &new_key(&format!("sy_{}", "B".repeat(32)), None)
+            )
             .await,
         Err(StoreError::NotFound("consumer"))
     ));
 
-    let mut bumped = store.revoke_consumer_key("app", key.id).await.unwrap();
+    let mut bumped = store
+        .revoke_consumer_key(&audit(), "app", key.id)
+        .await
+        .unwrap();
     bumped.sort();
     assert_eq!(bumped, ["gw", "gw2"]);
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 1]);
@@ -1649,11 +1779,13 @@ async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: 
             .is_empty()
     );
     assert!(matches!(
-        store.revoke_consumer_key("app", key.id).await,
+        store.revoke_consumer_key(&audit(), "app", key.id).await,
         Err(StoreError::NotFound("key"))
     ));
     assert!(matches!(
-        store.revoke_consumer_key("app", uuid::Uuid::new_v4()).await,
+        store
+            .revoke_consumer_key(&audit(), "app", uuid::Uuid::new_v4())
+            .await,
         Err(StoreError::NotFound("key"))
     ));
     assert_eq!(versions(&store, &["gw", "gw2", "gw3"]).await, [4, 4, 1]);
@@ -1661,13 +1793,13 @@ async fn key_revocation_bumps_the_right_gateways_and_leaves_the_snapshot(store: 
 
 async fn expired_keys_leave_the_snapshot(store: Arc<Store>) {
     let limits = Limits::default();
-    store.create_gateway("gw", "h").await.unwrap();
+    store.create_gateway(&audit(), "gw", "h").await.unwrap();
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     store
-        .create_consumer(&consumer("app", &[a.id.to_string()]))
+        .create_consumer(&audit(), &consumer("app", &[a.id.to_string()]))
         .await
         .unwrap();
     let now = chrono::Utc::now();
@@ -1679,8 +1811,14 @@ async fn expired_keys_leave_the_snapshot(store: Arc<Store>) {
         &format!("sy_{}", "E".repeat(32)),
         Some(now - chrono::Duration::seconds(1)),
     );
-    store.create_consumer_key("app", &live).await.unwrap();
-    store.create_consumer_key("app", &gone).await.unwrap();
+    store
+        .create_consumer_key(&audit(), "app", &live)
+        .await
+        .unwrap();
+    store
+        .create_consumer_key(&audit(), "app", &gone)
+        .await
+        .unwrap();
     let snap = store.snapshot_source("gw").await.unwrap().unwrap();
     let ids: Vec<_> = snap.consumers[0].keys.iter().map(|k| k.id).collect();
     assert_eq!(
@@ -1698,6 +1836,7 @@ async fn expired_keys_leave_the_snapshot(store: Arc<Store>) {
     assert!(matches!(
         store
             .create_consumer_key(
+                &audit(),
                 "app",
                 &NewKey {
                     id: uuid::Uuid::new_v4(),
@@ -1712,18 +1851,18 @@ async fn expired_keys_leave_the_snapshot(store: Arc<Store>) {
 async fn every_consumer_for_star_and_deleted_proxies_drop_out(store: Arc<Store>) {
     let limits = Limits::default();
     for g in ["gw", "gw2"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     let a = store
-        .create_proxy(&spec("gw", "a", "/a"), &limits)
+        .create_proxy(&audit(), &spec("gw", "a", "/a"), &limits)
         .await
         .unwrap();
     let b = store
-        .create_proxy(&spec("gw", "b", "/b"), &limits)
+        .create_proxy(&audit(), &spec("gw", "b", "/b"), &limits)
         .await
         .unwrap();
     let (everyone, mut bumped) = store
-        .create_consumer(&consumer("everyone", &["*".to_owned()]))
+        .create_consumer(&audit(), &consumer("everyone", &["*".to_owned()]))
         .await
         .unwrap();
     bumped.sort();
@@ -1736,17 +1875,20 @@ async fn every_consumer_for_star_and_deleted_proxies_drop_out(store: Arc<Store>)
     }
 
     store
-        .create_consumer(&consumer("two", &[b.id.to_string(), a.id.to_string()]))
+        .create_consumer(
+            &audit(),
+            &consumer("two", &[b.id.to_string(), a.id.to_string()]),
+        )
         .await
         .unwrap();
-    store.delete_proxy(a.id).await.unwrap();
+    store.delete_proxy(&audit(), a.id).await.unwrap();
     let two = store.get_consumer("two").await.unwrap().unwrap();
     assert_eq!(
         two.spec.proxies,
         ConsumerProxies::Only(vec![b.id]),
         "a deleted proxy drops out"
     );
-    store.delete_proxy(b.id).await.unwrap();
+    store.delete_proxy(&audit(), b.id).await.unwrap();
     let snap = store.snapshot_source("gw").await.unwrap().unwrap();
     assert_eq!(
         snap.consumers
@@ -1760,7 +1902,7 @@ async fn every_consumer_for_star_and_deleted_proxies_drop_out(store: Arc<Store>)
     let two = store.get_consumer("two").await.unwrap().unwrap();
     assert_eq!(two.spec.proxies, ConsumerProxies::Only(vec![]));
     store
-        .update_consumer(&two.spec, Some(two.version))
+        .update_consumer(&audit(), &two.spec, Some(two.version))
         .await
         .unwrap();
 }
@@ -1781,7 +1923,7 @@ async fn prices_are_seeded_once_and_writes_bump_every_gateway(store: Arc<Store>)
     );
 
     for g in ["gw", "gw2"] {
-        store.create_gateway(g, "h").await.unwrap();
+        store.create_gateway(&audit(), g, "h").await.unwrap();
     }
     let bedrock = Price {
         model: "anthropic.claude-3-haiku-20240307-v1:0".into(),
@@ -1789,7 +1931,7 @@ async fn prices_are_seeded_once_and_writes_bump_every_gateway(store: Arc<Store>)
         output_per_mtok: 1.25,
         cached_input_per_mtok: None,
     };
-    let (created, mut bumped) = store.put_price(&bedrock).await.unwrap();
+    let (created, mut bumped) = store.put_price(&audit(), &bedrock).await.unwrap();
     assert!(created);
     bumped.sort();
     assert_eq!(bumped, ["gw", "gw2"]);
@@ -1801,16 +1943,16 @@ async fn prices_are_seeded_once_and_writes_bump_every_gateway(store: Arc<Store>)
         output_per_mtok: 1.5,
         ..bedrock.clone()
     };
-    let (created, _) = store.put_price(&changed).await.unwrap();
+    let (created, _) = store.put_price(&audit(), &changed).await.unwrap();
     assert!(!created);
     assert_eq!(versions(&store, &["gw", "gw2"]).await, [2, 2]);
     let snap = store.snapshot_source("gw").await.unwrap().unwrap();
     assert!(snap.prices.contains(&changed));
     assert_eq!(snap.prices.len(), bundled.len() + 1);
 
-    store.delete_price("gpt-4.1").await.unwrap();
+    store.delete_price(&audit(), "gpt-4.1").await.unwrap();
     assert!(matches!(
-        store.delete_price("gpt-4.1").await,
+        store.delete_price(&audit(), "gpt-4.1").await,
         Err(StoreError::NotFound("price"))
     ));
     assert_eq!(versions(&store, &["gw", "gw2"]).await, [3, 3]);

@@ -12,6 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use switchyard_model::{ErrorCode, LibraryTopic, Limits, ProxySpec, ValidationError};
 
+use super::audit::{Audit, Change, json};
 use super::{
     Store, StoreError, check_version, from_ms, is_foreign_key_violation, is_unique_violation, ms,
     to_i64, to_u64,
@@ -76,10 +77,22 @@ fn utterances_json(topic: &LibraryTopic) -> Result<String, StoreError> {
     serde_json::to_string(&topic.utterances).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+fn resource(name: &str) -> String {
+    format!("topic/{name}")
+}
+
+/// A topic as its audit entries show it (it holds no secret).
+fn audit_view(record: &TopicRecord) -> Result<serde_json::Value, StoreError> {
+    let mut value = json(&record.topic)?;
+    value["version"] = serde_json::Value::from(record.version);
+    Ok(value)
+}
+
 impl Store {
     /// Stores a new library topic (at most `limits.library_topics` of them).
     pub async fn create_topic(
         &self,
+        audit: &Audit,
         topic: &LibraryTopic,
         limits: &Limits,
     ) -> Result<TopicRecord, StoreError> {
@@ -121,14 +134,21 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        tx.commit().await?;
-        Ok(TopicRecord {
+        let record = TopicRecord {
             topic: topic.clone(),
             version: 1,
             proxies: 0,
             created_at: now,
             updated_at: now,
-        })
+        };
+        self.record(
+            &mut tx,
+            audit,
+            Change::create(resource(&topic.name), audit_view(&record)?),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     /// Every library topic, without utterances, by name.
@@ -154,13 +174,14 @@ impl Store {
     /// version; their names are returned with the new record.
     pub async fn update_topic(
         &self,
+        audit: &Audit,
         topic: &LibraryTopic,
         expected_version: Option<u64>,
     ) -> Result<(TopicRecord, Vec<String>), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT version FROM topics WHERE name = $1{}",
+            "SELECT {SUMMARY_COLUMNS}, t.utterances FROM topics t WHERE t.name = $1{}",
             self.for_update()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -168,7 +189,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound("topic"))?;
-        let current = to_u64(row.try_get("version")?);
+        let before = record_from_row(&row)?;
+        let current = before.version;
         check_version("topic", current, expected_version)?;
         sqlx::query(
             "UPDATE topics SET description = $1, utterances = $2, utterance_count = $3, version = $4, updated_at = $5 \
@@ -198,26 +220,36 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let record = record_from_row(&row)?;
+        self.record(
+            &mut tx,
+            audit,
+            Change::update(
+                resource(&topic.name),
+                audit_view(&before)?,
+                audit_view(&record)?,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok((record, names))
     }
 
     /// Deletes a library topic no proxy names; otherwise a conflict naming them.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_topic(&self, audit: &Audit, name: &str) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let sql = format!(
-            "SELECT name FROM topics WHERE name = $1{}",
+            "SELECT {SUMMARY_COLUMNS}, t.utterances FROM topics t WHERE t.name = $1{}",
             self.for_update()
         );
-        if sqlx::query(AssertSqlSafe(sql))
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?
-            .is_none()
-        {
+        else {
             return Err(StoreError::NotFound("topic"));
-        }
+        };
+        let before = record_from_row(&row)?;
         let users = sqlx::query(
             "SELECT g.name AS gateway, p.name, p.id FROM proxy_topics pt \
              JOIN proxies p ON p.id = pt.proxy_id JOIN gateways g ON g.id = p.gateway_id \
@@ -260,6 +292,12 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        self.record(
+            &mut tx,
+            audit,
+            Change::delete(resource(name), audit_view(&before)?),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

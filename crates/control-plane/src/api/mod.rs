@@ -416,3 +416,5 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_roles_audit;

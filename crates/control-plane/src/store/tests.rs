@@ -96,6 +96,8 @@ store_suite!(
     expired_keys_leave_the_snapshot,
     every_consumer_for_star_and_deleted_proxies_drop_out,
     prices_are_seeded_once_and_writes_bump_every_gateway,
+    audit_entries_commit_with_their_write_only,
+    audit_queries_filter_and_page,
 );
 
 fn spec(gateway: &str, name: &str, base_path: &str) -> ProxySpec {
@@ -1984,4 +1986,201 @@ async fn prices_are_seeded_once_and_writes_bump_every_gateway(store: Arc<Store>)
         [4, 4],
         "nothing seeded, nothing bumped"
     );
+}
+
+async fn audit_count(store: &Store) -> usize {
+    store
+        .list_audit(&AuditQuery {
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn audit_entries_commit_with_their_write_only(store: Arc<Store>) {
+    let limits = Limits {
+        proxies_per_gateway: 1,
+        ..Limits::default()
+    };
+    store
+        .create_gateway(&audit(), "prod-eu", "h")
+        .await
+        .unwrap();
+    let p = store
+        .create_proxy(&audit(), &spec("prod-eu", "a", "/a"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(audit_count(&store).await, 2);
+    // Refused inside the transaction, after the gateway's row was locked: nothing recorded.
+    assert!(
+        store
+            .create_proxy(&audit(), &spec("prod-eu", "b", "/b"), &limits)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .update_proxy(&audit(), p.id, &spec("prod-eu", "a", "/a2"), Some(7))
+            .await
+            .is_err()
+    );
+    assert!(store.delete_gateway(&audit(), "prod-eu").await.is_err());
+    assert!(
+        store
+            .create_gateway(&audit(), "prod-eu", "h")
+            .await
+            .is_err()
+    );
+    assert!(store.revoke_admin_token(&audit(), "nobody").await.is_err());
+    assert_eq!(audit_count(&store).await, 2);
+    // A committed write: its entry, with the context given.
+    let ctx = Audit::new("ci", "req-42");
+    store
+        .update_proxy(&ctx, p.id, &spec("prod-eu", "a", "/a2"), Some(1))
+        .await
+        .unwrap();
+    let newest = &store
+        .list_audit(&AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (
+            newest.actor.as_str(),
+            newest.action.as_str(),
+            newest.resource.clone(),
+            newest.request_id.as_deref()
+        ),
+        ("ci", "update", format!("proxy/{}", p.id), Some("req-42"))
+    );
+    assert_eq!(newest.before.as_ref().unwrap()["base_path"], "/a");
+    assert_eq!(newest.after.as_ref().unwrap()["base_path"], "/a2");
+    // The process's own writes say so.
+    store
+        .create_gateway(&Audit::system("dev"), "dev", "h")
+        .await
+        .unwrap();
+    let newest = &store
+        .list_audit(&AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (newest.actor.as_str(), newest.request_id.as_deref()),
+        ("system:dev", None)
+    );
+}
+
+async fn audit_queries_filter_and_page(store: Arc<Store>) {
+    for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        let who = if i % 2 == 0 { "even" } else { "odd" };
+        store
+            .create_gateway(&Audit::new(who, format!("r{i}")), name, "h")
+            .await
+            .unwrap();
+    }
+    store
+        .delete_gateway(&Audit::new("odd", "r9"), "e")
+        .await
+        .unwrap();
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        f(&mut q);
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.resource)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        q(|_| {}).await,
+        [
+            "gateway/e",
+            "gateway/e",
+            "gateway/d",
+            "gateway/c",
+            "gateway/b",
+            "gateway/a"
+        ]
+    );
+    assert_eq!(
+        q(|q| q.actor = Some("even".into())).await,
+        ["gateway/e", "gateway/c", "gateway/a"]
+    );
+    assert_eq!(
+        q(|q| q.action = Some(AuditAction::Delete)).await,
+        ["gateway/e"]
+    );
+    assert_eq!(
+        q(|q| q.resource = Some(ResourceFilter::Exact("gateway/b".into()))).await,
+        ["gateway/b"]
+    );
+    assert_eq!(
+        q(|q| q.resource = Some(ResourceFilter::Prefix("gateway/".into())))
+            .await
+            .len(),
+        6
+    );
+    assert!(
+        q(|q| q.resource = Some(ResourceFilter::Prefix("proxy/".into())))
+            .await
+            .is_empty()
+    );
+    // A prefix is not a pattern: '%' and '_' mean themselves.
+    assert!(
+        q(|q| q.resource = Some(ResourceFilter::Prefix("gateway%".into())))
+            .await
+            .is_empty()
+    );
+    assert!(
+        q(|q| q.since = Some(chrono::Utc::now() + chrono::Duration::hours(1)))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        q(|q| q.until = Some(chrono::Utc::now() + chrono::Duration::hours(1)))
+            .await
+            .len(),
+        6
+    );
+    // Pages of 4 then 2, newest first, each entry once.
+    let all = store
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let first = store
+        .list_audit(&AuditQuery {
+            limit: 4,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let second = store
+        .list_audit(&AuditQuery {
+            limit: 4,
+            before_id: Some(first[3].id),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len() + second.len(), all.len());
+    let paged: Vec<i64> = first.iter().chain(&second).map(|e| e.id).collect();
+    assert_eq!(paged, all.iter().map(|e| e.id).collect::<Vec<_>>());
 }

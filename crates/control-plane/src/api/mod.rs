@@ -323,12 +323,14 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.trim() != "0")
 }
 
-/// The answers given without reading the request's body: no or a bad token, no such
-/// endpoint or method, a body over the limit.
+/// The answers given without reading the request's body: no or a bad token, a role the
+/// token lacks, a throttled address, no such endpoint or method, a body over the limit.
 fn refused_unread(status: StatusCode) -> bool {
     matches!(
         status,
         StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::TOO_MANY_REQUESTS
             | StatusCode::NOT_FOUND
             | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::PAYLOAD_TOO_LARGE

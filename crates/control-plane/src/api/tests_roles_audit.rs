@@ -482,6 +482,10 @@ struct Trail<'a> {
 impl Trail<'_> {
     /// A write that must leave exactly one entry: `action` on `resource` by `actor`, with the
     /// request's id.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request, then the entry it must leave"
+    )]
     async fn write(
         &mut self,
         token: &str,
@@ -1191,4 +1195,34 @@ async fn failed_authentications_are_logged_without_the_token_and_throttled() {
         logs.contains("too many failed admin authentications"),
         "{logs}"
     );
+}
+
+#[tokio::test]
+async fn a_refusal_for_want_of_a_role_closes_a_connection_with_an_unread_body() {
+    let api = Api::start(Limits::default()).await;
+    let viewer = new_token(&api, "ro", "viewer", &[]).await;
+    let pad = "a".repeat(200_000);
+    let body = format!(r#"{{"name":"x","url":"https://x","model":"m","pad":"{pad}"}}"#);
+    let refused = api
+        .http
+        .post(format!("{}/semantic-services", api.base))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(refused.headers()["connection"], "close");
+    // The pool's next request is not read as the rest of that body.
+    let (s, _, _) = call_as(
+        &api,
+        Some(&viewer),
+        HttpMethod::GET,
+        "/gateways",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -293,7 +293,10 @@ pub(super) async fn authenticate(
 }
 
 fn too_many(retry_after: Duration) -> Response {
-    let secs = retry_after.as_secs().max(1);
+    // Rounded up: a client that waits this long is accepted.
+    let secs = u64::try_from(retry_after.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1);
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_failures",

@@ -32,6 +32,7 @@ CREATE TABLE audit_log (
     after_state  TEXT,
     request_id   TEXT
 );
-CREATE INDEX audit_log_resource ON audit_log (resource, id);
-CREATE INDEX audit_log_actor ON audit_log (actor, id);
+-- Read newest first by (at, id), whatever the filter.
 CREATE INDEX audit_log_at ON audit_log (at, id);
+CREATE INDEX audit_log_resource ON audit_log (resource, at, id);
+CREATE INDEX audit_log_actor ON audit_log (actor, at, id);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use switchyard_model::{ErrorCode, ValidationError};
 
 use super::{ApiError, AppState};
-use crate::store::{AuditAction, AuditEntry, AuditQuery, ResourceFilter};
+use crate::store::{AuditAction, AuditEntry, AuditQuery, Cursor, ResourceFilter};
 
 /// Entries per page when `limit` is not given, and at most.
 const DEFAULT_LIMIT: u32 = 100;
@@ -94,15 +94,10 @@ fn parse(raw: Option<&str>) -> Result<AuditQuery, ApiError> {
                     })?;
             }
             "cursor" => {
-                q.before_id = Some(
-                    value
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| {
-                            bad("cursor", "must be the next_cursor of a previous page")
-                        })?,
-                );
+                q.after =
+                    Some(Cursor::parse(value).ok_or_else(|| {
+                        bad("cursor", "must be the next_cursor of a previous page")
+                    })?);
             }
             other => {
                 return Err(bad(
@@ -122,7 +117,7 @@ pub(super) async fn list(
     let q = parse(raw.as_deref())?;
     let entries = state.store.list_audit(&q).await?;
     let next_cursor = (entries.len() == q.limit as usize)
-        .then(|| entries.last().map(|e| e.id.to_string()))
+        .then(|| entries.last().map(|e| Cursor::of(e).to_string()))
         .flatten();
     Ok(Json(AuditPage {
         entries,
@@ -149,6 +144,8 @@ mod tests {
             ("limit=ten", "limit"),
             ("cursor=-1", "cursor"),
             ("cursor=abc", "cursor"),
+            ("cursor=42", "cursor"),
+            ("cursor=1-0", "cursor"),
             ("resource=", "resource"),
             ("actor=", "actor"),
             ("colour=blue", "colour"),
@@ -161,7 +158,7 @@ mod tests {
     #[test]
     fn a_query_is_parsed() {
         let q = parse(Some(
-            "since=2026-11-25T10:00:00%2B01:00&resource=proxy/*&actor=ci&action=update&limit=5&cursor=42",
+            "since=2026-11-25T10:00:00%2B01:00&resource=proxy/*&actor=ci&action=update&limit=5&cursor=1764000000000-42",
         ))
         .unwrap();
         assert_eq!(
@@ -175,7 +172,16 @@ mod tests {
         assert_eq!(q.resource, Some(ResourceFilter::Prefix("proxy/".into())));
         assert_eq!(q.actor.as_deref(), Some("ci"));
         assert_eq!(q.action, Some(AuditAction::Update));
-        assert_eq!((q.limit, q.before_id), (5, Some(42)));
+        assert_eq!(
+            (q.limit, q.after),
+            (
+                5,
+                Some(Cursor {
+                    at_ms: 1_764_000_000_000,
+                    id: 42
+                })
+            )
+        );
         assert_eq!(parse(None).unwrap().limit, DEFAULT_LIMIT);
     }
 }

@@ -465,10 +465,18 @@ async fn all_entries(api: &Api) -> Vec<Value> {
             None => break,
         }
     }
-    let ids: Vec<i64> = out.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    let order: Vec<(chrono::DateTime<chrono::Utc>, i64)> = out
+        .iter()
+        .map(|e| {
+            (
+                e["at"].as_str().unwrap().parse().unwrap(),
+                e["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     assert!(
-        ids.windows(2).all(|w| w[0] > w[1]),
-        "newest first, once each: {ids:?}"
+        order.windows(2).all(|w| w[0] > w[1]),
+        "newest first, once each: {order:?}"
     );
     out
 }

@@ -95,9 +95,39 @@ pub struct AuditQuery {
     pub resource: Option<ResourceFilter>,
     pub actor: Option<String>,
     pub action: Option<AuditAction>,
-    /// Entries older than this id (the cursor of the previous page).
-    pub before_id: Option<i64>,
+    /// Entries after this one in the order (the last entry of the previous page).
+    pub after: Option<Cursor>,
     pub limit: u32,
+}
+
+/// A position in the trail's order, newest first: by `at`, then `id` (ids are unique, so
+/// the order is total). As text: `<at in ms>-<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub at_ms: i64,
+    pub id: i64,
+}
+
+impl Cursor {
+    pub fn of(entry: &AuditEntry) -> Self {
+        Self {
+            at_ms: ms(entry.at),
+            id: entry.id,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (at, id) = text.split_once('-')?;
+        let at_ms = at.parse().ok().filter(|v: &i64| *v >= 0)?;
+        let id = id.parse().ok().filter(|v: &i64| *v > 0)?;
+        Some(Self { at_ms, id })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.at_ms, self.id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +227,9 @@ impl Store {
         Ok(())
     }
 
-    /// Entries matching `q`, newest first (at most `q.limit`).
+    /// Entries matching `q`, newest first (by `at`, then `id`; at most `q.limit`). The
+    /// indexes `(at, id)`, `(resource, at, id)` and `(actor, at, id)` serve this order, so a
+    /// page costs about its own rows whatever the filters and however old the window.
     pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         // Conditions are this function's constants; every value is a bound parameter.
         let mut conditions: Vec<String> = Vec::new();
@@ -226,8 +258,10 @@ impl Store {
         if q.action.is_some() {
             conditions.push(format!("action = ${}", next()));
         }
-        if q.before_id.is_some() {
-            conditions.push(format!("id < ${}", next()));
+        if q.after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            // `at <= a` first, so the index's range starts at the cursor.
+            conditions.push(format!("at <= ${a} AND (at < ${b} OR id < ${c})"));
         }
         let limit = next();
         let filter = if conditions.is_empty() {
@@ -237,7 +271,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT id, at, actor, action, resource, before_state, after_state, request_id \
-             FROM audit_log{filter} ORDER BY id DESC LIMIT ${limit}"
+             FROM audit_log{filter} ORDER BY at DESC, id DESC LIMIT ${limit}"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(since) = q.since {
@@ -261,8 +295,8 @@ impl Store {
         if let Some(action) = q.action {
             query = query.bind(action.as_str());
         }
-        if let Some(id) = q.before_id {
-            query = query.bind(id);
+        if let Some(c) = q.after {
+            query = query.bind(c.at_ms).bind(c.at_ms).bind(c.id);
         }
         query = query.bind(i64::from(q.limit));
         let rows = query.fetch_all(&self.pool).await?;

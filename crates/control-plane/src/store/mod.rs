@@ -47,7 +47,7 @@ use sqlx::any::AnyPoolOptions;
 use switchyard_model::ErrorCode;
 
 pub use admin_tokens::{AdminTokenMatch, AdminTokenRecord, NewAdminToken};
-pub use audit::{Audit, AuditAction, AuditEntry, AuditQuery, ResourceFilter};
+pub use audit::{Audit, AuditAction, AuditEntry, AuditQuery, Cursor, ResourceFilter};
 pub use consumers::NewKey;
 pub use gateways::GatewayRecord;
 pub use nodes::{NodeEvent, NodeRecord, ProxyFailure};

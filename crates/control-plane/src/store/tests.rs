@@ -2175,7 +2175,7 @@ async fn audit_queries_filter_and_page(store: Arc<Store>) {
     let second = store
         .list_audit(&AuditQuery {
             limit: 4,
-            before_id: Some(first[3].id),
+            after: Some(Cursor::of(&first[3])),
             ..AuditQuery::default()
         })
         .await

@@ -847,32 +847,16 @@ impl CounterHandle {
         if registry.is_some() {
             call.arg(NODE_TTL_MS);
         }
-        shared.scripts.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(
-            shared.config.timeout,
-            call.invoke_async::<Vec<i64>>(&mut conn),
-        )
-        .await;
-        let verdict = match answer {
-            Ok(Ok(out)) => {
+        let verdict = self
+            .run_script(call, &mut conn, shared.config.timeout, "admit")
+            .await
+            .and_then(|out| {
                 let parsed = parse_admit(&out, counters.len());
                 if parsed.is_none() {
                     shared.mark_down("unexpected answer to the admit script");
                 }
                 parsed
-            }
-            Ok(Err(e)) => {
-                shared.mark_down(&e.to_string());
-                None
-            }
-            Err(_) => {
-                shared.mark_down(&format!(
-                    "no answer within {} ms",
-                    shared.config.timeout.as_millis()
-                ));
-                None
-            }
-        };
+            });
         if shared.sharing() {
             self.settle_admission(counters, &sent, verdict.as_ref());
         }
@@ -1137,28 +1121,39 @@ impl CounterHandle {
         for (_, amount, window_ms) in batch {
             call.arg(*amount).arg((*window_ms).max(1));
         }
-        shared.scripts.fetch_add(1, Ordering::Relaxed);
         // Not on any request's path (the answer is sent): a longer wait is fine.
-        let answer = tokio::time::timeout(
-            shared.config.timeout * 4,
-            call.invoke_async::<Vec<i64>>(&mut conn),
-        )
-        .await;
-        match answer {
-            Ok(Ok(out)) if out.len() == 1 + 2 * batch.len() => {
-                shared.set_nodes(out[0]);
-                Some(out[1..].chunks_exact(2).map(|p| (p[0], p[1])).collect())
-            }
-            Ok(Ok(_)) => {
-                shared.mark_down("unexpected answer to the sync script");
-                None
-            }
+        let out = self
+            .run_script(call, &mut conn, shared.config.timeout * 4, "sync")
+            .await?;
+        if out.len() != 1 + 2 * batch.len() {
+            shared.mark_down("unexpected answer to the sync script");
+            return None;
+        }
+        shared.set_nodes(out[0]);
+        Some(out[1..].chunks_exact(2).map(|p| (p[0], p[1])).collect())
+    }
+
+    /// Runs one script on Redis within `timeout`; a failure marks Redis down (`None`).
+    async fn run_script(
+        &self,
+        call: redis::ScriptInvocation<'_>,
+        conn: &mut ConnectionManager,
+        timeout: Duration,
+        what: &str,
+    ) -> Option<Vec<i64>> {
+        let shared = &self.shared;
+        shared.scripts.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(timeout, call.invoke_async::<Vec<i64>>(conn)).await {
+            Ok(Ok(out)) => Some(out),
             Ok(Err(e)) => {
                 shared.mark_down(&e.to_string());
                 None
             }
             Err(_) => {
-                shared.mark_down("no answer to a sync");
+                shared.mark_down(&format!(
+                    "no answer to the {what} script within {} ms",
+                    timeout.as_millis()
+                ));
                 None
             }
         }

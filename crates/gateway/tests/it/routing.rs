@@ -416,14 +416,8 @@ async fn models_lists_what_each_route_serves() {
         assert_eq!(resp.headers()["x-switchyard-model"], "none");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["object"], "list");
-        let ids: Vec<&str> = body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap())
-            .collect();
         assert_eq!(
-            ids,
+            model_ids(&body),
             ["openai/gpt-4o-mini", "openai/gpt-4.1", "fixed/llama-3"]
         );
     }
@@ -467,14 +461,8 @@ async fn bare_model_names_reach_their_route_and_are_listed() {
     let resp = get(&gw, "/p/v1/models").await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    let ids: Vec<&str> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        ids,
+        model_ids(&body),
         [
             "openai/gpt-4o-mini",
             "openai/gpt-4.1",
@@ -487,4 +475,14 @@ async fn bare_model_names_reach_their_route_and_are_listed() {
             "llama-3",
         ]
     );
+}
+
+/// The ids of a `GET /models` answer, in order.
+fn model_ids(body: &Value) -> Vec<&str> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect()
 }

@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod cache;
 mod error;
 mod governance;
 mod http;
@@ -27,6 +28,7 @@ mod telemetry;
 mod traces;
 mod usage;
 
+pub use cache::CacheConfig;
 pub use error::GatewayError;
 pub use governance::{FailureMode, LimitsConfig};
 pub use limits::NodeLimits;

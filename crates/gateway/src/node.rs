@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     pub limits: NodeLimits,
     /// Where rate-limit and budget counters live (Redis, or this node).
     pub counters: crate::governance::LimitsConfig,
+    /// The response cache's bounds (its Redis is the counters').
+    pub cache: crate::cache::CacheConfig,
     /// Make the request path's OpenTelemetry spans (children, GenAI attributes, trace
     /// context upstream). Set when the process exports traces (`--otlp-endpoint`): it
     /// installs the exporter, the `tracing` layer and the W3C propagator.
@@ -115,6 +117,7 @@ impl GatewayConfig {
             listen_tls: None,
             limits: NodeLimits::default(),
             counters: crate::governance::LimitsConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
             traces: false,
         }
     }
@@ -281,6 +284,15 @@ impl Gateway {
                 crate::governance::Counters::new(config.counters.clone())
                     .map_err(GatewayError::Limits)?,
             ),
+            cache: crate::cache::CacheHandle::new(
+                crate::cache::CacheStore::new(
+                    config.cache.clone(),
+                    config.counters.redis_url.as_deref(),
+                    &config.counters.key_prefix,
+                    config.counters.timeout,
+                )
+                .map_err(GatewayError::Limits)?,
+            ),
             traces: config.traces,
         });
         info!("{}", state.counters.shared().describe());
@@ -314,6 +326,7 @@ impl Gateway {
                 let mut own = AppState::clone(&state);
                 own.client = upstream_client(&config)?;
                 own.counters = state.counters.for_thread();
+                own.cache = state.cache.for_thread();
                 Ok(http::router(Arc::new(own)))
             },
             &shutdown,

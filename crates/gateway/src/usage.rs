@@ -55,6 +55,9 @@ pub(crate) struct UsageRecord {
     pub events_sent: u64,
     /// Whether the request's span is exported ([`crate::traces`]).
     pub traces: bool,
+    /// What the response cache did, when the proxy has one. A hit (`usage` is then `None`:
+    /// no upstream tokens were spent) is charged nothing and costs 0.
+    pub cache: Option<crate::cache::Outcome>,
 }
 
 impl UsageRecord {
@@ -63,6 +66,9 @@ impl UsageRecord {
     /// estimate of what was produced: a token per event sent, and the request's bytes / 4
     /// as its input.
     pub(crate) fn billed_usage(&self) -> (Option<Usage>, bool) {
+        if self.cache.is_some_and(crate::cache::Outcome::is_hit) {
+            return (None, false);
+        }
         if let Some(usage) = self.usage {
             return (Some(usage), false);
         }
@@ -103,7 +109,10 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
         if let Some(reasoning) = usage.reasoning_tokens.filter(|n| *n > 0) {
             telemetry::tokens(&rec.proxy, &rec.route, "reasoning", reasoning);
         }
-    } else if (200..300).contains(&rec.status) && rec.provider != telemetry::NONE {
+    } else if (200..300).contains(&rec.status)
+        && rec.provider != telemetry::NONE
+        && !rec.cache.is_some_and(crate::cache::Outcome::is_hit)
+    {
         telemetry::usage_missing(&rec.proxy, &rec.route);
     }
     if rec.stream
@@ -117,7 +126,10 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
         .as_ref()
         .and_then(|g| g.consumer.as_ref())
         .map(|c| &*c.name);
+    let hit = rec.cache.is_some_and(crate::cache::Outcome::is_hit);
     let cost = match (&billed, &rec.governance) {
+        // A hit costs nothing.
+        _ if hit => Some(0.0),
         (Some(usage), Some(gov)) if rec.provider != telemetry::NONE => {
             let cost = gov.prices.cost(&rec.model, usage);
             match cost {
@@ -164,6 +176,7 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
         usage_estimated = estimated.then_some(true),
         consumer,
         cost_usd = cost,
+        cache = rec.cache.map(crate::cache::Outcome::header),
         "request finished"
     );
 }
@@ -201,6 +214,7 @@ mod tests {
             request_bytes: 0,
             events_sent: 0,
             traces: false,
+            cache: None,
         };
         metrics::with_local_recorder(&recorder, || {
             record(&rec, &Span::none());

@@ -45,6 +45,9 @@ pub struct ProxyInput {
     pub rate_limits: Vec<crate::governance::RateLimitInput>,
     #[serde(default)]
     pub budget: Option<crate::governance::BudgetInput>,
+    /// The response cache.
+    #[serde(default)]
+    pub cache: Option<crate::ResponseCacheInput>,
     #[serde(default)]
     pub id: Option<Uuid>,
     #[serde(default, deserialize_with = "version")]
@@ -318,6 +321,10 @@ impl ProxyInput {
             limits,
         )?;
         let budget = self.budget.map(|b| b.validate("budget")).transpose()?;
+        let cache = self
+            .cache
+            .map(|c| c.validate("cache", client_auth.required))
+            .transpose()?;
 
         Ok(ProxySpec {
             name: self.name,
@@ -332,6 +339,7 @@ impl ProxyInput {
             client_auth,
             rate_limits,
             budget,
+            cache,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! fallible conversions in [`snapshot`].
 #![forbid(unsafe_code)]
 
+mod cache;
 mod error;
 pub mod governance;
 mod input;
@@ -18,6 +19,10 @@ pub mod snapshot;
 mod spec;
 mod topic;
 
+pub use cache::{
+    CacheScope, DEFAULT_CACHE_THRESHOLD, ExactCache, ResponseCache, ResponseCacheInput,
+    SemanticCache,
+};
 pub use error::{ErrorCode, ValidationError};
 pub use governance::{
     Budget, BudgetPeriod, ClientAuth, Consumer, ConsumerKey, ConsumerProxies, ConsumerSpec,

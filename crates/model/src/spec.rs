@@ -76,6 +76,9 @@ pub struct ProxySpec {
     pub rate_limits: Vec<crate::RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<crate::Budget>,
+    /// The response cache (exact and semantic), when the proxy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::ResponseCache>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -74,6 +74,7 @@ pub fn proxy(
             client_auth: Default::default(),
             rate_limits: Vec::new(),
             budget: None,
+            cache: None,
         },
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         updated_at: DateTime::<Utc>::UNIX_EPOCH,

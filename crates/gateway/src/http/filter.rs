@@ -27,6 +27,8 @@ pub(crate) enum BodyFilter {
     Tee(Tee),
     Sse(Box<StreamInspector>),
     Translate(Box<Translator>),
+    /// A cached answer replayed: the bytes are already the client's, complete and checked.
+    Replay,
 }
 
 impl BodyFilter {
@@ -59,7 +61,10 @@ impl BodyFilter {
 
     /// Whether the bytes sent differ from the upstream's (its `Content-Length` must go).
     pub(crate) fn rewrites(&self) -> bool {
-        matches!(self, BodyFilter::Sse(_) | BodyFilter::Translate(_))
+        matches!(
+            self,
+            BodyFilter::Sse(_) | BodyFilter::Translate(_) | BodyFilter::Replay
+        )
     }
 
     /// The bytes to send for one upstream chunk (possibly empty).
@@ -78,13 +83,14 @@ impl BodyFilter {
             }
             BodyFilter::Sse(s) => s.push(&chunk),
             BodyFilter::Translate(t) => t.push(&chunk),
+            BodyFilter::Replay => chunk,
         }
     }
 
     /// The closing bytes when the upstream body ended.
     pub(crate) fn end(&mut self) -> Bytes {
         match self {
-            BodyFilter::Tee(_) => Bytes::new(),
+            BodyFilter::Tee(_) | BodyFilter::Replay => Bytes::new(),
             BodyFilter::Sse(s) => s.end(),
             BodyFilter::Translate(t) => t.end(),
         }
@@ -100,7 +106,7 @@ impl BodyFilter {
         )
         .code("upstream_stream_error");
         match self {
-            BodyFilter::Tee(_) => None,
+            BodyFilter::Tee(_) | BodyFilter::Replay => None,
             BodyFilter::Sse(s) => Some(s.fail(&err)),
             BodyFilter::Translate(t) => Some(t.fail(err)),
         }
@@ -110,7 +116,7 @@ impl BodyFilter {
     /// is not read any further.
     pub(crate) fn is_done(&self) -> bool {
         match self {
-            BodyFilter::Tee(_) => false,
+            BodyFilter::Tee(_) | BodyFilter::Replay => false,
             BodyFilter::Sse(s) => s.is_failed(),
             BodyFilter::Translate(t) => t.done,
         }
@@ -119,7 +125,7 @@ impl BodyFilter {
     /// Whether the upstream's stream turned out unusable (garbled, cut, or an error event).
     pub(crate) fn stream_failed(&self) -> bool {
         match self {
-            BodyFilter::Tee(_) => false,
+            BodyFilter::Tee(_) | BodyFilter::Replay => false,
             BodyFilter::Sse(s) => s.stream_failed(),
             BodyFilter::Translate(t) => t.failed,
         }
@@ -130,6 +136,8 @@ impl BodyFilter {
         match self {
             BodyFilter::Tee(t) if t.overflow => None,
             BodyFilter::Tee(t) => t.format.usage_from_body(&t.buf),
+            // A hit spends no upstream tokens.
+            BodyFilter::Replay => None,
             BodyFilter::Sse(s) => s.usage(),
             BodyFilter::Translate(t) => t.usage,
         }

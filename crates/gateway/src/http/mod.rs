@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     pub reading: Reading,
     /// The rate-limit and budget counters (this I/O thread's Redis connection).
     pub counters: crate::governance::CounterHandle,
+    /// The response cache (this I/O thread's Redis connection).
+    pub cache: crate::cache::CacheHandle,
     /// Make the request path's OpenTelemetry spans ([`crate::traces`]).
     pub traces: bool,
 }

@@ -31,6 +31,7 @@ use super::filter::BodyFilter;
 use super::inbound::{Endpoint, InboundRequest};
 use super::relay::{Ctx, NONE_VALUE, Served, model_header, request_id};
 use super::upstream::{Call, prepare};
+use crate::cache::{self, ProxyCache};
 use crate::error::{ProxyError, error_chain};
 use crate::governance::{self, CompiledConsumer};
 use crate::routing::{self, Choice, Decision, FallbackReason};
@@ -80,6 +81,8 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         gate: None,
         request_bytes: 0,
         traces: state.traces,
+        cache: None,
+        cache_similarity: None,
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -293,9 +296,29 @@ async fn complete(
     };
     let route = Arc::clone(&proxy.routes[first.route]);
     let model = ctx.choose(&route, &first);
+
+    // The response cache: a hit is answered here; a miss carries where to store its answer.
+    let plan = match &proxy.cache {
+        None => None,
+        Some(cache) => {
+            let lookup = Lookup {
+                proxy,
+                cache,
+                choice: &first,
+                route: &route,
+                inbound: &inbound,
+                headers: &parts.headers,
+                model: &model,
+            };
+            match cache_lookup(state, lookup, &mut ctx).await {
+                Ok(plan) => plan,
+                Err(hit) => return hit,
+            }
+        }
+    };
     let failure = match attempt(state, &route, &first, &call, &mut ctx).await {
         Attempt::Served(answer) => {
-            return respond(&ctx, answer, &inbound, &route.name_header, &model).await;
+            return respond(&ctx, answer, &inbound, &route.name_header, &model, plan).await;
         }
         Attempt::Refused(e) => return ctx.reject(&e, &route.name_header, &model),
         Attempt::Failed(failure) => failure,
@@ -312,8 +335,9 @@ async fn complete(
     let model = ctx.choose(&route, &second);
     info!(parent: &ctx.span, route = &*route.name, "falling back");
     match attempt(state, &route, &second, &call, &mut ctx).await {
+        // Served by the fallback after a failure: not stored (the key names the first route).
         Attempt::Served(answer) => {
-            respond(&ctx, answer, &inbound, &route.name_header, &model).await
+            respond(&ctx, answer, &inbound, &route.name_header, &model, None).await
         }
         Attempt::Refused(e) => ctx.reject(&e, &route.name_header, &model),
         Attempt::Failed(failure) => {
@@ -358,7 +382,7 @@ async fn finish_failure(
     model: &HeaderValue,
 ) -> Response {
     match failure.answer {
-        Some(answer) => respond(ctx, answer, inbound, route, model).await,
+        Some(answer) => respond(ctx, answer, inbound, route, model, None).await,
         None => {
             let err = match failure.reason {
                 FallbackReason::Timeout => ProxyError::UpstreamTimeout,
@@ -529,6 +553,7 @@ async fn respond(
     inbound: &InboundRequest,
     route: &HeaderValue,
     model: &HeaderValue,
+    plan: Option<cache::Plan>,
 ) -> Response {
     let Answer {
         resp,
@@ -554,15 +579,23 @@ async fn respond(
         if inbound.stream && is_aws_event_stream(resp.headers()) {
             // Claude on Bedrock (InvokeModelWithResponseStream): the Messages events arrive
             // in event-stream frames and leave as the client's server-sent events.
+            // (Not cached: the frames are InvokeModel's, which no decoder of the target reads.)
             let inspector = inbound.format.stream_inspector_for(&target, false);
-            return ctx.relay_translated(resp, BodyFilter::sse(inspector), route, model);
+            return ctx.relay_translated(resp, BodyFilter::sse(inspector), None, route, model);
         }
-        let filter = if inbound.stream && is_event_stream(resp.headers()) {
-            BodyFilter::sse(inbound.format.stream_inspector(inbound.asks_stream_usage()))
+        let (filter, recorder) = if inbound.stream && is_event_stream(resp.headers()) {
+            (
+                BodyFilter::sse(inbound.format.stream_inspector(inbound.asks_stream_usage())),
+                plan.map(|p| cache::Recorder::stream(p, &target)),
+            )
         } else {
-            BodyFilter::tee(inbound.format)
+            (
+                BodyFilter::tee(inbound.format),
+                plan.filter(|_| !inbound.stream)
+                    .map(|p| cache::Recorder::json(p, &target, resp.headers())),
+            )
         };
-        return ctx.relay(resp, filter, route, model);
+        return ctx.relay(resp, filter, recorder, route, model);
     }
     if !status.is_success() {
         let headers = resp.headers().clone();
@@ -587,7 +620,8 @@ async fn respond(
             target.stream_decoder(),
             inbound.format.stream_encoder(&stub),
         );
-        return ctx.relay_translated(resp, filter, route, model);
+        let recorder = plan.map(|p| cache::Recorder::stream(p, &target));
+        return ctx.relay_translated(resp, filter, recorder, route, model);
     }
     let headers = resp.headers().clone();
     let body = match read_capped(resp, ANSWER_BODY_LIMIT, ctx.upstream_idle).await {
@@ -611,12 +645,123 @@ async fn respond(
                 if one_tool_call {
                     chat.keep_first_tool_call();
                 }
-                (format.render_response(&chat), chat.usage)
+                (format.render_response(&chat), chat)
             })
     };
     match ctx.offload.run(size, translate).await {
-        Ok((out, usage)) => ctx.respond_json(out, Some(&headers), usage, route, model),
+        Ok((out, chat)) => {
+            if let Some(plan) = plan {
+                plan.store(cache::entry::Entry::from_response(&chat));
+            }
+            ctx.respond_json(out, Some(&headers), chat.usage, route, model)
+        }
         Err(e) => ctx.reject(&ProxyError::Api(e), route, model),
+    }
+}
+
+/// What a cache lookup needs to know about the request.
+struct Lookup<'a> {
+    proxy: &'a CompiledProxy,
+    cache: &'a ProxyCache,
+    choice: &'a Choice,
+    route: &'a CompiledRoute,
+    inbound: &'a Arc<InboundRequest>,
+    headers: &'a HeaderMap,
+    /// The `x-switchyard-model` value.
+    model: &'a HeaderValue,
+}
+
+/// Looks the request up in the proxy's cache (unless `Cache-Control` says not to): `Err`
+/// with the answer on a hit, else where to store the answer (`None`: not stored).
+async fn cache_lookup(
+    state: &AppState,
+    l: Lookup<'_>,
+    ctx: &mut Ctx,
+) -> Result<Option<cache::Plan>, Response> {
+    ctx.cache = Some(cache::Outcome::Miss);
+    let directive = cache::directive(l.headers);
+    if directive == cache::Directive::Bypass {
+        return Ok(None);
+    }
+    let Some(ttl) = l.cache.exact_ttl else {
+        return Ok(None);
+    };
+    let consumer = match l.cache.scope {
+        switchyard_model::CacheScope::Proxy => None,
+        switchyard_model::CacheScope::Consumer => {
+            match ctx.gate.as_ref().and_then(|g| g.consumer.as_ref()) {
+                Some(c) => Some(Arc::clone(&c.name)),
+                // No consumer to scope by: nothing is shared.
+                None => return Ok(None),
+            }
+        }
+    };
+    // The key needs the canonical request: parsing a large body is CPU work.
+    let key = {
+        let inbound = Arc::clone(l.inbound);
+        let (proxy, route, model) = (
+            l.proxy.id,
+            Arc::clone(&l.route.name),
+            Arc::clone(&l.choice.model),
+        );
+        let work = move || {
+            let req = inbound.canonical().ok()?;
+            let scope = cache::key::KeyScope {
+                proxy,
+                route: &route,
+                model: &model,
+                consumer: consumer.as_deref(),
+            };
+            Some(cache::key::exact_key(scope, req))
+        };
+        state.reading.offload.run(l.inbound.body.len(), work).await
+    };
+    let key = match key {
+        Some(Ok(key)) => key,
+        Some(Err(why)) => {
+            metrics::counter!(cache::NOT_STORED, "proxy" => ctx.proxy.shared(), "reason" => why.as_str())
+                .increment(1);
+            return Ok(None);
+        }
+        None => return Ok(None),
+    };
+    if directive == cache::Directive::Use {
+        if let Some((entry, _)) = state.cache.get(l.proxy.id, &l.proxy.name, &key).await {
+            ctx.cache = Some(cache::Outcome::Hit);
+            ctx.served.stream = l.inbound.stream;
+            cache::count_lookup(&l.proxy.name, cache::Outcome::Hit, entry.usage());
+            info!(parent: &ctx.span, "answered from the response cache");
+            return Err(serve_hit(ctx, &entry, l.inbound, &l.route.name_header, l.model, &l.choice.model));
+        }
+        cache::count_lookup(&l.proxy.name, cache::Outcome::Miss, None);
+    }
+    Ok(Some(cache::Plan {
+        handle: state.cache.clone(),
+        proxy: l.proxy.id,
+        proxy_name: Arc::clone(&l.proxy.name),
+        key,
+        ttl,
+    }))
+}
+
+/// A cached answer in the client's format: a stream of its events, or one JSON body.
+fn serve_hit(
+    ctx: &Ctx,
+    entry: &cache::entry::Entry,
+    inbound: &InboundRequest,
+    route: &HeaderValue,
+    model: &HeaderValue,
+    model_name: &str,
+) -> Response {
+    if inbound.stream {
+        let include_usage = inbound
+            .canonical()
+            .map(|r| r.stream_include_usage)
+            .unwrap_or(false);
+        ctx.replay(entry.stream(inbound.format, model_name, include_usage), route, model)
+    } else {
+        let body = inbound.format.render_response(&entry.response(model_name));
+        ctx.respond_json(body, None, None, route, model)
     }
 }
 

@@ -59,6 +59,10 @@ pub(crate) struct Ctx {
     pub request_bytes: usize,
     /// Whether the request's OpenTelemetry spans are made ([`crate::traces`]).
     pub traces: bool,
+    /// What the response cache did (`x-switchyard-cache`), when the proxy has one.
+    pub cache: Option<crate::cache::Outcome>,
+    /// A semantic hit's similarity (`x-switchyard-cache-similarity`).
+    pub cache_similarity: Option<f32>,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -161,6 +165,7 @@ impl Ctx {
         &self,
         upstream: UpstreamResponse,
         filter: BodyFilter,
+        recorder: Option<Box<crate::cache::Recorder>>,
         route: &HeaderValue,
         model: &HeaderValue,
     ) -> Response {
@@ -188,6 +193,7 @@ impl Ctx {
             headers,
             idle_bounded(upstream, self.upstream_idle),
             filter,
+            recorder.filter(|_| status.is_success()),
             remaining,
             outcome,
         )
@@ -218,6 +224,7 @@ impl Ctx {
         &self,
         upstream: UpstreamResponse,
         filter: BodyFilter,
+        recorder: Option<Box<crate::cache::Recorder>>,
         route: &HeaderValue,
         model: &HeaderValue,
     ) -> Response {
@@ -230,17 +237,44 @@ impl Ctx {
             headers,
             idle_bounded(upstream, self.upstream_idle),
             filter,
+            recorder,
             None,
             Outcome::Completed,
         )
     }
 
+    /// A cached answer replayed as the client format's stream, one body chunk per event.
+    pub(crate) fn replay(
+        &self,
+        chunks: Vec<Bytes>,
+        route: &HeaderValue,
+        model: &HeaderValue,
+    ) -> Response {
+        use futures::StreamExt;
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(header::CONTENT_TYPE, EVENT_STREAM.clone());
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        self.stamp(&mut headers, route, model);
+        let inner = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+        self.stream_response(
+            StatusCode::OK,
+            headers,
+            inner,
+            BodyFilter::Replay,
+            None,
+            None,
+            Outcome::Completed,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn stream_response(
         &self,
         status: StatusCode,
         headers: HeaderMap,
         inner: BoxStream<'static, Chunk>,
         filter: BodyFilter,
+        recorder: Option<Box<crate::cache::Recorder>>,
         remaining: Option<u64>,
         outcome: Outcome,
     ) -> Response {
@@ -248,6 +282,7 @@ impl Ctx {
             remaining,
             inner,
             filter,
+            recorder,
             finish: self.finish(status, outcome),
             done: remaining == Some(0),
             ended: false,
@@ -284,6 +319,17 @@ impl Ctx {
         headers.insert(ROUTE_HEADER.clone(), route.clone());
         headers.insert(MODEL_HEADER.clone(), model.clone());
         headers.insert(REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(cache) = self.cache {
+            headers.insert(
+                crate::cache::CACHE_HEADER.clone(),
+                HeaderValue::from_static(cache.header()),
+            );
+            if let Some(similarity) = self.cache_similarity
+                && let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}"))
+            {
+                headers.insert(crate::cache::SIMILARITY_HEADER.clone(), v);
+            }
+        }
         if let Some(gate) = &self.gate
             && !gate.headers.is_empty()
         {
@@ -328,6 +374,7 @@ impl Ctx {
                 request_bytes: self.request_bytes,
                 events_sent: 0,
                 traces: self.traces,
+                cache: self.cache,
             },
         }
     }
@@ -400,6 +447,8 @@ pub(crate) fn idle_bounded(
 struct Relay {
     inner: BoxStream<'static, Chunk>,
     filter: BodyFilter,
+    /// Stores the answer in the response cache if it completes (a cacheable miss).
+    recorder: Option<Box<crate::cache::Recorder>>,
     /// Bytes still expected when the upstream declared a length (and the body is relayed
     /// untouched): hyper stops polling once it wrote that many, so the end is seen here
     /// rather than as the stream's `None`.
@@ -435,6 +484,9 @@ impl Stream for Relay {
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(recorder) = &mut this.recorder {
+                        recorder.push(&chunk);
+                    }
                     if let Some(remaining) = &mut this.remaining {
                         *remaining = remaining.saturating_sub(chunk.len() as u64);
                         if *remaining == 0 {
@@ -442,7 +494,15 @@ impl Stream for Relay {
                         }
                     }
                     let out = this.filter.push(chunk);
+                    if this.done
+                        && !this.filter.is_done()
+                        && let Some(recorder) = this.recorder.take()
+                    {
+                        // The declared length is all there: the answer is complete.
+                        recorder.complete();
+                    }
                     if this.filter.is_done() {
+                        this.recorder = None;
                         // The filter ended the answer (an error event): stop reading.
                         this.done = true;
                         this.ended = true;
@@ -460,6 +520,7 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
+                    this.recorder = None;
                     this.finish.outcome = Outcome::UpstreamBroke;
                     telemetry::upstream_error(
                         &this.finish.record.proxy,
@@ -480,6 +541,12 @@ impl Stream for Relay {
                     this.done = true;
                     this.ended = true;
                     let out = this.filter.end();
+                    let recorder = this.recorder.take();
+                    if let Some(recorder) = recorder
+                        && !this.filter.stream_failed()
+                    {
+                        recorder.complete();
+                    }
                     if this.filter.stream_failed() {
                         this.finish.outcome = Outcome::UpstreamBroke;
                         telemetry::upstream_error(
@@ -571,6 +638,8 @@ mod tests {
             gate: None,
             request_bytes: 0,
             traces: false,
+            cache: None,
+            cache_similarity: None,
         }
     }
 
@@ -583,6 +652,7 @@ mod tests {
             inner: Box::pin(futures::stream::iter(items)),
             filter,
             remaining,
+            recorder: None,
             finish: ctx().finish(StatusCode::OK, Outcome::Completed),
             done: remaining == Some(0),
             ended: false,

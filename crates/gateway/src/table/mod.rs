@@ -103,6 +103,8 @@ pub struct CompiledProxy {
     pub(crate) governance: crate::governance::ProxyGovernance,
     /// The routes' bare model names.
     pub(crate) bare: BareModels,
+    /// The response cache, when the proxy has one.
+    pub(crate) cache: Option<crate::cache::ProxyCache>,
 }
 
 /// The bare model names of a proxy's routes: exact names, and prefixes longest first.
@@ -365,6 +367,10 @@ fn compile_proxy(
         semantic,
         governance: crate::governance::ProxyGovernance::compile(spec),
         bare,
+        cache: spec
+            .cache
+            .as_ref()
+            .map(|c| crate::cache::ProxyCache::compile(c, spec.client_auth.required)),
     })
 }
 
@@ -436,6 +442,7 @@ pub(crate) mod tests {
                 client_auth: Default::default(),
                 rate_limits: Vec::new(),
                 budget: None,
+                cache: None,
             },
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             updated_at: DateTime::<Utc>::UNIX_EPOCH,

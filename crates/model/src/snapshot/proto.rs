@@ -227,6 +227,7 @@ fn proxy_to_pb(p: &Proxy) -> pb::Proxy {
         client_auth_required: spec.client_auth.required,
         rate_limits: spec.rate_limits.iter().map(rate_limit_to_pb).collect(),
         budget: spec.budget.as_ref().map(budget_to_pb),
+        cache: spec.cache.as_ref().map(cache_to_pb),
         version: p.version,
     }
 }
@@ -319,6 +320,7 @@ fn proxy_from_pb(p: pb::Proxy, gateway: &str) -> Result<Proxy, InvalidSnapshot> 
         },
         rate_limits: rate_limits_from_pb(p.rate_limits)?,
         budget: p.budget.map(budget_from_pb).transpose()?,
+        cache: p.cache.map(cache_from_pb).transpose()?,
     };
     // Timestamps are control-plane bookkeeping; nodes do not need them.
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
@@ -365,6 +367,54 @@ fn rate_limits_from_pb(limits: Vec<pb::RateLimit>) -> Result<Vec<RateLimit>, Inv
             })
         })
         .collect()
+}
+
+fn cache_to_pb(c: &crate::ResponseCache) -> pb::ResponseCache {
+    pb::ResponseCache {
+        exact: c.exact.as_ref().map(|e| pb::CacheTier {
+            ttl: e.ttl.to_string(),
+            threshold: 0.0,
+        }),
+        semantic: c.semantic.as_ref().map(|s| pb::CacheTier {
+            ttl: s.ttl.to_string(),
+            threshold: s.threshold,
+        }),
+        scope: c.scope.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+    }
+}
+
+fn cache_from_pb(c: pb::ResponseCache) -> Result<crate::ResponseCache, InvalidSnapshot> {
+    let ttl = |t: &str| {
+        crate::Window::parse("cache ttl", t).map_err(|e| invalid(format!("bad cache ttl: {e}")))
+    };
+    let exact = match c.exact {
+        None => None,
+        Some(e) => Some(crate::ExactCache { ttl: ttl(&e.ttl)? }),
+    };
+    let semantic = match c.semantic {
+        None => None,
+        Some(s) => {
+            if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+                return Err(invalid("a semantic cache threshold is above 0 and at most 1"));
+            }
+            Some(crate::SemanticCache {
+                threshold: s.threshold,
+                ttl: ttl(&s.ttl)?,
+            })
+        }
+    };
+    let scope = match c.scope.as_str() {
+        "" => None,
+        s => Some(
+            crate::CacheScope::parse(s)
+                .ok_or_else(|| invalid(format!("unknown cache scope '{s}'")))?,
+        ),
+    };
+    Ok(crate::ResponseCache {
+        exact,
+        semantic,
+        scope,
+    })
 }
 
 fn budget_to_pb(b: &Budget) -> pb::Budget {
@@ -627,7 +677,8 @@ mod tests {
                 {"name": "t", "tokens": 1000, "window": "1h", "key": "consumer"},
                 {"name": "r", "requests": 60, "window": "1m", "key": "#[attributes.headers['x-tenant']]"}
             ],
-            "budget": {"usd": 12.5, "period": "month"}
+            "budget": {"usd": 12.5, "period": "month"},
+            "cache": {"exact": {"ttl": "10m"}, "semantic": {"threshold": 0.92, "ttl": "1h"}, "scope": "proxy"}
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()

@@ -1,0 +1,421 @@
+//! Where entries live: a bounded in-memory LRU per node, in front of Redis (shared by every
+//! node of the gateway) when the node has `--redis-url`.
+//!
+//! - A lookup asks memory first, then Redis (one `GET`, bounded by `--redis-timeout`); an
+//!   entry found in Redis is kept in memory for the rest of its life.
+//! - A store goes to memory at once and to Redis in a task of its own (`SET … PX ttl`): the
+//!   request never waits for it.
+//! - Redis failing (an error, or no answer in time) is a miss, never an error: the node stops
+//!   asking it and probes it every half second, like the counters.
+//! - Entries larger than `--cache-max-entry-bytes` (serialized) are not stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tracing::{debug, info, warn};
+
+use super::entry::{ENTRY_VERSION, Entry};
+
+/// How a node caches answers (flags of `switchyard gateway`).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The most bytes of entries (serialized) this node keeps in memory.
+    pub memory_bytes: usize,
+    /// The largest entry stored (serialized bytes).
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+        }
+    }
+}
+
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One entry in memory.
+struct Slot {
+    entry: Arc<Entry>,
+    bytes: usize,
+    expires: Instant,
+    tick: u64,
+    proxy: Arc<str>,
+}
+
+/// A byte-bounded LRU with per-entry expiry.
+#[derive(Default)]
+struct Lru {
+    map: HashMap<String, Slot>,
+    order: BTreeMap<u64, String>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl Lru {
+    fn get(&mut self, key: &str, now: Instant) -> Option<Arc<Entry>> {
+        let slot = self.map.get_mut(key)?;
+        if slot.expires <= now {
+            self.remove(key);
+            return None;
+        }
+        self.tick += 1;
+        self.order.remove(&slot.tick);
+        slot.tick = self.tick;
+        self.order.insert(self.tick, key.to_owned());
+        Some(Arc::clone(&slot.entry))
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Slot> {
+        let slot = self.map.remove(key)?;
+        self.order.remove(&slot.tick);
+        self.bytes -= slot.bytes;
+        Some(slot)
+    }
+
+    /// Inserts; returns the proxies of the entries evicted to make room.
+    fn insert(&mut self, key: String, slot: Slot, cap: usize) -> Vec<Arc<str>> {
+        self.remove(&key);
+        let mut evicted = Vec::new();
+        while self.bytes + slot.bytes > cap {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(old) = self.map.remove(&oldest) {
+                self.bytes -= old.bytes;
+                evicted.push(old.proxy);
+            }
+        }
+        self.tick += 1;
+        let slot = Slot {
+            tick: self.tick,
+            ..slot
+        };
+        self.order.insert(self.tick, key.clone());
+        self.bytes += slot.bytes;
+        self.map.insert(key, slot);
+        evicted
+    }
+}
+
+/// The node's cache: memory, Redis, and whether Redis answers.
+pub(crate) struct CacheStore {
+    config: CacheConfig,
+    client: Option<redis::Client>,
+    prefix: String,
+    timeout: Duration,
+    memory: Mutex<Lru>,
+    redis_up: AtomicBool,
+    last_probe_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStore")
+            .field("redis", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an entry was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    Memory,
+    Redis,
+}
+
+impl CacheStore {
+    /// The node's cache, sharing entries through `redis_url` when given (the counters'
+    /// Redis, prefix and timeout).
+    pub(crate) fn new(
+        config: CacheConfig,
+        redis_url: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Arc<CacheStore>, String> {
+        if config.max_entry_bytes == 0 {
+            return Err("--cache-max-entry-bytes must be more than 0".to_owned());
+        }
+        let client = match redis_url {
+            None => None,
+            Some(url) => Some(redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?),
+        };
+        Ok(Arc::new(CacheStore {
+            config,
+            client,
+            prefix: format!("{prefix}:cache"),
+            timeout,
+            memory: Mutex::new(Lru::default()),
+            redis_up: AtomicBool::new(true),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }))
+    }
+
+    pub(crate) fn max_entry_bytes(&self) -> usize {
+        self.config.max_entry_bytes
+    }
+
+    /// The Redis key of an entry.
+    pub(crate) fn redis_key(&self, proxy: uuid::Uuid, key: &str) -> String {
+        format!("{}:{}:{key}", self.prefix, proxy.simple())
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, key: String, entry: Arc<Entry>, bytes: usize, ttl: Duration, proxy: &Arc<str>) {
+        let slot = Slot {
+            entry,
+            bytes,
+            expires: Instant::now() + ttl,
+            tick: 0,
+            proxy: Arc::clone(proxy),
+        };
+        let (evicted, total) = {
+            let mut memory = self.memory();
+            let evicted = memory.insert(key, slot, self.config.memory_bytes);
+            (evicted, memory.bytes)
+        };
+        for proxy in evicted {
+            metrics::counter!(super::EVICTIONS, "proxy" => metrics::SharedString::from(proxy))
+                .increment(1);
+        }
+        metrics::gauge!(super::MEMORY_BYTES).set(total as f64);
+    }
+
+    fn mark_down(&self, why: &str) {
+        metrics::counter!(super::REDIS_ERRORS).increment(1);
+        if self.redis_up.swap(false, Ordering::AcqRel) {
+            self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
+            warn!(error = why, "redis does not answer: the response cache is per node until it does");
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.redis_up.swap(true, Ordering::AcqRel) {
+            info!("redis answers again: the response cache is shared again");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn probe_due(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// One I/O thread's access to the cache: the node's store and this thread's own Redis
+/// connection (made lazily on the thread, so its driver task runs there).
+#[derive(Clone, Debug)]
+pub(crate) struct CacheHandle {
+    shared: Arc<CacheStore>,
+    conn: Arc<OnceLock<ConnectionManager>>,
+}
+
+impl CacheHandle {
+    pub(crate) fn new(shared: Arc<CacheStore>) -> CacheHandle {
+        CacheHandle {
+            shared,
+            conn: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A handle with a connection of its own (one per I/O thread).
+    pub(crate) fn for_thread(&self) -> CacheHandle {
+        CacheHandle::new(Arc::clone(&self.shared))
+    }
+
+    pub(crate) fn store(&self) -> &CacheStore {
+        &self.shared
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        let client = self.shared.client.as_ref()?;
+        if let Some(conn) = self.conn.get() {
+            return Some(conn.clone());
+        }
+        let timeout = self.shared.timeout;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        match ConnectionManager::new_lazy_with_config(client.clone(), config) {
+            Ok(conn) => Some(self.conn.get_or_init(|| conn).clone()),
+            Err(e) => {
+                self.shared.mark_down(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The connection to ask now, if Redis is up; while it is down, a probe every
+    /// [`PROBE_INTERVAL`] (in a task of its own).
+    fn use_redis(&self) -> Option<ConnectionManager> {
+        let conn = self.connection()?;
+        if self.shared.redis_up.load(Ordering::Acquire) {
+            return Some(conn);
+        }
+        if self.shared.probe_due() {
+            let shared = Arc::clone(&self.shared);
+            let mut probe = conn;
+            tokio::spawn(async move {
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut probe);
+                match tokio::time::timeout(shared.timeout * 4, ping).await {
+                    Ok(Ok(_)) => shared.mark_up(),
+                    Ok(Err(e)) => debug!(error = %e, "redis probe failed (cache)"),
+                    Err(_) => debug!("redis probe timed out (cache)"),
+                }
+            });
+        }
+        None
+    }
+
+    /// The entry under `key` (memory, then Redis), if any.
+    pub(crate) async fn get(
+        &self,
+        proxy: uuid::Uuid,
+        proxy_name: &Arc<str>,
+        key: &str,
+    ) -> Option<(Arc<Entry>, Found)> {
+        let rkey = self.shared.redis_key(proxy, key);
+        if let Some(e) = self.shared.memory().get(&rkey, Instant::now()) {
+            return Some((e, Found::Memory));
+        }
+        let mut conn = self.use_redis()?;
+        // The value and its time left, in one round trip.
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
+        let asked = pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
+        let (bytes, pttl) = match tokio::time::timeout(self.shared.timeout, asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                self.shared.mark_down(&e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.shared.mark_down(&format!(
+                    "no answer within {} ms",
+                    self.shared.timeout.as_millis()
+                ));
+                return None;
+            }
+        };
+        let bytes = bytes?;
+        let entry: Entry = match serde_json::from_slice(&bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                debug!(error = %e, "unreadable cache entry: a miss");
+                return None;
+            }
+        };
+        if entry.v != ENTRY_VERSION {
+            return None;
+        }
+        let entry = Arc::new(entry);
+        if pttl > 0 {
+            let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+            self.shared
+                .remember(rkey, Arc::clone(&entry), bytes.len(), ttl, proxy_name);
+        }
+        Some((entry, Found::Redis))
+    }
+
+    /// Stores `entry` under `key` for `ttl`: in memory now, in Redis in a task of its own.
+    /// Returns its serialized size, or `None` when it is larger than the bound (not stored).
+    pub(crate) fn put(
+        &self,
+        proxy: uuid::Uuid,
+        proxy_name: &Arc<str>,
+        key: &str,
+        entry: Entry,
+        ttl: Duration,
+    ) -> Option<usize> {
+        let bytes = serde_json::to_vec(&entry).ok()?;
+        if bytes.len() > self.shared.config.max_entry_bytes {
+            return None;
+        }
+        let size = bytes.len();
+        let rkey = self.shared.redis_key(proxy, key);
+        self.shared
+            .remember(rkey.clone(), Arc::new(entry), size, ttl, proxy_name);
+        if let Some(mut conn) = self.use_redis() {
+            let shared = Arc::clone(&self.shared);
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            tokio::spawn(async move {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&rkey).arg(bytes).arg("PX").arg(ms);
+                let set = cmd.query_async::<()>(&mut conn);
+                match tokio::time::timeout(shared.timeout * 4, set).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => shared.mark_down(&e.to_string()),
+                    Err(_) => shared.mark_down("no answer to a cache write"),
+                }
+            });
+        }
+        Some(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(text: &str) -> Arc<Entry> {
+        Arc::new(Entry {
+            v: ENTRY_VERSION,
+            model: "m".into(),
+            events: vec![super::super::entry::Ev::Text { d: text.into() }],
+        })
+    }
+
+    #[test]
+    fn the_lru_is_bounded_by_bytes_and_expires_entries() {
+        let mut lru = Lru::default();
+        let now = Instant::now();
+        let p: Arc<str> = Arc::from("p");
+        let slot = |bytes, ttl_ms| Slot {
+            entry: entry("x"),
+            bytes,
+            expires: now + Duration::from_millis(ttl_ms),
+            tick: 0,
+            proxy: Arc::clone(&p),
+        };
+        assert!(lru.insert("a".into(), slot(40, 10_000), 100).is_empty());
+        assert!(lru.insert("b".into(), slot(40, 10_000), 100).is_empty());
+        // "a" used: "b" is the oldest.
+        assert!(lru.get("a", now).is_some());
+        let evicted = lru.insert("c".into(), slot(40, 10_000), 100);
+        assert_eq!(evicted.len(), 1);
+        assert!(lru.get("b", now).is_none());
+        assert!(lru.get("a", now).is_some() && lru.get("c", now).is_some());
+        assert_eq!(lru.bytes, 80);
+        // Replacing keeps the count right.
+        lru.insert("c".into(), slot(10, 10_000), 100);
+        assert_eq!(lru.bytes, 50);
+        // Expired: gone.
+        lru.insert("d".into(), slot(10, 0), 100);
+        assert!(lru.get("d", now + Duration::from_millis(1)).is_none());
+        assert_eq!(lru.bytes, 50);
+    }
+}

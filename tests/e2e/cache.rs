@@ -1,0 +1,513 @@
+//! The response cache end to end: a real control plane, two gateway nodes sharing one Redis
+//! (a private `redis-server` per test), the mock providers, over real HTTP and gRPC.
+//!
+//! An answer stored through one node is a hit on the other, streamed and not, in both
+//! directions, with tool calls, across the chat and Responses formats; streams replayed in
+//! chunks; `Cache-Control`; TTL expiry; errors and cut streams never stored; consumers never
+//! see each other's answers; request limits count hits; Redis down → served, not an error.
+
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_e2e::{Plane, Store, eventually, fast_sync, node_config};
+use switchyard_gateway::{Gateway, LimitsConfig};
+use switchyard_testkit::openai::{MOCK_API_KEY, MockOpenAi};
+use switchyard_testkit::redis::{RedisServer, unique_prefix};
+use switchyard_testkit::script::{TOOL_ARGUMENTS, reply_text};
+use switchyard_testkit::server::Behavior;
+
+struct Fleet {
+    plane: Plane,
+    nodes: Vec<Gateway>,
+    _dirs: Vec<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+/// One Prometheus recorder per test process (nextest runs each test in its own).
+fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+        .clone()
+}
+
+async fn fleet(store: &Store, redis: &RedisServer, nodes: usize) -> Fleet {
+    metrics();
+    let plane = Plane::start(store).await;
+    let token = plane.create_gateway("prod-eu").await;
+    let prefix = unique_prefix();
+    let mut out = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = node_config(&plane.grpc_url(), "prod-eu", &token, dir.path());
+        config.counters = LimitsConfig {
+            redis_url: Some(redis.url()),
+            key_prefix: prefix.clone(),
+            timeout: Duration::from_millis(250),
+            ..LimitsConfig::default()
+        };
+        out.push(Gateway::start_with(config, fast_sync()).await.unwrap());
+        dirs.push(dir);
+    }
+    Fleet {
+        plane,
+        nodes: out,
+        _dirs: dirs,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Fleet {
+    fn node(&self, i: usize) -> SocketAddr {
+        self.nodes[i].local_addr()
+    }
+
+    async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, created) = self.plane.admin().post(path, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created
+    }
+
+    async fn key(&self, consumer: &str) -> String {
+        let (status, key) = self
+            .plane
+            .admin()
+            .post(&format!("/consumers/{consumer}/keys"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        key["key"].as_str().unwrap().to_owned()
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+        let mut plane = self.plane;
+        plane.stop().await;
+    }
+}
+
+fn proxy(upstream: &str, cache: Value, extra: Value) -> Value {
+    let mut p = json!({
+        "name": "support", "gateway": "prod-eu", "base_path": "/support",
+        "cache": cache,
+        "routes": [{"name": "openai", "provider": "openai", "url": upstream,
+                    "auth": {"type": "static", "api_key": MOCK_API_KEY}, "target_model": "gpt-4.1"}]
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+/// One answer: status, headers, and the body (JSON, or the SSE text of a stream).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+    sse: String,
+}
+
+impl Answer {
+    fn cache(&self) -> &str {
+        self.headers
+            .get("x-switchyard-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The `data:` payloads of a stream, parsed (`[DONE]` left out).
+    fn events(&self) -> Vec<Value> {
+        self.sse
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    /// A chat stream's text deltas, in order.
+    fn chat_deltas(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+async fn send(
+    http: &reqwest::Client,
+    url: String,
+    body: &Value,
+    stream: bool,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = http.post(url).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if stream && status == StatusCode::OK {
+        let sse = resp.text().await.unwrap();
+        Answer {
+            status,
+            headers,
+            json: Value::Null,
+            sse,
+        }
+    } else {
+        Answer {
+            status,
+            headers,
+            json: resp.json().await.unwrap_or(Value::Null),
+            sse: String::new(),
+        }
+    }
+}
+
+fn chat_body(prompt: &str, stream: bool, tools: bool) -> Value {
+    let mut body = json!({"model": "openai/gpt-4.1", "stream": stream,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": prompt}]});
+    if tools {
+        body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    }
+    body
+}
+
+async fn chat(f: &Fleet, node: usize, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    send(
+        &f.http,
+        format!("http://{}/support/v1/chat/completions", f.node(node)),
+        body,
+        stream,
+        headers,
+    )
+    .await
+}
+
+/// Waits until `body` is a hit on `node` (the store to Redis is not awaited by the request).
+async fn until_hit(f: &Fleet, node: usize, body: &Value) {
+    eventually(Duration::from_secs(5), "a cache hit", || async {
+        chat(f, node, body, &[]).await.cache() == "hit"
+    })
+    .await;
+}
+
+async fn until_served(f: &Fleet, path: &str, headers: &[(&str, &str)]) {
+    for node in 0..f.nodes.len() {
+        eventually(Duration::from_secs(5), "the proxy to be served", || async {
+            let body = json!({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "warm-up"}]});
+            let a = send(
+                &f.http,
+                format!("http://{}{path}/v1/chat/completions", f.node(node)),
+                &body,
+                false,
+                headers,
+            )
+            .await;
+            a.status == StatusCode::OK
+        })
+        .await;
+    }
+}
+
+async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet(&store, &redis, 2).await;
+    f.create(
+        "/proxies",
+        proxy(&mock.base_url(), json!({"exact": {"ttl": "10m"}}), json!({})),
+    )
+    .await;
+    until_served(&f, "/support", &[]).await;
+
+    // A JSON answer with a tool call, stored through node 0 …
+    let body = chat_body("What is the weather in Paris?", false, true);
+    let before = mock.request_count();
+    let miss = chat(&f, 0, &body, &[]).await;
+    assert_eq!(miss.status, StatusCode::OK, "{}", miss.json);
+    assert_eq!(miss.cache(), "miss");
+    let call = &miss.json["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["arguments"], TOOL_ARGUMENTS);
+    assert_eq!(mock.request_count(), before + 1);
+
+    // … is a hit on node 1 (through Redis), the same answer with a fresh id …
+    until_hit(&f, 1, &body).await;
+    let hit = chat(&f, 1, &body, &[]).await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(
+        hit.json["choices"][0]["message"]["tool_calls"],
+        miss.json["choices"][0]["message"]["tool_calls"]
+    );
+    assert_eq!(hit.json["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(hit.json["usage"], miss.json["usage"]);
+    assert_ne!(hit.json["id"], miss.json["id"]);
+    assert_eq!(hit.headers["x-switchyard-route"], "openai");
+    assert_eq!(hit.headers["x-switchyard-model"], "gpt-4.1");
+
+    // … and for a streaming client: a stream of chunks carrying the call and the usage.
+    let mut streamed = body.clone();
+    streamed["stream"] = true.into();
+    streamed["stream_options"] = json!({"include_usage": true});
+    let hit = chat(&f, 0, &streamed, &[]).await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert_eq!(hit.cache(), "hit");
+    assert!(hit.sse.ends_with("data: [DONE]\n\n"), "{}", hit.sse);
+    let events = hit.events();
+    assert!(events.len() >= 3, "{}", hit.sse);
+    let args: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, TOOL_ARGUMENTS);
+    assert!(events.iter().any(|e| e["usage"]["total_tokens"].as_u64().is_some()));
+
+    // A Responses client asking the same: a hit, as a Responses object.
+    let responses = json!({"model": "openai/gpt-4.1", "instructions": "Be brief.",
+        "input": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "name": "get_weather", "description": "The weather in a city",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]});
+    let hit = send(
+        &f.http,
+        format!("http://{}/support/v1/responses", f.node(1)),
+        &responses,
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(hit.status, StatusCode::OK, "{}", hit.json);
+    assert_eq!(hit.cache(), "hit", "{}", hit.json);
+    let call = hit.json["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "function_call")
+        .unwrap();
+    assert_eq!(call["arguments"], TOOL_ARGUMENTS);
+    assert_eq!(mock.request_count(), before + 1, "every hit was served without the upstream");
+
+    // The other direction: a stream stored through node 1 …
+    let streamed = chat_body("Tell me a story.", true, false);
+    let miss = chat(&f, 1, &streamed, &[]).await;
+    assert_eq!(miss.cache(), "miss");
+    let original = miss.chat_deltas();
+    assert!(original.len() > 1, "the mock streams in pieces: {}", miss.sse);
+    // … replayed in the same chunks to a streaming client on node 0 …
+    let mut hit = None;
+    eventually(Duration::from_secs(5), "a streamed hit", || async {
+        let a = chat(&f, 0, &streamed, &[]).await;
+        let ok = a.cache() == "hit";
+        hit = Some(a);
+        ok
+    })
+    .await;
+    let hit = hit.unwrap();
+    assert_eq!(hit.chat_deltas(), original, "replayed chunk by chunk, as it came");
+    // … and whole to a JSON client.
+    let mut json_body = streamed.clone();
+    json_body["stream"] = false.into();
+    let hit = chat(&f, 0, &json_body, &[]).await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(
+        hit.json["choices"][0]["message"]["content"],
+        original.concat()
+    );
+    assert_eq!(original.concat(), reply_text("gpt-4.1"));
+
+    // Anything that can change the answer is another key: the system prompt, a parameter.
+    let mut other = json_body.clone();
+    other["messages"][0]["content"] = "Be long.".into();
+    assert_eq!(chat(&f, 0, &other, &[]).await.cache(), "miss");
+    let mut other = json_body.clone();
+    other["temperature"] = 0.3.into();
+    assert_eq!(chat(&f, 0, &other, &[]).await.cache(), "miss");
+
+    // Cache-Control: no-cache skips the lookup (and stores); no-store bypasses both.
+    let count = mock.request_count();
+    let a = chat(&f, 0, &json_body, &[("cache-control", "no-cache")]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
+    assert_eq!(mock.request_count(), count + 1);
+    let fresh = chat_body("Never stored", false, false);
+    let a = chat(&f, 0, &fresh, &[("cache-control", "no-store")]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(chat(&f, 0, &fresh, &[]).await.cache(), "miss", "no-store stored nothing");
+
+    // Metrics: hits, misses, stores, tokens saved.
+    let metrics = metrics().render();
+    for line in [
+        "switchyard_gateway_cache_lookups_total{proxy=\"support\",result=\"hit\"}",
+        "switchyard_gateway_cache_lookups_total{proxy=\"support\",result=\"miss\"}",
+        "switchyard_gateway_cache_stores_total{proxy=\"support\"}",
+        "switchyard_gateway_cache_tokens_saved_total{proxy=\"support\",type=\"output\"}",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    f.shutdown().await;
+}
+
+async fn failures_are_never_stored_and_ttl_expires(store: Store) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet(&store, &redis, 1).await;
+    f.create(
+        "/proxies",
+        proxy(&mock.base_url(), json!({"exact": {"ttl": "2s"}}), json!({})),
+    )
+    .await;
+    until_served(&f, "/support", &[]).await;
+
+    // An upstream error, a cut stream, an error event inside a stream: never stored.
+    let body = chat_body("fragile", false, false);
+    mock.set_behavior(Behavior::Reject {
+        status: 400,
+        code: "bad".into(),
+        message: "no".into(),
+    });
+    assert_eq!(chat(&f, 0, &body, &[]).await.status, StatusCode::BAD_REQUEST);
+    let streamed = chat_body("fragile", true, false);
+    for behavior in [Behavior::TruncatedStream, Behavior::StreamError, Behavior::GarbledStream] {
+        mock.set_behavior(behavior.clone());
+        let a = chat(&f, 0, &streamed, &[]).await;
+        assert_eq!(a.cache(), "miss", "{behavior:?}");
+        assert!(!a.sse.contains("[DONE]"), "{behavior:?}: {}", a.sse);
+    }
+    mock.set_behavior(Behavior::Normal);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let count = mock.request_count();
+    let a = chat(&f, 0, &body, &[]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
+    assert_eq!(mock.request_count(), count + 1);
+
+    // Stored now; gone after its TTL (from memory and from Redis).
+    assert_eq!(chat(&f, 0, &body, &[]).await.cache(), "hit");
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(chat(&f, 0, &body, &[]).await.cache(), "miss");
+    f.shutdown().await;
+}
+
+async fn consumers_never_share_and_limits_count_hits(store: Store) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet(&store, &redis, 2).await;
+    let p = f
+        .create(
+            "/proxies",
+            proxy(
+                &mock.base_url(),
+                json!({"exact": {"ttl": "10m"}}),
+                json!({"client_auth": {"required": true}}),
+            ),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    f.create(
+        "/consumers",
+        json!({"name": "team-a", "proxies": [pid],
+               "rate_limits": [{"name": "r", "requests": 4, "window": "1m"}]}),
+    )
+    .await;
+    f.create("/consumers", json!({"name": "team-b", "proxies": [pid]}))
+        .await;
+    let a = f.key("team-a").await;
+    let b = f.key("team-b").await;
+    let auth_a = format!("Bearer {a}");
+    let auth_b = format!("Bearer {b}");
+    until_served(&f, "/support", &[("authorization", &auth_b)]).await;
+
+    let body = chat_body("What is my account balance?", false, false);
+    let first = chat(&f, 0, &body, &[("authorization", &auth_a)]).await;
+    assert_eq!((first.status, first.cache()), (StatusCode::OK, "miss"));
+    eventually(Duration::from_secs(5), "team-a's hit", || async {
+        chat(&f, 1, &body, &[("authorization", &auth_b)]).await.cache() == "miss"
+            && chat(&f, 1, &body, &[("authorization", &auth_a)]).await.cache() == "hit"
+    })
+    .await;
+    // team-b stored its own answer by now; each sees only its own.
+    assert_eq!(
+        chat(&f, 0, &body, &[("authorization", &auth_b)]).await.cache(),
+        "hit"
+    );
+    // team-a's request limit (4 a minute) counts hits: 3 used so far at most.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(chat(&f, 0, &body, &[("authorization", &auth_a)]).await.status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "hits count against request limits: {statuses:?}"
+    );
+    f.shutdown().await;
+}
+
+async fn redis_down_skips_the_cache(store: Store) {
+    let mut redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet(&store, &redis, 2).await;
+    f.create(
+        "/proxies",
+        proxy(&mock.base_url(), json!({"exact": {"ttl": "10m"}}), json!({})),
+    )
+    .await;
+    until_served(&f, "/support", &[]).await;
+    redis.stop();
+
+    // Served, not an error: node 0 keeps its own entries; node 1 cannot see them.
+    let body = chat_body("Is Redis there?", false, false);
+    let a = chat(&f, 0, &body, &[]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
+    let a = chat(&f, 0, &body, &[]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "hit"), "the node's memory");
+    let a = chat(&f, 1, &body, &[]).await;
+    assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
+    let streamed = chat_body("Is Redis there?", true, false);
+    let a = chat(&f, 1, &streamed, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.sse.ends_with("data: [DONE]\n\n"));
+
+    // Back: shared again.
+    redis.restart();
+    let body = chat_body("Redis is back", false, false);
+    eventually(Duration::from_secs(10), "a shared hit after redis came back", || async {
+        chat(&f, 0, &body, &[]).await;
+        chat(&f, 1, &body, &[]).await.cache() == "hit"
+    })
+    .await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_hits() {
+    exact_hits_across_nodes_formats_and_streams(Store::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_and_ttl() {
+    failures_are_never_stored_and_ttl_expires(Store::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_scope() {
+    consumers_never_share_and_limits_count_hits(Store::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down() {
+    redis_down_skips_the_cache(Store::sqlite()).await;
+}

@@ -139,7 +139,11 @@ impl Answer {
     fn chat_deltas(&self) -> Vec<String> {
         self.events()
             .iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 }
@@ -232,7 +236,11 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
     let f = fleet(&store, &redis, 2).await;
     f.create(
         "/proxies",
-        proxy(&mock.base_url(), json!({"exact": {"ttl": "10m"}}), json!({})),
+        proxy(
+            &mock.base_url(),
+            json!({"exact": {"ttl": "10m"}}),
+            json!({}),
+        ),
     )
     .await;
     until_served(&f, "/support", &[]).await;
@@ -256,7 +264,16 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
         miss.json["choices"][0]["message"]["tool_calls"]
     );
     assert_eq!(hit.json["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!(hit.json["usage"], miss.json["usage"]);
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(
+            hit.json["usage"][field], miss.json["usage"][field],
+            "{field}"
+        );
+    }
+    assert_eq!(
+        hit.json["usage"]["prompt_tokens_details"]["cached_tokens"],
+        miss.json["usage"]["prompt_tokens_details"]["cached_tokens"]
+    );
     assert_ne!(hit.json["id"], miss.json["id"]);
     assert_eq!(hit.headers["x-switchyard-route"], "openai");
     assert_eq!(hit.headers["x-switchyard-model"], "gpt-4.1");
@@ -276,7 +293,11 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
         .filter_map(|e| e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
         .collect();
     assert_eq!(args, TOOL_ARGUMENTS);
-    assert!(events.iter().any(|e| e["usage"]["total_tokens"].as_u64().is_some()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["usage"]["total_tokens"].as_u64().is_some())
+    );
 
     // A Responses client asking the same: a hit, as a Responses object.
     let responses = json!({"model": "openai/gpt-4.1", "instructions": "Be brief.",
@@ -300,25 +321,31 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
         .find(|o| o["type"] == "function_call")
         .unwrap();
     assert_eq!(call["arguments"], TOOL_ARGUMENTS);
-    assert_eq!(mock.request_count(), before + 1, "every hit was served without the upstream");
+    assert_eq!(
+        mock.request_count(),
+        before + 1,
+        "every hit was served without the upstream"
+    );
 
     // The other direction: a stream stored through node 1 …
     let streamed = chat_body("Tell me a story.", true, false);
     let miss = chat(&f, 1, &streamed, &[]).await;
     assert_eq!(miss.cache(), "miss");
     let original = miss.chat_deltas();
-    assert!(original.len() > 1, "the mock streams in pieces: {}", miss.sse);
+    assert!(
+        original.len() > 1,
+        "the mock streams in pieces: {}",
+        miss.sse
+    );
     // … replayed in the same chunks to a streaming client on node 0 …
-    let mut hit = None;
-    eventually(Duration::from_secs(5), "a streamed hit", || async {
-        let a = chat(&f, 0, &streamed, &[]).await;
-        let ok = a.cache() == "hit";
-        hit = Some(a);
-        ok
-    })
-    .await;
-    let hit = hit.unwrap();
-    assert_eq!(hit.chat_deltas(), original, "replayed chunk by chunk, as it came");
+    until_hit(&f, 0, &streamed).await;
+    let hit = chat(&f, 0, &streamed, &[]).await;
+    assert_eq!(hit.cache(), "hit");
+    assert_eq!(
+        hit.chat_deltas(),
+        original,
+        "replayed chunk by chunk, as it came"
+    );
     // … and whole to a JSON client.
     let mut json_body = streamed.clone();
     json_body["stream"] = false.into();
@@ -347,7 +374,11 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
     let a = chat(&f, 0, &fresh, &[("cache-control", "no-store")]).await;
     assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(chat(&f, 0, &fresh, &[]).await.cache(), "miss", "no-store stored nothing");
+    assert_eq!(
+        chat(&f, 0, &fresh, &[]).await.cache(),
+        "miss",
+        "no-store stored nothing"
+    );
 
     // Metrics: hits, misses, stores, tokens saved.
     let metrics = metrics().render();
@@ -380,9 +411,16 @@ async fn failures_are_never_stored_and_ttl_expires(store: Store) {
         code: "bad".into(),
         message: "no".into(),
     });
-    assert_eq!(chat(&f, 0, &body, &[]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        chat(&f, 0, &body, &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
     let streamed = chat_body("fragile", true, false);
-    for behavior in [Behavior::TruncatedStream, Behavior::StreamError, Behavior::GarbledStream] {
+    for behavior in [
+        Behavior::TruncatedStream,
+        Behavior::StreamError,
+        Behavior::GarbledStream,
+    ] {
         mock.set_behavior(behavior.clone());
         let a = chat(&f, 0, &streamed, &[]).await;
         assert_eq!(a.cache(), "miss", "{behavior:?}");
@@ -435,19 +473,31 @@ async fn consumers_never_share_and_limits_count_hits(store: Store) {
     let first = chat(&f, 0, &body, &[("authorization", &auth_a)]).await;
     assert_eq!((first.status, first.cache()), (StatusCode::OK, "miss"));
     eventually(Duration::from_secs(5), "team-a's hit", || async {
-        chat(&f, 1, &body, &[("authorization", &auth_b)]).await.cache() == "miss"
-            && chat(&f, 1, &body, &[("authorization", &auth_a)]).await.cache() == "hit"
+        chat(&f, 1, &body, &[("authorization", &auth_b)])
+            .await
+            .cache()
+            == "miss"
+            && chat(&f, 1, &body, &[("authorization", &auth_a)])
+                .await
+                .cache()
+                == "hit"
     })
     .await;
     // team-b stored its own answer by now; each sees only its own.
     assert_eq!(
-        chat(&f, 0, &body, &[("authorization", &auth_b)]).await.cache(),
+        chat(&f, 0, &body, &[("authorization", &auth_b)])
+            .await
+            .cache(),
         "hit"
     );
     // team-a's request limit (4 a minute) counts hits: 3 used so far at most.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(chat(&f, 0, &body, &[("authorization", &auth_a)]).await.status);
+        statuses.push(
+            chat(&f, 0, &body, &[("authorization", &auth_a)])
+                .await
+                .status,
+        );
     }
     assert!(
         statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
@@ -462,7 +512,11 @@ async fn redis_down_skips_the_cache(store: Store) {
     let f = fleet(&store, &redis, 2).await;
     f.create(
         "/proxies",
-        proxy(&mock.base_url(), json!({"exact": {"ttl": "10m"}}), json!({})),
+        proxy(
+            &mock.base_url(),
+            json!({"exact": {"ttl": "10m"}}),
+            json!({}),
+        ),
     )
     .await;
     until_served(&f, "/support", &[]).await;
@@ -473,7 +527,11 @@ async fn redis_down_skips_the_cache(store: Store) {
     let a = chat(&f, 0, &body, &[]).await;
     assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
     let a = chat(&f, 0, &body, &[]).await;
-    assert_eq!((a.status, a.cache()), (StatusCode::OK, "hit"), "the node's memory");
+    assert_eq!(
+        (a.status, a.cache()),
+        (StatusCode::OK, "hit"),
+        "the node's memory"
+    );
     let a = chat(&f, 1, &body, &[]).await;
     assert_eq!((a.status, a.cache()), (StatusCode::OK, "miss"));
     let streamed = chat_body("Is Redis there?", true, false);
@@ -484,10 +542,14 @@ async fn redis_down_skips_the_cache(store: Store) {
     // Back: shared again.
     redis.restart();
     let body = chat_body("Redis is back", false, false);
-    eventually(Duration::from_secs(10), "a shared hit after redis came back", || async {
-        chat(&f, 0, &body, &[]).await;
-        chat(&f, 1, &body, &[]).await.cache() == "hit"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a shared hit after redis came back",
+        || async {
+            chat(&f, 0, &body, &[]).await;
+            chat(&f, 1, &body, &[]).await.cache() == "hit"
+        },
+    )
     .await;
     f.shutdown().await;
 }

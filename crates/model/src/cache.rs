@@ -6,6 +6,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{ValidationError, Window};
 
+/// Whether gateways serve the semantic cache (until they do, it is refused on write).
+const SEMANTIC_SERVED: bool = false;
+
 /// The semantic cache's threshold when the proxy does not set one.
 pub const DEFAULT_CACHE_THRESHOLD: f64 = 0.95;
 
@@ -125,6 +128,12 @@ impl ResponseCacheInput {
         };
         let semantic = match self.semantic {
             None => None,
+            Some(_) if !SEMANTIC_SERVED => {
+                return Err(ValidationError::invalid(
+                    format!("{field}.semantic"),
+                    "the semantic cache is not served yet: use `exact`",
+                ));
+            }
             Some(s) => {
                 let threshold = s.threshold.unwrap_or(DEFAULT_CACHE_THRESHOLD);
                 if !threshold.is_finite() || threshold <= 0.0 || threshold > 1.0 {
@@ -179,17 +188,19 @@ mod tests {
 
     #[test]
     fn validates_and_names_the_field() {
-        let c = input(serde_json::json!({"exact": {"ttl": "10m"},
-            "semantic": {"threshold": 0.9, "ttl": "1h"}, "scope": "consumer"}))
-        .validate("cache", true)
-        .unwrap();
+        let c = input(serde_json::json!({"exact": {"ttl": "10m"}, "scope": "consumer"}))
+            .validate("cache", true)
+            .unwrap();
         assert_eq!(c.exact.as_ref().unwrap().ttl.seconds, 600);
-        assert_eq!(c.semantic.as_ref().unwrap().threshold, 0.9);
         assert_eq!(c.effective_scope(true), CacheScope::Consumer);
         // Stored form round-trips as written.
         let stored = serde_json::to_value(&c).unwrap();
         assert_eq!(stored["exact"]["ttl"], "10m");
         assert_eq!(serde_json::from_value::<ResponseCache>(stored).unwrap(), c);
+        let e = input(serde_json::json!({"semantic": {"ttl": "1h"}}))
+            .validate("cache", false)
+            .unwrap_err();
+        assert_eq!(e.field, "cache.semantic");
 
         let c = input(serde_json::json!({"exact": {"ttl": "30s"}}))
             .validate("cache", false)
@@ -198,11 +209,10 @@ mod tests {
         assert_eq!(c.effective_scope(true), CacheScope::Consumer);
 
         for (v, auth, field) in [
-            (serde_json::json!({"exact": {"ttl": "10x"}}), false, "cache.exact.ttl"),
             (
-                serde_json::json!({"semantic": {"ttl": "1h", "threshold": 1.5}}),
+                serde_json::json!({"exact": {"ttl": "10x"}}),
                 false,
-                "cache.semantic.threshold",
+                "cache.exact.ttl",
             ),
             (serde_json::json!({}), false, "cache"),
             (
@@ -220,8 +230,10 @@ mod tests {
             assert_eq!(e.field, field, "{v}: {e}");
         }
         assert!(
-            serde_json::from_value::<ResponseCacheInput>(serde_json::json!({"exact": {"ttl": "1m", "size": 3}}))
-                .is_err()
+            serde_json::from_value::<ResponseCacheInput>(
+                serde_json::json!({"exact": {"ttl": "1m", "size": 3}})
+            )
+            .is_err()
         );
     }
 }

@@ -9,7 +9,8 @@ use switchyard_control_plane::crypto::Keyring;
 use switchyard_control_plane::{ControlPlane, ControlPlaneConfig};
 use switchyard_gateway::limits::IpNet;
 use switchyard_gateway::{
-    ControlPlaneTls, EncoderKind, FailureMode, Gateway, GatewayConfig, LimitsConfig, NodeLimits,
+    CacheConfig, ControlPlaneTls, EncoderKind, FailureMode, Gateway, GatewayConfig, LimitsConfig,
+    NodeLimits,
 };
 use switchyard_model::Limits;
 
@@ -424,6 +425,20 @@ pub struct GatewayTuning {
     pub protection: ProtectionArgs,
     #[command(flatten)]
     pub counters: CounterArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The response cache's bounds on this node (entries are shared through `--redis-url`).
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The most bytes of cached answers (serialized) the node keeps in memory, in front of
+    /// Redis (and alone without it); least recently used entries go first.
+    #[arg(long, env = "SWITCHYARD_CACHE_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    pub cache_memory: usize,
+    /// The largest cached answer (serialized bytes); larger answers are not stored.
+    #[arg(long, env = "SWITCHYARD_CACHE_MAX_ENTRY_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub cache_max_entry_bytes: usize,
 }
 
 /// Where rate-limit and budget counters live.
@@ -856,6 +871,14 @@ fn gateway_config(
 ) -> anyhow::Result<GatewayConfig> {
     base.listen = listen;
     base.counters = tuning.counters.config()?;
+    anyhow::ensure!(
+        tuning.cache.cache_max_entry_bytes > 0,
+        "--cache-max-entry-bytes must be more than 0"
+    );
+    base.cache = CacheConfig {
+        memory_bytes: tuning.cache.cache_memory,
+        max_entry_bytes: tuning.cache.cache_max_entry_bytes,
+    };
     base.upstream_connect_timeout = tuning.upstream_connect_timeout;
     base.upstream_header_timeout = tuning.upstream_header_timeout;
     base.drain_timeout = tuning.drain_timeout;

@@ -118,7 +118,11 @@ impl Entry {
                 id: call.id.clone(),
                 name: call.name.clone(),
             });
-            events.extend(slices(&call.arguments).into_iter().map(|d| Ev::ToolArgs { i, d }));
+            events.extend(
+                slices(&call.arguments)
+                    .into_iter()
+                    .map(|d| Ev::ToolArgs { i, d }),
+            );
         }
         events.push(Ev::Finish {
             r: finish_str(&resp.finish_reason),
@@ -179,14 +183,17 @@ impl Entry {
 
     /// The usage the answer reported.
     pub(crate) fn usage(&self) -> Option<Usage> {
-        self.events.iter().rev().find_map(|e| match e {
-            Ev::Usage { .. } => Some(to_event(e)),
-            _ => None,
-        })
-        .and_then(|e| match e {
-            StreamEvent::Usage(u) => Some(u),
-            _ => None,
-        })
+        self.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Ev::Usage { .. } => Some(to_event(e)),
+                _ => None,
+            })
+            .and_then(|e| match e {
+                StreamEvent::Usage(u) => Some(u),
+                _ => None,
+            })
     }
 
     /// The whole answer, for a JSON client (fresh id and time).
@@ -330,7 +337,11 @@ mod tests {
     #[test]
     fn a_json_answer_round_trips_and_streams_in_chunks() {
         let entry = Entry::from_response(&answer());
-        let text_chunks = entry.events.iter().filter(|e| matches!(e, Ev::Text { .. })).count();
+        let text_chunks = entry
+            .events
+            .iter()
+            .filter(|e| matches!(e, Ev::Text { .. }))
+            .count();
         assert!(text_chunks >= 2, "{entry:?}");
         let back = entry.response("x");
         let expected = ChatResponse {
@@ -364,11 +375,18 @@ mod tests {
     #[test]
     fn streams_keep_their_chunks_and_incomplete_ones_are_refused() {
         let events = vec![
-            StreamEvent::Start { id: Some("c".into()), model: Some("m".into()) },
+            StreamEvent::Start {
+                id: Some("c".into()),
+                model: Some("m".into()),
+            },
             StreamEvent::TextDelta("Hel".into()),
             StreamEvent::TextDelta("lo".into()),
             StreamEvent::Finish(FinishReason::Stop),
-            StreamEvent::Usage(Usage { input_tokens: 1, output_tokens: 2, ..Usage::default() }),
+            StreamEvent::Usage(Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                ..Usage::default()
+            }),
         ];
         let entry = Entry::from_events(&events).unwrap();
         assert_eq!(entry.model, "m");

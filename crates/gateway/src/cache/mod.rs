@@ -56,18 +56,16 @@ pub(crate) static SIMILARITY_HEADER: axum::http::HeaderName =
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyCache {
     pub exact_ttl: Option<Duration>,
-    pub semantic: Option<(f64, Duration)>,
     pub scope: CacheScope,
 }
 
 impl ProxyCache {
     pub(crate) fn compile(spec: &ResponseCache, client_auth: bool) -> ProxyCache {
         ProxyCache {
-            exact_ttl: spec.exact.as_ref().map(|e| Duration::from_secs(e.ttl.seconds)),
-            semantic: spec
-                .semantic
+            exact_ttl: spec
+                .exact
                 .as_ref()
-                .map(|s| (s.threshold, Duration::from_secs(s.ttl.seconds))),
+                .map(|e| Duration::from_secs(e.ttl.seconds)),
             scope: spec.effective_scope(client_auth),
         }
     }
@@ -105,6 +103,7 @@ pub(crate) fn directive(headers: &HeaderMap) -> Directive {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Hit,
+    #[expect(dead_code, reason = "semantic hits are served by the next piece")]
     SemanticHit,
     Miss,
 }
@@ -132,7 +131,11 @@ impl Outcome {
 }
 
 /// Counts a lookup's result; a hit also counts the tokens it saved.
-pub(crate) fn count_lookup(proxy: &Arc<str>, outcome: Outcome, saved: Option<switchyard_llm::Usage>) {
+pub(crate) fn count_lookup(
+    proxy: &Arc<str>,
+    outcome: Outcome,
+    saved: Option<switchyard_llm::Usage>,
+) {
     let p = metrics::SharedString::from(Arc::clone(proxy));
     metrics::counter!(LOOKUPS, "proxy" => p.clone(), "result" => outcome.label()).increment(1);
     if let Some(u) = saved {
@@ -240,10 +243,7 @@ impl Recorder {
         match &mut self.kind {
             Kind::Stream { decoder, events } => match decoder.push(chunk) {
                 Ok(more) => events.extend(more),
-                Err(_) => {
-                    self.fail();
-                    return;
-                }
+                Err(_) => self.fail(),
             },
             Kind::Json { buf, .. } => buf.extend_from_slice(chunk),
             Kind::Dropped => {}
@@ -287,8 +287,7 @@ impl Recorder {
             Some(entry) => self.plan.store(entry),
             None => {
                 let p = metrics::SharedString::from(Arc::clone(&self.plan.proxy_name));
-                metrics::counter!(NOT_STORED, "proxy" => p, "reason" => "incomplete")
-                    .increment(1);
+                metrics::counter!(NOT_STORED, "proxy" => p, "reason" => "incomplete").increment(1);
             }
         }
     }
@@ -303,7 +302,10 @@ mod tests {
     fn cache_control_directives() {
         let mut h = HeaderMap::new();
         assert_eq!(directive(&h), Directive::Use);
-        h.insert("cache-control", HeaderValue::from_static("max-age=0, No-Cache"));
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=0, No-Cache"),
+        );
         assert_eq!(directive(&h), Directive::Refresh);
         h.append("cache-control", HeaderValue::from_static("no-store"));
         assert_eq!(directive(&h), Directive::Bypass);

@@ -173,7 +173,14 @@ impl CacheStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn remember(&self, key: String, entry: Arc<Entry>, bytes: usize, ttl: Duration, proxy: &Arc<str>) {
+    fn remember(
+        &self,
+        key: String,
+        entry: Arc<Entry>,
+        bytes: usize,
+        ttl: Duration,
+        proxy: &Arc<str>,
+    ) {
         let slot = Slot {
             entry,
             bytes,
@@ -197,7 +204,10 @@ impl CacheStore {
         metrics::counter!(super::REDIS_ERRORS).increment(1);
         if self.redis_up.swap(false, Ordering::AcqRel) {
             self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
-            warn!(error = why, "redis does not answer: the response cache is per node until it does");
+            warn!(
+                error = why,
+                "redis does not answer: the response cache is per node until it does"
+            );
         }
     }
 

@@ -731,7 +731,14 @@ async fn cache_lookup(
             ctx.served.stream = l.inbound.stream;
             cache::count_lookup(&l.proxy.name, cache::Outcome::Hit, entry.usage());
             info!(parent: &ctx.span, "answered from the response cache");
-            return Err(serve_hit(ctx, &entry, l.inbound, &l.route.name_header, l.model, &l.choice.model));
+            return Err(serve_hit(
+                ctx,
+                &entry,
+                l.inbound,
+                &l.route.name_header,
+                l.model,
+                &l.choice.model,
+            ));
         }
         cache::count_lookup(&l.proxy.name, cache::Outcome::Miss, None);
     }
@@ -758,7 +765,11 @@ fn serve_hit(
             .canonical()
             .map(|r| r.stream_include_usage)
             .unwrap_or(false);
-        ctx.replay(entry.stream(inbound.format, model_name, include_usage), route, model)
+        ctx.replay(
+            entry.stream(inbound.format, model_name, include_usage),
+            route,
+            model,
+        )
     } else {
         let body = inbound.format.render_response(&entry.response(model_name));
         ctx.respond_json(body, None, None, route, model)

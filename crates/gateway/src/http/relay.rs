@@ -267,7 +267,10 @@ impl Ctx {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private constructor of every relayed body"
+    )]
     fn stream_response(
         &self,
         status: StatusCode,

@@ -395,7 +395,9 @@ fn cache_from_pb(c: pb::ResponseCache) -> Result<crate::ResponseCache, InvalidSn
         None => None,
         Some(s) => {
             if !(s.threshold > 0.0 && s.threshold <= 1.0) {
-                return Err(invalid("a semantic cache threshold is above 0 and at most 1"));
+                return Err(invalid(
+                    "a semantic cache threshold is above 0 and at most 1",
+                ));
             }
             Some(crate::SemanticCache {
                 threshold: s.threshold,
@@ -678,7 +680,7 @@ mod tests {
                 {"name": "r", "requests": 60, "window": "1m", "key": "#[attributes.headers['x-tenant']]"}
             ],
             "budget": {"usd": 12.5, "period": "month"},
-            "cache": {"exact": {"ttl": "10m"}, "semantic": {"threshold": 0.92, "ttl": "1h"}, "scope": "proxy"}
+            "cache": {"exact": {"ttl": "10m"}, "scope": "proxy"}
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()

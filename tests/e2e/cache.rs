@@ -204,10 +204,39 @@ async fn chat(f: &Fleet, node: usize, body: &Value, headers: &[(&str, &str)]) ->
     .await
 }
 
-/// Waits until `body` is a hit on `node` (the store to Redis is not awaited by the request).
-async fn until_hit(f: &Fleet, node: usize, body: &Value) {
-    eventually(Duration::from_secs(5), "a cache hit", || async {
-        chat(f, node, body, &[]).await.cache() == "hit"
+/// How many entries Redis holds (`KEYS *:cache:*`, the semantic index stream left out).
+fn redis_entries(redis: &RedisServer) -> usize {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+    conn.write_all(b"*2\r\n$4\r\nKEYS\r\n$9\r\n*:cache:*\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // An array reply: `*N`, then N bulk strings; read until all N arrived.
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some(head) = text.lines().next() else {
+            continue;
+        };
+        let count: usize = head.trim_start_matches('*').parse().unwrap_or(0);
+        let keys: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('$'))
+            .collect();
+        if keys.len() >= count && text.ends_with("\r\n") {
+            return keys.iter().filter(|k| !k.ends_with(":cache:index")).count();
+        }
+    }
+}
+
+/// Waits until Redis holds `n` entries (a store to Redis is not awaited by its request).
+async fn until_stored(redis: &RedisServer, n: usize) {
+    eventually(Duration::from_secs(5), "the entries in Redis", || async {
+        redis_entries(redis) >= n
     })
     .await;
 }
@@ -248,6 +277,7 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
     // A JSON answer with a tool call, stored through node 0 …
     let body = chat_body("What is the weather in Paris?", false, true);
     let before = mock.request_count();
+    let stored = redis_entries(&redis);
     let miss = chat(&f, 0, &body, &[]).await;
     assert_eq!(miss.status, StatusCode::OK, "{}", miss.json);
     assert_eq!(miss.cache(), "miss");
@@ -256,7 +286,7 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
     assert_eq!(mock.request_count(), before + 1);
 
     // … is a hit on node 1 (through Redis), the same answer with a fresh id …
-    until_hit(&f, 1, &body).await;
+    until_stored(&redis, stored + 1).await;
     let hit = chat(&f, 1, &body, &[]).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(
@@ -338,7 +368,7 @@ async fn exact_hits_across_nodes_formats_and_streams(store: Store) {
         miss.sse
     );
     // … replayed in the same chunks to a streaming client on node 0 …
-    until_hit(&f, 0, &streamed).await;
+    until_stored(&redis, stored + 2).await;
     let hit = chat(&f, 0, &streamed, &[]).await;
     assert_eq!(hit.cache(), "hit");
     assert_eq!(
@@ -470,20 +500,21 @@ async fn consumers_never_share_and_limits_count_hits(store: Store) {
     until_served(&f, "/support", &[("authorization", &auth_b)]).await;
 
     let body = chat_body("What is my account balance?", false, false);
+    let stored = redis_entries(&redis);
     let first = chat(&f, 0, &body, &[("authorization", &auth_a)]).await;
     assert_eq!((first.status, first.cache()), (StatusCode::OK, "miss"));
-    eventually(Duration::from_secs(5), "team-a's hit", || async {
-        chat(&f, 1, &body, &[("authorization", &auth_b)])
+    until_stored(&redis, stored + 1).await;
+    // team-b, on either node, does not see team-a's answer; team-a does, on the other node.
+    let b_first = chat(&f, 1, &body, &[("authorization", &auth_b)]).await;
+    assert_eq!((b_first.status, b_first.cache()), (StatusCode::OK, "miss"));
+    assert_eq!(
+        chat(&f, 1, &body, &[("authorization", &auth_a)])
             .await
-            .cache()
-            == "miss"
-            && chat(&f, 1, &body, &[("authorization", &auth_a)])
-                .await
-                .cache()
-                == "hit"
-    })
-    .await;
-    // team-b stored its own answer by now; each sees only its own.
+            .cache(),
+        "hit"
+    );
+    // team-b's own answer is stored now: each sees only its own.
+    until_stored(&redis, stored + 2).await;
     assert_eq!(
         chat(&f, 0, &body, &[("authorization", &auth_b)])
             .await
@@ -539,15 +570,23 @@ async fn redis_down_skips_the_cache(store: Store) {
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.sse.ends_with("data: [DONE]\n\n"));
 
-    // Back: shared again.
+    // Back: shared again (each try a new prompt, stored through node 0, a hit on node 1).
     redis.restart();
-    let body = chat_body("Redis is back", false, false);
+    let mut attempt = 0;
     eventually(
         Duration::from_secs(10),
         "a shared hit after redis came back",
-        || async {
-            chat(&f, 0, &body, &[]).await;
-            chat(&f, 1, &body, &[]).await.cache() == "hit"
+        || {
+            attempt += 1;
+            let body = chat_body(&format!("Redis is back ({attempt})"), false, false);
+            let f = &f;
+            let redis = &redis;
+            async move {
+                let before = redis_entries(redis);
+                assert_eq!(chat(f, 0, &body, &[]).await.cache(), "miss");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                redis_entries(redis) > before && chat(f, 1, &body, &[]).await.cache() == "hit"
+            }
         },
     )
     .await;

@@ -39,7 +39,25 @@ fn metrics() -> PrometheusHandle {
         .clone()
 }
 
+fn model_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("SWITCHYARD_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model in {}: run scripts/fetch-model",
+        dir.display()
+    );
+    dir
+}
+
 async fn fleet(store: &Store, redis: &RedisServer, nodes: usize) -> Fleet {
+    fleet_with(store, redis, nodes, false).await
+}
+
+async fn fleet_with(store: &Store, redis: &RedisServer, nodes: usize, encoder: bool) -> Fleet {
     metrics();
     let plane = Plane::start(store).await;
     let token = plane.create_gateway("prod-eu").await;
@@ -55,6 +73,9 @@ async fn fleet(store: &Store, redis: &RedisServer, nodes: usize) -> Fleet {
             timeout: Duration::from_millis(250),
             ..LimitsConfig::default()
         };
+        if encoder {
+            config.model_dir = Some(model_dir());
+        }
         out.push(Gateway::start_with(config, fast_sync()).await.unwrap());
         dirs.push(dir);
     }
@@ -591,6 +612,133 @@ async fn redis_down_skips_the_cache(store: Store) {
     )
     .await;
     f.shutdown().await;
+}
+
+/// A question alone (no system prompt), as the dry run asks it.
+fn question(prompt: &str, stream: bool) -> Value {
+    json!({"model": "openai/gpt-4.1", "stream": stream,
+           "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// The dry run's semantic cache report for `prompt` on `node`.
+async fn dry_run(f: &Fleet, node: usize, prompt: &str) -> Value {
+    let a = send(
+        &f.http,
+        format!("http://{}/support/_switchyard/route", f.node(node)),
+        &json!({"prompt": prompt, "model": "openai/gpt-4.1"}),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    a.json["cache"]["semantic"].clone()
+}
+
+async fn semantic_hits_across_nodes(store: Store) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet_with(&store, &redis, 2, true).await;
+    let threshold = 0.8;
+    f.create(
+        "/proxies",
+        proxy(
+            &mock.base_url(),
+            json!({"semantic": {"threshold": threshold, "ttl": "10m"}}),
+            json!({}),
+        ),
+    )
+    .await;
+    until_served(&f, "/support", &[]).await;
+
+    // Nothing stored yet: the dry run says so.
+    let asked = "How do I reset my password?";
+    let report = dry_run(&f, 1, asked).await;
+    assert_eq!(report["hit"], false, "{report}");
+
+    // Stored through node 0 …
+    let miss = chat(&f, 0, &question(asked, false), &[]).await;
+    assert_eq!((miss.status, miss.cache()), (StatusCode::OK, "miss"));
+    let count = mock.request_count();
+
+    // … a paraphrase on node 1 (its index fed from Redis) is a semantic hit, with its
+    // similarity; the dry run reports the same similarity.
+    let paraphrase = "How can I reset my password?";
+    eventually(
+        Duration::from_secs(5),
+        "the entry in node 1's index",
+        || async { dry_run(&f, 1, paraphrase).await["hit"] == true },
+    )
+    .await;
+    let report = dry_run(&f, 1, paraphrase).await;
+    let hit = chat(&f, 1, &question(paraphrase, false), &[]).await;
+    assert_eq!(hit.cache(), "semantic-hit", "{}", hit.json);
+    let similarity: f64 = hit.headers["x-switchyard-cache-similarity"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(similarity >= threshold && similarity < 1.0, "{similarity}");
+    eprintln!("{paraphrase:?} after {asked:?}: similarity {similarity}");
+    assert!(
+        (report["similarity"].as_f64().unwrap() - similarity).abs() < 1e-3,
+        "{report}"
+    );
+    assert_eq!(
+        hit.json["choices"][0]["message"]["content"],
+        miss.json["choices"][0]["message"]["content"]
+    );
+    // Streamed too.
+    let hit = chat(&f, 0, &question(paraphrase, true), &[]).await;
+    assert_eq!(hit.cache(), "semantic-hit");
+    assert!(hit.sse.ends_with("data: [DONE]\n\n"), "{}", hit.sse);
+    assert_eq!(hit.chat_deltas().concat(), reply_text("gpt-4.1"));
+    assert_eq!(
+        mock.request_count(),
+        count,
+        "hits never reached the upstream"
+    );
+
+    // Below the threshold, another question, or anything else different: a miss. Each
+    // outcome agrees with the dry run's similarity.
+    for prompt in [
+        "I forgot my password and cannot log in, what should I do?",
+        "What is the capital of France?",
+        "Reset password",
+    ] {
+        let report = dry_run(&f, 0, prompt).await;
+        eprintln!("{prompt:?}: {report}");
+        let expected = if report["similarity"]
+            .as_f64()
+            .is_some_and(|s| s >= threshold)
+        {
+            "semantic-hit"
+        } else {
+            "miss"
+        };
+        let a = chat(&f, 0, &question(prompt, false), &[]).await;
+        assert_eq!(a.cache(), expected, "{prompt}: {report}");
+    }
+    assert_eq!(
+        dry_run(&f, 0, "What is the capital of France?").await["hit"],
+        true,
+        "stored by the miss above"
+    );
+    // A different system prompt is never compared, however similar the question.
+    let other = chat(&f, 0, &chat_body(paraphrase, false, false), &[]).await;
+    assert_eq!(other.cache(), "miss");
+    let metrics = metrics().render();
+    assert!(
+        metrics.contains(
+            "switchyard_gateway_cache_lookups_total{proxy=\"support\",result=\"semantic_hit\"}"
+        ),
+        "{metrics}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semantic_hits() {
+    semantic_hits_across_nodes(Store::sqlite()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

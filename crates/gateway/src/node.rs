@@ -316,6 +316,8 @@ impl Gateway {
         };
 
         let shutdown = CancellationToken::new();
+        // Every node's semantic cache entries, from Redis into this node's index.
+        state.cache.feed_index(shutdown.clone());
         let timing = http::Timing {
             drain: config.drain_timeout,
             header: config.limits.client_header_timeout,

@@ -6,9 +6,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{ValidationError, Window};
 
-/// Whether gateways serve the semantic cache (until they do, it is refused on write).
-const SEMANTIC_SERVED: bool = false;
-
 /// The semantic cache's threshold when the proxy does not set one.
 pub const DEFAULT_CACHE_THRESHOLD: f64 = 0.95;
 
@@ -128,12 +125,6 @@ impl ResponseCacheInput {
         };
         let semantic = match self.semantic {
             None => None,
-            Some(_) if !SEMANTIC_SERVED => {
-                return Err(ValidationError::invalid(
-                    format!("{field}.semantic"),
-                    "the semantic cache is not served yet: use `exact`",
-                ));
-            }
             Some(s) => {
                 let threshold = s.threshold.unwrap_or(DEFAULT_CACHE_THRESHOLD);
                 if !threshold.is_finite() || threshold <= 0.0 || threshold > 1.0 {
@@ -197,10 +188,15 @@ mod tests {
         let stored = serde_json::to_value(&c).unwrap();
         assert_eq!(stored["exact"]["ttl"], "10m");
         assert_eq!(serde_json::from_value::<ResponseCache>(stored).unwrap(), c);
-        let e = input(serde_json::json!({"semantic": {"ttl": "1h"}}))
+        let c = input(serde_json::json!({"semantic": {"ttl": "1h", "threshold": 0.9}}))
             .validate("cache", false)
-            .unwrap_err();
-        assert_eq!(e.field, "cache.semantic");
+            .unwrap();
+        assert_eq!(c.semantic.as_ref().unwrap().threshold, 0.9);
+        assert_eq!(c.semantic.as_ref().unwrap().ttl.seconds, 3600);
+        let c = input(serde_json::json!({"semantic": {"ttl": "1h"}}))
+            .validate("cache", false)
+            .unwrap();
+        assert_eq!(c.semantic.unwrap().threshold, DEFAULT_CACHE_THRESHOLD);
 
         let c = input(serde_json::json!({"exact": {"ttl": "30s"}}))
             .validate("cache", false)
@@ -213,6 +209,11 @@ mod tests {
                 serde_json::json!({"exact": {"ttl": "10x"}}),
                 false,
                 "cache.exact.ttl",
+            ),
+            (
+                serde_json::json!({"semantic": {"ttl": "1h", "threshold": 1.5}}),
+                false,
+                "cache.semantic.threshold",
             ),
             (serde_json::json!({}), false, "cache"),
             (

@@ -456,7 +456,9 @@ impl ProxySpec {
     /// Whether serving this proxy needs sentence embeddings (semantic routing or a semantic
     /// prompt guard).
     pub fn needs_embeddings(&self) -> bool {
-        self.routing.strategy == RoutingStrategy::Semantic || self.prompt_guard.is_some()
+        self.routing.strategy == RoutingStrategy::Semantic
+            || self.prompt_guard.is_some()
+            || self.cache.as_ref().is_some_and(|c| c.semantic.is_some())
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {

@@ -96,7 +96,7 @@ async fn write_warnings(state: &AppState, spec: &ProxySpec) -> Result<Vec<String
     let connected: Vec<_> = nodes.iter().filter(|n| n.connected).collect();
     if !connected.is_empty() && connected.iter().all(|n| n.has_encoder == Some(false)) {
         return Ok(vec![format!(
-            "no connected node of gateway '{}' has a sentence encoder ({} connected): they will not apply this proxy (semantic routing or the semantic prompt guard) and keep serving its previous version, if any; start the nodes with --model-dir, or name a semantic_service",
+            "no connected node of gateway '{}' has a sentence encoder ({} connected): they will not apply this proxy (semantic routing, the semantic prompt guard or the semantic cache) and keep serving its previous version, if any; start the nodes with --model-dir, or name a semantic_service",
             spec.gateway,
             connected.len()
         )]);

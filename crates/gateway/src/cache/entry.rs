@@ -23,6 +23,10 @@ pub(crate) struct Entry {
     pub v: u8,
     /// The model that answered.
     pub model: String,
+    /// When it was stored (Unix milliseconds): an exact lookup refuses an entry older than
+    /// the exact TTL (an entry lives as long as the longer of the two TTLs).
+    #[serde(default)]
+    pub at: u64,
     pub events: Vec<Ev>,
 }
 
@@ -133,6 +137,7 @@ impl Entry {
         Entry {
             v: ENTRY_VERSION,
             model: resp.model.clone(),
+            at: 0,
             events,
         }
     }
@@ -177,8 +182,16 @@ impl Entry {
         finished.then_some(Entry {
             v: ENTRY_VERSION,
             model,
+            at: 0,
             events: out,
         })
+    }
+
+    /// Whether an exact lookup may serve it: stored less than `ttl` ago (it may live longer,
+    /// for the semantic cache).
+    pub(crate) fn fresh(&self, ttl: std::time::Duration) -> bool {
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.at == 0 || unix_ms() < self.at.saturating_add(ttl)
     }
 
     /// The usage the answer reported.
@@ -267,6 +280,13 @@ impl Entry {
         push(encoder.finish());
         out
     }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn usage_ev(u: &Usage) -> Ev {

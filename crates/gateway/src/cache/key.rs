@@ -70,10 +70,6 @@ pub(crate) fn exact_key(scope: KeyScope<'_>, req: &ChatRequest) -> Result<Key, U
 /// The semantic cache's view of `req`: the key of everything but the last user message's
 /// text (its images and the rest of the conversation included), and that text. `None` when
 /// the request has no user text.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the semantic cache is the next piece")
-)]
 pub(crate) fn semantic_key(
     scope: KeyScope<'_>,
     req: &ChatRequest,

@@ -14,6 +14,7 @@
 
 pub(crate) mod entry;
 pub(crate) mod key;
+pub(crate) mod semantic;
 pub(crate) mod store;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub(crate) static SIMILARITY_HEADER: axum::http::HeaderName =
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyCache {
     pub exact_ttl: Option<Duration>,
+    /// The semantic cache's threshold and TTL.
+    pub semantic: Option<(f32, Duration)>,
     pub scope: CacheScope,
 }
 
@@ -66,6 +69,10 @@ impl ProxyCache {
                 .exact
                 .as_ref()
                 .map(|e| Duration::from_secs(e.ttl.seconds)),
+            semantic: spec
+                .semantic
+                .as_ref()
+                .map(|s| (s.threshold as f32, Duration::from_secs(s.ttl.seconds))),
             scope: spec.effective_scope(client_auth),
         }
     }
@@ -103,7 +110,6 @@ pub(crate) fn directive(headers: &HeaderMap) -> Directive {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Hit,
-    #[expect(dead_code, reason = "semantic hits are served by the next piece")]
     SemanticHit,
     Miss,
 }
@@ -153,18 +159,34 @@ pub(crate) struct Plan {
     pub proxy: uuid::Uuid,
     pub proxy_name: Arc<str>,
     pub key: key::Key,
+    /// How long the entry lives (the longer of the exact and semantic TTLs).
+    pub ttl: Duration,
+    /// Where the semantic index is to find it.
+    pub semantic: Option<SemanticPlan>,
+}
+
+/// A miss's place in the semantic index: its group, its prompt's vector, its TTL.
+#[derive(Debug, Clone)]
+pub(crate) struct SemanticPlan {
+    pub rest: key::Key,
+    pub vector: semantic::Quantized,
     pub ttl: Duration,
 }
 
 impl Plan {
     /// Stores a complete answer (a no-op past the entry size bound, counted).
-    pub(crate) fn store(&self, entry: Entry) {
+    pub(crate) fn store(&self, mut entry: Entry) {
         let p = metrics::SharedString::from(Arc::clone(&self.proxy_name));
+        entry.at = entry::unix_ms();
         match self
             .handle
             .put(self.proxy, &self.proxy_name, &self.key, entry, self.ttl)
         {
             Some(bytes) => {
+                if let Some(s) = &self.semantic {
+                    self.handle
+                        .index_semantic(self.proxy, &s.rest, &self.key, &s.vector, s.ttl);
+                }
                 metrics::counter!(STORES, "proxy" => p.clone()).increment(1);
                 metrics::counter!(STORED_BYTES, "proxy" => p).increment(bytes as u64);
             }

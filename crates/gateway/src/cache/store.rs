@@ -17,7 +17,16 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn};
 
-use super::entry::{ENTRY_VERSION, Entry};
+use super::entry::{ENTRY_VERSION, Entry, unix_ms};
+use super::semantic::{Quantized, SemanticIndex};
+
+/// The most records the shared semantic index stream keeps (older ones are trimmed; they
+/// describe entries expired or about to be).
+const INDEX_STREAM_MAX: u64 = 1_000_000;
+/// Records a node reads per round trip when catching up.
+const INDEX_READ_BATCH: usize = 1000;
+/// How long one read of the index stream waits for new records.
+const INDEX_BLOCK: Duration = Duration::from_secs(1);
 
 /// How a node caches answers (flags of `switchyard gateway`).
 #[derive(Debug, Clone)]
@@ -82,6 +91,10 @@ impl Lru {
     fn insert(&mut self, key: String, slot: Slot, cap: usize) -> Vec<Arc<str>> {
         self.remove(&key);
         let mut evicted = Vec::new();
+        if slot.bytes > cap {
+            // Larger than the whole memory (`--cache-memory 0`: Redis only): not kept.
+            return evicted;
+        }
         while self.bytes + slot.bytes > cap {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
@@ -110,6 +123,10 @@ pub(crate) struct CacheStore {
     prefix: String,
     timeout: Duration,
     memory: Mutex<Lru>,
+    /// The semantic cache's vectors (every proxy's), fed by this node and by Redis.
+    pub(crate) index: SemanticIndex,
+    /// The Redis stream every node appends its semantic entries to.
+    index_stream: String,
     redis_up: AtomicBool,
     last_probe_ms: AtomicU64,
     epoch: Instant,
@@ -150,8 +167,10 @@ impl CacheStore {
             config,
             client,
             prefix: format!("{prefix}:cache"),
+            index_stream: format!("{prefix}:cache:index"),
             timeout,
             memory: Mutex::new(Lru::default()),
+            index: SemanticIndex::default(),
             redis_up: AtomicBool::new(true),
             last_probe_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -221,6 +240,67 @@ impl CacheStore {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Feeds this node's semantic index from the shared stream (what every node stored),
+    /// from its start, then as it grows, until `shutdown`. A task of its own, on a connection
+    /// of its own (its reads block); a failing Redis is retried every second.
+    pub(crate) fn feed_index(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last = "0".to_owned();
+            loop {
+                let fed = store.feed_from(&client, &mut last);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    e = fed => debug!(error = %e, "semantic index feed: redis failed; retrying"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    async fn feed_from(&self, client: &redis::Client, last: &mut String) -> redis::RedisError {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(INDEX_BLOCK * 3));
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(INDEX_READ_BATCH)
+                .arg("BLOCK")
+                .arg(INDEX_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.index_stream)
+                .arg(&*last);
+            let reply: redis::Value = match cmd.query_async(&mut conn).await {
+                Ok(v) => v,
+                Err(e) => return e,
+            };
+            let now = unix_ms();
+            for (id, record) in stream_records(reply) {
+                if let Some(r) = record {
+                    let at = self.now_ms();
+                    let left = r.expires_ms.saturating_sub(now);
+                    self.index
+                        .insert(r.proxy, &r.rest, Arc::from(r.key), &r.vector, at + left, at);
+                }
+                *last = id;
+            }
+        }
+    }
+
     fn probe_due(&self) -> bool {
         let now = self.now_ms();
         let last = self.last_probe_ms.load(Ordering::Relaxed);
@@ -255,6 +335,11 @@ impl CacheHandle {
 
     pub(crate) fn store(&self) -> &CacheStore {
         &self.shared
+    }
+
+    /// Starts feeding the node's semantic index from Redis (see [`CacheStore::feed_index`]).
+    pub(crate) fn feed_index(&self, shutdown: tokio_util::sync::CancellationToken) {
+        self.shared.feed_index(shutdown);
     }
 
     fn connection(&self) -> Option<ConnectionManager> {
@@ -350,6 +435,67 @@ impl CacheHandle {
         Some((entry, Found::Redis))
     }
 
+    /// Indexes a stored answer for the semantic cache: here at once, and on every node
+    /// through the shared stream (appended in a task of its own).
+    pub(crate) fn index_semantic(
+        &self,
+        proxy: uuid::Uuid,
+        rest: &str,
+        key: &str,
+        vector: &Quantized,
+        ttl: Duration,
+    ) {
+        let shared = &self.shared;
+        let now = shared.now_ms();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        shared.index.insert(
+            proxy,
+            rest,
+            Arc::from(key),
+            vector,
+            now.saturating_add(ttl_ms),
+            now,
+        );
+        if let Some(mut conn) = self.use_redis() {
+            let shared = Arc::clone(&self.shared);
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&shared.index_stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(INDEX_STREAM_MAX)
+                .arg("*")
+                .arg("p")
+                .arg(proxy.simple().to_string())
+                .arg("r")
+                .arg(rest)
+                .arg("k")
+                .arg(key)
+                .arg("x")
+                .arg(unix_ms().saturating_add(ttl_ms))
+                .arg("v")
+                .arg(vector.to_bytes());
+            tokio::spawn(async move {
+                let add = cmd.query_async::<redis::Value>(&mut conn);
+                match tokio::time::timeout(shared.timeout * 4, add).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => shared.mark_down(&e.to_string()),
+                    Err(_) => shared.mark_down("no answer to a semantic index write"),
+                }
+            });
+        }
+    }
+
+    /// The nearest indexed answer of `proxy`'s group `rest`: its exact key and similarity.
+    pub(crate) fn nearest(
+        &self,
+        proxy: uuid::Uuid,
+        rest: &str,
+        vector: &Quantized,
+    ) -> Option<(Arc<str>, f32)> {
+        let now = self.shared.now_ms();
+        self.shared.index.nearest(proxy, rest, vector, now)
+    }
+
     /// Stores `entry` under `key` for `ttl`: in memory now, in Redis in a task of its own.
     /// Returns its serialized size, or `None` when it is larger than the bound (not stored).
     pub(crate) fn put(
@@ -386,6 +532,79 @@ impl CacheHandle {
     }
 }
 
+/// One record of the semantic index stream.
+#[derive(Debug)]
+struct IndexRecord {
+    proxy: uuid::Uuid,
+    rest: String,
+    key: String,
+    /// Unix milliseconds.
+    expires_ms: u64,
+    vector: Quantized,
+}
+
+/// The records of an `XREAD` reply on one stream, with their ids (a record that does not
+/// parse is `None`, its id still read past).
+fn stream_records(reply: redis::Value) -> Vec<(String, Option<IndexRecord>)> {
+    use redis::Value;
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Array(s) => s,
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = parts.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(pair) = entry else { continue };
+            let [id, Value::Array(fields)] = pair.as_slice() else {
+                continue;
+            };
+            let Some(id) = text(id) else { continue };
+            let mut r = (None, None, None, None, None);
+            for kv in fields.chunks_exact(2) {
+                match (text(&kv[0]).as_deref(), &kv[1]) {
+                    (Some("p"), v) => r.0 = text(v).and_then(|s| uuid::Uuid::parse_str(&s).ok()),
+                    (Some("r"), v) => r.1 = text(v),
+                    (Some("k"), v) => r.2 = text(v),
+                    (Some("x"), v) => r.3 = text(v).and_then(|s| s.parse().ok()),
+                    (Some("v"), Value::BulkString(b)) => r.4 = Quantized::from_bytes(b),
+                    _ => {}
+                }
+            }
+            let record = match r {
+                (Some(proxy), Some(rest), Some(key), Some(expires_ms), Some(vector)) => {
+                    Some(IndexRecord {
+                        proxy,
+                        rest,
+                        key,
+                        expires_ms,
+                        vector,
+                    })
+                }
+                _ => None,
+            };
+            out.push((id, record));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -395,6 +614,7 @@ mod tests {
         Arc::new(Entry {
             v: ENTRY_VERSION,
             model: "m".into(),
+            at: 0,
             events: vec![super::super::entry::Ev::Text { d: text.into() }],
         })
     }
@@ -423,6 +643,9 @@ mod tests {
         // Replacing keeps the count right.
         lru.insert("c".into(), slot(10, 10_000), 100);
         assert_eq!(lru.bytes, 50);
+        // Larger than the memory: not kept.
+        assert!(lru.insert("big".into(), slot(101, 10_000), 100).is_empty());
+        assert!(lru.get("big", now).is_none());
         // Expired: gone.
         lru.insert("d".into(), slot(10, 0), 100);
         assert!(lru.get("d", now + Duration::from_millis(1)).is_none());

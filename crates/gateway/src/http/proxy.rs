@@ -121,7 +121,15 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
         if req.method() != Method::POST {
             return ctx.reject_unrouted(&ProxyError::MethodNotAllowed { allow: "POST" });
         }
-        return dry_run::handle(&proxy, req.into_body(), ctx).await;
+        let consumer = consumer.as_ref().map(|c| Arc::clone(&c.name));
+        return dry_run::handle(
+            &proxy,
+            req.into_body(),
+            ctx,
+            &state.cache,
+            consumer.as_deref(),
+        )
+        .await;
     }
     let Some(endpoint) = Endpoint::parse(proxy.format, rest) else {
         return ctx.reject_unrouted(&ProxyError::UnknownEndpoint);
@@ -683,9 +691,6 @@ async fn cache_lookup(
     if directive == cache::Directive::Bypass {
         return Ok(None);
     }
-    let Some(ttl) = l.cache.exact_ttl else {
-        return Ok(None);
-    };
     let consumer = match l.cache.scope {
         switchyard_model::CacheScope::Proxy => None,
         switchyard_model::CacheScope::Consumer => {
@@ -696,14 +701,15 @@ async fn cache_lookup(
             }
         }
     };
-    // The key needs the canonical request: parsing a large body is CPU work.
-    let key = {
+    // The keys need the canonical request: parsing a large body is CPU work.
+    let keys = {
         let inbound = Arc::clone(l.inbound);
         let (proxy, route, model) = (
             l.proxy.id,
             Arc::clone(&l.route.name),
             Arc::clone(&l.choice.model),
         );
+        let semantic = l.cache.semantic.is_some();
         let work = move || {
             let req = inbound.canonical().ok()?;
             let scope = cache::key::KeyScope {
@@ -712,42 +718,94 @@ async fn cache_lookup(
                 model: &model,
                 consumer: consumer.as_deref(),
             };
-            Some(cache::key::exact_key(scope, req))
+            let exact = cache::key::exact_key(scope, req);
+            let semantic = if semantic {
+                cache::key::semantic_key(scope, req).ok().flatten()
+            } else {
+                None
+            };
+            Some((exact, semantic))
         };
         state.reading.offload.run(l.inbound.body.len(), work).await
     };
-    let key = match key {
-        Some(Ok(key)) => key,
-        Some(Err(why)) => {
+    let (key, semantic_key) = match keys {
+        Some((Ok(key), semantic)) => (key, semantic),
+        Some((Err(why), _)) => {
             metrics::counter!(cache::NOT_STORED, "proxy" => ctx.proxy.shared(), "reason" => why.as_str())
                 .increment(1);
             return Ok(None);
         }
         None => return Ok(None),
     };
-    if directive == cache::Directive::Use {
-        if let Some((entry, _)) = state.cache.get(l.proxy.id, &l.proxy.name, &key).await {
-            ctx.cache = Some(cache::Outcome::Hit);
-            ctx.served.stream = l.inbound.stream;
-            cache::count_lookup(&l.proxy.name, cache::Outcome::Hit, entry.usage());
-            info!(parent: &ctx.span, "answered from the response cache");
-            return Err(serve_hit(
-                ctx,
-                &entry,
-                l.inbound,
-                &l.route.name_header,
-                l.model,
-                &l.choice.model,
-            ));
+    let hit = |ctx: &mut Ctx, entry: &cache::entry::Entry, outcome, similarity| {
+        ctx.cache = Some(outcome);
+        ctx.cache_similarity = similarity;
+        ctx.served.stream = l.inbound.stream;
+        cache::count_lookup(&l.proxy.name, outcome, entry.usage());
+        info!(parent: &ctx.span, cache = outcome.header(), similarity, "answered from the response cache");
+        serve_hit(
+            ctx,
+            entry,
+            l.inbound,
+            &l.route.name_header,
+            l.model,
+            &l.choice.model,
+        )
+    };
+    if directive == cache::Directive::Use
+        && let Some(exact_ttl) = l.cache.exact_ttl
+        && let Some((entry, _)) = state.cache.get(l.proxy.id, &l.proxy.name, &key).await
+        && entry.fresh(exact_ttl)
+    {
+        return Err(hit(ctx, &entry, cache::Outcome::Hit, None));
+    }
+    // The semantic cache: the last user message's vector, compared within its group.
+    let mut semantic_plan = None;
+    if let (Some((threshold, ttl)), Some((rest, text)), Some(embedder)) =
+        (l.cache.semantic, semantic_key, l.proxy.semantic.as_ref())
+    {
+        match embedder.embed(&text).await {
+            Some(Ok(v)) => {
+                if let Some(vector) = cache::semantic::Quantized::new(&v) {
+                    if directive == cache::Directive::Use
+                        && let Some((found, similarity)) =
+                            state.cache.nearest(l.proxy.id, &rest, &vector)
+                        && similarity >= threshold
+                        && let Some((entry, _)) =
+                            state.cache.get(l.proxy.id, &l.proxy.name, &found).await
+                    {
+                        return Err(hit(
+                            ctx,
+                            &entry,
+                            cache::Outcome::SemanticHit,
+                            Some(similarity),
+                        ));
+                    }
+                    semantic_plan = Some(cache::SemanticPlan { rest, vector, ttl });
+                }
+            }
+            Some(Err(e)) => {
+                warn!(parent: &ctx.span, error = %e, "semantic cache: the prompt could not be embedded; not looked up");
+            }
+            None => {}
         }
+    }
+    if directive == cache::Directive::Use {
         cache::count_lookup(&l.proxy.name, cache::Outcome::Miss, None);
     }
+    let ttl = match (l.cache.exact_ttl, &semantic_plan) {
+        (Some(e), Some(s)) => e.max(s.ttl),
+        (Some(e), None) => e,
+        (None, Some(s)) => s.ttl,
+        (None, None) => return Ok(None),
+    };
     Ok(Some(cache::Plan {
         handle: state.cache.clone(),
         proxy: l.proxy.id,
         proxy_name: Arc::clone(&l.proxy.name),
         key,
         ttl,
+        semantic: semantic_plan,
     }))
 }
 

@@ -19,16 +19,25 @@ pub(crate) const DRY_RUN_PATH: &str = "/_switchyard/route";
 
 const BODY_LIMIT: usize = 1024 * 1024;
 
-pub(crate) async fn handle(proxy: &CompiledProxy, body: Body, ctx: Ctx) -> Response {
+pub(crate) async fn handle(
+    proxy: &CompiledProxy,
+    body: Body,
+    ctx: Ctx,
+    cache: &crate::cache::CacheHandle,
+    consumer: Option<&str>,
+) -> Response {
     let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(_) => {
             return ctx.reject_unrouted(&ProxyError::PayloadTooLarge { limit: BODY_LIMIT });
         }
     };
-    let prompt = match serde_json::from_slice::<Value>(&bytes) {
+    let (prompt, model) = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => match m.get("prompt") {
-            Some(Value::String(p)) => p.clone(),
+            Some(Value::String(p)) => (
+                p.clone(),
+                m.get("model").and_then(Value::as_str).map(str::to_owned),
+            ),
             _ => {
                 return ctx.reject_unrouted(&ProxyError::InvalidJson(
                     "send {\"prompt\": \"...\"}".to_owned(),
@@ -50,7 +59,19 @@ pub(crate) async fn handle(proxy: &CompiledProxy, body: Body, ctx: Ctx) -> Respo
         },
         None => None,
     };
-    let body = report(proxy, evaluation.as_ref());
+    let mut body = report(proxy, evaluation.as_ref());
+    if let Some(c) = semantic_cache(
+        proxy,
+        evaluation.as_ref(),
+        prompt,
+        model.as_deref(),
+        cache,
+        consumer,
+    )
+    .await
+    {
+        body["cache"] = c;
+    }
     ctx.respond_json(
         Bytes::from(body.to_string()),
         None,
@@ -175,6 +196,67 @@ fn report(proxy: &CompiledProxy, ev: Option<&Evaluation>) -> Value {
         "routing": routing,
         "reason": reason,
     })
+}
+
+/// Whether the prompt, sent alone as a user message, would be a semantic cache hit today:
+/// `{"semantic": {"threshold", "hit", "similarity"}}` (the nearest entry's similarity, if
+/// any), for the route the prompt would take (`model` names it on a model-routing proxy).
+async fn semantic_cache(
+    proxy: &CompiledProxy,
+    ev: Option<&Evaluation>,
+    prompt: Option<&str>,
+    model: Option<&str>,
+    cache: &crate::cache::CacheHandle,
+    consumer: Option<&str>,
+) -> Option<Value> {
+    let (threshold, _) = proxy.cache.as_ref()?.semantic?;
+    let decision = match ev {
+        Some(ev) if proxy.strategy == switchyard_model::RoutingStrategy::Semantic => {
+            decide(proxy, &ev.pick)
+        }
+        _ => crate::routing::decide(proxy, model),
+    };
+    let choice = match decision {
+        Decision::Route { choice, .. } | Decision::Fallback { choice, .. } => choice,
+        Decision::Reject(_) => {
+            return Some(
+                json!({"semantic": {"threshold": threshold, "hit": false, "similarity": null, "reason": "no route would serve it"}}),
+            );
+        }
+    };
+    let route = proxy.routes.get(choice.route)?;
+    let consumer = match proxy.cache.as_ref()?.scope {
+        switchyard_model::CacheScope::Proxy => None,
+        switchyard_model::CacheScope::Consumer => consumer,
+    };
+    let req = switchyard_llm::ChatRequest {
+        messages: vec![switchyard_llm::Message::text_message(
+            switchyard_llm::Role::User,
+            prompt.unwrap_or_default(),
+        )],
+        ..switchyard_llm::ChatRequest::default()
+    };
+    let scope = crate::cache::key::KeyScope {
+        proxy: proxy.id,
+        route: &route.name,
+        model: &choice.model,
+        consumer,
+    };
+    let (rest, text) = crate::cache::key::semantic_key(scope, &req)
+        .ok()
+        .flatten()?;
+    let vector = proxy.semantic.as_ref()?.embed(&text).await?.ok()?;
+    let vector = crate::cache::semantic::Quantized::new(&vector)?;
+    let nearest = cache.nearest(proxy.id, &rest, &vector);
+    let similarity = nearest.as_ref().map(|(_, s)| *s);
+    let four = |x: f32| (f64::from(x) * 1e4).round() / 1e4;
+    Some(json!({"semantic": {
+        "threshold": four(threshold),
+        "hit": similarity.is_some_and(|s| s >= threshold),
+        "similarity": similarity.map(four),
+        "route": &*route.name,
+        "model": &*choice.model,
+    }}))
 }
 
 /// "threshold 0.412 (calibrated from 60 utterances)" or "configured threshold 0.600".

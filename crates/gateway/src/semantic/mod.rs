@@ -291,7 +291,7 @@ impl SemanticEngine {
             (Some(Embedder::Remote(remote)), r, g)
         } else {
             let local = self.local.as_ref().ok_or(
-                "semantic routing and the semantic prompt guard need a sentence encoder, and this node has none (start it with --model-dir, or give the proxy a semantic_service)",
+                "semantic routing, the semantic prompt guard and the semantic cache need a sentence encoder, and this node has none (start it with --model-dir, or give the proxy a semantic_service)",
             )?;
             let r = local.build(&route_topics)?;
             let g = local.build(&deny_topics)?;
@@ -731,6 +731,13 @@ impl ProxySemantic {
             guard_texts,
             matched_patterns,
         }
+    }
+
+    /// Embeds `text` with the proxy's encoder or semantic service (the semantic cache's
+    /// prompt); `None` when the proxy embeds nothing.
+    pub(crate) async fn embed(&self, text: &str) -> Option<Result<Arc<[f32]>, String>> {
+        let embedder = self.embedder.as_ref()?;
+        Some(embedder.embed(text).await)
     }
 
     /// Runs the guards and semantic routing on a screened request. The regex guard already

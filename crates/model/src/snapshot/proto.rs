@@ -680,7 +680,7 @@ mod tests {
                 {"name": "r", "requests": 60, "window": "1m", "key": "#[attributes.headers['x-tenant']]"}
             ],
             "budget": {"usd": 12.5, "period": "month"},
-            "cache": {"exact": {"ttl": "10m"}, "scope": "proxy"}
+            "cache": {"exact": {"ttl": "10m"}, "semantic": {"threshold": 0.92, "ttl": "1h"}, "scope": "proxy"}
         });
         let spec = parse_proxy_input(body.to_string().as_bytes())
             .unwrap()

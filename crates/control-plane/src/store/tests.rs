@@ -2184,3 +2184,82 @@ async fn audit_queries_filter_and_page(store: Arc<Store>) {
     let paged: Vec<i64> = first.iter().chain(&second).map(|e| e.id).collect();
     assert_eq!(paged, all.iter().map(|e| e.id).collect::<Vec<_>>());
 }
+
+/// Migrations 0006 (usage) and 0007 (admin tokens and audit) were written in parallel, and
+/// 0007 may reach a database first. sqlx applies every numbered migration a database has not
+/// seen, lower numbers included: a database migrated without 0006 takes it later (the real
+/// one once it exists, a stand-in touching its own table until then), and stays usable.
+async fn a_later_lower_migration_applies_after_0007(url: &str) {
+    use sqlx::Row;
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let embedded = if url.starts_with("postgres") {
+        &PG_MIGRATIONS
+    } else {
+        &SQLITE_MIGRATIONS
+    };
+    let migrator = |migrations: Vec<Migration>| Migrator {
+        migrations: std::borrow::Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    };
+    let real_6 = embedded.migrations.iter().any(|m| m.version == 6);
+    let mut full = embedded.migrations.to_vec();
+    if !real_6 {
+        full.push(Migration::new(
+            6,
+            "usage stand-in".into(),
+            MigrationType::Simple,
+            "CREATE TABLE usage_stand_in (id TEXT PRIMARY KEY)".into_sql_str(),
+            false,
+        ));
+        full.sort_by_key(|m| m.version);
+    }
+    let without_6: Vec<Migration> = full.iter().filter(|m| m.version != 6).cloned().collect();
+    assert!(without_6.iter().any(|m| m.version == 7));
+    migrator(without_6).run(&pool).await.unwrap();
+    migrator(full.clone()).run(&pool).await.unwrap();
+    migrator(full.clone()).run(&pool).await.unwrap();
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("version").unwrap())
+        .collect();
+    assert_eq!(applied, full.iter().map(|m| m.version).collect::<Vec<_>>());
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, resource) VALUES (1, 'a', 'create', 'gateway/x')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    if real_6 {
+        pool.close().await;
+        let store = Store::connect(url).await.unwrap();
+        store.create_gateway(&audit(), "gw", "h").await.unwrap();
+    } else {
+        sqlx::query("INSERT INTO usage_stand_in (id) VALUES ('x')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_later_lower_migration_applies_after_0007() {
+    let dir = tempfile::tempdir().unwrap();
+    a_later_lower_migration_applies_after_0007(&format!(
+        "sqlite://{}/order.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_later_lower_migration_applies_after_0007() {
+    let db = PgDatabase::create().await;
+    a_later_lower_migration_applies_after_0007(db.url()).await;
+}

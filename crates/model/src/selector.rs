@@ -127,7 +127,10 @@ mod tests {
                 wrap in any::<bool>(),
                 header in any::<bool>(),
                 quote in prop::sample::select(vec!["'", "\"", "", "`"]),
-                name in "[ -~]{0,140}",
+                // Printable ASCII without quote characters: a name holding the quotes would make
+                // the expression quote it itself (`['0']` from an empty quote and the name
+                // `'0'`), which this oracle does not model.
+                name in "[ !#-&(-_a-~]{0,140}",
                 pad in "[ \t]{0,3}",
             ) {
                 let kind = if header { "headers" } else { "queryParams" };

@@ -47,7 +47,13 @@ pub struct ControlPlaneConfig {
     pub tls: Option<switchyard_tls::ServerTls>,
     /// When a client address is refused after failed admin authentications.
     pub auth_throttle: api::ThrottleConfig,
+    /// Raw usage rows are deleted once older than this (`--usage-retention`; the hourly
+    /// and daily rollups are kept); `None` keeps them for ever.
+    pub usage_retention: Option<Duration>,
 }
+
+/// How long raw usage rows are kept by default: 30 days.
+pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 impl ControlPlaneConfig {
     pub fn new(database_url: impl Into<String>, encryption_key: impl Into<String>) -> Self {
@@ -64,6 +70,7 @@ impl ControlPlaneConfig {
             metrics: None,
             tls: None,
             auth_throttle: api::ThrottleConfig::default(),
+            usage_retention: Some(DEFAULT_USAGE_RETENTION),
         }
     }
 }
@@ -183,6 +190,17 @@ impl ControlPlane {
             }
         }));
 
+        let retention = config
+            .usage_retention
+            .and_then(|r| chrono::Duration::from_std(r).ok());
+        if let Some(retention) = retention {
+            tasks.push(tokio::spawn(usage_retention(
+                store.clone(),
+                retention,
+                cancel.clone(),
+            )));
+        }
+        let usage = distribute::usage::UsageIngest::new(store.clone(), retention);
         let snapshots = Arc::new(Snapshots::new(store.clone(), keyring));
         let distributor = Distributor::new(store.clone(), hub, snapshots, cancel.clone());
         let grpc_cancel = cancel.clone();
@@ -194,7 +212,8 @@ impl ControlPlane {
                     switchyard_proto::encoded::config_distribution_server::ConfigDistributionServer::new(
                         distributor,
                     ),
-                );
+                )
+                .add_service(usage.server());
             let served = match grpc_tls {
                 // Handshakes (and mTLS client verification) complete before tonic sees the
                 // connection: a node without a valid certificate never reaches its hello.
@@ -328,6 +347,24 @@ fn rotated<T>(
         Err(e) => {
             failure.get_or_insert(e);
             None
+        }
+    }
+}
+
+/// Deletes raw usage rows older than the retention, at start and every hour. Replicas may
+/// all run it: deleting rows already gone is harmless.
+async fn usage_retention(store: Arc<Store>, retention: chrono::Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = chrono::Utc::now() - retention;
+        match store.delete_usage_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "raw usage rows past --usage-retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete raw usage rows past the retention; retrying in an hour"),
         }
     }
 }

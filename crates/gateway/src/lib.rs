@@ -37,3 +37,4 @@ pub use semantic::{EncoderKind, ModelLoadError, load_encoder};
 pub use switchyard_semantic::Encoder;
 pub use switchyard_tls::ServerTls;
 pub use sync::{SnapshotSource, SyncState};
+pub use usage::ship::UsageShipping;

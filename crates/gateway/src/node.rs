@@ -70,6 +70,8 @@ pub struct GatewayConfig {
     /// context upstream). Set when the process exports traces (`--otlp-endpoint`): it
     /// installs the exporter, the `tracing` layer and the W3C propagator.
     pub traces: bool,
+    /// Usage records to the control plane: the queue, batches, spool bound.
+    pub usage: crate::usage::ship::UsageShipping,
 }
 
 /// How a node verifies an `https://` control plane and proves itself to it.
@@ -119,6 +121,7 @@ impl GatewayConfig {
             counters: crate::governance::LimitsConfig::default(),
             cache: crate::cache::CacheConfig::default(),
             traces: false,
+            usage: crate::usage::ship::UsageShipping::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("limits", &self.limits)
             .field("counters_redis", &self.counters.redis_url.is_some())
             .field("traces", &self.traces)
+            .field("usage", &self.usage)
             .finish()
     }
 }
@@ -191,6 +195,7 @@ pub struct Gateway {
     main: JoinHandle<()>,
     metrics: Option<JoinHandle<()>>,
     sync: JoinHandle<()>,
+    usage: Option<crate::usage::ship::Shipper>,
 }
 
 impl Gateway {
@@ -252,6 +257,21 @@ impl Gateway {
             None => SemanticEngine::without_encoder(embeddings_client),
         });
 
+        let (usage_sink, shipper) = if config.usage.enabled {
+            let identity = crate::usage::ship::Identity {
+                gateway: config.gateway.clone(),
+                node_id: node_id.clone(),
+                registration_token: config.registration_token.clone(),
+            };
+            let (sink, shipper) =
+                crate::usage::ship::start(config.usage.clone(), &endpoint, identity, &config.cache_dir)
+                    .map_err(cache_error)?;
+            (Some(sink), Some(shipper))
+        } else {
+            info!("usage shipping is off: usage records stay on this node (metrics and logs)");
+            (None, None)
+        };
+
         let table: SharedTable = Arc::new(ArcSwapOption::empty());
         let (state_tx, sync_state) = watch::channel(SyncState::default());
         let applier = Applier::new(
@@ -294,6 +314,7 @@ impl Gateway {
                 .map_err(GatewayError::Limits)?,
             ),
             traces: config.traces,
+            usage: usage_sink,
         });
         info!("{}", state.counters.shared().describe());
         let listener = http::bind(config.listen, "traffic").await?;
@@ -382,6 +403,7 @@ impl Gateway {
             main,
             metrics,
             sync,
+            usage: shipper,
         })
     }
 
@@ -420,6 +442,13 @@ impl Gateway {
         }
         if let Err(e) = self.sync.await {
             warn!(error = %e, "sync task failed");
+        }
+        // After the traffic drained: every record is queued; ship or spool them.
+        if let Some(usage) = self.usage {
+            usage.stop.cancel();
+            if let Err(e) = usage.task.await {
+                warn!(error = %e, "usage shipper task failed");
+            }
         }
         self.state.engine.shutdown();
         info!("stopped");

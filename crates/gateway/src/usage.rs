@@ -12,10 +12,15 @@
 //! `stream_options.include_usage` and holds the extra chunk back from clients that did not).
 //!
 //! This is the seam for governance (budgets, per-key quotas, billing exports): whatever it
-//! needs to know about a finished request is in the record.
+//! needs to know about a finished request is in the record. Every record of a request on a
+//! proxy is also queued for the control plane ([`ship`]: batched, spooled under the cache
+//! dir while the control plane is away; never waited for).
+
+pub(crate) mod ship;
+pub(crate) mod spool;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use switchyard_llm::{InboundFormat, Usage};
 use tracing::{Span, info};
@@ -58,6 +63,12 @@ pub(crate) struct UsageRecord {
     /// What the response cache did, when the proxy has one. A hit (`usage` is then `None`:
     /// no upstream tokens were spent) is charged nothing and costs 0.
     pub cache: Option<crate::cache::Outcome>,
+    /// The proxy's id, once the request reached one (only those records are shipped).
+    pub proxy_id: Option<uuid::Uuid>,
+    /// Whether the fallback route was chosen or tried.
+    pub fell_back: bool,
+    /// Where the record is queued for the control plane (`None`: shipping is off).
+    pub sink: Option<ship::UsageSink>,
 }
 
 impl UsageRecord {
@@ -143,6 +154,31 @@ pub(crate) fn record(rec: &UsageRecord, span: &Span) {
     if let Some(gate) = &rec.gate {
         gate.settle(billed.as_ref(), cost.unwrap_or(0.0), span);
     }
+    if let (Some(sink), Some(proxy_id)) = (&rec.sink, rec.proxy_id) {
+        sink.push(ship::UsageEvent {
+            at: SystemTime::now()
+                .checked_sub(rec.latency)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            proxy_id,
+            proxy: rec.proxy.clone(),
+            route: rec.route.clone(),
+            model: (rec.provider != telemetry::NONE).then(|| Arc::clone(&rec.model)),
+            consumer: rec
+                .gate
+                .as_ref()
+                .and_then(|g| g.consumer.as_ref())
+                .map(|c| Arc::clone(&c.name)),
+            provider: rec.provider,
+            status: rec.status,
+            usage: billed,
+            cost_nano_usd: switchyard_model::usage::usd_to_nano(cost.unwrap_or(0.0)),
+            latency: rec.latency,
+            ttft: rec.time_to_first_byte,
+            fell_back: rec.fell_back,
+            stream: rec.stream,
+            estimated,
+        });
+    }
     if rec.traces {
         let served = (rec.provider != telemetry::NONE).then_some(&*rec.model);
         crate::traces::finished(
@@ -215,6 +251,9 @@ mod tests {
             events_sent: 0,
             traces: false,
             cache: None,
+            proxy_id: None,
+            fell_back: false,
+            sink: None,
         };
         metrics::with_local_recorder(&recorder, || {
             record(&rec, &Span::none());

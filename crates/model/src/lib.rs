@@ -18,6 +18,7 @@ mod service;
 pub mod snapshot;
 mod spec;
 mod topic;
+pub mod usage;
 
 pub use cache::{
     CacheScope, DEFAULT_CACHE_THRESHOLD, ExactCache, ResponseCache, ResponseCacheInput,

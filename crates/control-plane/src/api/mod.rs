@@ -12,6 +12,7 @@ mod prices;
 mod proxies;
 mod semantic_services;
 mod topics;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             admin_tokens::revoke,
         ),
         ep(M::GET, "/audit", VIEWER, audit::list),
+        ep(M::GET, "/usage", VIEWER, usage::report),
     ]
 }
 

@@ -2,6 +2,7 @@
 //! snapshots to gateway nodes and records what each node applied.
 
 pub mod hub;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -232,24 +233,29 @@ impl Distributor {
     /// be enumerated through this port.
     async fn authenticate(&self, hello: &pb::Hello) -> Result<(), Status> {
         check_hello(hello)?;
-        let refused = || Status::unauthenticated("unknown gateway or invalid registration token");
-        let presented = hash_token(&hello.registration_token);
-        let gateway = self.store.get_gateway(&hello.gateway).await.map_err(|e| {
-            tracing::error!(error = %e, "store unavailable while authenticating a node");
-            Status::unavailable("the control plane cannot check the token now; retry")
-        })?;
-        // Compared in constant time against a real hash or a stand-in of the same length.
-        let expected = gateway.map_or_else(|| hash_token(""), |g| g.token_hash);
-        let matches = bool::from(presented.as_bytes().ct_eq(expected.as_bytes()));
-        if !matches || hello.registration_token.is_empty() {
-            return Err(refused());
-        }
-        Ok(())
+        check_token(&self.store, &hello.gateway, &hello.registration_token).await
     }
 }
 
+/// Checks a node's registration token for `gateway` (the hello's, and each usage batch's).
+pub(crate) async fn check_token(store: &Store, gateway: &str, token: &str) -> Result<(), Status> {
+    let refused = || Status::unauthenticated("unknown gateway or invalid registration token");
+    let presented = hash_token(token);
+    let gateway = store.get_gateway(gateway).await.map_err(|e| {
+        tracing::error!(error = %e, "store unavailable while authenticating a node");
+        Status::unavailable("the control plane cannot check the token now; retry")
+    })?;
+    // Compared in constant time against a real hash or a stand-in of the same length.
+    let expected = gateway.map_or_else(|| hash_token(""), |g| g.token_hash);
+    let matches = bool::from(presented.as_bytes().ct_eq(expected.as_bytes()));
+    if !matches || token.is_empty() {
+        return Err(refused());
+    }
+    Ok(())
+}
+
 /// A token of a node's identity: 1-`max` characters of letters, digits and `-._:@/+`.
-fn is_token(s: &str, max: usize) -> bool {
+pub(crate) fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

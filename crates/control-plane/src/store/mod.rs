@@ -38,6 +38,7 @@ mod proxies;
 mod semantic_services;
 mod snapshot;
 mod topics;
+mod usage;
 
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ pub use prices::{BUNDLED_PRICES, SeedPrice, bundled_prices};
 pub use semantic_services::SemanticServiceRecord;
 pub use snapshot::SnapshotSource;
 pub use topics::{TopicRecord, TopicSummary};
+pub use usage::{DAY_MS, HOUR_MS, Ingested, StoredUsage, UsageRow, UsageTotals};
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -264,3 +266,6 @@ fn sqlite_file(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod usage_tests;

@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     pub cache: crate::cache::CacheHandle,
     /// Make the request path's OpenTelemetry spans ([`crate::traces`]).
     pub traces: bool,
+    /// The usage queue towards the control plane (`None`: shipping is off).
+    pub usage: Option<crate::usage::ship::UsageSink>,
 }
 
 /// The main listener's router: reserved paths, then every proxy.

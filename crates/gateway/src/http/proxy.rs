@@ -83,6 +83,9 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         traces: state.traces,
         cache: None,
         cache_similarity: None,
+        proxy_id: None,
+        fell_back: false,
+        usage_sink: state.usage.clone(),
     };
     dispatch(&state, req, ctx).instrument(span).await
 }
@@ -97,6 +100,7 @@ async fn dispatch(state: &AppState, req: Request, mut ctx: Ctx) -> Response {
     let proxy = Arc::clone(proxy);
     ctx.span.record("proxy", &*proxy.name);
     ctx.proxy = Label::Shared(Arc::clone(&proxy.name));
+    ctx.proxy_id = Some(proxy.id);
     if let Some(format) = InboundFormat::for_surface(proxy.format.id()) {
         ctx.format = format;
     }
@@ -276,6 +280,7 @@ async fn complete(
             }
             telemetry::fallback(&ctx.proxy, &Label::Static(NONE), reason.as_str());
             info!(parent: &ctx.span, reason = reason.as_str(), "no route named: using the fallback route");
+            ctx.fell_back = true;
             (choice, None)
         }
     };
@@ -338,6 +343,7 @@ async fn complete(
     };
 
     telemetry::fallback(&ctx.proxy, &ctx.route, failure.reason.as_str());
+    ctx.fell_back = true;
     drop(failure);
     let route = Arc::clone(&proxy.routes[second.route]);
     let model = ctx.choose(&route, &second);

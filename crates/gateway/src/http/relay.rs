@@ -63,6 +63,12 @@ pub(crate) struct Ctx {
     pub cache: Option<crate::cache::Outcome>,
     /// A semantic hit's similarity (`x-switchyard-cache-similarity`).
     pub cache_similarity: Option<f32>,
+    /// The proxy's id, once found (its records are shipped to the control plane).
+    pub proxy_id: Option<uuid::Uuid>,
+    /// The fallback route was chosen or tried.
+    pub fell_back: bool,
+    /// The usage queue towards the control plane, when shipping is on.
+    pub usage_sink: Option<crate::usage::ship::UsageSink>,
 }
 
 /// How the chosen route serves the request (for the usage record).
@@ -378,6 +384,9 @@ impl Ctx {
                 events_sent: 0,
                 traces: self.traces,
                 cache: self.cache,
+                proxy_id: self.proxy_id,
+                fell_back: self.fell_back,
+                sink: self.usage_sink.clone(),
             },
         }
     }
@@ -643,6 +652,9 @@ mod tests {
             traces: false,
             cache: None,
             cache_similarity: None,
+            proxy_id: None,
+            fell_back: false,
+            usage_sink: None,
         }
     }
 

@@ -257,6 +257,7 @@ impl Gateway {
             None => SemanticEngine::without_encoder(embeddings_client),
         });
 
+        let (state_tx, sync_state) = watch::channel(SyncState::default());
         let (usage_sink, shipper) = if config.usage.enabled {
             let identity = crate::usage::ship::Identity {
                 gateway: config.gateway.clone(),
@@ -264,8 +265,14 @@ impl Gateway {
                 registration_token: config.registration_token.clone(),
             };
             let (sink, shipper) =
-                crate::usage::ship::start(config.usage.clone(), &endpoint, identity, &config.cache_dir)
-                    .map_err(cache_error)?;
+                crate::usage::ship::start(
+                    config.usage.clone(),
+                    &endpoint,
+                    identity,
+                    &config.cache_dir,
+                    sync_state.clone(),
+                )
+                .map_err(cache_error)?;
             (Some(sink), Some(shipper))
         } else {
             info!("usage shipping is off: usage records stay on this node (metrics and logs)");
@@ -273,7 +280,6 @@ impl Gateway {
         };
 
         let table: SharedTable = Arc::new(ArcSwapOption::empty());
-        let (state_tx, sync_state) = watch::channel(SyncState::default());
         let applier = Applier::new(
             config.gateway.clone(),
             Arc::clone(&table),

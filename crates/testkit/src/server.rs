@@ -209,6 +209,11 @@ impl MockServer {
         lock(&self.shared.requests).last().cloned()
     }
 
+    /// The usage every answer so far reported, in order.
+    pub fn reported_usages(&self) -> Vec<ReportedUsage> {
+        lock(&self.shared.reported).clone()
+    }
+
     /// The usage the last successful answer reported.
     pub fn last_reported_usage(&self) -> Option<ReportedUsage> {
         lock(&self.shared.reported).last().copied()

@@ -28,7 +28,7 @@ pub const DAY_MS: i64 = 86_400_000;
 
 /// Rows per multi-row statement (22 parameters each: within PostgreSQL's and SQLite's
 /// parameter limits).
-const INSERT_CHUNK: usize = 1000;
+const INSERT_CHUNK: usize = 100;
 /// Raw rows deleted per statement by the retention sweep.
 const DELETE_CHUNK: i64 = 10_000;
 

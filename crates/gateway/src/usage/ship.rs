@@ -51,6 +51,9 @@ pub struct UsageShipping {
     pub send_timeout: Duration,
     /// Spooled batches replayed per tick at most.
     pub replay_per_tick: usize,
+    /// The longest wait between two probes of an unreachable control plane (the node's
+    /// config stream reconnecting also ends the wait).
+    pub retry_cap: Duration,
 }
 
 impl Default for UsageShipping {
@@ -63,6 +66,7 @@ impl Default for UsageShipping {
             spool_max_bytes: 256 * 1024 * 1024,
             send_timeout: Duration::from_secs(10),
             replay_per_tick: 20,
+            retry_cap: Duration::from_secs(30),
         }
     }
 }
@@ -195,6 +199,7 @@ pub(crate) fn start(
     endpoint: &Endpoint,
     identity: Identity,
     cache_dir: &std::path::Path,
+    sync: tokio::sync::watch::Receiver<crate::sync::SyncState>,
 ) -> std::io::Result<(UsageSink, Shipper)> {
     let spool = Spool::open(cache_dir, settings.spool_max_bytes)?;
     if !spool.is_empty() {
@@ -216,6 +221,8 @@ pub(crate) fn start(
         rx,
         down_until: None,
         failures: 0,
+        sync,
+        sessions_at_failure: 0,
     };
     let task = tokio::spawn(shipper.run(stop.clone()));
     Ok((
@@ -260,6 +267,9 @@ struct Runner {
     /// While the control plane is away: when to probe it next.
     down_until: Option<tokio::time::Instant>,
     failures: u32,
+    /// The node's config stream: when it reconnects, the control plane is back.
+    sync: tokio::sync::watch::Receiver<crate::sync::SyncState>,
+    sessions_at_failure: u64,
 }
 
 impl Runner {
@@ -320,10 +330,13 @@ impl Runner {
     async fn round(&mut self) {
         let batches = self.drain();
         let now = tokio::time::Instant::now();
-        let up = self.down_until.is_none_or(|t| now >= t);
+        let reconnected = self.sync.borrow().sessions > self.sessions_at_failure;
+        let up = reconnected || self.down_until.is_none_or(|t| now >= t);
         let mut rest = batches.into_iter();
         if up {
-            // The newest records first (they are only in memory), then the spool.
+            // The newest records first (they are only in memory), then the spool (which is
+            // also the probe when there is nothing new).
+            let mut reached = true;
             for batch in rest.by_ref() {
                 match self.send(batch.clone()).await {
                     Sent::Acked => self.recovered(),
@@ -331,16 +344,21 @@ impl Runner {
                     Sent::Failed(reason) => {
                         self.failed(&reason);
                         self.spool_batch(batch).await;
+                        reached = false;
                         break;
                     }
                 }
             }
-        }
-        for batch in rest {
-            self.spool_batch(batch).await;
-        }
-        if self.down_until.is_none() {
-            self.replay().await;
+            for batch in rest {
+                self.spool_batch(batch).await;
+            }
+            if reached {
+                self.replay().await;
+            }
+        } else {
+            for batch in rest {
+                self.spool_batch(batch).await;
+            }
         }
     }
 
@@ -424,10 +442,11 @@ impl Runner {
 
     fn failed(&mut self, reason: &str) {
         self.failures = self.failures.saturating_add(1);
-        // 0.5 s, 1 s, 2 s … at most 30 s between probes.
+        self.sessions_at_failure = self.sync.borrow().sessions;
+        // 0.5 s, 1 s, 2 s … at most `retry_cap` between probes.
         let delay = Duration::from_millis(500)
             .saturating_mul(1 << self.failures.saturating_sub(1).min(6))
-            .min(Duration::from_secs(30));
+            .min(self.settings.retry_cap);
         self.down_until = Some(tokio::time::Instant::now() + delay);
         if self.failures == 1 {
             warn!(reason, "cannot ship usage records; keeping them in the spool until the control plane answers");

@@ -55,6 +55,8 @@ pub enum Command {
     /// Make a local CA and the fleet's certificates (control plane, node, gateway) for
     /// trying TLS and mTLS.
     Certs(CertsArgs),
+    /// Print usage and cost (`GET /api/v1/usage`) as a table, JSON or CSV.
+    Usage(crate::usage_cmd::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +199,10 @@ pub struct ControlPlaneArgs {
     pub tls: ServerTlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// How long raw usage rows (one per request) are kept: `30d`, `720h`, …; `0` keeps them
+    /// for ever. The hourly and daily totals are kept whatever this says.
+    #[arg(long, env = "SWITCHYARD_USAGE_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub usage_retention: Retention,
     #[command(flatten)]
     pub traces: TraceArgs,
 }
@@ -427,6 +433,7 @@ pub struct GatewayTuning {
     pub counters: CounterArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    pub usage: UsageShippingArgs,
 }
 
 /// The response cache's bounds on this node (entries are shared through `--redis-url`).
@@ -439,6 +446,71 @@ pub struct CacheArgs {
     /// The largest cached answer (serialized bytes); larger answers are not stored.
     #[arg(long, env = "SWITCHYARD_CACHE_MAX_ENTRY_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub cache_max_entry_bytes: usize,
+}
+
+/// Usage records to the control plane.
+#[derive(Debug, Args)]
+pub struct UsageShippingArgs {
+    /// Send every request's usage record to the control plane (`off`: metrics and logs
+    /// only).
+    #[arg(long, env = "SWITCHYARD_USAGE_SHIPPING", value_enum, default_value_t = Toggle::On)]
+    pub usage_shipping: Toggle,
+    /// Usage records waiting in memory at most; past it new ones are dropped (counted in
+    /// `switchyard_gateway_usage_dropped_total{reason="buffer_full"}`).
+    #[arg(long, env = "SWITCHYARD_USAGE_BUFFER", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub usage_buffer: u32,
+    /// How often waiting usage records are sent (in batches of up to 1,000).
+    #[arg(long, env = "SWITCHYARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub usage_flush_interval: Duration,
+    /// The bound of the usage spool (records the control plane has not acknowledged, kept
+    /// in --cache-dir/usage-spool); past it the oldest are dropped. About 150 bytes a record:
+    /// 256MiB is some 1.7 million records.
+    #[arg(long, env = "SWITCHYARD_USAGE_SPOOL_MAX", default_value = "256MiB", value_parser = parse_size)]
+    pub usage_spool_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
+impl UsageShippingArgs {
+    fn config(&self) -> anyhow::Result<switchyard_gateway::UsageShipping> {
+        if self.usage_flush_interval.is_zero() {
+            bail!("--usage-flush-interval must be more than 0");
+        }
+        Ok(switchyard_gateway::UsageShipping {
+            enabled: self.usage_shipping == Toggle::On,
+            buffer: self.usage_buffer as usize,
+            interval: self.usage_flush_interval,
+            spool_max_bytes: self.usage_spool_max as u64,
+            ..switchyard_gateway::UsageShipping::default()
+        })
+    }
+}
+
+/// How long raw usage rows are kept (`None`: for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention(pub Option<Duration>);
+
+/// `30d`, `720h`, `90m`…: how long raw usage rows are kept; `0` (or `off`): for ever.
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    let s = s.trim();
+    if s == "0" || s == "off" {
+        return Ok(Retention(None));
+    }
+    let d = match s.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|d| Duration::from_secs(d * 86_400))
+            .map_err(|_| format!("'{s}' is not a retention (e.g. 30d, 720h, or 0 for ever)"))?,
+        None => parse_duration(s)?,
+    };
+    if d < Duration::from_secs(3600) {
+        return Err(format!("'{s}': keep raw usage rows at least an hour (or 0 for ever)"));
+    }
+    Ok(Retention(Some(d)))
 }
 
 /// Where rate-limit and budget counters live.
@@ -802,7 +874,7 @@ impl Command {
             Command::ControlPlane(args) => (Some(&args.traces), "switchyard-control-plane"),
             Command::Gateway(args) => (Some(&args.traces), "switchyard-gateway"),
             Command::Dev(args) => (Some(&args.traces), "switchyard-dev"),
-            Command::Certs(_) => (None, "switchyard"),
+            Command::Certs(_) | Command::Usage(_) => (None, "switchyard"),
         }
     }
 }
@@ -815,6 +887,7 @@ pub async fn run(cli: Cli, traces: bool) -> anyhow::Result<()> {
         Command::Gateway(args) => run_gateway(args, traces).await,
         Command::Dev(args) => run_dev(args, traces).await,
         Command::Certs(args) => run_certs(&args),
+        Command::Usage(args) => crate::usage_cmd::run(args).await,
     }
 }
 
@@ -852,6 +925,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             max_failures: args.admin_auth_max_failures,
             ..Default::default()
         },
+        usage_retention: args.usage_retention.0,
         ..ControlPlaneConfig::new(database_url, key)
     };
     let cp = ControlPlane::start(config).await?;
@@ -884,6 +958,7 @@ fn gateway_config(
     base.drain_timeout = tuning.drain_timeout;
     base.io_threads = tuning.io_threads.map(usize::from);
     base.limits = tuning.protection.limits();
+    base.usage = tuning.usage.config()?;
     base.metrics = Some(metrics);
     (base.model_dir, base.encoder_kind) = semantic;
     Ok(base)

@@ -3,6 +3,7 @@
 
 mod cli;
 mod traces;
+mod usage_cmd;
 
 use std::process::ExitCode;
 

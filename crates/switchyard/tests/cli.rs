@@ -52,7 +52,7 @@ fn reason(stderr: &str) -> &str {
 fn help_lists_the_three_commands() {
     let (code, stdout, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["control-plane", "gateway", "dev"] {
+    for cmd in ["control-plane", "gateway", "dev", "usage"] {
         assert!(stdout.contains(cmd), "{stdout}");
     }
     let (code, stdout, _) = run(&["gateway", "--help"]);
@@ -65,8 +65,15 @@ fn help_lists_the_three_commands() {
         "--cache-dir",
         "--metrics-listen",
         "SWITCHYARD_LISTEN",
+        "--usage-spool-max",
+        "--usage-shipping",
     ] {
         assert!(stdout.contains(flag), "{flag} missing from gateway --help");
+    }
+    let (code, stdout, _) = run(&["usage", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--from", "--to", "--group-by", "--format", "--admin-token"] {
+        assert!(stdout.contains(flag), "{flag} missing from usage --help");
     }
 }
 
@@ -333,6 +340,45 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         body["choices"][0]["message"]["content"],
         reply_text("gpt-4.1")
     );
+
+    // The request's usage reaches the control plane (within the node's flush interval) and
+    // `switchyard usage` prints it.
+    let usage = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("usage")
+            .args(["--admin-url", &admin_root, "--from", "2026-01-01T00:00:00Z"])
+            .args(args)
+            .env("SWITCHYARD_ADMIN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let started = Instant::now();
+    loop {
+        let (code, out, err) = usage(&["--group-by", "model", "--format", "csv"]);
+        assert_eq!(code, 0, "{err}");
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next(),
+            Some("model,requests,errors,input_tokens,output_tokens,cached_input_tokens,reasoning_tokens,cost_usd")
+        );
+        let row = lines.next().unwrap_or_default().to_owned();
+        if row.starts_with("gpt-4.1,1,0,") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no usage row: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, table, _) = usage(&["--group-by", "consumer,day"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("consumer  day"), "{table}");
+    let (code, _, err) = usage(&["--to", "yesterday"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("to: not an RFC 3339 time"), "{err}");
 
     // Metrics are never on the traffic port; the admin API's /metrics needs the token and
     // shows the whole process (gateway and control plane).

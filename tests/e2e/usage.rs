@@ -107,9 +107,13 @@ async fn setup(store: &Store, mock: &MockOpenAi) -> (Plane, String, Client) {
     assert!(s.is_success(), "{body}");
     let mut keys = Vec::new();
     for name in ["billing-app", "search-app"] {
-        let (s, c) = admin.post("/consumers", json!({"name": name, "proxies": [pid]})).await;
+        let (s, c) = admin
+            .post("/consumers", json!({"name": name, "proxies": [pid]}))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{c}");
-        let (s, k) = admin.post(&format!("/consumers/{name}/keys"), json!({})).await;
+        let (s, k) = admin
+            .post(&format!("/consumers/{name}/keys"), json!({}))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{k}");
         keys.push((name.to_owned(), k["key"].as_str().unwrap().to_owned()));
     }
@@ -124,15 +128,19 @@ async fn setup(store: &Store, mock: &MockOpenAi) -> (Plane, String, Client) {
 /// Waits until `node` serves the proxy with both keys.
 async fn until_serving(client: &Client, node: SocketAddr) {
     for (_, key) in &client.keys {
-        eventually(Duration::from_secs(10), "the node to serve the keys", || async {
-            client
-                .http
-                .get(format!("http://{node}/support/v1/models"))
-                .bearer_auth(key)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the node to serve the keys",
+            || async {
+                client
+                    .http
+                    .get(format!("http://{node}/support/v1/models"))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            },
+        )
         .await;
     }
 }
@@ -141,7 +149,10 @@ async fn until_serving(client: &Client, node: SocketAddr) {
 async fn stored(store: &CpStore) -> Vec<StoredUsage> {
     let now = Utc::now();
     store
-        .usage_records(now - chrono::Duration::hours(1), now + chrono::Duration::hours(1))
+        .usage_records(
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        )
         .await
         .unwrap()
         .into_iter()
@@ -151,17 +162,28 @@ async fn stored(store: &CpStore) -> Vec<StoredUsage> {
 
 /// The rows equal the mock's reports and the client's log, request by request; and
 /// `GET /usage` by consumer equals their sums, cost included.
-async fn check(plane: &Plane, store: &CpStore, mock: &MockOpenAi, log: &Sent, nodes: &BTreeMap<SocketAddr, String>) {
+async fn check(
+    plane: &Plane,
+    store: &CpStore,
+    mock: &MockOpenAi,
+    log: &Sent,
+    nodes: &BTreeMap<SocketAddr, String>,
+) {
     let n = log.len();
-    eventually(Duration::from_secs(20), "every usage record to be stored", || async {
-        let got = stored(store).await;
-        if got.len() < n {
-            let have: std::collections::BTreeSet<u64> = got.iter().map(|r| r.entry.input_tokens).collect();
-            let missing: Vec<_> = log.iter().filter(|(k, _)| !have.contains(k)).collect();
-            eprintln!("stored {} of {n}; missing {missing:?}", got.len());
-        }
-        got.len() >= n
-    })
+    eventually(
+        Duration::from_secs(20),
+        "every usage record to be stored",
+        || async {
+            let got = stored(store).await;
+            if got.len() < n {
+                let have: std::collections::BTreeSet<u64> =
+                    got.iter().map(|r| r.entry.input_tokens).collect();
+                let missing: Vec<_> = log.iter().filter(|(k, _)| !have.contains(k)).collect();
+                eprintln!("stored {} of {n}; missing {missing:?}", got.len());
+            }
+            got.len() >= n
+        },
+    )
     .await;
     // A moment more: nothing else may arrive (no record counted twice).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -171,7 +193,10 @@ async fn check(plane: &Plane, store: &CpStore, mock: &MockOpenAi, log: &Sent, no
     assert_eq!(rows.len(), n, "one row per request");
     let mut by_input: BTreeMap<u64, &StoredUsage> = BTreeMap::new();
     for row in &rows {
-        assert!(by_input.insert(row.entry.input_tokens, row).is_none(), "two rows for one request: {row:?}");
+        assert!(
+            by_input.insert(row.entry.input_tokens, row).is_none(),
+            "two rows for one request: {row:?}"
+        );
     }
     let mut expected_cost: BTreeMap<String, f64> = BTreeMap::new();
     for usage in &reported {
@@ -183,9 +208,20 @@ async fn check(plane: &Plane, store: &CpStore, mock: &MockOpenAi, log: &Sent, no
             (usage.output, usage.cached, 200, *stream),
             "{row:?}"
         );
-        assert_eq!((&e.consumer, &e.route, &e.model, &e.proxy), (consumer, &"openai".to_owned(), &"gpt-4.1".to_owned(), &"support".to_owned()));
+        assert_eq!(
+            (&e.consumer, &e.route, &e.model, &e.proxy),
+            (
+                consumer,
+                &"openai".to_owned(),
+                &"gpt-4.1".to_owned(),
+                &"support".to_owned()
+            )
+        );
         assert_eq!(row.gateway, "prod-eu");
-        assert_eq!(&row.node, &nodes[node], "stored under the node that served it");
+        assert_eq!(
+            &row.node, &nodes[node],
+            "stored under the node that served it"
+        );
         assert!(!e.fell_back && !e.estimated);
         if *stream {
             assert!(e.ttft_us.is_some(), "{row:?}");
@@ -194,7 +230,10 @@ async fn check(plane: &Plane, store: &CpStore, mock: &MockOpenAi, log: &Sent, no
             + usage.cached as f64 * 0.5
             + usage.output as f64 * 8.0)
             / 1e6;
-        assert!((e.cost_nano_usd as f64 / 1e9 - cost).abs() < 1e-9, "{row:?}: {cost}");
+        assert!(
+            (e.cost_nano_usd as f64 / 1e9 - cost).abs() < 1e-9,
+            "{row:?}: {cost}"
+        );
         *expected_cost.entry(consumer.clone()).or_default() += cost;
     }
     // The report, by consumer, over a range with minute edges (raw rows and rollups).
@@ -218,17 +257,33 @@ async fn check(plane: &Plane, store: &CpStore, mock: &MockOpenAi, log: &Sent, no
     assert_eq!(report.len(), 2, "{report:?}");
     for row in report {
         let consumer = row["consumer"].as_str().unwrap();
-        let mine: Vec<&u64> = log.iter().filter(|(_, v)| v.0 == consumer).map(|(k, _)| k).collect();
+        let mine: Vec<&u64> = log
+            .iter()
+            .filter(|(_, v)| v.0 == consumer)
+            .map(|(k, _)| k)
+            .collect();
         let of = |f: &dyn Fn(&switchyard_testkit::ReportedUsage) -> u64| -> u64 {
-            reported.iter().filter(|u| mine.contains(&&u.input)).map(f).sum()
+            reported
+                .iter()
+                .filter(|u| mine.contains(&&u.input))
+                .map(f)
+                .sum()
         };
         assert_eq!(row["requests"], json!(mine.len()), "{row}");
         assert_eq!(row["errors"], json!(0));
         assert_eq!(row["input_tokens"], json!(of(&|u| u.input)), "{row}");
         assert_eq!(row["output_tokens"], json!(of(&|u| u.output)), "{row}");
-        assert_eq!(row["cached_input_tokens"], json!(of(&|u| u.cached)), "{row}");
+        assert_eq!(
+            row["cached_input_tokens"],
+            json!(of(&|u| u.cached)),
+            "{row}"
+        );
         let cost = row["cost_usd"].as_f64().unwrap();
-        assert!((cost - expected_cost[consumer]).abs() < 1e-8, "{row}: {}", expected_cost[consumer]);
+        assert!(
+            (cost - expected_cost[consumer]).abs() < 1e-8,
+            "{row}: {}",
+            expected_cost[consumer]
+        );
     }
 }
 
@@ -243,7 +298,10 @@ async fn node_ids(nodes: &[&Gateway], dirs: &[&Path]) -> BTreeMap<SocketAddr, St
         .map(|(n, d)| {
             (
                 n.local_addr(),
-                std::fs::read_to_string(d.join("node-id")).unwrap().trim().to_owned(),
+                std::fs::read_to_string(d.join("node-id"))
+                    .unwrap()
+                    .trim()
+                    .to_owned(),
             )
         })
         .collect()
@@ -261,17 +319,23 @@ async fn steady_and_outage(store: Store) {
     let cp = CpStore::connect(&plane.url).await.unwrap();
     let mut log = Sent::new();
     for i in 0..20 {
-        client.call(if i % 2 == 0 { a1 } else { a2 }, &mut log).await;
+        client
+            .call(if i % 2 == 0 { a1 } else { a2 }, &mut log)
+            .await;
     }
     // The control plane goes away in the middle of the run; traffic goes on.
     plane.stop().await;
     for i in 0..20 {
-        client.call(if i % 3 == 0 { a1 } else { a2 }, &mut log).await;
+        client
+            .call(if i % 3 == 0 { a1 } else { a2 }, &mut log)
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     plane.restart().await;
     for i in 0..10 {
-        client.call(if i % 2 == 0 { a2 } else { a1 }, &mut log).await;
+        client
+            .call(if i % 2 == 0 { a2 } else { a1 }, &mut log)
+            .await;
     }
     let ids = node_ids(&[&n1, &n2], &[d1.path(), d2.path()]).await;
     check(&plane, &cp, &mock, &log, &ids).await;
@@ -293,11 +357,15 @@ async fn node_restarted_while_the_control_plane_is_away(store: Store) {
     let cp = CpStore::connect(&plane.url).await.unwrap();
     let mut log = Sent::new();
     for i in 0..10 {
-        client.call(if i % 2 == 0 { a1 } else { a2 }, &mut log).await;
+        client
+            .call(if i % 2 == 0 { a1 } else { a2 }, &mut log)
+            .await;
     }
     plane.stop().await;
     for i in 0..16 {
-        client.call(if i % 2 == 0 { a1 } else { a2 }, &mut log).await;
+        client
+            .call(if i % 2 == 0 { a1 } else { a2 }, &mut log)
+            .await;
     }
     // Node 1 stops while the control plane is away: its records go to its spool…
     n1.shutdown().await;
@@ -314,15 +382,19 @@ async fn node_restarted_while_the_control_plane_is_away(store: Store) {
     }
     plane.restart().await;
     for i in 0..6 {
-        client.call(if i % 2 == 0 { a1_again } else { a2 }, &mut log).await;
+        client
+            .call(if i % 2 == 0 { a1_again } else { a2 }, &mut log)
+            .await;
     }
     let mut ids = node_ids(&[&n1, &n2], &[d1.path(), d2.path()]).await;
     // The first process of node 1 had another port and the same node id.
     ids.insert(a1, ids[&a1_again].clone());
     check(&plane, &cp, &mock, &log, &ids).await;
-    eventually(Duration::from_secs(10), "the spool to be emptied", || async {
-        std::fs::read_dir(&spool).unwrap().count() == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the spool to be emptied",
+        || async { std::fs::read_dir(&spool).unwrap().count() == 0 },
+    )
     .await;
     n1.shutdown().await;
     n2.shutdown().await;
@@ -378,15 +450,24 @@ async fn garbled_and_oversized_batches_are_refused() {
         registration_token: token.into(),
         records,
     };
-    let e = client.report(batch(vec![good(1)], "syreg_wrong")).await.unwrap_err();
+    let e = client
+        .report(batch(vec![good(1)], "syreg_wrong"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let mut bad = good(3);
     bad.status = 9999;
-    let e = client.report(batch(vec![good(2), bad], &token)).await.unwrap_err();
+    let e = client
+        .report(batch(vec![good(2), bad], &token))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("records[1].status"), "{}", e.message());
     let e = client
-        .report(batch((0..5001).map(|i| good((i % 250) as u8 + 1)).collect(), &token))
+        .report(batch(
+            (0..5001).map(|i| good((i % 250) as u8 + 1)).collect(),
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -394,20 +475,40 @@ async fn garbled_and_oversized_batches_are_refused() {
     let mut huge = good(4);
     huge.model = "m".repeat(9 * 1024 * 1024);
     let e = client.report(batch(vec![huge], &token)).await.unwrap_err();
-    assert!(matches!(e.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{e:?}");
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{e:?}"
+    );
     // Nothing of the refused batches was stored; a good one is, once, even sent twice.
-    let ack = client.report(batch(vec![good(7), good(8)], &token)).await.unwrap().into_inner();
+    let ack = client
+        .report(batch(vec![good(7), good(8)], &token))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((ack.stored, ack.duplicates), (2, 0));
-    let ack = client.report(batch(vec![good(7), good(8)], &token)).await.unwrap().into_inner();
+    let ack = client
+        .report(batch(vec![good(7), good(8)], &token))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((ack.stored, ack.duplicates), (0, 2));
     let cp = CpStore::connect(&plane.url).await.unwrap();
     let now = Utc::now();
     let rows = cp
-        .usage_records(now - chrono::Duration::hours(1), now + chrono::Duration::hours(1))
+        .usage_records(
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.node == "node-1" && r.gateway == "prod-eu"));
+    assert!(
+        rows.iter()
+            .all(|r| r.node == "node-1" && r.gateway == "prod-eu")
+    );
     cp.close().await;
     let mut plane = plane;
     plane.stop().await;

@@ -353,7 +353,11 @@ fn rotated<T>(
 
 /// Deletes raw usage rows older than the retention, at start and every hour. Replicas may
 /// all run it: deleting rows already gone is harmless.
-async fn usage_retention(store: Arc<Store>, retention: chrono::Duration, cancel: CancellationToken) {
+async fn usage_retention(
+    store: Arc<Store>,
+    retention: chrono::Duration,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -363,8 +367,12 @@ async fn usage_retention(store: Arc<Store>, retention: chrono::Duration, cancel:
         let cutoff = chrono::Utc::now() - retention;
         match store.delete_usage_before(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "raw usage rows past --usage-retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot delete raw usage rows past the retention; retrying in an hour"),
+            Ok(n) => {
+                tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "raw usage rows past --usage-retention deleted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete raw usage rows past the retention; retrying in an hour")
+            }
         }
     }
 }

@@ -264,15 +264,14 @@ impl Gateway {
                 node_id: node_id.clone(),
                 registration_token: config.registration_token.clone(),
             };
-            let (sink, shipper) =
-                crate::usage::ship::start(
-                    config.usage.clone(),
-                    &endpoint,
-                    identity,
-                    &config.cache_dir,
-                    sync_state.clone(),
-                )
-                .map_err(cache_error)?;
+            let (sink, shipper) = crate::usage::ship::start(
+                config.usage.clone(),
+                &endpoint,
+                identity,
+                &config.cache_dir,
+                sync_state.clone(),
+            )
+            .map_err(cache_error)?;
             (Some(sink), Some(shipper))
         } else {
             info!("usage shipping is off: usage records stay on this node (metrics and logs)");

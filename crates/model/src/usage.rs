@@ -82,10 +82,7 @@ fn label(field: &str, value: &str) -> Result<String, ValidationError> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::invalid(
-            field,
-            "holds a control character",
-        ));
+        return Err(ValidationError::invalid(field, "holds a control character"));
     }
     Ok(value.to_owned())
 }
@@ -108,7 +105,10 @@ mod proto {
 
     impl UsageEntry {
         /// Validates one record of a batch; errors name `records[index].<field>`.
-        pub fn from_proto(index: usize, r: &pb::UsageRecord) -> Result<UsageEntry, ValidationError> {
+        pub fn from_proto(
+            index: usize,
+            r: &pb::UsageRecord,
+        ) -> Result<UsageEntry, ValidationError> {
             let field = |name: &str| format!("records[{index}].{name}");
             let id = <[u8; 16]>::try_from(r.id.as_slice())
                 .map(Uuid::from_bytes)
@@ -122,9 +122,8 @@ mod proto {
                     "outside 2020-01-01 … 2200-01-01",
                 ));
             }
-            let at = DateTime::from_timestamp_millis(r.at_unix_ms).ok_or_else(|| {
-                ValidationError::invalid(field("at_unix_ms"), "not a time")
-            })?;
+            let at = DateTime::from_timestamp_millis(r.at_unix_ms)
+                .ok_or_else(|| ValidationError::invalid(field("at_unix_ms"), "not a time"))?;
             let proxy_id = Uuid::parse_str(&r.proxy_id)
                 .map_err(|_| ValidationError::invalid(field("proxy_id"), "must be a UUID"))?;
             let status = u16::try_from(r.status)
@@ -153,7 +152,11 @@ mod proto {
                     r.reasoning_tokens,
                     MAX_TOKENS,
                 )?,
-                cost_nano_usd: bounded(&field("cost_nano_usd"), r.cost_nano_usd, MAX_COST_NANO_USD)?,
+                cost_nano_usd: bounded(
+                    &field("cost_nano_usd"),
+                    r.cost_nano_usd,
+                    MAX_COST_NANO_USD,
+                )?,
                 latency_us: bounded(&field("latency_us"), r.latency_us, MAX_TOKENS)?,
                 ttft_us: r
                     .ttft_us
@@ -253,12 +256,12 @@ pub const USAGE_PARAMS: [&str; 8] = [
 ];
 
 impl UsageQuery {
-    /// Validates the decoded query parameters. `from` and `to` are required RFC 3339 times
-    /// (`from` < `to`, at most [`MAX_RANGE_DAYS`] apart); `group_by` is a comma-separated
-    /// list of distinct dimensions (none: one row of totals); filters are exact matches
-    /// (`proxy` a proxy id; `consumer=` with an empty value: requests without a consumer).
-    /// An unknown or repeated parameter is refused. Every error is a 400 naming its
-    /// parameter.
+    /// Validates the decoded query parameters. `from` and `to` are required RFC 3339 times;
+    /// `group_by` is a comma-separated list of dimensions (none: one row of totals);
+    /// filters are exact matches (`proxy` a proxy id; `consumer=` with an empty value:
+    /// requests without a consumer). A malformed, unknown or repeated parameter is a 400
+    /// naming it; the rules across parameters (`from` before `to`, at most
+    /// [`MAX_RANGE_DAYS`] apart) are a 422 naming `to`.
     pub fn parse(pairs: &[(String, String)]) -> Result<UsageQuery, ValidationError> {
         let bad = |field: &str, msg: String| ValidationError::new(ErrorCode::Malformed, field, msg);
         let mut seen: Vec<&str> = Vec::new();
@@ -266,7 +269,10 @@ impl UsageQuery {
             let Some(known) = USAGE_PARAMS.iter().find(|p| **p == k) else {
                 return Err(bad(
                     k,
-                    format!("unknown parameter; expected one of {}", USAGE_PARAMS.join(", ")),
+                    format!(
+                        "unknown parameter; expected one of {}",
+                        USAGE_PARAMS.join(", ")
+                    ),
                 ));
             };
             if seen.contains(known) {
@@ -274,25 +280,43 @@ impl UsageQuery {
             }
             seen.push(known);
         }
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let time = |name: &str| -> Result<DateTime<Utc>, ValidationError> {
-            let v = get(name).ok_or_else(|| bad(name, "required (an RFC 3339 time, e.g. 2026-11-01T00:00:00Z)".into()))?;
+            let v = get(name).ok_or_else(|| {
+                bad(
+                    name,
+                    "required (an RFC 3339 time, e.g. 2026-11-01T00:00:00Z)".into(),
+                )
+            })?;
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| bad(name, format!("not an RFC 3339 time ({e}), e.g. 2026-11-01T00:00:00Z")))
+                .map_err(|e| {
+                    bad(
+                        name,
+                        format!("not an RFC 3339 time ({e}), e.g. 2026-11-01T00:00:00Z"),
+                    )
+                })
         };
         let from = time("from")?;
         let to = time("to")?;
+        // Rules across parameters: 422, like every rule of the admin API.
         if from >= to {
-            return Err(bad("to", "must be after from".into()));
+            return Err(ValidationError::rule("to", "must be after from"));
         }
         if to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
-            return Err(bad("to", format!("at most {MAX_RANGE_DAYS} days after from")));
+            return Err(ValidationError::rule(
+                "to",
+                format!("at most {MAX_RANGE_DAYS} days after from"),
+            ));
         }
         let mut group_by = Vec::new();
         if let Some(list) = get("group_by").filter(|v| !v.is_empty()) {
             for part in list.split(',') {
-                let part = part.trim();
                 let g = GroupBy::parse(part).ok_or_else(|| {
                     bad(
                         "group_by",
@@ -302,19 +326,20 @@ impl UsageQuery {
                         ),
                     )
                 })?;
-                if group_by.contains(&g) {
-                    return Err(bad("group_by", format!("'{}' given twice", g.as_str())));
+                // A repeated dimension is the same grouping.
+                if !group_by.contains(&g) {
+                    group_by.push(g);
                 }
-                group_by.push(g);
             }
         }
         let text = |name: &str, empty_ok: bool| -> Result<Option<String>, ValidationError> {
             match get(name) {
                 None => Ok(None),
                 Some("") if !empty_ok => Err(bad(name, "must not be empty".into())),
-                Some(v) if v.chars().count() > MAX_LABEL_CHARS => {
-                    Err(bad(name, format!("longer than {MAX_LABEL_CHARS} characters")))
-                }
+                Some(v) if v.chars().count() > MAX_LABEL_CHARS => Err(bad(
+                    name,
+                    format!("longer than {MAX_LABEL_CHARS} characters"),
+                )),
                 Some(v) if v.chars().any(char::is_control) => {
                     Err(bad(name, "holds a control character".into()))
                 }
@@ -324,13 +349,13 @@ impl UsageQuery {
         let proxy = match get("proxy") {
             None => None,
             Some(v) => Some(
-                Uuid::parse_str(v).map_err(|_| bad("proxy", "must be a proxy id (a UUID)".into()))?,
+                Uuid::parse_str(v)
+                    .map_err(|_| bad("proxy", "must be a proxy id (a UUID)".into()))?,
             ),
         };
         let gateway = text("gateway", false)?;
         if let Some(g) = &gateway {
-            crate::validate_gateway_name("gateway", g)
-                .map_err(|e| bad("gateway", e.message))?;
+            crate::validate_gateway_name("gateway", g).map_err(|e| bad("gateway", e.message))?;
         }
         Ok(UsageQuery {
             from,
@@ -351,8 +376,10 @@ mod tests {
     use super::*;
 
     fn q(s: &[(&str, &str)]) -> Result<UsageQuery, ValidationError> {
-        let pairs: Vec<(String, String)> =
-            s.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let pairs: Vec<(String, String)> = s
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         UsageQuery::parse(&pairs)
     }
 
@@ -383,10 +410,8 @@ mod tests {
             (vec![FROM], "to"),
             (vec![("from", "yesterday"), TO], "from"),
             (vec![FROM, ("to", "2026-13-01T00:00:00Z")], "to"),
-            (vec![("from", "2026-11-02T00:00:00Z"), ("to", "2026-11-01T00:00:00Z")], "to"),
-            (vec![FROM, ("to", "2028-11-01T00:00:00Z")], "to"),
             (vec![FROM, TO, ("group_by", "consumer,week")], "group_by"),
-            (vec![FROM, TO, ("group_by", "day,day")], "group_by"),
+            (vec![FROM, TO, ("group_by", "consumer, day")], "group_by"),
             (vec![FROM, TO, ("gateway", "Prod EU")], "gateway"),
             (vec![FROM, TO, ("gateway", "")], "gateway"),
             (vec![FROM, TO, ("proxy", "support")], "proxy"),
@@ -399,6 +424,22 @@ mod tests {
             assert_eq!(e.field, field, "{params:?}: {e}");
             assert_eq!(e.code, ErrorCode::Malformed);
         }
+        for params in [
+            vec![
+                ("from", "2026-11-02T00:00:00Z"),
+                ("to", "2026-11-01T00:00:00Z"),
+            ],
+            vec![FROM, ("to", "2028-11-01T00:00:00Z")],
+        ] {
+            let e = q(&params).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.code),
+                ("to", ErrorCode::RuleViolated),
+                "{e}"
+            );
+        }
+        let repeated = q(&[FROM, TO, ("group_by", "day,consumer,day")]).unwrap();
+        assert_eq!(repeated.group_by, vec![GroupBy::Day, GroupBy::Consumer]);
     }
 
     #[test]
@@ -439,15 +480,69 @@ mod tests {
         let wire = pb::UsageRecord::from(&entry);
         assert_eq!(UsageEntry::from_proto(0, &wire).unwrap(), entry);
         let broken: Vec<(pb::UsageRecord, &str)> = vec![
-            (pb::UsageRecord { id: vec![1; 3], ..wire.clone() }, "records[4].id"),
-            (pb::UsageRecord { id: vec![0; 16], ..wire.clone() }, "records[4].id"),
-            (pb::UsageRecord { at_unix_ms: -5, ..wire.clone() }, "records[4].at_unix_ms"),
-            (pb::UsageRecord { proxy_id: "x".into(), ..wire.clone() }, "records[4].proxy_id"),
-            (pb::UsageRecord { status: 70_000, ..wire.clone() }, "records[4].status"),
-            (pb::UsageRecord { model: "m".repeat(257), ..wire.clone() }, "records[4].model"),
-            (pb::UsageRecord { route: "a\u{0}".into(), ..wire.clone() }, "records[4].route"),
-            (pb::UsageRecord { input_tokens: u64::MAX, ..wire.clone() }, "records[4].input_tokens"),
-            (pb::UsageRecord { cost_nano_usd: u64::MAX, ..wire.clone() }, "records[4].cost_nano_usd"),
+            (
+                pb::UsageRecord {
+                    id: vec![1; 3],
+                    ..wire.clone()
+                },
+                "records[4].id",
+            ),
+            (
+                pb::UsageRecord {
+                    id: vec![0; 16],
+                    ..wire.clone()
+                },
+                "records[4].id",
+            ),
+            (
+                pb::UsageRecord {
+                    at_unix_ms: -5,
+                    ..wire.clone()
+                },
+                "records[4].at_unix_ms",
+            ),
+            (
+                pb::UsageRecord {
+                    proxy_id: "x".into(),
+                    ..wire.clone()
+                },
+                "records[4].proxy_id",
+            ),
+            (
+                pb::UsageRecord {
+                    status: 70_000,
+                    ..wire.clone()
+                },
+                "records[4].status",
+            ),
+            (
+                pb::UsageRecord {
+                    model: "m".repeat(257),
+                    ..wire.clone()
+                },
+                "records[4].model",
+            ),
+            (
+                pb::UsageRecord {
+                    route: "a\u{0}".into(),
+                    ..wire.clone()
+                },
+                "records[4].route",
+            ),
+            (
+                pb::UsageRecord {
+                    input_tokens: u64::MAX,
+                    ..wire.clone()
+                },
+                "records[4].input_tokens",
+            ),
+            (
+                pb::UsageRecord {
+                    cost_nano_usd: u64::MAX,
+                    ..wire.clone()
+                },
+                "records[4].cost_nano_usd",
+            ),
         ];
         for (record, field) in broken {
             assert_eq!(UsageEntry::from_proto(4, &record).unwrap_err().field, field);

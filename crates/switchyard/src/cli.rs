@@ -508,7 +508,9 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
         None => parse_duration(s)?,
     };
     if d < Duration::from_secs(3600) {
-        return Err(format!("'{s}': keep raw usage rows at least an hour (or 0 for ever)"));
+        return Err(format!(
+            "'{s}': keep raw usage rows at least an hour (or 0 for ever)"
+        ));
     }
     Ok(Retention(Some(d)))
 }

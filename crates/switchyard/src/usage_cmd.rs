@@ -10,7 +10,11 @@ use serde_json::Value;
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     /// The control plane's admin API.
-    #[arg(long, env = "SWITCHYARD_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub admin_url: String,
     /// The admin token (prefer --admin-token-file or the environment variable).
     #[arg(
@@ -82,12 +86,15 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
             t.strip_suffix('\n').unwrap_or(&t).to_owned()
         }
-        (None, None) => bail!("--admin-token or --admin-token-file (or SWITCHYARD_ADMIN_TOKEN) is required"),
+        (None, None) => {
+            bail!("--admin-token or --admin-token-file (or SWITCHYARD_ADMIN_TOKEN) is required")
+        }
     };
     let now = chrono::Utc::now();
-    let from = args.from.clone().unwrap_or_else(|| {
-        now.format("%Y-%m-01T00:00:00Z").to_string()
-    });
+    let from = args
+        .from
+        .clone()
+        .unwrap_or_else(|| now.format("%Y-%m-01T00:00:00Z").to_string());
     let to = args
         .to
         .clone()
@@ -130,7 +137,10 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach the admin API at {base}"))?;
     let status = response.status();
-    let body: Value = response.json().await.context("the admin API's answer is not JSON")?;
+    let body: Value = response
+        .json()
+        .await
+        .context("the admin API's answer is not JSON")?;
     if !status.is_success() {
         let e = &body["error"];
         match e["field"].as_str() {
@@ -138,7 +148,9 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             None => bail!("{status}: {}", e["message"].as_str().unwrap_or("")),
         }
     }
-    let rows = body.as_array().context("the admin API's answer is not a list of rows")?;
+    let rows = body
+        .as_array()
+        .context("the admin API's answer is not a list of rows")?;
     let groups: Vec<String> = args
         .group_by
         .as_deref()
@@ -277,7 +289,10 @@ mod tests {
             csv.lines().nth(1).unwrap(),
             "billing-app,2026-11-24,12,1,1200,300,0,0,0.004800"
         );
-        assert_eq!(encode("2026-11-01T00:00:00+01:00"), "2026-11-01T00%3A00%3A00%2B01%3A00");
+        assert_eq!(
+            encode("2026-11-01T00:00:00+01:00"),
+            "2026-11-01T00%3A00%3A00%2B01%3A00"
+        );
         let back: Vec<Value> =
             serde_json::from_str(&render(UsageFormat::Json, &groups, &rows).unwrap()).unwrap();
         assert_eq!(back, rows);

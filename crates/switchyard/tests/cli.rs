@@ -364,13 +364,18 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
         let mut lines = out.lines();
         assert_eq!(
             lines.next(),
-            Some("model,requests,errors,input_tokens,output_tokens,cached_input_tokens,reasoning_tokens,cost_usd")
+            Some(
+                "model,requests,errors,input_tokens,output_tokens,cached_input_tokens,reasoning_tokens,cost_usd"
+            )
         );
         let row = lines.next().unwrap_or_default().to_owned();
         if row.starts_with("gpt-4.1,1,0,") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no usage row: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no usage row: {out}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (code, table, _) = usage(&["--group-by", "consumer,day"]);
@@ -378,7 +383,10 @@ async fn dev_serves_end_to_end_and_stops_on_sigterm() {
     assert!(table.starts_with("consumer  day"), "{table}");
     let (code, _, err) = usage(&["--to", "yesterday"]);
     assert_eq!(code, 1);
-    assert!(err.contains("400") && err.contains("to: not an RFC 3339 time"), "{err}");
+    assert!(
+        err.contains("400") && err.contains("to: not an RFC 3339 time"),
+        "{err}"
+    );
 
     // Metrics are never on the traffic port; the admin API's /metrics needs the token and
     // shows the whole process (gateway and control plane).

@@ -19,9 +19,8 @@ pub(super) async fn report(
     State(state): State<Arc<AppState>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let Query(pairs) = query.map_err(|e| {
-        ValidationError::new(ErrorCode::Malformed, "query", e.body_text())
-    })?;
+    let Query(pairs) =
+        query.map_err(|e| ValidationError::new(ErrorCode::Malformed, "query", e.body_text()))?;
     let query = UsageQuery::parse(&pairs)?;
     let rows = state.store.usage_report(&query).await?;
     Ok(Json(rows.iter().map(|r| row_json(&query, r)).collect()))

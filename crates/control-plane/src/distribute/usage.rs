@@ -66,7 +66,9 @@ impl UsageReporting for UsageIngest {
                 "registration_token is longer than 1024 characters",
             ));
         }
-        if let Err(status) = check_token(&self.store, &batch.gateway, &batch.registration_token).await {
+        if let Err(status) =
+            check_token(&self.store, &batch.gateway, &batch.registration_token).await
+        {
             if status.code() == tonic::Code::Unauthenticated {
                 tracing::warn!(gateway = %batch.gateway, node = %batch.node_id, "usage batch refused: invalid registration token");
                 metrics::counter!("switchyard_control_plane_usage_batches_total", "result" => "unauthenticated").increment(1);
@@ -100,7 +102,8 @@ impl UsageReporting for UsageIngest {
                 metrics::counter!("switchyard_control_plane_usage_batches_total", "result" => "unavailable").increment(1);
                 Status::unavailable("the control plane cannot store usage now; retry")
             })?;
-        metrics::counter!("switchyard_control_plane_usage_batches_total", "result" => "stored").increment(1);
+        metrics::counter!("switchyard_control_plane_usage_batches_total", "result" => "stored")
+            .increment(1);
         record("stored", stored.stored);
         record("duplicate", stored.duplicates);
         record("expired", stored.expired);

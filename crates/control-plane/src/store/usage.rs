@@ -279,7 +279,9 @@ impl Store {
                     model: &e.model,
                     consumer: &e.consumer,
                 };
-                let slot = sums.entry(key).or_insert((&e.proxy, UsageTotals::default()));
+                let slot = sums
+                    .entry(key)
+                    .or_insert((&e.proxy, UsageTotals::default()));
                 slot.0 = &e.proxy;
                 slot.1.add(&UsageTotals::of(e));
             }
@@ -562,7 +564,11 @@ mod tests {
         // Whole days only.
         assert_eq!(
             plan(10 * d, 12 * d),
-            Plan { daily: Some((10 * d, 12 * d)), hourly: vec![], raw: vec![] }
+            Plan {
+                daily: Some((10 * d, 12 * d)),
+                hourly: vec![],
+                raw: vec![]
+            }
         );
         // Hour-aligned edges around whole days.
         assert_eq!(
@@ -586,7 +592,11 @@ mod tests {
         // Within one hour.
         assert_eq!(
             plan(a, a + 1000),
-            Plan { daily: None, hourly: vec![], raw: vec![(a, a + 1000)] }
+            Plan {
+                daily: None,
+                hourly: vec![],
+                raw: vec![(a, a + 1000)]
+            }
         );
     }
 }

@@ -16,8 +16,8 @@
 //! stored by id. A batch refused as malformed is dropped and counted (sending it again
 //! cannot help). On shutdown the queue is drained and sent once, or spooled.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchyard_llm::Usage;
@@ -245,7 +245,8 @@ fn gauges(spool: &Spool) {
 
 fn dropped(reason: &'static str, n: u64) {
     if n > 0 {
-        metrics::counter!("switchyard_gateway_usage_dropped_total", "reason" => reason).increment(n);
+        metrics::counter!("switchyard_gateway_usage_dropped_total", "reason" => reason)
+            .increment(n);
     }
 }
 
@@ -449,9 +450,16 @@ impl Runner {
             .min(self.settings.retry_cap);
         self.down_until = Some(tokio::time::Instant::now() + delay);
         if self.failures == 1 {
-            warn!(reason, "cannot ship usage records; keeping them in the spool until the control plane answers");
+            warn!(
+                reason,
+                "cannot ship usage records; keeping them in the spool until the control plane answers"
+            );
         } else {
-            debug!(reason, attempt = self.failures, "usage shipping still failing");
+            debug!(
+                reason,
+                attempt = self.failures,
+                "usage shipping still failing"
+            );
         }
     }
 

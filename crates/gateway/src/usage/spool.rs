@@ -93,7 +93,8 @@ impl Spool {
     }
 
     fn path(&self, s: &Segment) -> PathBuf {
-        self.dir.join(format!("{:020}-{}{SUFFIX}", s.seq, s.records))
+        self.dir
+            .join(format!("{:020}-{}{SUFFIX}", s.seq, s.records))
     }
 
     /// Writes `records` as the newest batch, first deleting the oldest batches that would
@@ -235,7 +236,12 @@ mod tests {
         spool.remove(&segment).unwrap();
         assert!(spool.oldest().is_none());
         assert_eq!(spool.bytes(), 0);
-        assert_eq!(std::fs::read_dir(dir.path().join(SPOOL_DIR)).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(SPOOL_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -466,7 +466,11 @@ async fn reports_agree_with_the_raw_rows_over_any_range(h: &Harness) {
     let entries: Vec<(&str, UsageEntry)> = (0..(3 * 24 * 60 / 7))
         .map(|i: u32| {
             let at = t(10, 0, 0) + chrono::Duration::minutes(i64::from(i) * 7);
-            let gateway = if i.is_multiple_of(5) { "prod-us" } else { "prod-eu" };
+            let gateway = if i.is_multiple_of(5) {
+                "prod-us"
+            } else {
+                "prod-eu"
+            };
             let status = if i.is_multiple_of(11) { 500 } else { 200 };
             (
                 gateway,

@@ -8,7 +8,7 @@
 //!
 //! Every run checks: zero failed client requests; every node on the newest version within
 //! 1 s of the link healing (or of the surviving path being there); no acknowledged admin
-//! write lost. `SWITCHYARD_CHAOS_SECS` sets how long each fault lasts (default 3; bench/chaos
+//! write lost; every request's usage record stored exactly once. `SWITCHYARD_CHAOS_SECS` sets how long each fault lasts (default 3; bench/chaos
 //! runs 30).
 
 // Test code: a panic is a failed test with its location.
@@ -360,6 +360,45 @@ async fn the_fleet_survives_kills_black_holes_and_hangs() {
     );
     assert_eq!(failed, 0, "client requests failed during the chaos");
     assert!(ok > 100, "the load ran ({ok} requests)");
+    // Usage: every request of the run stored exactly once, through replicas killed and hung
+    // mid-batch and the database stopped (records spooled on the nodes meanwhile).
+    let started = Instant::now();
+    let day = chrono::Duration::days(1);
+    let now = chrono::Utc::now();
+    let usage_path = format!(
+        "/usage?from={}&to={}&gateway=chaos",
+        (now - day).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + day).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    loop {
+        let rows = call(
+            &fleet.http,
+            fleet.admin(),
+            reqwest::Method::GET,
+            &usage_path,
+            None,
+        )
+        .await;
+        let stored = rows[0]["requests"].as_u64().unwrap();
+        assert!(
+            stored <= ok + failed,
+            "usage counted twice: {stored} stored for {} requests",
+            ok + failed
+        );
+        if stored == ok + failed {
+            println!(
+                "usage: all {stored} records stored {:?} after the load stopped",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "usage records lost: {stored} stored for {} requests",
+            ok + failed
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for node in nodes {
         node.shutdown().await;
     }

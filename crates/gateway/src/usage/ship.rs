@@ -496,3 +496,181 @@ impl Runner {
         gauges(&lock(&self.spool));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashSet;
+    use switchyard_proto::v1::usage_reporting_server::{UsageReporting, UsageReportingServer};
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Ack,
+        Unavailable,
+        Refuse,
+    }
+
+    /// A control plane that answers as told and remembers the ids it acknowledged.
+    #[derive(Clone)]
+    struct Fake {
+        mode: Arc<Mutex<Mode>>,
+        acked: Arc<Mutex<Vec<Vec<u8>>>>,
+        calls: Arc<AtomicU64>,
+    }
+
+    #[tonic::async_trait]
+    impl UsageReporting for Fake {
+        async fn report(
+            &self,
+            request: tonic::Request<pb::UsageBatch>,
+        ) -> Result<tonic::Response<pb::UsageAck>, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let batch = request.into_inner();
+            assert_eq!(
+                (
+                    batch.gateway.as_str(),
+                    batch.node_id.as_str(),
+                    batch.registration_token.as_str()
+                ),
+                ("prod-eu", "node-1", "syreg_x")
+            );
+            let mode = *self.mode.lock().unwrap();
+            match mode {
+                Mode::Unavailable => Err(tonic::Status::unavailable("store away")),
+                Mode::Refuse => Err(tonic::Status::invalid_argument(
+                    "records[0].id: must be 16 bytes",
+                )),
+                Mode::Ack => {
+                    let mut acked = self.acked.lock().unwrap();
+                    acked.extend(batch.records.into_iter().map(|r| r.id));
+                    Ok(tonic::Response::new(pb::UsageAck::default()))
+                }
+            }
+        }
+    }
+
+    fn event(n: u64) -> UsageEvent {
+        UsageEvent {
+            at: SystemTime::now(),
+            proxy_id: Uuid::from_u128(7),
+            proxy: Label::Static("support"),
+            route: Label::Static("openai"),
+            model: Some(Arc::from("gpt-4.1")),
+            consumer: None,
+            provider: "openai",
+            status: 200,
+            usage: Some(Usage {
+                input_tokens: n,
+                output_tokens: 1,
+                ..Usage::default()
+            }),
+            cost_nano_usd: 5,
+            latency: Duration::from_millis(3),
+            ttft: None,
+            fell_back: false,
+            stream: false,
+            estimated: false,
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spools_while_refused_by_an_unavailable_plane_replays_once_and_drops_malformed() {
+        let fake = Fake {
+            mode: Arc::new(Mutex::new(Mode::Unavailable)),
+            acked: Arc::default(),
+            calls: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(UsageReportingServer::new(fake.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let identity = Identity {
+            gateway: "prod-eu".into(),
+            node_id: "node-1".into(),
+            registration_token: "syreg_x".into(),
+        };
+        let settings = UsageShipping {
+            interval: Duration::from_millis(20),
+            batch: 4,
+            retry_cap: Duration::from_millis(50),
+            ..UsageShipping::default()
+        };
+        let (_state, sync) = tokio::sync::watch::channel(crate::sync::SyncState::default());
+        let (sink, shipper) = start(
+            settings.clone(),
+            &endpoint,
+            identity.clone(),
+            dir.path(),
+            sync.clone(),
+        )
+        .unwrap();
+        let spool_dir = dir.path().join(super::super::spool::SPOOL_DIR);
+        let spooled = || std::fs::read_dir(&spool_dir).unwrap().count();
+
+        // The control plane cannot store: every batch goes to the spool.
+        for n in 1..=10 {
+            sink.push(event(n));
+        }
+        until("the spool", || spooled() >= 3).await;
+        assert!(fake.acked.lock().unwrap().is_empty());
+        // It can again: the spool is replayed and emptied, each record sent once.
+        *fake.mode.lock().unwrap() = Mode::Ack;
+        until("the replay", || {
+            spooled() == 0 && fake.acked.lock().unwrap().len() == 10
+        })
+        .await;
+        let ids: HashSet<Vec<u8>> = fake.acked.lock().unwrap().iter().cloned().collect();
+        assert_eq!(ids.len(), 10, "ten distinct ids");
+        assert!(
+            ids.iter()
+                .all(|id| Uuid::from_slice(id).unwrap().get_version_num() == 7)
+        );
+
+        // A malformed batch is dropped, not retried.
+        *fake.mode.lock().unwrap() = Mode::Refuse;
+        let before = fake.calls.load(Ordering::SeqCst);
+        sink.push(event(11));
+        until("the refusal", || fake.calls.load(Ordering::SeqCst) > before).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fake.calls.load(Ordering::SeqCst), before + 1);
+        assert_eq!(spooled(), 0);
+
+        // Shutdown while the control plane is away: what is queued is spooled, and the next
+        // process on the same cache dir sends it.
+        *fake.mode.lock().unwrap() = Mode::Unavailable;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 12..=14 {
+            sink.push(event(n));
+        }
+        shipper.stop.cancel();
+        shipper.task.await.unwrap();
+        assert!(spooled() >= 1, "queued records spooled at shutdown");
+        *fake.mode.lock().unwrap() = Mode::Ack;
+        let (_sink, again) = start(settings, &endpoint, identity, dir.path(), sync).unwrap();
+        until("the next run's replay", || {
+            fake.acked.lock().unwrap().len() == 13
+        })
+        .await;
+        until("an empty spool", || spooled() == 0).await;
+        again.stop.cancel();
+        again.task.await.unwrap();
+        server.abort();
+    }
+}

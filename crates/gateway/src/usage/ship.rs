@@ -9,10 +9,12 @@
 //! The shipper (one task on the node's main runtime) drains the queue every interval into
 //! batches (ids made here: UUID v7), sends each with the unary `UsageReporting.Report` call
 //! and waits for the control plane's answer, which comes after its commit. A batch that is
-//! not acknowledged (control plane unreachable, slow, or its store away) goes to the spool
-//! under the cache dir ([`super::spool`]), and so does everything after it until a probe
-//! gets through (with backoff); spooled batches are replayed oldest first, a few per tick,
-//! also after a restart. A batch sent twice (its answer lost) is stored once: records are
+//! not acknowledged (control plane unreachable, or its store away) goes to the spool under
+//! the cache dir ([`super::spool`]), and so does everything after it until a probe gets
+//! through (with backoff); so do the batches a round has no time left for (a round sends for
+//! one interval at most, so a control plane slower than the traffic never leaves the queue
+//! undrained). Spooled batches are replayed oldest first, a few per tick, when a round has
+//! time left, also after a restart. A batch sent twice (its answer lost) is stored once: records are
 //! stored by id. A batch refused as malformed is dropped and counted (sending it again
 //! cannot help). On shutdown the queue is drained and sent once, or spooled.
 
@@ -331,6 +333,9 @@ impl Runner {
     async fn round(&mut self) {
         let batches = self.drain();
         let now = tokio::time::Instant::now();
+        // A round sends for at most one interval: past it, what is left goes to the spool, so
+        // a control plane slower than the traffic never leaves the queue undrained (and full).
+        let deadline = now + self.settings.interval.max(Duration::from_secs(1));
         let reconnected = self.sync.borrow().sessions > self.sessions_at_failure;
         let up = reconnected || self.down_until.is_none_or(|t| now >= t);
         let mut rest = batches.into_iter();
@@ -349,12 +354,15 @@ impl Runner {
                         break;
                     }
                 }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
             }
             for batch in rest {
                 self.spool_batch(batch).await;
             }
-            if reached {
-                self.replay().await;
+            if reached && tokio::time::Instant::now() < deadline {
+                self.replay(deadline).await;
             }
         } else {
             for batch in rest {
@@ -363,9 +371,12 @@ impl Runner {
         }
     }
 
-    /// Sends up to `replay_per_tick` spooled batches, oldest first.
-    async fn replay(&mut self) {
+    /// Sends up to `replay_per_tick` spooled batches, oldest first, until `deadline`.
+    async fn replay(&mut self, deadline: tokio::time::Instant) {
         for _ in 0..self.settings.replay_per_tick {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
             let oldest = lock(&self.spool).oldest();
             let Some(oldest) = oldest else {
                 return;
@@ -507,6 +518,8 @@ mod tests {
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Mode {
         Ack,
+        /// Acknowledges, 400 ms later.
+        Slow,
         Unavailable,
         Refuse,
     }
@@ -536,12 +549,15 @@ mod tests {
                 ("prod-eu", "node-1", "syreg_x")
             );
             let mode = *self.mode.lock().unwrap();
+            if mode == Mode::Slow {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
             match mode {
                 Mode::Unavailable => Err(tonic::Status::unavailable("store away")),
                 Mode::Refuse => Err(tonic::Status::invalid_argument(
                     "records[0].id: must be 16 bytes",
                 )),
-                Mode::Ack => {
+                Mode::Ack | Mode::Slow => {
                     let mut acked = self.acked.lock().unwrap();
                     acked.extend(batch.records.into_iter().map(|r| r.id));
                     Ok(tonic::Response::new(pb::UsageAck::default()))
@@ -652,6 +668,21 @@ mod tests {
         assert_eq!(fake.calls.load(Ordering::SeqCst), before + 1);
         assert_eq!(spooled(), 0);
 
+        // A control plane slower than the traffic: a round sends for a second at most, the
+        // rest goes to the spool (the queue keeps being drained), replayed once it keeps up.
+        *fake.mode.lock().unwrap() = Mode::Slow;
+        for n in 100..140 {
+            sink.push(event(n));
+        }
+        until("the slow round to spool", || spooled() > 0).await;
+        *fake.mode.lock().unwrap() = Mode::Ack;
+        until("everything sent", || {
+            spooled() == 0 && fake.acked.lock().unwrap().len() == 50
+        })
+        .await;
+        let ids: HashSet<Vec<u8>> = fake.acked.lock().unwrap().iter().cloned().collect();
+        assert_eq!(ids.len(), 50, "each record once");
+
         // Shutdown while the control plane is away: what is queued is spooled, and the next
         // process on the same cache dir sends it.
         *fake.mode.lock().unwrap() = Mode::Unavailable;
@@ -665,7 +696,7 @@ mod tests {
         *fake.mode.lock().unwrap() = Mode::Ack;
         let (_sink, again) = start(settings, &endpoint, identity, dir.path(), sync).unwrap();
         until("the next run's replay", || {
-            fake.acked.lock().unwrap().len() == 13
+            fake.acked.lock().unwrap().len() == 53
         })
         .await;
         until("an empty spool", || spooled() == 0).await;

@@ -433,6 +433,7 @@ pub struct GatewayTuning {
     pub counters: CounterArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
     pub usage: UsageShippingArgs,
 }
 

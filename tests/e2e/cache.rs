@@ -736,6 +736,101 @@ async fn semantic_hits_across_nodes(store: Store) {
     f.shutdown().await;
 }
 
+/// An Anthropic Messages client on an OpenAI route (translated both ways): a streamed answer
+/// with a tool call is stored, then served whole as a Messages JSON answer with the same
+/// tool call, and streamed again as Messages events.
+async fn anthropic_clients_and_tool_call_streams(store: Store) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await.unwrap();
+    let f = fleet(&store, &redis, 2).await;
+    let mut p = proxy(
+        &mock.base_url(),
+        json!({"exact": {"ttl": "10m"}}),
+        json!({}),
+    );
+    p["name"] = "claude".into();
+    p["base_path"] = "/claude".into();
+    p["format"] = "anthropic".into();
+    f.create("/proxies", p).await;
+    let body = |stream: bool| {
+        json!({"model": "openai/gpt-4.1", "max_tokens": 64, "stream": stream,
+               "system": "Be brief.",
+               "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+               "tools": [{"name": "get_weather", "description": "The weather in a city",
+                          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]})
+    };
+    let url = |node: usize| format!("http://{}/claude/v1/messages", f.node(node));
+    let headers = [("anthropic-version", "2023-06-01")];
+    eventually(Duration::from_secs(5), "the proxy to be served", || async {
+        let probe = json!({"model": "openai/gpt-4.1", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": "warm-up"}]});
+        let mut ok = true;
+        for node in 0..2 {
+            ok &= send(&f.http, url(node), &probe, false, &headers)
+                .await
+                .status
+                == StatusCode::OK;
+        }
+        ok
+    })
+    .await;
+
+    let stored = redis_entries(&redis);
+    let count = mock.request_count();
+    let miss = send(&f.http, url(0), &body(true), true, &headers).await;
+    assert_eq!(
+        (miss.status, miss.cache()),
+        (StatusCode::OK, "miss"),
+        "{}",
+        miss.sse
+    );
+    assert!(miss.sse.contains("tool_use"), "{}", miss.sse);
+    assert!(miss.sse.contains("event: message_stop"), "{}", miss.sse);
+    until_stored(&redis, stored + 1).await;
+
+    let hit = send(&f.http, url(1), &body(false), false, &headers).await;
+    assert_eq!(
+        (hit.status, hit.cache()),
+        (StatusCode::OK, "hit"),
+        "{}",
+        hit.json
+    );
+    let call = hit.json["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "tool_use")
+        .unwrap();
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(
+        call["input"],
+        serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap()
+    );
+    assert_eq!(hit.json["stop_reason"], "tool_use");
+
+    let again = send(&f.http, url(0), &body(true), true, &headers).await;
+    assert_eq!(again.cache(), "hit");
+    let events = again.sse.matches("event: ").count();
+    assert!(
+        events >= 5,
+        "a stream of events, not one lump: {}",
+        again.sse
+    );
+    assert!(again.sse.contains("input_json_delta"), "{}", again.sse);
+    assert!(again.sse.contains("event: message_stop"), "{}", again.sse);
+    assert_eq!(
+        mock.request_count(),
+        count + 1,
+        "one upstream call for three answers"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_and_tool_streams() {
+    anthropic_clients_and_tool_call_streams(Store::sqlite()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semantic_hits() {
     semantic_hits_across_nodes(Store::sqlite()).await;

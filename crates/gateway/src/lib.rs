@@ -20,6 +20,7 @@ pub mod limits;
 mod node;
 mod offload;
 mod providers;
+mod redis_link;
 mod routing;
 mod semantic;
 pub mod sync;

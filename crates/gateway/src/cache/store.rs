@@ -10,7 +10,6 @@
 //! - Entries larger than `--cache-max-entry-bytes` (serialized) are not stored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::entry::{ENTRY_VERSION, Entry, unix_ms};
 use super::semantic::{Quantized, SemanticIndex};
+use crate::redis_link::{self, Health};
 
 /// The most records the shared semantic index stream keeps (older ones are trimmed; they
 /// describe entries expired or about to be).
@@ -45,8 +45,6 @@ impl Default for CacheConfig {
         }
     }
 }
-
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One entry in memory.
 struct Slot {
@@ -127,8 +125,8 @@ pub(crate) struct CacheStore {
     pub(crate) index: SemanticIndex,
     /// The Redis stream every node appends its semantic entries to.
     index_stream: String,
-    redis_up: AtomicBool,
-    last_probe_ms: AtomicU64,
+    /// Whether Redis answered the last time it was asked.
+    health: Health,
     epoch: Instant,
 }
 
@@ -171,8 +169,7 @@ impl CacheStore {
             timeout,
             memory: Mutex::new(Lru::default()),
             index: SemanticIndex::default(),
-            redis_up: AtomicBool::new(true),
-            last_probe_ms: AtomicU64::new(0),
+            health: Health::default(),
             epoch: Instant::now(),
         }))
     }
@@ -221,8 +218,7 @@ impl CacheStore {
 
     fn mark_down(&self, why: &str) {
         metrics::counter!(super::REDIS_ERRORS).increment(1);
-        if self.redis_up.swap(false, Ordering::AcqRel) {
-            self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
+        if self.health.set_down() {
             warn!(
                 error = why,
                 "redis does not answer: the response cache is per node until it does"
@@ -231,7 +227,7 @@ impl CacheStore {
     }
 
     fn mark_up(&self) {
-        if !self.redis_up.swap(true, Ordering::AcqRel) {
+        if self.health.set_up() {
             info!("redis answers again: the response cache is shared again");
         }
     }
@@ -300,16 +296,6 @@ impl CacheStore {
             }
         }
     }
-
-    fn probe_due(&self) -> bool {
-        let now = self.now_ms();
-        let last = self.last_probe_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
-            && self
-                .last_probe_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    }
 }
 
 /// One I/O thread's access to the cache: the node's store and this thread's own Redis
@@ -344,17 +330,8 @@ impl CacheHandle {
 
     fn connection(&self) -> Option<ConnectionManager> {
         let client = self.shared.client.as_ref()?;
-        if let Some(conn) = self.conn.get() {
-            return Some(conn.clone());
-        }
-        let timeout = self.shared.timeout;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        match ConnectionManager::new_lazy_with_config(client.clone(), config) {
-            Ok(conn) => Some(self.conn.get_or_init(|| conn).clone()),
+        match redis_link::thread_connection(client, &self.conn, self.shared.timeout, 1) {
+            Ok(conn) => Some(conn),
             Err(e) => {
                 self.shared.mark_down(&e.to_string());
                 None
@@ -363,24 +340,15 @@ impl CacheHandle {
     }
 
     /// The connection to ask now, if Redis is up; while it is down, a probe every
-    /// [`PROBE_INTERVAL`] (in a task of its own).
+    /// [`redis_link::PROBE_INTERVAL`] (in a task of its own).
     fn use_redis(&self) -> Option<ConnectionManager> {
         let conn = self.connection()?;
-        if self.shared.redis_up.load(Ordering::Acquire) {
+        if self.shared.health.is_up() {
             return Some(conn);
         }
-        if self.shared.probe_due() {
+        if self.shared.health.probe_due() {
             let shared = Arc::clone(&self.shared);
-            let mut probe = conn;
-            tokio::spawn(async move {
-                let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut probe);
-                match tokio::time::timeout(shared.timeout * 4, ping).await {
-                    Ok(Ok(_)) => shared.mark_up(),
-                    Ok(Err(e)) => debug!(error = %e, "redis probe failed (cache)"),
-                    Err(_) => debug!("redis probe timed out (cache)"),
-                }
-            });
+            redis_link::probe(conn, shared.timeout * 4, "cache", move || shared.mark_up());
         }
         None
     }

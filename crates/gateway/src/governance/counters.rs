@@ -40,6 +40,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+
+use crate::redis_link::{self, Health};
 use tracing::{info, warn};
 
 /// What a node does with limited requests while Redis does not answer.
@@ -93,9 +95,6 @@ impl Default for LimitsConfig {
         }
     }
 }
-
-/// How often a node whose Redis failed tries it again.
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The most admissions one lease grants.
 pub(crate) const MAX_LEASE: i64 = 256;
@@ -379,20 +378,17 @@ pub(crate) struct Counters {
     syncing: AtomicBool,
     /// Woken when a lease request ends.
     refilled: tokio::sync::Notify,
-    /// Redis answered the last time it was asked.
-    redis_up: AtomicBool,
-    /// When Redis was last probed (ms since `epoch`).
-    last_probe_ms: AtomicU64,
+    /// Whether Redis answered the last time it was asked.
+    health: Health,
     /// Scripts run on Redis (admissions and syncs).
     scripts: AtomicU64,
-    epoch: Instant,
 }
 
 impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counters")
             .field("redis", &self.client.is_some())
-            .field("redis_up", &self.redis_up.load(Ordering::Relaxed))
+            .field("redis_up", &self.health.is_up())
             .finish_non_exhaustive()
     }
 }
@@ -434,10 +430,8 @@ impl Counters {
             nodes: AtomicU64::new(1),
             syncing: AtomicBool::new(false),
             refilled: tokio::sync::Notify::new(),
-            redis_up: AtomicBool::new(true),
-            last_probe_ms: AtomicU64::new(0),
+            health: Health::default(),
             scripts: AtomicU64::new(0),
-            epoch: Instant::now(),
         });
         counters.publish_state();
         Ok(counters)
@@ -455,7 +449,7 @@ impl Counters {
 
     /// What `/readyz` says about the counters.
     pub(crate) fn describe(&self) -> &'static str {
-        match (&self.client, self.redis_up.load(Ordering::Relaxed)) {
+        match (&self.client, self.health.is_up()) {
             (None, _) => {
                 "limits: local counters (no --redis-url: rate limits and budgets hold per node)"
             }
@@ -472,7 +466,7 @@ impl Counters {
     }
 
     fn publish_state(&self) {
-        let redis = self.client.is_some() && self.redis_up.load(Ordering::Relaxed);
+        let redis = self.client.is_some() && self.health.is_up();
         metrics::gauge!("switchyard_gateway_limits_backend", "state" => "redis").set(if redis {
             1.0
         } else {
@@ -487,8 +481,7 @@ impl Counters {
 
     fn mark_down(&self, why: &str) {
         metrics::counter!("switchyard_gateway_limits_redis_errors_total").increment(1);
-        if self.redis_up.swap(false, Ordering::AcqRel) {
-            self.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
+        if self.health.set_down() {
             match self.config.on_failure {
                 FailureMode::Open => warn!(
                     error = why,
@@ -504,25 +497,10 @@ impl Counters {
     }
 
     fn mark_up(&self) {
-        if !self.redis_up.swap(true, Ordering::AcqRel) {
+        if self.health.set_up() {
             info!("redis answers again: rate limits and budgets are shared again");
             self.publish_state();
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether it is time to probe a failed Redis (at most one probe per interval).
-    fn probe_due(&self) -> bool {
-        let now = self.now_ms();
-        let last = self.last_probe_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
-            && self
-                .last_probe_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
     }
 
     fn shares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Share>> {
@@ -695,17 +673,9 @@ impl CounterHandle {
 
     fn connection(&self) -> Option<ConnectionManager> {
         let client = self.shared.client.as_ref()?;
-        if let Some(conn) = self.conn.get() {
-            return Some(conn.clone());
-        }
         let timeout = self.shared.config.timeout;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        match ConnectionManager::new_lazy_with_config(client.clone(), config) {
-            Ok(conn) => Some(self.conn.get_or_init(|| conn).clone()),
+        match redis_link::thread_connection(client, &self.conn, timeout, 2) {
+            Ok(conn) => Some(conn),
             Err(e) => {
                 self.shared.mark_down(&e.to_string());
                 None
@@ -714,25 +684,16 @@ impl CounterHandle {
     }
 
     /// Whether Redis is to be asked now. When it failed, a probe is started every
-    /// [`PROBE_INTERVAL`] (on this thread); until one succeeds, the failure mode applies.
+    /// [`redis_link::PROBE_INTERVAL`]; until one succeeds, the failure mode applies.
     fn use_redis(&self) -> Option<ConnectionManager> {
         let conn = self.connection()?;
-        if self.shared.redis_up.load(Ordering::Acquire) {
+        if self.shared.health.is_up() {
             return Some(conn);
         }
-        if self.shared.probe_due() {
+        if self.shared.health.probe_due() {
             let shared = Arc::clone(&self.shared);
-            let mut probe = conn;
-            tokio::spawn(async move {
-                let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut probe);
-                match tokio::time::timeout(shared.config.timeout * 4, ping).await {
-                    Ok(Ok(_)) => shared.mark_up(),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "redis probe failed");
-                    }
-                    Err(_) => tracing::debug!("redis probe timed out"),
-                }
+            redis_link::probe(conn, shared.config.timeout * 4, "limits", move || {
+                shared.mark_up()
             });
         }
         None
@@ -745,7 +706,7 @@ impl CounterHandle {
         }
         if self.shared.client.is_some() {
             let mut refills = Vec::new();
-            if self.shared.sharing() && self.shared.redis_up.load(Ordering::Acquire) {
+            if self.shared.sharing() && self.shared.health.is_up() {
                 let mut waiting_since = None;
                 loop {
                     let refilled = self.shared.refilled.notified();
@@ -928,7 +889,7 @@ impl CounterHandle {
     pub(crate) fn charge(&self, charges: &[(Counter, i64)]) -> Option<Vec<Option<i64>>> {
         let shared = &self.shared;
         if shared.client.is_some() {
-            if shared.redis_up.load(Ordering::Acquire) {
+            if shared.health.is_up() {
                 if !shared.sharing() {
                     return None;
                 }
@@ -1030,7 +991,7 @@ impl CounterHandle {
                     shared,
                     conn: Arc::clone(&conn),
                 };
-                if handle.shared.redis_up.load(Ordering::Acquire) {
+                if handle.shared.health.is_up() {
                     handle.sync(None).await;
                 } else {
                     handle.fall_back_pending();
